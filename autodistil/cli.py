@@ -1,0 +1,147 @@
+"""`autodistil` console script. Bad arguments: a one-line error and exit code 2."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from .space import PAPER_SPACES, SubnetConfig
+
+
+class CLIError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage too; we do not)
+        raise CLIError(f"{self.prog}: {message}")
+
+
+def add_subnet_args(p, required=True):
+    g = p.add_argument_group("subnet")
+    g.add_argument("--layers", type=int, required=required)
+    g.add_argument("--hidden", type=int, required=required)
+    g.add_argument("--ffn-ratio", type=float, required=required)
+    g.add_argument("--heads", type=int, required=required)
+
+
+def subnet_from_args(a) -> SubnetConfig:
+    return SubnetConfig(a.layers, a.hidden, a.ffn_ratio, a.heads)
+
+
+def _spaces_for(a):
+    """Paper spaces (--paper) or spaces derived from a teacher (default teacher)."""
+    from .space import derive_spaces
+    names = a.space or ["tiny", "small", "base"]
+    if getattr(a, "paper", False):
+        bad = [n for n in names if n not in PAPER_SPACES]
+        if bad:
+            raise ValueError(f"unknown subspace {bad}: allowed are {sorted(PAPER_SPACES)}")
+        return {n: PAPER_SPACES[n] for n in names}
+    from transformers import AutoConfig
+    from .teacher import resolve_teacher_path, shape_of
+    cfg = AutoConfig.from_pretrained(resolve_teacher_path(a.teacher))
+    return derive_spaces(shape_of(cfg), names)
+
+
+# --- commands ---------------------------------------------------------------------------
+def cmd_space(a):
+    spaces = _spaces_for(a)
+    rows = []
+    for n, s in spaces.items():
+        print(s.describe())
+        print(f"  largest  {s.largest().short()}   smallest {s.smallest().short()}   max FFN width {s.max_ffn}")
+        rows.append({"name": n, **s.to_dict(), "size": len(s), "largest": s.largest().as_dict(),
+                     "smallest": s.smallest().as_dict()})
+    if a.json:
+        print(json.dumps(rows, indent=2))
+
+
+def cmd_cost(a):
+    from .cost import exact_cost, paper_cost
+    cfg = SubnetConfig(a.L, a.H, a.R, a.A)
+    p, e = paper_cost(cfg, a.seq_len), exact_cost(cfg, a.head_dim, a.seq_len)
+    print(f"subnet {cfg.short()}, seq len {a.seq_len} (FLOPs are multiply-accumulates, MACs, per sequence)")
+    print(f"  paper formula : {p.gmacs:.3f} GMACs  {p.mparams:.2f}M params  (Q/K/V width taken as H*A/12)")
+    print(f"  exact (ours)  : {e.gmacs:.3f} GMACs  {e.mparams:.2f}M params  (Q/K/V width {a.A}x{a.head_dim}={a.A * a.head_dim})")
+
+
+def cmd_export(a):
+    from .export import export_onnx, export_subnet
+    from .nn import load_supernet
+    model, spaces, meta = load_supernet(a.supernet)
+    cfg = subnet_from_args(a)
+    if not any(cfg in s for s in spaces) and not a.allow_outside_space:
+        raise ValueError(f"subnet {cfg.short()} is in none of the checkpoint's spaces "
+                         f"({'; '.join(s.describe() for s in spaces)}); pass --allow-outside-space to export anyway")
+    tok = None
+    tname = meta.get("teacher", {}).get("path") or meta.get("teacher", {}).get("name")
+    if tname:
+        try:
+            from transformers import AutoTokenizer
+            from .teacher import resolve_teacher_path
+            tok = AutoTokenizer.from_pretrained(resolve_teacher_path(tname))
+        except Exception as e:  # the weights still export; say why the tokenizer did not
+            print(f"autodistil: note: tokenizer of teacher '{tname}' not copied ({e})", file=sys.stderr)
+    out = export_subnet(model, cfg, a.out, tokenizer=tok)
+    print(f"exported {cfg.short()} -> {out}")
+    if a.onnx:
+        print(f"onnx -> {export_onnx(out)}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from .teacher import DEFAULT_TEACHER
+    p = _Parser(prog="autodistil", description="AutoDistil: NAS for distilling BERT-style language models")
+    sub = p.add_subparsers(dest="cmd", required=True, parser_class=_Parser)
+
+    s = sub.add_parser("space", help="print subspaces (derived from a teacher, or the paper's)")
+    s.add_argument("--teacher", default=DEFAULT_TEACHER)
+    s.add_argument("--paper", action="store_true", help="the paper's BERT-base subspaces")
+    s.add_argument("--space", action="append", help="tiny | small | base (repeatable; default all)")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(fn=cmd_space)
+
+    c = sub.add_parser("cost", help="FLOPs (MACs) and params: paper formula and exact count")
+    c.add_argument("L", type=int)
+    c.add_argument("H", type=int)
+    c.add_argument("R", type=float)
+    c.add_argument("A", type=int)
+    c.add_argument("--head-dim", type=int, default=64)
+    c.add_argument("--seq-len", type=int, default=128)
+    c.set_defaults(fn=cmd_cost)
+
+    e = sub.add_parser("export", help="export a subnet of a supernet checkpoint as a HF folder")
+    e.add_argument("--supernet", required=True, help="folder with supernet.safetensors + supernet.json")
+    add_subnet_args(e)
+    e.add_argument("--out", required=True)
+    e.add_argument("--onnx", action="store_true", help="also write model.onnx")
+    e.add_argument("--allow-outside-space", action="store_true")
+    e.set_defaults(fn=cmd_export)
+
+    for register in _EXTRA_COMMANDS:
+        register(sub)
+    return p
+
+
+_EXTRA_COMMANDS = []  # later stages (train, profile, search, ...) add their sub-commands here
+
+
+def main(argv=None) -> int:
+    try:
+        a = build_parser().parse_args(argv)
+        a.fn(a)
+        return 0
+    except CLIError as e:
+        print(str(e), file=sys.stderr)
+        return 2
+    except (ValueError, FileNotFoundError, ConnectionError, KeyError) as e:
+        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
+        print(f"autodistil: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("autodistil: interrupted (finished stages and checkpoints are kept)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""Subnet -> standalone Hugging Face model folder (safetensors, tokenizer, no supernet left).
+
+A plain ``BertModel`` when heads x head_dim == hidden (loads anywhere transformers does);
+otherwise an ``AutoDistilBertModel`` (needs ``import autodistil`` before
+``AutoModel.from_pretrained``; no ``trust_remote_code``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from .cost import exact_cost
+from .io import atomic_dir, atomic_write_json
+from .nn.superbert import SuperBert
+from .space import SubnetConfig
+
+STUDENT_META = "autodistil_student.json"
+
+
+def subnet_state_dict(model: SuperBert, cfg: SubnetConfig) -> dict:
+    """The subnet's weights as a contiguous BertModel-named state dict (export copies, by design)."""
+    model.check_subnet(cfg)
+    c = model.config
+    h, w, f = cfg.hidden, cfg.heads * c.head_dim, cfg.ffn
+    sizes = {  # (out, in) of each sliced parameter by its suffix
+        "attention.self.query.weight": (w, h), "attention.self.key.weight": (w, h), "attention.self.value.weight": (w, h),
+        "attention.self.query.bias": (w,), "attention.self.key.bias": (w,), "attention.self.value.bias": (w,),
+        "attention.output.dense.weight": (h, w), "attention.output.dense.bias": (h,),
+        "attention.output.LayerNorm.weight": (h,), "attention.output.LayerNorm.bias": (h,),
+        "intermediate.dense.weight": (f, h), "intermediate.dense.bias": (f,),
+        "output.dense.weight": (h, f), "output.dense.bias": (h,),
+        "output.LayerNorm.weight": (h,), "output.LayerNorm.bias": (h,),
+    }
+    full = model.state_dict()
+    sl = lambda t, shape: t[tuple(slice(0, s) for s in shape)].detach().clone().contiguous()
+    out = {}
+    for k in ("word_embeddings", "position_embeddings", "token_type_embeddings"):
+        t = full[f"embeddings.{k}.weight"]
+        out[f"embeddings.{k}.weight"] = sl(t, (t.shape[0], h))
+    for k in ("weight", "bias"):
+        out[f"embeddings.LayerNorm.{k}"] = sl(full[f"embeddings.LayerNorm.{k}"], (h,))
+    for new, old in enumerate(model.layer_indices(cfg)):
+        for suf, shape in sizes.items():
+            out[f"encoder.layer.{new}.{suf}"] = sl(full[f"encoder.layer.{old}.{suf}"], shape)
+    out["pooler.dense.weight"] = sl(full["pooler.dense.weight"], (h, h))
+    out["pooler.dense.bias"] = sl(full["pooler.dense.bias"], (h,))
+    return out
+
+
+def hf_config(model: SuperBert, cfg: SubnetConfig):
+    from transformers import BertConfig
+    from .hf import AutoDistilBertConfig
+    c = model.config
+    common = dict(vocab_size=c.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
+                  num_attention_heads=cfg.heads, intermediate_size=cfg.ffn, max_position_embeddings=c.max_position,
+                  type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id)
+    if cfg.heads * c.head_dim == cfg.hidden:
+        return BertConfig(hidden_act="gelu", **common)
+    return AutoDistilBertConfig(attention_head_size=c.head_dim, **common)
+
+
+def build_student(model: SuperBert, cfg: SubnetConfig):
+    """A standalone HF model (BertModel or AutoDistilBertModel) holding the subnet's weights."""
+    from transformers import BertModel
+    from .hf import AutoDistilBertModel
+    hc = hf_config(model, cfg)
+    cls = AutoDistilBertModel if hc.model_type == "autodistil_bert" else BertModel
+    student = cls(hc)
+    missing, unexpected = student.load_state_dict(subnet_state_dict(model, cfg), strict=False)
+    missing = [k for k in missing if "position_ids" not in k and "token_type_ids" not in k]
+    if missing or unexpected:
+        raise RuntimeError(f"export mapping mismatch: missing {missing}, unexpected {unexpected}")
+    return student.eval()
+
+
+def export_subnet(model: SuperBert, cfg: SubnetConfig, out_dir, tokenizer=None, seq_len: int = 128,
+                  extra: dict | None = None) -> Path:
+    """Write the subnet as a HF folder atomically (the folder appears only when complete)."""
+    student = build_student(model, cfg)
+    cost = exact_cost(cfg, model.config.head_dim, seq_len, model.config.vocab_size, model.config.max_position,
+                      model.config.type_vocab_size)
+
+    def build(tmp: Path):
+        student.save_pretrained(tmp, safe_serialization=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(tmp)
+        atomic_write_json(tmp / STUDENT_META, {
+            "subnet": cfg.as_dict(), "head_dim": model.config.head_dim, "model_class": type(student).__name__,
+            "needs_autodistil": type(student).__name__ != "BertModel", "macs_per_seq": cost.macs,
+            "seq_len": seq_len, "params": cost.params, **(extra or {})})
+    return atomic_dir(Path(out_dir), build)
+
+
+def export_onnx(folder, out_path=None, seq_len: int = 128, opset: int = 17) -> Path:
+    """Export a student folder to ONNX (inputs input_ids, attention_mask, token_type_ids; dynamic batch/seq)."""
+    from transformers import AutoModel
+    from .io import atomic_save
+    folder = Path(folder)
+    model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
+    out_path = Path(out_path or folder / "model.onnx")
+    ids = torch.ones(1, seq_len, dtype=torch.long)
+    mask = torch.ones_like(ids)
+
+    class Wrap(torch.nn.Module):
+        def __init__(self, m):
+            super().__init__()
+            self.m = m
+
+        def forward(self, input_ids, attention_mask, token_type_ids):
+            o = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+            return o.last_hidden_state, o.pooler_output
+
+    dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
+           "token_type_ids": {0: "batch", 1: "seq"}}
+    atomic_save(out_path, lambda p: torch.onnx.export(
+        Wrap(model), (ids, mask, torch.zeros_like(ids)), p, input_names=list(dyn),
+        output_names=["last_hidden_state", "pooler_output"], dynamic_axes=dyn, opset_version=opset, dynamo=False))
+    return out_path

@@ -1,0 +1,276 @@
+"""Elastic SuperBert: weights sized to the space's maximum, subnets use leading slices.
+
+Parameter names follow Hugging Face's BertModel (without the "bert." prefix) so that a
+teacher initialises the supernet by slicing and a subnet exports to a plain BertModel.
+Every sliced use goes through ``autodistil.ops`` (the one backend dispatch point).
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .. import ops
+from ..space import SearchSpace, SubnetConfig, union_max
+
+DEPTH_MAPPINGS = ("spaced", "first")
+
+
+@dataclass(frozen=True)
+class SuperBertConfig:
+    """Maximum shape of the supernet (all subnets fit inside it)."""
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    head_dim: int = 64
+    vocab_size: int = 30522
+    max_position: int = 512
+    type_vocab_size: int = 2
+    layer_norm_eps: float = 1e-12
+    dropout: float = 0.0
+    attention_dropout: float = 0.0
+    pad_token_id: int = 0
+    depth_mapping: str = "spaced"
+
+    def __post_init__(self):
+        for f in ("layers", "hidden", "heads", "ffn", "head_dim", "vocab_size", "max_position", "type_vocab_size"):
+            v = getattr(self, f)
+            if not isinstance(v, int) or v <= 0:
+                raise ValueError(f"SuperBertConfig.{f}={v!r}: must be a positive integer")
+        if self.depth_mapping not in DEPTH_MAPPINGS:
+            raise ValueError(f"depth_mapping {self.depth_mapping!r} is not allowed: choose {list(DEPTH_MAPPINGS)}")
+
+    @classmethod
+    def for_spaces(cls, spaces, **kw) -> "SuperBertConfig":
+        spaces = list(spaces) if not isinstance(spaces, SearchSpace) else [spaces]
+        hd = {s.head_dim for s in spaces}
+        if len(hd) != 1:
+            raise ValueError(f"spaces disagree on head dim: {sorted(hd)}")
+        m = union_max(spaces)
+        return cls(layers=m.layers, hidden=m.hidden, heads=m.heads, ffn=max(s.max_ffn for s in spaces),
+                   head_dim=hd.pop(), **kw)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def max_subnet(self) -> SubnetConfig:
+        return SubnetConfig(self.layers, self.hidden, self.ffn / self.hidden, self.heads)
+
+
+@dataclass
+class SuperBertOutput:
+    last_hidden_state: torch.Tensor                      # (B, T, h)
+    pooler_output: Optional[torch.Tensor] = None         # (B, h)
+    hidden_states: Optional[tuple] = None                # L+1 x (B, T, h): embeddings, then each layer
+    qkv: Optional[tuple] = None                          # L x (q, k, v), each (B, T, A*d)
+    attentions: Optional[tuple] = None                   # L x (B, A, T, T)
+    extras: dict = field(default_factory=dict)
+
+
+def depth_map(layers: int, max_layers: int, mode: str = "spaced") -> list[int]:
+    """Supernet layer index used by each of the subnet's `layers` layers.
+    "spaced": floor(i * L_max / L) (evenly spaced, the released code's rule); "first": i."""
+    if not 0 < layers <= max_layers:
+        raise ValueError(f"layers={layers} outside 1..{max_layers}")
+    if mode == "first":
+        return list(range(layers))
+    if mode == "spaced":
+        return [(i * max_layers) // layers for i in range(layers)]
+    raise ValueError(f"depth mapping {mode!r} is not allowed: choose {list(DEPTH_MAPPINGS)}")
+
+
+class _LN(nn.Module):
+    def __init__(self, n, eps):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(n))
+        self.bias = nn.Parameter(torch.zeros(n))
+        self.eps = eps
+
+
+class SuperEmbeddings(nn.Module):
+    def __init__(self, c: SuperBertConfig):
+        super().__init__()
+        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position, c.hidden)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden)
+        self.LayerNorm = _LN(c.hidden, c.layer_norm_eps)
+        self.dropout = nn.Dropout(c.dropout)
+
+    def forward(self, ids, type_ids, h, backend):
+        T = ids.shape[1]
+        pos = torch.arange(T, device=ids.device)
+        x = ops.sliced_embedding(ids, self.word_embeddings.weight, h, backend)            # (B, T, h)
+        x = x + ops.sliced_embedding(type_ids, self.token_type_embeddings.weight, h, backend)
+        x = x + ops.sliced_embedding(pos, self.position_embeddings.weight, h, backend)   # (T, h) broadcast
+        x = ops.sliced_layernorm(x, self.LayerNorm.weight, self.LayerNorm.bias, h, self.LayerNorm.eps,
+                                 backend=backend)
+        return self.dropout(x)
+
+
+class _SelfAttn(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        w = c.heads * c.head_dim
+        self.query, self.key, self.value = nn.Linear(c.hidden, w), nn.Linear(c.hidden, w), nn.Linear(c.hidden, w)
+
+
+class _Out(nn.Module):
+    def __init__(self, i, o, eps, p):
+        super().__init__()
+        self.dense = nn.Linear(i, o)
+        self.LayerNorm = _LN(o, eps)
+        self.dropout = nn.Dropout(p)
+
+
+class _Attention(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.self = _SelfAttn(c)
+        self.output = _Out(c.heads * c.head_dim, c.hidden, c.layer_norm_eps, c.dropout)
+
+
+class _Intermediate(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden, c.ffn)
+
+
+class SuperLayer(nn.Module):
+    def __init__(self, c: SuperBertConfig):
+        super().__init__()
+        self.c = c
+        self.attention = _Attention(c)
+        self.intermediate = _Intermediate(c)
+        self.output = _Out(c.ffn, c.hidden, c.layer_norm_eps, c.dropout)
+
+    def forward(self, x, key_mask, h, a, f, need_probs, backend):
+        B, T, _ = x.shape
+        d = self.c.head_dim
+        w = a * d
+        sa = self.attention.self
+        q = ops.sliced_linear(x, sa.query.weight, sa.query.bias, w, h, backend=backend)   # (B, T, A*d)
+        k = ops.sliced_linear(x, sa.key.weight, sa.key.bias, w, h, backend=backend)
+        v = ops.sliced_linear(x, sa.value.weight, sa.value.bias, w, h, backend=backend)
+        split = lambda t: t.view(B, T, a, d).transpose(1, 2)                              # (B, A, T, d)
+        p_drop = self.c.attention_dropout if self.training else 0.0
+        ctx, probs = ops.sliced_attention(split(q), split(k), split(v), key_mask, need_probs, p_drop, backend)
+        ctx = ctx.transpose(1, 2).reshape(B, T, w)                                       # (B, T, A*d)
+        ao = self.attention.output
+        y = ao.dropout(ops.sliced_linear(ctx, ao.dense.weight, ao.dense.bias, h, w, backend=backend))
+        x = ops.sliced_layernorm(y, ao.LayerNorm.weight, ao.LayerNorm.bias, h, ao.LayerNorm.eps, x, backend)
+        it, fo = self.intermediate.dense, self.output
+        z = ops.sliced_linear(x, it.weight, it.bias, f, h, activation="gelu", backend=backend)  # (B, T, f)
+        y = fo.dropout(ops.sliced_linear(z, fo.dense.weight, fo.dense.bias, h, f, backend=backend))
+        x = ops.sliced_layernorm(y, fo.LayerNorm.weight, fo.LayerNorm.bias, h, fo.LayerNorm.eps, x, backend)
+        return x, (q, k, v), probs
+
+
+class _Encoder(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.layer = nn.ModuleList(SuperLayer(c) for _ in range(c.layers))
+
+
+class _Pooler(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.dense = nn.Linear(c.hidden, c.hidden)
+
+
+class SuperBert(nn.Module):
+    """Weight-sharing BERT supernet. ``set_subnet(cfg)`` or ``with model.subnet(cfg):``."""
+
+    def __init__(self, config: SuperBertConfig, backend: str | None = None):
+        super().__init__()
+        self.config = config
+        self.backend = backend
+        self.embeddings = SuperEmbeddings(config)
+        self.encoder = _Encoder(config)
+        self.pooler = _Pooler(config)
+        self.apply(self._init_weights)
+        self.active = config.max_subnet
+
+    @staticmethod
+    def _init_weights(m, std=0.02):
+        if isinstance(m, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(m.weight, 0.0, std)
+        if isinstance(m, nn.Linear) and m.bias is not None:
+            nn.init.zeros_(m.bias)
+
+    # --- subnet selection ----------------------------------------------------------
+    def check_subnet(self, cfg: SubnetConfig) -> SubnetConfig:
+        c = self.config
+        for name, v, hi in (("layers", cfg.layers, c.layers), ("hidden", cfg.hidden, c.hidden),
+                            ("heads", cfg.heads, c.heads), ("ffn width", cfg.ffn, c.ffn)):
+            if v > hi:
+                raise ValueError(f"subnet {cfg.short()}: {name}={v} exceeds the supernet's maximum {hi}")
+        return cfg
+
+    def set_subnet(self, cfg: SubnetConfig) -> None:
+        self.active = self.check_subnet(cfg)
+
+    @contextlib.contextmanager
+    def subnet(self, cfg: SubnetConfig):
+        old = self.active
+        self.set_subnet(cfg)
+        try:
+            yield self
+        finally:
+            self.active = old
+
+    def layer_indices(self, cfg: SubnetConfig | None = None) -> list[int]:
+        cfg = cfg or self.active
+        return depth_map(cfg.layers, self.config.layers, self.config.depth_mapping)
+
+    # --- forward -------------------------------------------------------------------
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_hidden_states=False,
+                output_qkv=False, output_attentions=False, subnet: SubnetConfig | None = None) -> SuperBertOutput:
+        cfg = self.check_subnet(subnet) if subnet is not None else self.active
+        if input_ids.dim() != 2:
+            raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
+        if input_ids.shape[1] > self.config.max_position:
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position {self.config.max_position}")
+        h, a, f = cfg.hidden, cfg.heads, cfg.ffn
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        key_mask = None if attention_mask is None else attention_mask
+        x = self.embeddings(input_ids, token_type_ids, h, self.backend)                  # (B, T, h)
+        hs, qkvs, atts = [x], [], []
+        for li in self.layer_indices(cfg):
+            x, qkv, probs = self.encoder.layer[li](x, key_mask, h, a, f, output_attentions, self.backend)
+            hs.append(x)
+            qkvs.append(qkv)
+            atts.append(probs)
+        pd = self.pooler.dense
+        pooled = torch.tanh(ops.sliced_linear(x[:, 0], pd.weight, pd.bias, h, h, backend=self.backend))
+        return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
+                               tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
+
+    # --- teacher initialisation ----------------------------------------------------
+    @torch.no_grad()
+    def load_from_teacher(self, teacher_state: dict) -> None:
+        """Initialise by slicing a HF BertModel state dict (leading slices; layer i <- teacher
+        layer round(i * (L_t - 1) / (L_max - 1)) when depths differ)."""
+        sd = {k[5:] if k.startswith("bert.") else k: v for k, v in teacher_state.items()}
+        t_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
+        L = self.config.layers
+        src = [i if t_layers == L else round(i * (t_layers - 1) / max(1, L - 1)) for i in range(L)]
+        for name, p in self.named_parameters():
+            key = name
+            if name.startswith("encoder.layer."):
+                parts = name.split(".")
+                parts[2] = str(src[int(parts[2])])
+                key = ".".join(parts)
+            if key not in sd:
+                raise ValueError(f"teacher state dict has no '{key}' (needed for supernet '{name}')")
+            t = sd[key]
+            if any(a > b for a, b in zip(p.shape, t.shape)):
+                raise ValueError(f"teacher tensor '{key}' {tuple(t.shape)} is smaller than supernet "
+                                 f"'{name}' {tuple(p.shape)}: the space exceeds the teacher")
+            p.copy_(t[tuple(slice(0, s) for s in p.shape)])

