@@ -118,12 +118,35 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-outside-space", action="store_true")
     e.set_defaults(fn=cmd_export)
 
-    for register in _EXTRA_COMMANDS:
-        register(sub)
+    from .config import add_dataclass_args
+    from .distill.train import TrainConfig
+    t = sub.add_parser("train", help="distil K-shot supernets from a teacher (sandwich sampling)")
+    t.add_argument("--config", help="YAML/TOML/JSON file with TrainConfig fields (flags override it)")
+    add_dataclass_args(t, TrainConfig)
+    t.set_defaults(fn=cmd_train)
+
+    z = sub.add_parser("consolidate", help="ZeRO checkpoint -> supernet.safetensors + supernet.json")
+    z.add_argument("--run", required=True, help="a space's training folder (holds state/zero and supernet.json)")
+    z.add_argument("--out", required=True)
+    z.set_defaults(fn=cmd_consolidate)
     return p
 
 
-_EXTRA_COMMANDS = []  # later stages (train, profile, search, ...) add their sub-commands here
+def cmd_train(a):
+    from .config import build_dataclass
+    from .distill.train import TrainConfig, train_supernets
+    from .io import load_config_file
+    cfg = build_dataclass(TrainConfig, load_config_file(a.config) if a.config else {}, a)
+    res = train_supernets(cfg)
+    for name, s in res.items():
+        fe, le = s.get("first_eval") or {}, s.get("final_eval") or {}
+        print(f"{name}: {s['steps']} steps; held-out distillation loss " + ", ".join(
+            f"{k} {fe.get(k, float('nan')):.4f} -> {le.get(k, float('nan')):.4f}" for k in le))
+
+
+def cmd_consolidate(a):
+    from .distill.train import consolidate_zero
+    print(f"consolidated -> {consolidate_zero(a.run, a.out)}")
 
 
 def main(argv=None) -> int:

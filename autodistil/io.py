@@ -15,6 +15,7 @@ FORMAT_VERSION = 1
 
 def _tmp_beside(path: Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.fchmod(fd, 0o644)  # shared artefacts: readable like any ordinary file
     os.close(fd)
     return Path(tmp)
 
@@ -57,6 +58,7 @@ def atomic_dir(final: Path, build) -> Path:
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=final.parent))
+    os.chmod(tmp, 0o755)
     try:
         build(tmp)
         if final.exists():
@@ -100,3 +102,29 @@ def safe_torch_load(path):
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
         raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from None
+
+
+def load_config_file(path) -> dict:
+    """A job config from YAML (.yaml/.yml), TOML (.toml) or JSON, with safe loaders."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix in (".yaml", ".yml"):
+            import yaml
+            data = yaml.safe_load(text) or {}
+        elif path.suffix == ".toml":
+            import tomllib
+            data = tomllib.loads(text)
+        elif path.suffix == ".json":
+            data = json.loads(text)
+        else:
+            raise ValueError(f"config file {path}: use .yaml, .yml, .toml or .json")
+    except (json.JSONDecodeError, ValueError) as e:
+        raise ValueError(f"config file {path} does not parse: {e}") from None
+    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError
+        raise ValueError(f"config file {path} does not parse: {e}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path} must hold a mapping of options")
+    return data

@@ -7,12 +7,12 @@ Every sliced use goes through ``autodistil.ops`` (the one backend dispatch point
 from __future__ import annotations
 
 import contextlib
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Optional
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from transformers.utils import ModelOutput
 
 from .. import ops
 from ..space import SearchSpace, SubnetConfig, union_max
@@ -64,13 +64,13 @@ class SuperBertConfig:
 
 
 @dataclass
-class SuperBertOutput:
-    last_hidden_state: torch.Tensor                      # (B, T, h)
+class SuperBertOutput(ModelOutput):
+    """A dict-like output (HF ModelOutput), so DeepSpeed's ZeRO-3 hooks see its tensors."""
+    last_hidden_state: torch.Tensor = None               # (B, T, h)
     pooler_output: Optional[torch.Tensor] = None         # (B, h)
     hidden_states: Optional[tuple] = None                # L+1 x (B, T, h): embeddings, then each layer
     qkv: Optional[tuple] = None                          # L x (q, k, v), each (B, T, A*d)
     attentions: Optional[tuple] = None                   # L x (B, A, T, T)
-    extras: dict = field(default_factory=dict)
 
 
 def depth_map(layers: int, max_layers: int, mode: str = "spaced") -> list[int]:
@@ -85,47 +85,65 @@ def depth_map(layers: int, max_layers: int, mode: str = "spaced") -> list[int]:
     raise ValueError(f"depth mapping {mode!r} is not allowed: choose {list(DEPTH_MAPPINGS)}")
 
 
-class _LN(nn.Module):
+class SlicedLinear(nn.Linear):
+    """nn.Linear at its maximum size; forward(x, o, i) uses the leading [:o, :i] slice.
+    (Parameters are used inside their owning module's forward, so ZeRO-3 gathers them.)"""
+
+    def forward(self, x, out_features=None, in_features=None, activation=None, backend=None):
+        o = self.out_features if out_features is None else out_features
+        i = self.in_features if in_features is None else in_features
+        return ops.sliced_linear(x, self.weight, self.bias, o, i, activation, backend)
+
+
+class SlicedLayerNorm(nn.Module):
     def __init__(self, n, eps):
         super().__init__()
         self.weight = nn.Parameter(torch.ones(n))
         self.bias = nn.Parameter(torch.zeros(n))
         self.eps = eps
 
+    def forward(self, x, width, residual=None, backend=None):
+        return ops.sliced_layernorm(x, self.weight, self.bias, width, self.eps, residual, backend)
+
+
+class SlicedEmbedding(nn.Embedding):
+    def forward(self, ids, width=None, backend=None):
+        return ops.sliced_embedding(ids, self.weight, self.embedding_dim if width is None else width, backend)
+
 
 class SuperEmbeddings(nn.Module):
     def __init__(self, c: SuperBertConfig):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden, padding_idx=c.pad_token_id)
-        self.position_embeddings = nn.Embedding(c.max_position, c.hidden)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden)
-        self.LayerNorm = _LN(c.hidden, c.layer_norm_eps)
+        self.word_embeddings = SlicedEmbedding(c.vocab_size, c.hidden, padding_idx=c.pad_token_id)
+        self.position_embeddings = SlicedEmbedding(c.max_position, c.hidden)
+        self.token_type_embeddings = SlicedEmbedding(c.type_vocab_size, c.hidden)
+        self.LayerNorm = SlicedLayerNorm(c.hidden, c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
 
     def forward(self, ids, type_ids, h, backend):
-        T = ids.shape[1]
-        pos = torch.arange(T, device=ids.device)
-        x = ops.sliced_embedding(ids, self.word_embeddings.weight, h, backend)            # (B, T, h)
-        x = x + ops.sliced_embedding(type_ids, self.token_type_embeddings.weight, h, backend)
-        x = x + ops.sliced_embedding(pos, self.position_embeddings.weight, h, backend)   # (T, h) broadcast
-        x = ops.sliced_layernorm(x, self.LayerNorm.weight, self.LayerNorm.bias, h, self.LayerNorm.eps,
-                                 backend=backend)
-        return self.dropout(x)
+        pos = torch.arange(ids.shape[1], device=ids.device)
+        x = self.word_embeddings(ids, h, backend)                                        # (B, T, h)
+        x = x + self.token_type_embeddings(type_ids, h, backend)
+        x = x + self.position_embeddings(pos, h, backend)                                # (T, h) broadcast
+        return self.dropout(self.LayerNorm(x, h, backend=backend))
 
 
 class _SelfAttn(nn.Module):
     def __init__(self, c):
         super().__init__()
         w = c.heads * c.head_dim
-        self.query, self.key, self.value = nn.Linear(c.hidden, w), nn.Linear(c.hidden, w), nn.Linear(c.hidden, w)
+        self.query, self.key, self.value = (SlicedLinear(c.hidden, w) for _ in range(3))
 
 
 class _Out(nn.Module):
     def __init__(self, i, o, eps, p):
         super().__init__()
-        self.dense = nn.Linear(i, o)
-        self.LayerNorm = _LN(o, eps)
+        self.dense = SlicedLinear(i, o)
+        self.LayerNorm = SlicedLayerNorm(o, eps)
         self.dropout = nn.Dropout(p)
+
+    def forward(self, y, residual, o, i, backend):
+        return self.LayerNorm(self.dropout(self.dense(y, o, i, backend=backend)), o, residual, backend)
 
 
 class _Attention(nn.Module):
@@ -138,7 +156,7 @@ class _Attention(nn.Module):
 class _Intermediate(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.dense = nn.Linear(c.hidden, c.ffn)
+        self.dense = SlicedLinear(c.hidden, c.ffn)
 
 
 class SuperLayer(nn.Module):
@@ -154,20 +172,16 @@ class SuperLayer(nn.Module):
         d = self.c.head_dim
         w = a * d
         sa = self.attention.self
-        q = ops.sliced_linear(x, sa.query.weight, sa.query.bias, w, h, backend=backend)   # (B, T, A*d)
-        k = ops.sliced_linear(x, sa.key.weight, sa.key.bias, w, h, backend=backend)
-        v = ops.sliced_linear(x, sa.value.weight, sa.value.bias, w, h, backend=backend)
+        q = sa.query(x, w, h, backend=backend)                                            # (B, T, A*d)
+        k = sa.key(x, w, h, backend=backend)
+        v = sa.value(x, w, h, backend=backend)
         split = lambda t: t.view(B, T, a, d).transpose(1, 2)                              # (B, A, T, d)
         p_drop = self.c.attention_dropout if self.training else 0.0
         ctx, probs = ops.sliced_attention(split(q), split(k), split(v), key_mask, need_probs, p_drop, backend)
         ctx = ctx.transpose(1, 2).reshape(B, T, w)                                       # (B, T, A*d)
-        ao = self.attention.output
-        y = ao.dropout(ops.sliced_linear(ctx, ao.dense.weight, ao.dense.bias, h, w, backend=backend))
-        x = ops.sliced_layernorm(y, ao.LayerNorm.weight, ao.LayerNorm.bias, h, ao.LayerNorm.eps, x, backend)
-        it, fo = self.intermediate.dense, self.output
-        z = ops.sliced_linear(x, it.weight, it.bias, f, h, activation="gelu", backend=backend)  # (B, T, f)
-        y = fo.dropout(ops.sliced_linear(z, fo.dense.weight, fo.dense.bias, h, f, backend=backend))
-        x = ops.sliced_layernorm(y, fo.LayerNorm.weight, fo.LayerNorm.bias, h, fo.LayerNorm.eps, x, backend)
+        x = self.attention.output(ctx, x, h, w, backend)                                  # (B, T, h)
+        z = self.intermediate.dense(x, f, h, activation="gelu", backend=backend)         # (B, T, f)
+        x = self.output(z, x, h, f, backend)                                              # (B, T, h)
         return x, (q, k, v), probs
 
 
@@ -180,7 +194,10 @@ class _Encoder(nn.Module):
 class _Pooler(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.dense = nn.Linear(c.hidden, c.hidden)
+        self.dense = SlicedLinear(c.hidden, c.hidden)
+
+    def forward(self, x, h, backend):
+        return torch.tanh(self.dense(x[:, 0], h, h, backend=backend))                    # (B, h)
 
 
 class SuperBert(nn.Module):
@@ -247,8 +264,7 @@ class SuperBert(nn.Module):
             hs.append(x)
             qkvs.append(qkv)
             atts.append(probs)
-        pd = self.pooler.dense
-        pooled = torch.tanh(ops.sliced_linear(x[:, 0], pd.weight, pd.bias, h, h, backend=self.backend))
+        pooled = self.pooler(x, h, self.backend)
         return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
                                tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
 
