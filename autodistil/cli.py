@@ -129,7 +129,100 @@ def build_parser() -> argparse.ArgumentParser:
     z.add_argument("--run", required=True, help="a space's training folder (holds state/zero and supernet.json)")
     z.add_argument("--out", required=True)
     z.set_defaults(fn=cmd_consolidate)
+
+    pr = sub.add_parser("profile", help="measure a latency table of student building blocks on this device")
+    _space_source_args(pr)
+    _profile_args(pr)
+    pr.add_argument("--max-combos", type=int, default=None, help="coarser grid + interpolation above this many")
+    pr.add_argument("--out", required=True, help="table JSON path")
+    pr.set_defaults(fn=cmd_profile)
+
+    v = sub.add_parser("latency-validate", help="predicted vs measured latency of exported random students")
+    v.add_argument("--table", required=True)
+    v.add_argument("--n", type=int, default=24, help="number of random students")
+    v.add_argument("--seed", type=int, default=1)
+    v.add_argument("--rounds", type=int, default=None, help="measurement rounds (default: the table's)")
+    v.add_argument("--out", required=True)
+    v.set_defaults(fn=cmd_validate)
+
+    se = sub.add_parser("search", help="search students under latency / FLOPs / params budgets (Pareto front)")
+    se.add_argument("--supernet", action="append", required=True, help="trained supernet folder (repeat for K-shot)")
+    se.add_argument("--table", help="latency table JSON (from `autodistil profile`) for latency budgets")
+    se.add_argument("--objective", default="agnostic", choices=["agnostic", "proxy", "latency", "flops", "params"])
+    se.add_argument("--latency-ms", type=float, nargs="+", default=[], help="latency budgets (one search each)")
+    se.add_argument("--flops", type=float, default=None, help="MACs budget in G (the paper's 'FLOPs')")
+    se.add_argument("--params", type=float, default=None, help="parameter budget in M")
+    se.add_argument("--method", default="auto", choices=["auto", "exhaustive", "evolutionary"])
+    se.add_argument("--max-evals", type=int, default=64)
+    se.add_argument("--corpus", default="treebank", help="held-out text for the agnostic loss")
+    se.add_argument("--heldout-blocks", type=int, default=32)
+    se.add_argument("--seq-len", type=int, default=128)
+    se.add_argument("--task", default="sentiment", help="proxy task (objective proxy)")
+    se.add_argument("--top-k", type=int, default=4, help="proxy: candidates fine-tuned per budget")
+    se.add_argument("--proxy-steps", type=int, default=100)
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--out", required=True)
+    se.set_defaults(fn=cmd_search)
     return p
+
+
+def _space_source_args(p):
+    from .teacher import DEFAULT_TEACHER
+    p.add_argument("--teacher", default=DEFAULT_TEACHER)
+    p.add_argument("--paper", action="store_true", help="the paper's BERT-base subspaces")
+    p.add_argument("--space", action="append", help="tiny | small | base (repeatable; default all)")
+
+
+def _profile_args(p):
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--runtime", default="torch", help="torch | torch-compile | onnxruntime")
+    p.add_argument("--dtype", default="fp32")
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--seq-len", type=int, default=128)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
+    p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--runs", type=int, default=10)
+
+
+def cmd_profile(a):
+    from .latency.profile import ProfileSettings, build_table
+    spaces = list(_spaces_for(a).values())
+    st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
+                         threads=a.threads, rounds=a.rounds, runs=a.runs)
+    table = build_table(spaces, st, max_combos=a.max_combos)
+    table.save(a.out)
+    print(f"latency table ({len(table.layers)} layer entries, {len(table.base)} base entries, "
+          f"{table.meta['profile_seconds']} s) for {table.describe_key()} -> {a.out}")
+
+
+def cmd_validate(a):
+    import dataclasses
+    from .latency.predict import LatencyTable
+    from .latency.profile import ProfileSettings
+    from .latency.validate import validate_table
+    from .space import SearchSpace
+    table = LatencyTable.load(a.table)
+    st = ProfileSettings(**table.settings)
+    if a.rounds:
+        st = dataclasses.replace(st, rounds=a.rounds)
+    spaces = [SearchSpace.from_dict(d) for d in table.spaces]
+    rep = validate_table(table, spaces, st, a.n, a.seed, a.out)
+    print(format_validation(rep))
+
+
+def format_validation(rep) -> str:
+    lines = ["| scope | n | MAPE % | within 5 % | within 10 % | Kendall tau | FLOPs tau |", "|---|---|---|---|---|---|---|"]
+    for name, st in [("all", rep["overall"]), *rep["per_space"].items()]:
+        lines.append(f"| {name} | {st['n']} | {st['mape_pct']:.2f} | {st['within_5_pct']:.0f} | "
+                     f"{st['within_10_pct']:.0f} | {st['kendall_tau']:.3f} | {st['flops_kendall_tau']:.3f} |")
+    lines.append(f"measurement noise (one round vs the median of the others): MAPE "
+                 f"{rep['noise']['noise_mape_pct']:.2f}%")
+    return "\n".join(lines)
+
+
+def cmd_search(a):
+    from .search.cli import run_search_command
+    run_search_command(a)
 
 
 def cmd_train(a):

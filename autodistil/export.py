@@ -92,28 +92,32 @@ def export_subnet(model: SuperBert, cfg: SubnetConfig, out_dir, tokenizer=None, 
     return atomic_dir(Path(out_dir), build)
 
 
-def export_onnx(folder, out_path=None, seq_len: int = 128, opset: int = 17) -> Path:
-    """Export a student folder to ONNX (inputs input_ids, attention_mask, token_type_ids; dynamic batch/seq)."""
-    from transformers import AutoModel
+class _OnnxWrap(torch.nn.Module):
+    def __init__(self, m):
+        super().__init__()
+        self.m = m
+
+    def forward(self, input_ids, attention_mask, token_type_ids):
+        o = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
+        return o.last_hidden_state, o.pooler_output
+
+
+def onnx_export_model(model, out_path, seq_len: int = 128, opset: int = 17) -> Path:
+    """A HF encoder -> ONNX (inputs input_ids, attention_mask, token_type_ids; dynamic batch/seq)."""
     from .io import atomic_save
-    folder = Path(folder)
-    model = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
-    out_path = Path(out_path or folder / "model.onnx")
     ids = torch.ones(1, seq_len, dtype=torch.long)
-    mask = torch.ones_like(ids)
-
-    class Wrap(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, input_ids, attention_mask, token_type_ids):
-            o = self.m(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids)
-            return o.last_hidden_state, o.pooler_output
-
     dyn = {"input_ids": {0: "batch", 1: "seq"}, "attention_mask": {0: "batch", 1: "seq"},
            "token_type_ids": {0: "batch", 1: "seq"}}
-    atomic_save(out_path, lambda p: torch.onnx.export(
-        Wrap(model), (ids, mask, torch.zeros_like(ids)), p, input_names=list(dyn),
+    model = model.float().cpu().eval()
+    wrap = _OnnxWrap(model).eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
+    return atomic_save(Path(out_path), lambda p: torch.onnx.export(
+        wrap, (ids, torch.ones_like(ids), torch.zeros_like(ids)), p, input_names=list(dyn),
         output_names=["last_hidden_state", "pooler_output"], dynamic_axes=dyn, opset_version=opset, dynamo=False))
-    return out_path
+
+
+def export_onnx(folder, out_path=None, seq_len: int = 128, opset: int = 17) -> Path:
+    """Export a student folder to <folder>/model.onnx."""
+    from transformers import AutoModel
+    folder = Path(folder)
+    model = AutoModel.from_pretrained(folder)
+    return onnx_export_model(model, out_path or folder / "model.onnx", seq_len, opset)

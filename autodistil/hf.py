@@ -58,10 +58,14 @@ class _SelfAttention(nn.Module):
         self.dropout = nn.Dropout(c.attention_probs_dropout_prob)
         self.a, self.d = c.num_attention_heads, c.attention_head_size
 
-    def forward(self, x, add_mask):
+    def forward(self, x, add_mask, need_probs=False):
         B, T, _ = x.shape
         split = lambda t: t.view(B, T, self.a, self.d).transpose(1, 2)       # (B, A, T, d)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
+        if not need_probs:  # fused SDPA (deployment path); eager below when maps are requested
+            p = self.dropout.p if self.training else 0.0
+            ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask, dropout_p=p)
+            return ctx.transpose(1, 2).reshape(B, T, self.a * self.d), None
         scores = q @ k.transpose(-1, -2) / math.sqrt(self.d)                 # (B, A, T, T)
         if add_mask is not None:
             scores = scores + add_mask
@@ -101,8 +105,8 @@ class _Layer(nn.Module):
         self.intermediate = _Intermediate(c)
         self.output = _Output(c.intermediate_size, c.hidden_size, c)
 
-    def forward(self, x, add_mask):
-        ctx, probs = self.attention.self(x, add_mask)
+    def forward(self, x, add_mask, need_probs=False):
+        ctx, probs = self.attention.self(x, add_mask, need_probs)
         x = self.attention.output(ctx, x)
         return self.output(F.gelu(self.intermediate.dense(x)), x), probs
 
@@ -156,7 +160,7 @@ class AutoDistilBertModel(AutoDistilBertPreTrainedModel):
             add_mask = (1.0 - m) * torch.finfo(x.dtype).min                          # (B, 1, 1, T)
         hs, atts = [x], []
         for layer in self.encoder.layer:
-            x, probs = layer(x, add_mask)
+            x, probs = layer(x, add_mask, bool(output_attentions))
             hs.append(x)
             atts.append(probs)
         pooled = torch.tanh(self.pooler.dense(x[:, 0]))

@@ -41,7 +41,7 @@ def test_exact_count_matches_flop_counter_and_numel(cfg, head_dim, seq):
     student.config._attn_implementation = "eager"
     ids = torch.randint(0, 1000, (1, seq))
     with FlopCounterMode(display=False) as fc, torch.no_grad():
-        student(input_ids=ids, attention_mask=torch.ones_like(ids))
+        student(input_ids=ids, attention_mask=torch.ones_like(ids), output_attentions=True)  # eager attention
     ec = exact_cost(cfg, head_dim, seq, vocab=1000)
     assert fc.get_total_flops() == 2 * ec.macs
     assert sum(p.numel() for p in student.parameters()) == ec.params

@@ -93,3 +93,22 @@ def test_checkpoint_shape_mismatch_is_refused(small_space, tmp_path):
     (folder / "supernet.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="do not match supernet.json: .*wrong shape"):
         load_supernet(folder)
+
+
+def test_onnx_export_matches_torch(small_space, tmp_path, tokenizer):
+    ort = pytest.importorskip("onnxruntime")
+    import numpy as np
+    from autodistil.export import export_onnx
+    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=tokenizer.vocab_size))).eval()
+    enc = tokenizer(["short", "a longer sentence with padding against it"], padding=True, return_tensors="pt")
+    for cfg in (SubnetConfig(2, 32, 2.0, 2), SubnetConfig(2, 48, 2.5, 2)):  # BertModel and AutoDistilBert
+        folder = export_subnet(sb, cfg, tmp_path / cfg.short(), tokenizer=tokenizer)
+        path = export_onnx(folder, seq_len=8)
+        sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        feed = {i.name: enc[i.name].numpy() for i in sess.get_inputs()}
+        last, pooled = sess.run(None, feed)
+        with torch.no_grad():
+            o = sb(enc["input_ids"], enc["attention_mask"], subnet=cfg)
+        valid = enc["attention_mask"].bool().numpy()
+        assert np.abs(last - o.last_hidden_state.numpy())[valid].max() <= 1e-4, cfg
+        assert np.abs(pooled - o.pooler_output.numpy()).max() <= 1e-4, cfg
