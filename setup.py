@@ -60,7 +60,7 @@ setup(
     description="AutoDistil: few-shot task-agnostic NAS for distilling BERT, with sliced-weight kernels",
     python_requires=">=3.9",
     packages=["autodistil", "autodistil.nn", "autodistil.distill", "autodistil.latency", "autodistil.search",
-              "autodistil.data", "autodistil.kernels"],
+              "autodistil.data", "autodistil.finetune", "autodistil.kernels"],
     package_dir={"autodistil": "autodistil", "autodistil.kernels": "kernels"},
     install_requires=["torch>=2.4", "transformers>=4.40", "datasets>=2.18", "safetensors", "numpy", "tqdm",
                       "matplotlib", "pyyaml"],

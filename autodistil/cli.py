@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     _space_source_args(pr)
     _profile_args(pr)
     pr.add_argument("--max-combos", type=int, default=None, help="coarser grid + interpolation above this many")
+    pr.add_argument("--calibrate", type=int, default=12, help="random full students for the learned correction (0: none)")
     pr.add_argument("--out", required=True, help="table JSON path")
     pr.set_defaults(fn=cmd_profile)
 
@@ -163,7 +164,54 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--out", required=True)
     se.set_defaults(fn=cmd_search)
+
+    from .finetune.train import FinetuneConfig
+    ft = sub.add_parser("finetune", help="fine-tune a student (or any HF BERT folder) on a task")
+    ft.add_argument("--config", help="YAML/TOML/JSON with FinetuneConfig fields")
+    add_dataclass_args(ft, FinetuneConfig)
+    ft.set_defaults(fn=cmd_finetune)
+
+    ev = sub.add_parser("evaluate", help="evaluate a fine-tuned folder on a task's dev split")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--task", default="sentiment")
+    ev.add_argument("--max-eval-examples", type=int, default=None)
+    ev.add_argument("--no-fallback", action="store_true", help="fail instead of using the offline task")
+    ev.set_defaults(fn=cmd_evaluate)
+
+    from .pipeline import RunConfig
+    r = sub.add_parser("run", help="the whole job: train, profile, search, export, measure, fine-tune, report")
+    r.add_argument("--config", help="YAML/TOML/JSON with RunConfig fields (flags override it)")
+    add_dataclass_args(r, RunConfig)
+    r.set_defaults(fn=cmd_run)
     return p
+
+
+def cmd_finetune(a):
+    from .config import build_dataclass
+    from .finetune.train import FinetuneConfig, finetune
+    from .io import load_config_file
+    cfg = build_dataclass(FinetuneConfig, load_config_file(a.config) if a.config else {}, a)
+    if not cfg.model:
+        raise ValueError("--model is required (a Hugging Face folder: an exported student or a teacher)")
+    r = finetune(cfg)
+    print(f"{r['task']}: " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items())
+          + f" ({r['steps']} steps, {r['train_seconds']} s) -> {cfg.out_dir}")
+
+
+def cmd_evaluate(a):
+    from .finetune.train import evaluate_folder
+    r = evaluate_folder(a.model, a.task, a.max_eval_examples, fallback=not a.no_fallback)
+    print(f"{r['task']} ({r['dev_examples']} dev examples): " + ", ".join(f"{k} {v:.4f}" for k, v in r["metrics"].items()))
+
+
+def cmd_run(a):
+    from .config import build_dataclass
+    from .io import load_config_file
+    from .pipeline import RunConfig, run_pipeline
+    cfg = build_dataclass(RunConfig, load_config_file(a.config) if a.config else {}, a)
+    state = run_pipeline(cfg)
+    if "report" in state:
+        print(f"report: {state['report']['report']}")
 
 
 def _space_source_args(p):
@@ -189,10 +237,15 @@ def cmd_profile(a):
     spaces = list(_spaces_for(a).values())
     st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
                          threads=a.threads, rounds=a.rounds, runs=a.runs)
-    table = build_table(spaces, st, max_combos=a.max_combos)
+    table = build_table(spaces, st, max_combos=a.max_combos, calibrate=a.calibrate)
     table.save(a.out)
     print(f"latency table ({len(table.layers)} layer entries, {len(table.base)} base entries, "
           f"{table.meta['profile_seconds']} s) for {table.describe_key()} -> {a.out}")
+    cal = table.meta.get("calibration")
+    if cal:
+        print(f"learned correction {'used' if cal['used'] else 'not used'}: calibration MAPE "
+              f"{100 * cal['raw_mape']:.1f}% raw" + (f", {100 * cal['loo_mape']:.1f}% leave-one-out corrected"
+                                                       if 'loo_mape' in cal else ""))
 
 
 def cmd_validate(a):
@@ -211,10 +264,17 @@ def cmd_validate(a):
 
 
 def format_validation(rep) -> str:
-    lines = ["| scope | n | MAPE % | within 5 % | within 10 % | Kendall tau | FLOPs tau |", "|---|---|---|---|---|---|---|"]
-    for name, st in [("all", rep["overall"]), *rep["per_space"].items()]:
+    lines = ["| scope | n | MAPE % | within 5 % | within 10 % | MAPE % (drift-adj.) | within 5 % (adj.) | "
+             "within 10 % (adj.) | Kendall tau | FLOPs tau |", "|---|---|---|---|---|---|---|---|---|---|"]
+    adj_all = rep["overall_drift_adjusted"]
+    overall = {**rep["overall"], **{f"{k}_drift_adjusted": adj_all[k] for k in ("mape_pct", "within_5_pct",
+                                                                                "within_10_pct")}}
+    for name, st in [("all", overall), *rep["per_space"].items()]:
         lines.append(f"| {name} | {st['n']} | {st['mape_pct']:.2f} | {st['within_5_pct']:.0f} | "
-                     f"{st['within_10_pct']:.0f} | {st['kendall_tau']:.3f} | {st['flops_kendall_tau']:.3f} |")
+                     f"{st['within_10_pct']:.0f} | {st['mape_pct_drift_adjusted']:.2f} | "
+                     f"{st['within_5_pct_drift_adjusted']:.0f} | {st['within_10_pct_drift_adjusted']:.0f} | "
+                     f"{st['kendall_tau']:.3f} | {st['flops_kendall_tau']:.3f} |")
+    lines.append(f"machine speed drift since profiling (anchor model now / then): {rep['machine_drift']:.3f}")
     lines.append(f"measurement noise (one round vs the median of the others): MAPE "
                  f"{rep['noise']['noise_mape_pct']:.2f}%")
     return "\n".join(lines)

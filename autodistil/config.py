@@ -32,7 +32,8 @@ def add_dataclass_args(parser, cls, prefix: str = "", skip=()) -> None:
         elif tp is bool:
             parser.add_argument(flag, dest=prefix + f.name, action=argparse_bool(), default=None)
         elif tp is tuple or typing.get_origin(tp) is tuple:
-            parser.add_argument(flag, dest=prefix + f.name, nargs="+", default=None)
+            args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+            parser.add_argument(flag, dest=prefix + f.name, nargs="+", default=None, type=args[0] if args else str)
         else:
             parser.add_argument(flag, dest=prefix + f.name, type=tp if tp in (int, float) else str, default=None)
 

@@ -1,5 +1,28 @@
-"""Triton kernels (installed as autodistil.kernels)."""
+"""Triton kernels, installed as ``autodistil.kernels`` (the "triton" backend of autodistil.ops).
+
+One file per op, each holding its kernels, launcher and autograd Function:
+  sliced_linear.py     y = act(x @ W[:o, :i]^T + b[:o]); dX; dW into W.grad[:o, :i]
+  sliced_layernorm.py  LN(x + residual) over the first h features; dgamma/dbeta into the slices
+  attention.py         flash-style attention, any head count, head dim <= 128, padding mask
+Runs on CUDA GPUs, and on the CPU under TRITON_INTERPRET=1 (fp32/fp16; how CI tests it).
+"""
+from __future__ import annotations
+
+import os
 
 
 def unavailable_reason():
-    return "the Triton backend is not built yet"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed (pip install 'autodistil[triton]')"
+    import torch
+    if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
+        return "Triton needs a CUDA GPU here (or TRITON_INTERPRET=1 for its CPU interpreter, set before import)"
+    return None
+
+
+if unavailable_reason() is None:
+    from .attention import attention, attention_probs  # noqa: F401
+    from .sliced_layernorm import sliced_layernorm  # noqa: F401
+    from .sliced_linear import sliced_linear  # noqa: F401

@@ -65,7 +65,7 @@ def spread_space():
 def test_profile_and_validate_on_this_cpu(spread_space, tmp_path):
     """A widely spread tiny space: predictions must be sane (loose bound; real figures in README)."""
     st = ProfileSettings(seq_len=32, rounds=3, runs=5, warmup=1, threads=1)
-    table = build_table([spread_space], st, vocab=2000)
+    table = build_table([spread_space], st, vocab=2000, calibrate=4)
     assert len(table.layers) == 8 and table.key["device_name"] == machine_key(st)["device_name"]
     rep = validate_table(table, [spread_space], st, n=6, seed=3, out_dir=tmp_path)
     assert rep["overall"]["mape_pct"] < 60 and rep["overall"]["kendall_tau"] > 0

@@ -36,7 +36,7 @@ class TrainConfig:
     """One config object per job (defaults: the embedded CPU setting)."""
     teacher: str = DEFAULT_TEACHER
     corpus: str = "treebank"
-    spaces: tuple = ("tiny", "small", "base")
+    spaces: tuple[str, ...] = ("tiny", "small", "base")
     paper_spaces: bool = False          # the paper's BERT-base spaces instead of teacher-derived ones
     out_dir: str = "runs/train"
     seq_len: int = 128

@@ -203,9 +203,22 @@ def layer_combos(space, max_combos: Optional[int] = None) -> tuple[list, bool]:
     return [(h, a, r) for h in hs for a in as_ for r in rs], coarse
 
 
+def anchor_config(spaces) -> tuple:
+    """A fixed mid-size 2-layer student (layers, hidden, heads, ffn), re-measured whenever the
+    table is used for validation: the ratio of its latencies tells how far the machine's speed
+    drifted between the two sessions (shared machines drift by tens of percent)."""
+    s = spaces[len(spaces) // 2]
+    h = s.hidden.values[len(s.hidden.values) // 2]
+    a = s.heads.values[len(s.heads.values) // 2]
+    r = s.ffn_ratio.values[len(s.ffn_ratio.values) // 2]
+    return (2, int(h), int(a), int(round(r * h)))
+
+
 def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, max_combos: Optional[int] = None,
-                seed: int = 0):
-    """Profile every (hidden, heads, ratio) layer of the spaces and a base block per hidden."""
+                seed: int = 0, calibrate: int = 12):
+    """Profile every (hidden, heads, ratio) layer of the spaces and a base block per hidden; then,
+    with `calibrate` > 0, fit a linear correction on that many random full students measured in
+    the same interleaved session (kept only when leave-one-out error improves)."""
     from .predict import LatencyTable
     t0 = time.time()
     head_dims = {s.head_dim for s in spaces}
@@ -229,6 +242,16 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, max_combo
     for h, a, r in combos:
         f = int(round(r * h))
         runners[f"two:{h}:{a}:{f}"] = make_runner(make_student(2, h, a, f, d, vocab), settings, tmp)
+    anchor = anchor_config(spaces)
+    runners["anchor"] = make_runner(make_student(*anchor, d, vocab), settings, tmp)
+    calib = []
+    if calibrate:
+        rng = random.Random(seed + 99991)  # distinct from validation's students
+        for k in range(calibrate):
+            sp = spaces[k % len(spaces)]
+            c = sp.sample(rng)
+            calib.append(c)
+            runners[f"calib:{k}"] = make_runner(make_student(c.layers, c.hidden, c.heads, c.ffn, d, vocab), settings, tmp)
     res = measure_interleaved(runners, settings, seed, desc="profiling blocks")
     base_rows = []
     for h, is_bert in bases:
@@ -243,7 +266,13 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, max_combo
                            "spread": ((sp2 ** 2 + sp0 ** 2) ** 0.5) / 2})
     import shutil
     shutil.rmtree(tmp, ignore_errors=True)
-    return LatencyTable(key=key, settings=settings.__dict__.copy(), head_dim=d, vocab=vocab,
-                        spaces=[s.to_dict() for s in spaces], base=base_rows, layers=layer_rows,
-                        meta={"profile_seconds": round(time.time() - t0, 1), "coarse_grid": coarse,
-                              "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    table = LatencyTable(key=key, settings=settings.__dict__.copy(), head_dim=d, vocab=vocab,
+                         spaces=[s.to_dict() for s in spaces], base=base_rows, layers=layer_rows,
+                         meta={"coarse_grid": coarse, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
+    table.meta["anchor"] = {"model": list(anchor), "ms": res["anchor"][0]}
+    if calib:
+        meas = [res[f"calib:{k}"][0] for k in range(len(calib))]
+        table.meta["calibration"] = {"students": [c.as_dict() for c in calib], "measured_ms": meas,
+                                     **table.fit_correction(calib, meas)}
+    table.meta["profile_seconds"] = round(time.time() - t0, 1)
+    return table

@@ -79,7 +79,7 @@ def random_students(spaces: list[SearchSpace], n: int, seed: int = 1) -> list[tu
 
 
 def measure_students(students, table_vocab: int, head_dim: int, settings: ProfileSettings, supernet=None,
-                     seed: int = 0) -> dict:
+                     seed: int = 0, anchor: tuple | None = None) -> dict:
     """Export each student to a HF folder, load it back with AutoModel, time it interleaved.
     Returns {(space, cfg): (median_ms, spread_ms, per_round)}."""
     from transformers import AutoModel
@@ -103,6 +103,9 @@ def measure_students(students, table_vocab: int, head_dim: int, settings: Profil
                 folder = export_subnet(net, cfg, tmp / f"{sname}-{cfg.short()}")
                 model = AutoModel.from_pretrained(folder).eval()
                 runners[(sname, cfg)] = make_runner(model, settings, tmp)
+        if anchor is not None:
+            from .profile import make_student
+            runners["anchor"] = make_runner(make_student(*anchor, head_dim, table_vocab), settings, tmp)
         return measure_interleaved(runners, settings, seed, desc="measuring students")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -116,15 +119,23 @@ def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: Pro
         raise ValueError(f"refusing to validate: the table was measured on {table.describe_key()}, this run is "
                          f"{key.get('device_name')} (differs in {diff}); validate on the device the table was built on")
     students = random_students(spaces, n, seed)
-    res = measure_students(students, table.vocab, table.head_dim, settings, supernet, seed)
+    anchor = table.meta.get("anchor")
+    res = measure_students(students, table.vocab, table.head_dim, settings, supernet, seed,
+                           tuple(anchor["model"]) if anchor else None)
+    drift = 1.0
+    if anchor:
+        drift = res.pop("anchor")[0] / anchor["ms"]
     rows = []
     for (sname, cfg), (ms, spread, rounds) in res.items():
         p, sd = table.predict_with_uncertainty(cfg)
         rows.append({"space": sname, **cfg.as_dict(), "measured_ms": ms, "measured_spread_ms": spread,
                      "predicted_ms": p, "predicted_sd_ms": sd, "err_pct": 100 * (p - ms) / ms,
+                     "predicted_drift_adjusted_ms": p * drift, "err_drift_adjusted_pct": 100 * (p * drift - ms) / ms,
                      "macs": exact_cost(cfg, table.head_dim, table.key["seq_len"], table.vocab).macs})
-    report = {"key": key, "n": len(rows), "overall": error_stats([r["predicted_ms"] for r in rows],
-                                                                  [r["measured_ms"] for r in rows])}
+    report = {"key": key, "n": len(rows), "machine_drift": drift,
+              "overall": error_stats([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
+              "overall_drift_adjusted": error_stats([r["predicted_drift_adjusted_ms"] for r in rows],
+                                                    [r["measured_ms"] for r in rows])}
     report["overall"]["flops_kendall_tau"] = kendall_tau([r["macs"] for r in rows], [r["measured_ms"] for r in rows])
     report["per_space"] = {}
     for s in spaces:
@@ -132,6 +143,8 @@ def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: Pro
         if len(rs) >= 2:
             st = error_stats([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs])
             st["flops_kendall_tau"] = kendall_tau([r["macs"] for r in rs], [r["measured_ms"] for r in rs])
+            adj = error_stats([r["predicted_drift_adjusted_ms"] for r in rs], [r["measured_ms"] for r in rs])
+            st.update({f"{k}_drift_adjusted": adj[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
             report["per_space"][s.name] = st
     report["noise"] = noise_floor({k: v[2] for k, v in res.items()})
     report["students"] = rows

@@ -1,0 +1,79 @@
+"""Proxy search (the paper's Proxy-B/S/T students): the top-k candidates of the agnostic
+ranking under each budget are exported, fine-tuned briefly on a proxy task and ranked by dev
+score under the same budgets. Their measured scores join the Pareto front."""
+from __future__ import annotations
+
+import shutil
+import tempfile
+from pathlib import Path
+
+from ..export import export_subnet
+from ..io import atomic_write_json
+from ..latency.validate import write_rows_csv
+from ..search.engine import Budget
+from ..search.run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
+from ..space import SubnetConfig
+from .train import FinetuneConfig, finetune
+
+
+def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str, top_k: int = 4,
+                 proxy_steps: int = 100, out_dir=None, seed: int = 0, max_seq_len: int = 64,
+                 max_eval_examples: int | None = 1000, method: str = "auto", lr: float = 5e-5) -> dict:
+    head_dim, vocab = nets[0][0].config.head_dim, nets[0][0].config.vocab_size
+    pairs = [(spaces[0], HeldoutLoss(model, teacher, held)) for model, spaces, _ in nets]
+    agn = search(pairs, table, SearchSpec(budgets=budgets, method=method, seed=seed), head_dim, vocab)
+    by_space = {spaces[0].name: model for model, spaces, _ in nets}
+    feas_rows = agn["candidates"]
+    picked = {}
+    for b in budgets:
+        ok = sorted((r for r in feas_rows if b.ok(r)), key=lambda r: r["loss"])[:top_k]
+        picked[b.label()] = ok
+    tmp = Path(tempfile.mkdtemp(prefix="autodistil-proxy-"))
+    scores = {}
+    try:
+        for rows in picked.values():
+            for r in rows:
+                key = (r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
+                if key in scores:
+                    continue
+                cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
+                folder = export_subnet(by_space[r["space"]], cfg, tmp / f"{r['space']}-{cfg.short()}", tokenizer)
+                res = finetune(FinetuneConfig(model=str(folder), task=task, out_dir=str(tmp / "ft" / cfg.short()),
+                                              max_steps=proxy_steps, max_seq_len=max_seq_len, seed=seed, lr=lr,
+                                              max_eval_examples=max_eval_examples), progress=False)
+                scores[key] = res["score"]
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    rows, best = [], {}
+    for label, cands in picked.items():
+        for r in cands:
+            key = (r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
+            rows.append({**r, "budget": label, "proxy_score": scores[key], "neg_score": -scores[key]})
+        if cands:
+            top = max((x for x in rows if x["budget"] == label), key=lambda x: x["proxy_score"])
+            best[label] = top
+    uniq = {(r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"]): r for r in rows}
+    front = pareto_front(list(uniq.values()), ("neg_score", "latency_ms" if table is not None else "macs"))
+    result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": task}
+    if out_dir is not None:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        write_rows_csv(out / "proxy_candidates.csv", rows)
+        atomic_write_json(out / "proxy_search.json", result)
+        plot_search(result, out / "proxy_pareto.png", table is not None, score_key="proxy_score",
+                    score_label=f"{task} dev score after {proxy_steps} proxy steps")
+    return result
+
+
+def run_proxy_search_command(a):
+    from ..search.cli import load_search_inputs
+    budgets = [Budget(latency_ms=l, macs=a.flops * 1e9 if a.flops else None,
+                      params=a.params * 1e6 if a.params else None) for l in a.latency_ms] or [
+        Budget(macs=a.flops * 1e9 if a.flops else None, params=a.params * 1e6 if a.params else None)]
+    nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
+    res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
+                       method=a.method)
+    for label, r in res["best"].items():
+        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
+              f"{a.task} dev {r['proxy_score']:.4f}  loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms")
+    return res

@@ -1,0 +1,144 @@
+"""The run report: results.json (every number), report.md (the seed's two tables for this
+run, in our words, generated from results.json) and PNG plots."""
+from __future__ import annotations
+
+import platform
+from pathlib import Path
+
+from .cost import exact_cost, paper_cost
+from .io import atomic_save, atomic_write_json, atomic_write_text, read_json
+from .space import SubnetConfig
+
+
+def collect_results(run) -> dict:
+    st, cfg = run.state, run.cfg
+    _, _, info, _ = run._teacher()
+    head_dim = info.shape.head_dim
+    teacher_cfg = SubnetConfig(info.shape.layers, info.shape.hidden, info.shape.ffn_ratio, info.shape.heads)
+    meas, ft = st["measure"], st["finetune"]
+    t_ms = meas["teacher"]["ms"]
+
+    def row(name, sub: SubnetConfig, kind, extra=None):
+        e, p = exact_cost(sub, head_dim, cfg.seq_len), paper_cost(sub, cfg.seq_len)
+        f = ft[name]
+        return {"name": name, "kind": kind, **sub.as_dict(), "qkv_width": sub.heads * head_dim,
+                "gmacs_exact": e.macs / 1e9, "gmacs_paper_formula": p.macs / 1e9, "mparams": e.params / 1e6,
+                "latency_ms": meas[name]["ms"], "latency_spread_ms": meas[name]["spread_ms"],
+                "speedup": t_ms / meas[name]["ms"], "task": f["task"], "headline_metric": f["headline"],
+                "score": f["score"], "metrics": f["metrics"], **(extra or {})}
+
+    models = [row("teacher", teacher_cfg, "teacher", {"teacher": info.name})]
+    for name, s in st["export"]["students"].items():
+        sub = SubnetConfig.from_dict(s["subnet"])
+        models.append(row(name, sub, "student", {"space": s["space"], "budgets": s["budgets"],
+                                                 "predicted_ms": s["predicted_ms"], "heldout_loss": s["heldout_loss"],
+                                                 "folder": s["folder"]}))
+    train = st["train"]["summary"]
+    return {"config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+            "machine": {"cpu": _cpu(), "python": platform.python_version(), **_versions()},
+            "teacher": {"name": info.name, "shape": info.shape.__dict__, "latency_ms": t_ms},
+            "supernets": train, "search": {k: st["search"][k] for k in ("budgets_ms", "skipped_budgets_ms",
+                                                                         "front_size", "evaluations")},
+            "latency_table": st["profile"]["table"], "models": models}
+
+
+def _cpu():
+    from .latency.profile import cpu_model
+    return cpu_model()
+
+
+def _versions():
+    import torch
+    import transformers
+    return {"torch": torch.__version__, "transformers": transformers.__version__}
+
+
+def render_markdown(res: dict) -> str:
+    c, models = res["config"], res["models"]
+    teacher = models[0]
+    L = []
+    L.append("# AutoDistil run report\n")
+    L.append(f"Teacher **{res['teacher']['name']}** ({teacher['layers']} layers, hidden {teacher['hidden']}, "
+             f"{teacher['heads']} heads x {teacher['qkv_width'] // teacher['heads']}); K={len(res['supernets'])} "
+             f"supernets ({', '.join(res['supernets'])}) distilled for {c['train_steps']} sandwich steps on "
+             f"`{c['corpus']}` text (seq len {c['seq_len']}, batch {c['train_batch']}, init from {c['init']}); "
+             f"students chosen by held-out distillation loss under latency budgets "
+             f"{', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} (fractions of the teacher's "
+             f"measured latency); all fine-tuned on `{c['task']}`. Machine: {res['machine']['cpu']}, "
+             f"torch {res['machine']['torch']}, runtime `{c['runtime']}`, batch {c['batch']}, "
+             f"seq len {c['seq_len']}.\n")
+    if res["search"]["skipped_budgets_ms"]:
+        L.append(f"Budgets no student could meet (skipped): {res['search']['skipped_budgets_ms']} ms.\n")
+    L.append("## Students and their cost (cf. the seed's architecture table)\n")
+    L.append("| model | layers | hidden | MLP ratio | heads | exact GMACs | paper-formula GMACs | params (M) | "
+             "latency (ms) | speed-up |")
+    L.append("|---|---|---|---|---|---|---|---|---|---|")
+    for m in models:
+        L.append(f"| {m['name']} | {m['layers']} | {m['hidden']} | {m['ffn_ratio']:g} | {m['heads']} | "
+                 f"{m['gmacs_exact']:.3f} | {m['gmacs_paper_formula']:.3f} | {m['mparams']:.2f} | "
+                 f"{m['latency_ms']:.2f} | {m['speedup']:.2f}x |")
+    L.append("\nLatency: end-to-end forward of the exported Hugging Face folder, median over interleaved rounds "
+             "of trimmed medians. GMACs: multiply-accumulates per sequence (the paper's 'FLOPs').\n")
+    metric = teacher["headline_metric"]
+    extra = [k for k in teacher["metrics"] if k != metric]
+    L.append(f"## Task results (cf. the seed's GLUE table): `{c['task']}` dev\n")
+    L.append(f"| model | GMACs | params (M) | {metric} | " + " | ".join(extra) + (" | " if extra else "")
+             + f"{metric} vs teacher | speed-up |")
+    L.append("|---|---|---|---|" + "---|" * len(extra) + "---|---|")
+    for m in models:
+        ex = " | ".join(f"{m['metrics'][k]:.4f}" for k in extra)
+        L.append(f"| {m['name']} | {m['gmacs_exact']:.3f} | {m['mparams']:.2f} | {m['score']:.4f} | "
+                 + (ex + " | " if extra else "") + f"{m['score'] - teacher['score']:+.4f} | {m['speedup']:.2f}x |")
+    smallest = min(models[1:], key=lambda m: m["latency_ms"]) if len(models) > 1 else None
+    if smallest:
+        L.append(f"\nThe smallest student ({smallest['name']}) runs {smallest['speedup']:.2f}x faster than the teacher "
+                 f"({smallest['latency_ms']:.2f} vs {teacher['latency_ms']:.2f} ms) at {metric} "
+                 f"{smallest['score']:.4f} vs {teacher['score']:.4f}.\n")
+    L.append("## Plots\n")
+    L.append("![score vs latency](score_vs_latency.png)\n\n![score vs FLOPs](score_vs_flops.png)\n\n"
+             "![search Pareto front](search/pareto.png)\n")
+    L.append("## Supernet training (held-out distillation loss, first -> last evaluation)\n")
+    L.append("| space | steps | largest | smallest | random |")
+    L.append("|---|---|---|---|---|")
+    for name, s in res["supernets"].items():
+        fe, le = s.get("first_eval") or {}, s.get("final_eval") or {}
+        L.append(f"| {name} | {s['steps']} | " + " | ".join(
+            f"{fe.get(k, float('nan')):.4f} -> {le.get(k, float('nan')):.4f}" for k in ("largest", "smallest", "random"))
+                 + " |")
+    L.append("\nAll numbers come from `results.json` in this folder.\n")
+    return "\n".join(L)
+
+
+def plot_scores(res: dict, out: Path) -> list[Path]:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    paths = []
+    for key, xlabel, fname in (("latency_ms", "measured latency (ms)", "score_vs_latency.png"),
+                               ("gmacs_exact", "GMACs per sequence", "score_vs_flops.png")):
+        fig, ax = plt.subplots(figsize=(6, 4.2))
+        for m in res["models"]:
+            mk = "*" if m["kind"] == "teacher" else "o"
+            ax.scatter([m[key]], [m["score"]], marker=mk, s=140 if mk == "*" else 50, zorder=3)
+            ax.annotate(m["name"], (m[key], m["score"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        st = sorted(res["models"][1:], key=lambda m: m[key])
+        ax.plot([m[key] for m in st], [m["score"] for m in st], "k--", lw=0.8)
+        ax.set(xlabel=xlabel, ylabel=f"{res['models'][0]['task']} dev {res['models'][0]['headline_metric']}",
+               title="students vs teacher")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        p = out / fname
+        atomic_save(p, lambda f: fig.savefig(f, format="png", dpi=110))
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def write_report(run) -> dict:
+    res = collect_results(run)
+    out = run.out
+    atomic_write_json(out / "results.json", res)
+    res = read_json(out / "results.json")  # the report is rendered from exactly what was written
+    plot_scores(res, out)
+    atomic_write_text(out / "report.md", render_markdown(res))
+    return {"report": str(out / "report.md"), "results": str(out / "results.json")}

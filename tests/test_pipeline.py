@@ -1,0 +1,101 @@
+import json
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from autodistil.data.tasks import compute_metrics, film_in_dev, load_sentiment, load_task, SENTIMENT, GLUE
+from autodistil.pipeline import RunConfig, run_pipeline
+
+
+def test_sentiment_task_split_by_film():
+    ds = load_sentiment()
+    n = len(ds["train"]) + len(ds["validation"])
+    assert n == 7403 + 5405
+    assert sum(ds["train"]["label"]) + sum(ds["validation"]["label"]) == 7403
+    films_train, films_dev = set(ds["train"]["movie_name"]), set(ds["validation"]["movie_name"])
+    assert not films_train & films_dev and all(film_in_dev(f) for f in films_dev)
+    assert 0.12 < len(ds["validation"]) / n < 0.28
+
+
+def test_glue_offline_message_and_fallback(capsys):
+    with pytest.raises(ConnectionError, match="GLUE task 'mrpc' needs the Hugging Face hub"):
+        load_task("mrpc", fallback=False)
+    spec, ds = load_task("sst2")
+    assert spec.name == "sentiment" and "using the embedded offline task" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="unknown task 'imdb'"):
+        load_task("imdb")
+
+
+def test_task_files_and_metrics(tmp_path):
+    import numpy as np
+    for split in ("train", "validation"):
+        (tmp_path / f"{split}.csv").write_text("sentence1,sentence2,label\na b,c d,1\ne f,g h,0\n")
+    spec, ds = load_task("mrpc", files={"train": str(tmp_path / "train.csv"),
+                                        "validation": str(tmp_path / "validation.csv")})
+    assert spec.name == "mrpc" and len(ds["validation"]) == 2
+    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
+    y = np.array([1, 0, 0, 1])
+    m = compute_metrics(GLUE["cola"], logits, y)
+    assert m["accuracy"] == 0.5 and m["matthews"] == pytest.approx(0.0)
+    f1 = compute_metrics(SENTIMENT, logits, y)["f1"]
+    assert f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+
+
+def _tiny(tmp_path, teacher, **kw):
+    base = dict(out_dir=str(tmp_path / "run"), teacher=str(teacher), spaces=("small", "base"), train_steps=3,
+                train_batch=2, seq_len=32, max_train_blocks=20, eval_blocks=2, profile_rounds=2, profile_runs=2,
+                measure_rounds=2, heldout_blocks=2, budget_fractions=(0.6, 0.9), finetune_max_steps=3,
+                finetune_batch=8, finetune_seq_len=32, max_train_examples=48, max_eval_examples=40)
+    base.update(kw)
+    return RunConfig(**base)
+
+
+def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
+    logs = []
+    state = run_pipeline(_tiny(tmp_path, tiny_teacher_dir, stop_after="search"), log=logs.append)
+    assert set(state) == {"train", "profile", "search"}
+    sn = Path(state["train"]["supernets"][0]) / "supernet.safetensors"
+    mtime = sn.stat().st_mtime_ns
+    logs.clear()
+    state = run_pipeline(_tiny(tmp_path, tiny_teacher_dir), log=logs.append)
+    for stage in ("train", "profile", "search"):  # an interrupted run resumes without redoing these
+        assert f"[{stage}] cached" in " ".join(logs), logs
+    assert sn.stat().st_mtime_ns == mtime
+    out = tmp_path / "run"
+    res = json.loads((out / "results.json").read_text())
+    report = (out / "report.md").read_text()
+    # every student folder loads in a fresh process with AutoModel.from_pretrained
+    folders = [m["folder"] for m in res["models"] if m["kind"] == "student"]
+    assert folders
+    code = ("import sys, autodistil; from transformers import AutoModel\n"
+            "for f in sys.argv[1:]: AutoModel.from_pretrained(f)\nprint('ok')")
+    r = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    # the report's numbers are results.json's
+    for m in res["models"]:
+        line = next(l for l in report.splitlines() if l.startswith(f"| {m['name']} | {m['layers']} |"))
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert float(cells[5]) == pytest.approx(m["gmacs_exact"], abs=5e-4)
+        assert float(cells[8]) == pytest.approx(m["latency_ms"], abs=5e-3)
+        assert cells[9] == f"{m['speedup']:.2f}x"
+        line2 = next(l for l in report.splitlines() if l.startswith(f"| {m['name']} | {m['gmacs_exact']:.3f} |"))
+        assert f"| {m['score']:.4f} |" in line2
+    for png in ("score_vs_latency.png", "score_vs_flops.png", "search/pareto.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
+    # a third run: everything cached
+    logs.clear()
+    run_pipeline(_tiny(tmp_path, tiny_teacher_dir), log=logs.append)
+    assert all(f"[{s}] cached" in " ".join(logs) for s in ("train", "finetune", "report"))
+    # a changed fine-tuning setting reruns from finetune on, not before
+    logs.clear()
+    run_pipeline(_tiny(tmp_path, tiny_teacher_dir, finetune_max_steps=4), log=logs.append)
+    text = " ".join(logs)
+    assert "[measure] cached" in text and "[finetune] running" in text and "[report] running" in text
+
+
+def test_run_config_errors():
+    with pytest.raises(ValueError, match="stop_after='nope' is not a stage"):
+        RunConfig(stop_after="nope")

@@ -1,0 +1,171 @@
+"""Triton kernels against PyTorch references (CPU interpreter in CI; GPU when present)."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+triton = pytest.importorskip("triton")
+from autodistil import ops  # noqa: E402
+
+pytestmark = pytest.mark.skipif(ops.backend_status()["triton"] != "ok", reason="triton backend unavailable")
+DEV = "cuda" if torch.cuda.is_available() else "cpu"
+FLOOR = {torch.float16: 1e-3, torch.bfloat16: 1e-2}
+
+
+def _check(got, ref32, ref_lowp, dtype, name):
+    """fp32: tight; fp16/bf16: max-abs error vs an fp32 reference <= 2x torch's own in that dtype + floor."""
+    if dtype == torch.float32:
+        torch.testing.assert_close(got.float(), ref32.float(), rtol=1e-5, atol=1e-5, msg=name)
+        return
+    ours = (got.float() - ref32.float()).abs().max().item()
+    theirs = (ref_lowp.float() - ref32.float()).abs().max().item()
+    assert ours <= 2 * theirs + FLOOR[dtype], f"{name}: {ours} vs torch {theirs}"
+
+
+def _mk(shape, dtype, seed, scale=1.0):
+    g = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=g) * scale).to(DEV, dtype)
+
+
+DTYPES = [torch.float32, torch.float16]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,o,i", [(1, 100, 37), (7, 33, 50), (129, 100, 37)])
+@pytest.mark.parametrize("act,has_bias", [(None, True), ("gelu", True), (None, False)])
+def test_sliced_linear(dtype, n, o, i, act, has_bias):
+    W_full, b_full = _mk((128, 64), torch.float32, 1, 0.1), _mk((128,), torch.float32, 2, 0.1)
+    x32 = _mk((n, i), torch.float32, 3)
+    dy32 = _mk((n, o), torch.float32, 4)
+
+    def run(backend, dt):
+        W = W_full.to(dt).clone().requires_grad_()
+        b = b_full.to(dt).clone().requires_grad_() if has_bias else None
+        x = x32.to(dt).clone().requires_grad_()
+        if backend == "ref":
+            y = F.linear(x, W[:o, :i], None if b is None else b[:o])
+            y = F.gelu(y) if act else y
+        else:
+            y = ops.sliced_linear(x, W, b, o, i, act, backend="triton")
+        y.backward(dy32.to(dt))
+        return y, x.grad, W.grad, None if b is None else b.grad
+
+    got = run("triton", dtype)
+    ref32 = run("ref", torch.float32)
+    ref_lp = run("ref", dtype) if dtype != torch.float32 else ref32
+    for name, g, r, rl in zip(("y", "dx", "dW", "db"), got, ref32, ref_lp):
+        if r is not None:
+            _check(g, r, rl, dtype, name)
+    assert got[2].shape == W_full.shape and not got[2][o:].any() and not got[2][:, i:].any()
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n,h", [(1, 37), (7, 100), (129, 37)])
+@pytest.mark.parametrize("residual", [True, False])
+def test_sliced_layernorm(dtype, n, h, residual):
+    w_full = (1 + 0.1 * _mk((128,), torch.float32, 5))
+    b_full = 0.1 * _mk((128,), torch.float32, 6)
+    x32, r32, dy32 = _mk((n, h), torch.float32, 7), _mk((n, h), torch.float32, 8), _mk((n, h), torch.float32, 9)
+
+    def run(backend, dt):
+        w, b = w_full.to(dt).clone().requires_grad_(), b_full.to(dt).clone().requires_grad_()
+        x = x32.to(dt).clone().requires_grad_()
+        r = r32.to(dt).clone().requires_grad_() if residual else None
+        if backend == "ref":
+            y = F.layer_norm(x + r if residual else x, (h,), w[:h], b[:h], 1e-12)
+        else:
+            y = ops.sliced_layernorm(x, w, b, h, 1e-12, r, backend="triton")
+        y.backward(dy32.to(dt))
+        return y, x.grad, w.grad, b.grad, (r.grad if residual else None)
+
+    got, ref32 = run("triton", dtype), run("ref", torch.float32)
+    ref_lp = run("ref", dtype) if dtype != torch.float32 else ref32
+    for name, g, r, rl in zip(("y", "dx", "dgamma", "dbeta", "dres"), got, ref32, ref_lp):
+        if r is not None:
+            _check(g, r, rl, dtype, name)
+
+
+def _ref_attn(q, k, v, mask):
+    s = q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1])
+    if mask is not None:
+        s = s.masked_fill(mask[:, None, None, :] == 0, float("-inf"))
+    p = torch.softmax(s.float(), -1).to(q.dtype)
+    return p @ v, p
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("T", [1, 7, 129])
+@pytest.mark.parametrize("d", [32, 24])
+def test_attention(dtype, T, d):
+    B, A = 2, 3
+    mask = torch.ones(B, T, dtype=torch.long, device=DEV)
+    mask[1, max(1, T - 3):] = 0  # padding in the second sequence
+    qkv32 = [_mk((B, T, A * d), torch.float32, s) for s in (10, 11, 12)]
+    do32 = _mk((B, A, T, d), torch.float32, 13)
+
+    def run(backend, dt):
+        # the model's head-split views: (B, T, A*d) -> (B, A, T, d), strided, not copied
+        leaves = [t.to(dt).clone().requires_grad_() for t in qkv32]
+        q, k, v = (t.view(B, T, A, d).transpose(1, 2) for t in leaves)
+        if backend == "ref":
+            o, p = _ref_attn(q, k, v, mask)
+        else:
+            o, p = ops.sliced_attention(q, k, v, mask, need_probs=False, backend="triton")
+        o.backward(do32.to(dt))
+        return (o, *[t.grad for t in leaves])
+
+    got, ref32 = run("triton", dtype), run("ref", torch.float32)
+    ref_lp = run("ref", dtype) if dtype != torch.float32 else ref32
+    valid = mask.bool()[:, None, :, None]
+    for name, g, r, rl in zip(("o", "dq", "dk", "dv"), got, ref32, ref_lp):
+        if name == "o":
+            g, r, rl = g * valid, r * valid, rl * valid
+        _check(g, r, rl, dtype, name)
+
+
+def test_attention_probs_without_grad():
+    B, A, T, d = 1, 2, 9, 32
+    q, k, v = (_mk((B, A, T, d), torch.float32, s) for s in (1, 2, 3))
+    mask = torch.ones(B, T, dtype=torch.long, device=DEV)
+    mask[0, 6:] = 0
+    with torch.no_grad():
+        o, p = ops.sliced_attention(q, k, v, mask, need_probs=True, backend="triton")
+        ro, rp = _ref_attn(q, k, v, mask)
+    torch.testing.assert_close(p, rp, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(o, ro, rtol=1e-5, atol=1e-5)
+
+
+def test_superbert_triton_matches_torch(small_space):
+    from autodistil.nn import SuperBert, SuperBertConfig
+    from autodistil.space import SubnetConfig
+    from conftest import randomize_
+    torch.manual_seed(0)
+    base = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=300)))
+    ids = torch.randint(0, 300, (2, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    for cfg in (SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfig(3, 64, 3.0, 4)):
+        res = {}
+        for backend in ("torch", "triton"):
+            m = SuperBert(base.config, backend=backend)
+            m.load_state_dict(base.state_dict())
+            out = m(ids, mask, subnet=cfg, output_qkv=True)
+            loss = (out.last_hidden_state * mask[..., None]).pow(2).mean() + out.qkv[-1][0].sum() * 1e-3
+            loss.backward()
+            res[backend] = (loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None})
+        torch.testing.assert_close(res["triton"][0], res["torch"][0], rtol=1e-5, atol=1e-6)
+        assert set(res["triton"][1]) == set(res["torch"][1])
+        for n, g in res["torch"][1].items():
+            torch.testing.assert_close(res["triton"][1][n], g, rtol=1e-4, atol=1e-5, msg=f"{cfg.short()} {n}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,o,i", [(4096, 2560, 640), (4096, 896, 224)])
+def test_sliced_linear_bf16_large_gpu(n, o, i):
+    W = _mk((3072, 768), torch.bfloat16, 1, 0.02).requires_grad_()
+    x = _mk((n, i), torch.bfloat16, 2).requires_grad_()
+    y = ops.sliced_linear(x, W, None, o, i, "gelu", backend="triton")
+    ref32 = F.gelu(F.linear(x.float(), W.float()[:o, :i]))
+    ref16 = F.gelu(F.linear(x, W[:o, :i]))
+    _check(y, ref32, ref16, torch.bfloat16, "y")
