@@ -118,12 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--allow-outside-space", action="store_true")
     e.set_defaults(fn=cmd_export)
 
-    from .config import add_dataclass_args
     from .distill.train import TrainConfig
-    t = sub.add_parser("train", help="distil K-shot supernets from a teacher (sandwich sampling)")
-    t.add_argument("--config", help="YAML/TOML/JSON file with TrainConfig fields (flags override it)")
-    add_dataclass_args(t, TrainConfig)
-    t.set_defaults(fn=cmd_train)
+    _config_command(sub, "train", "distil K-shot supernets from a teacher (sandwich sampling)", TrainConfig, cmd_train)
 
     z = sub.add_parser("consolidate", help="ZeRO checkpoint -> supernet.safetensors + supernet.json")
     z.add_argument("--run", required=True, help="a space's training folder (holds state/zero and supernet.json)")
@@ -166,10 +162,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.set_defaults(fn=cmd_search)
 
     from .finetune.train import FinetuneConfig
-    ft = sub.add_parser("finetune", help="fine-tune a student (or any HF BERT folder) on a task")
-    ft.add_argument("--config", help="YAML/TOML/JSON with FinetuneConfig fields")
-    add_dataclass_args(ft, FinetuneConfig)
-    ft.set_defaults(fn=cmd_finetune)
+    _config_command(sub, "finetune", "fine-tune a student (or any HF BERT folder) on a task", FinetuneConfig,
+                    cmd_finetune)
 
     ev = sub.add_parser("evaluate", help="evaluate a fine-tuned folder on a task's dev split")
     ev.add_argument("--model", required=True)
@@ -179,18 +173,29 @@ def build_parser() -> argparse.ArgumentParser:
     ev.set_defaults(fn=cmd_evaluate)
 
     from .pipeline import RunConfig
-    r = sub.add_parser("run", help="the whole job: train, profile, search, export, measure, fine-tune, report")
-    r.add_argument("--config", help="YAML/TOML/JSON with RunConfig fields (flags override it)")
-    add_dataclass_args(r, RunConfig)
-    r.set_defaults(fn=cmd_run)
+    _config_command(sub, "run", "the whole job: train, profile, search, export, measure, fine-tune, report",
+                    RunConfig, cmd_run)
     return p
 
 
-def cmd_finetune(a):
+def _config_command(sub, name, help_text, cls, fn):
+    """A sub-command whose options are the fields of a frozen config dataclass (+ --config FILE)."""
+    from .config import add_dataclass_args
+    p = sub.add_parser(name, help=help_text)
+    p.add_argument("--config", help=f"YAML/TOML/JSON file with {cls.__name__} fields (flags override it)")
+    add_dataclass_args(p, cls)
+    p.set_defaults(fn=fn, config_class=cls)
+
+
+def _config_from(a):
     from .config import build_dataclass
-    from .finetune.train import FinetuneConfig, finetune
     from .io import load_config_file
-    cfg = build_dataclass(FinetuneConfig, load_config_file(a.config) if a.config else {}, a)
+    return build_dataclass(a.config_class, load_config_file(a.config) if a.config else {}, a)
+
+
+def cmd_finetune(a):
+    from .finetune.train import finetune
+    cfg = _config_from(a)
     if not cfg.model:
         raise ValueError("--model is required (a Hugging Face folder: an exported student or a teacher)")
     r = finetune(cfg)
@@ -205,11 +210,8 @@ def cmd_evaluate(a):
 
 
 def cmd_run(a):
-    from .config import build_dataclass
-    from .io import load_config_file
-    from .pipeline import RunConfig, run_pipeline
-    cfg = build_dataclass(RunConfig, load_config_file(a.config) if a.config else {}, a)
-    state = run_pipeline(cfg)
+    from .pipeline import run_pipeline
+    state = run_pipeline(_config_from(a))
     if "report" in state:
         print(f"report: {state['report']['report']}")
 
@@ -286,11 +288,8 @@ def cmd_search(a):
 
 
 def cmd_train(a):
-    from .config import build_dataclass
-    from .distill.train import TrainConfig, train_supernets
-    from .io import load_config_file
-    cfg = build_dataclass(TrainConfig, load_config_file(a.config) if a.config else {}, a)
-    res = train_supernets(cfg)
+    from .distill.train import train_supernets
+    res = train_supernets(_config_from(a))
     for name, s in res.items():
         fe, le = s.get("first_eval") or {}, s.get("final_eval") or {}
         print(f"{name}: {s['steps']} steps; held-out distillation loss " + ", ".join(

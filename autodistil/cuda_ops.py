@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import torch
 
+from .kernel_utils import sliced_layernorm_function, sliced_linear_function
+
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _C = None
 _why = None
@@ -40,99 +42,68 @@ def _code(t, name):
     return _DTYPE[t.dtype]
 
 
-def _weight_grads(weight, bias, o, i, fill_w, db):
-    """Deliver dW (written by fill_w(dst) with accumulate=True) and db per the grad mode."""
-    from .torch_ops import _grad_slot, grad_mode
-    gw = gb = None
-    if grad_mode() == "inplace":
-        fill_w(_grad_slot(weight))
-        if bias is not None and db is not None:
-            _grad_slot(bias)[:o].add_(db.to(bias.dtype))
-    else:
-        gw = torch.zeros_like(weight)
-        fill_w(gw)
-        if bias is not None and db is not None:
-            gb = torch.zeros_like(bias)
-            gb[:o] = db.to(bias.dtype)
-    return gw, gb
-
-
 def _gemm(a, b, c, M, N, K, sa, sb, sc, bias=None, act=0, pre=None, accumulate=False):
     _C.gemm(_code(c, "output"), _p(a), _p(b), _p(c), _p(bias), _p(pre), M, N, K, *sa, *sb, *sc, act, accumulate,
             _stream())
 
 
-class SlicedLinearCUDA(torch.autograd.Function):
+def _check(*tensors):
+    for i, t in enumerate(tensors):
+        if t is not None:
+            _code(t, f"argument {i}")
+
+
+class _CudaLinear:
+    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    check = staticmethod(_check)
+
     @staticmethod
-    def forward(ctx, x, weight, bias, o: int, i: int, activation):
-        if weight.dtype != x.dtype:
-            raise ValueError(f"cuda sliced_linear: weight dtype {weight.dtype} != x dtype {x.dtype}")
-        act = 1 if activation == "gelu" else 0
-        x2 = x.reshape(-1, i).contiguous()
+    def forward(x2, weight, bias, o, i, act):
         n = x2.shape[0]
-        y = torch.empty((n, o), device=x.device, dtype=x.dtype)
+        y = torch.empty((n, o), device=x2.device, dtype=x2.dtype)
         pre = torch.empty_like(y) if act else None
         _gemm(x2, weight, y, n, o, i, (i, 1), (weight.stride(1), weight.stride(0)), (o, 1), bias, act, pre)
-        ctx.save_for_backward(x2, weight, bias, pre)
-        ctx.o, ctx.i, ctx.act = o, i, act
-        return y.reshape(*x.shape[:-1], o)
+        return y, pre
 
     @staticmethod
-    def backward(ctx, dy):
-        x2, weight, bias, pre = ctx.saved_tensors
-        o, i = ctx.o, ctx.i
-        dy2 = dy.reshape(-1, o).contiguous()
-        if ctx.act:
-            g = torch.empty_like(dy2)
-            _C.gelu_backward(_code(dy2, "dy"), _p(dy2), _p(pre), _p(g), dy2.numel(), _stream())
-            dy2 = g
+    def gelu_backward(dy2, pre):
+        g = torch.empty_like(dy2)
+        _C.gelu_backward(_code(dy2, "dy"), _p(dy2), _p(pre), _p(g), dy2.numel(), _stream())
+        return g
+
+    @staticmethod
+    def dx(dy2, weight, o, i):
         n = dy2.shape[0]
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty((n, i), device=dy.device, dtype=dy.dtype)
-            _gemm(dy2, weight, dx, n, i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
-            dx = dx.reshape(*dy.shape[:-1], i)
-        gw = gb = None
-        if ctx.needs_input_grad[1]:
-            db = dy2.sum(0, dtype=torch.float32) if bias is not None and ctx.needs_input_grad[2] else None
-            gw, gb = _weight_grads(weight, bias, o, i, lambda dst: _gemm(
-                dy2, x2, dst, o, i, n, (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True), db)
-        return dx, gw, gb, None, None, None
+        dx = torch.empty((n, i), device=dy2.device, dtype=dy2.dtype)
+        _gemm(dy2, weight, dx, n, i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
+        return dx
 
-
-class SlicedLayerNormCUDA(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, weight, bias, width: int, eps: float, residual):
-        shape = x.shape
-        x2 = x.reshape(-1, width).contiguous()
-        r2 = residual.reshape(-1, width).contiguous() if residual is not None else None
-        n = x2.shape[0]
-        y = torch.empty_like(x2)
-        s = torch.empty_like(x2) if r2 is not None else x2
-        mean = torch.empty(n, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
+    def accumulate_dw(dy2, x2, dst, o, i):
+        _gemm(dy2, x2, dst, o, i, dy2.shape[0], (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True)
+
+
+class _CudaLayerNorm:
+    check = staticmethod(_check)
+
+    @staticmethod
+    def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
         _C.layernorm_forward(_code(x2, "x"), _p(x2), _p(r2), _p(s) if r2 is not None else 0, _p(y), _p(weight),
-                             _p(bias), _p(mean), _p(rstd), n, width, eps, _stream())
-        ctx.save_for_backward(s, weight, bias, mean, rstd)
-        ctx.width, ctx.has_res, ctx.shape = width, residual is not None, shape
-        return y.reshape(shape)
+                             _p(bias), _p(mean), _p(rstd), x2.shape[0], width, eps, _stream())
 
     @staticmethod
-    def backward(ctx, dy):
-        s, weight, bias, mean, rstd = ctx.saved_tensors
-        h = ctx.width
-        dy2 = dy.reshape(-1, h).contiguous()
+    def backward(dy2, s, weight, mean, rstd, dx, h):
         n, rows = dy2.shape[0], 32
         blocks = (n + rows - 1) // rows
-        dx = torch.empty_like(dy2)
-        dw_part = torch.empty((blocks, h), device=dy.device, dtype=torch.float32)
+        dw_part = torch.empty((blocks, h), device=dy2.device, dtype=torch.float32)
         db_part = torch.empty_like(dw_part)
         _C.layernorm_backward(_code(dy2, "dy"), _p(dy2), _p(s), _p(weight), _p(mean), _p(rstd), _p(dx), _p(dw_part),
                               _p(db_part), n, h, rows, _stream())
-        dw = dw_part.sum(0)
-        gw, gb = _weight_grads(weight, bias, h, h, lambda dst: dst[:h].add_(dw.to(dst.dtype)), db_part.sum(0))
-        dx = dx.reshape(ctx.shape)
-        return dx, gw, gb, None, None, (dx if ctx.has_res else None)
+        return dw_part.sum(0), db_part.sum(0)
+
+
+SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
+SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
 
 
 def _attn_strides(q, k, v):

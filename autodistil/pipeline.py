@@ -67,8 +67,8 @@ class RunConfig:
     student_lr: float = 1e-4             # students: short CPU budget, higher lr
     finetune_batch: int = 32
     finetune_seq_len: int = 64
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = None
+    max_train_examples: Optional[int] = 3200  # CPU default: 100 steps of 32 (full train split: None)
+    max_eval_examples: Optional[int] = None  # the whole dev split
     kd_alpha: float = 0.0
     stop_after: Optional[str] = None     # stop after this stage (for staged runs)
 

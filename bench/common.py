@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from autodistil.latency.profile import cpu_model
+
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -30,16 +32,6 @@ def device_info(device: str = "cpu") -> dict:
         info["device_name"] = cpu_model()
         info["driver"] = "n/a"
     return info
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown cpu"
 
 
 def write_csv(name: str, rows: list[dict]) -> Path:

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET
+from ._common import INTERPRET, check_device
 
 
 def _blocks(T):
@@ -152,6 +152,7 @@ def _attn_probs(q_ptr, k_ptr, mask_ptr, lse_ptr, p_ptr, A, T, D, scale, sq_b, sq
 
 
 def _common_args(q, k, v, key_mask):
+    check_device(q, k, v, key_mask)
     B, A, T, D = q.shape
     if D > 128:
         raise ValueError(f"triton attention: head dim {D} > 128 is not supported (32, 64, 128 and smaller)")

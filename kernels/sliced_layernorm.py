@@ -6,7 +6,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import grad_slot, inplace_grads
+from autodistil.kernel_utils import sliced_layernorm_function
+
+from ._common import check_device
 
 
 @triton.jit
@@ -59,49 +61,27 @@ def _ln_bwd(dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, 
     tl.store(db_part + pid * H + cols, db, mask=m)
 
 
-class SlicedLayerNormTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, width: int, eps: float, residual):
-        shape = x.shape
-        x2 = x.reshape(-1, width).contiguous()
-        r2 = residual.reshape(-1, width).contiguous() if residual is not None else None
-        N = x2.shape[0]
-        y = torch.empty_like(x2)
-        s = torch.empty_like(x2) if r2 is not None else x2
-        mean = torch.empty(N, device=x.device, dtype=torch.float32)
-        rstd = torch.empty_like(mean)
-        BLOCK = triton.next_power_of_2(width)
-        _ln_fwd[(N,)](x2, r2 if r2 is not None else x2, s, y, weight, bias, mean, rstd, width, eps,
-                      HAS_RES=r2 is not None, BLOCK=BLOCK)
-        ctx.save_for_backward(s, weight, bias, mean, rstd)
-        ctx.width, ctx.has_res, ctx.shape = width, residual is not None, shape
-        return y.reshape(shape)
+class _TritonLayerNorm:
+    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    check = staticmethod(check_device)
 
     @staticmethod
-    def backward(ctx, dy):
-        s, weight, bias, mean, rstd = ctx.saved_tensors
-        h = ctx.width
-        dy2 = dy.reshape(-1, h).contiguous()
-        N = dy2.shape[0]
-        ROWS = 16
+    def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
+        _ln_fwd[(x2.shape[0],)](x2, r2 if r2 is not None else x2, s, y, weight, bias, mean, rstd, width, eps,
+                                HAS_RES=r2 is not None, BLOCK=triton.next_power_of_2(width))
+
+    @staticmethod
+    def backward(dy2, s, weight, mean, rstd, dx, h):
+        N, ROWS = dy2.shape[0], 16
         n_prog = triton.cdiv(N, ROWS)
-        dx = torch.empty_like(dy2)
-        dw_part = torch.empty((n_prog, h), device=dy.device, dtype=torch.float32)
+        dw_part = torch.empty((n_prog, h), device=dy2.device, dtype=torch.float32)
         db_part = torch.empty_like(dw_part)
         _ln_bwd[(n_prog,)](dy2, s, weight, mean, rstd, dx, dw_part, db_part, N, h, ROWS,
                            BLOCK=triton.next_power_of_2(h))
-        dw, db = dw_part.sum(0), db_part.sum(0)  # (h,)
-        gw = gb = None
-        if inplace_grads():
-            if ctx.needs_input_grad[1]:
-                grad_slot(weight)[:h].add_(dw.to(weight.dtype))
-            if ctx.needs_input_grad[2]:
-                grad_slot(bias)[:h].add_(db.to(bias.dtype))
-        else:
-            gw, gb = torch.zeros_like(weight), torch.zeros_like(bias)
-            gw[:h], gb[:h] = dw.to(weight.dtype), db.to(bias.dtype)
-        dx = dx.reshape(ctx.shape)
-        return dx, gw, gb, None, None, (dx if ctx.has_res else None)
+        return dw_part.sum(0), db_part.sum(0)
+
+
+SlicedLayerNormTriton = sliced_layernorm_function(_TritonLayerNorm, "triton")
 
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):

@@ -12,7 +12,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, grad_slot, inplace_grads
+from autodistil.kernel_utils import sliced_linear_function
+
+from ._common import INTERPRET, check_device
 
 def _configs():
     if INTERPRET:  # the CPU interpreter: one small config, no autotuning
@@ -97,48 +99,27 @@ def gelu_backward(dy, pre):
     return out
 
 
-class SlicedLinearTriton(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x, weight, bias, o: int, i: int, activation):
-        if weight.dtype != x.dtype:
-            raise ValueError(f"triton sliced_linear: weight dtype {weight.dtype} != x dtype {x.dtype} "
-                             f"(keep parameters in the compute dtype, or use the torch backend under autocast)")
-        act = 1 if activation == "gelu" else 0
-        x2 = x.reshape(-1, i).contiguous()  # activations, never weights
-        y, pre = linear_forward(x2, weight, bias, o, i, act, save_pre=True)
-        ctx.save_for_backward(x2, weight, bias, pre)
-        ctx.o, ctx.i, ctx.act = o, i, act
-        return y.reshape(*x.shape[:-1], o)
+class _TritonLinear:
+    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    check = staticmethod(check_device)
 
     @staticmethod
-    def backward(ctx, dy):
-        x2, weight, bias, pre = ctx.saved_tensors
-        o, i = ctx.o, ctx.i
-        dy2 = dy.reshape(-1, o).contiguous()  # (N, o)
-        if ctx.act:
-            dy2 = gelu_backward(dy2, pre)
-        Nt = dy2.shape[0]
-        dx = None
-        if ctx.needs_input_grad[0]:
-            dx = torch.empty((Nt, i), device=dy2.device, dtype=dy2.dtype)
-            matmul(dy2, weight, dx, Nt, i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
-            dx = dx.reshape(*dy.shape[:-1], i)
-        gw = gb = None
-        if ctx.needs_input_grad[1]:
-            if inplace_grads():  # accumulate straight into W.grad[:o, :i]
-                g = grad_slot(weight)
-                matmul(dy2, x2, g, o, i, Nt, (1, o), (i, 1), (g.stride(0), g.stride(1)), accumulate=True)
-            else:  # autograd-delivered (DDP / ZeRO hooks): a full-size gradient, as autograd's own
-                gw = torch.zeros_like(weight)
-                matmul(dy2, x2, gw, o, i, Nt, (1, o), (i, 1), (gw.stride(0), gw.stride(1)), accumulate=True)
-        if bias is not None and ctx.needs_input_grad[2]:
-            db = dy2.sum(0, dtype=torch.float32)
-            if inplace_grads():
-                grad_slot(bias)[:o].add_(db.to(bias.dtype))
-            else:
-                gb = torch.zeros_like(bias)
-                gb[:o] = db.to(bias.dtype)
-        return dx, gw, gb, None, None, None
+    def forward(x2, weight, bias, o, i, act):
+        return linear_forward(x2, weight, bias, o, i, act, save_pre=True)
+
+    gelu_backward = staticmethod(gelu_backward)
+
+    @staticmethod
+    def dx(dy2, weight, o, i):
+        dx = torch.empty((dy2.shape[0], i), device=dy2.device, dtype=dy2.dtype)
+        return matmul(dy2, weight, dx, dy2.shape[0], i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
+
+    @staticmethod
+    def accumulate_dw(dy2, x2, dst, o, i):  # dst[:o, :i] += dy2^T @ x2, through dst's strides
+        matmul(dy2, x2, dst, o, i, dy2.shape[0], (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True)
+
+
+SlicedLinearTriton = sliced_linear_function(_TritonLinear, "triton")
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):

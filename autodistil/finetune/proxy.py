@@ -10,7 +10,6 @@ from pathlib import Path
 from ..export import export_subnet
 from ..io import atomic_write_json
 from ..latency.validate import write_rows_csv
-from ..search.engine import Budget
 from ..search.run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
 from ..space import SubnetConfig
 from .train import FinetuneConfig, finetune
@@ -66,10 +65,8 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
 
 
 def run_proxy_search_command(a):
-    from ..search.cli import load_search_inputs
-    budgets = [Budget(latency_ms=l, macs=a.flops * 1e9 if a.flops else None,
-                      params=a.params * 1e6 if a.params else None) for l in a.latency_ms] or [
-        Budget(macs=a.flops * 1e9 if a.flops else None, params=a.params * 1e6 if a.params else None)]
+    from ..search.cli import budgets_from_args, load_search_inputs
+    budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
     res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
                        method=a.method)

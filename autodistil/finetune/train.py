@@ -60,9 +60,9 @@ def _subset(ds, n, seed):
 
 
 def encode(spec: TaskSpec, ds, tok, max_len: int) -> dict:
-    cols = [ds[k] for k in spec.text_keys]
+    cols = [list(ds[k]) for k in spec.text_keys]  # datasets may hand back lazy columns
     enc = tok(*cols, truncation=True, max_length=max_len)
-    labels = np.asarray(ds["label"], dtype=np.float32 if spec.num_labels == 1 else np.int64)
+    labels = np.asarray(list(ds["label"]), dtype=np.float32 if spec.num_labels == 1 else np.int64)
     return {"input_ids": enc["input_ids"], "token_type_ids": enc.get("token_type_ids"), "labels": labels}
 
 

@@ -30,14 +30,18 @@ def load_search_inputs(supernets, table_path, corpus, heldout_blocks, seq_len):
     return nets, table, teacher, held, tok, head_dim
 
 
+def budgets_from_args(a) -> list:
+    """One Budget per --latency-ms value (or one without a latency limit), sharing --flops / --params."""
+    macs = a.flops * 1e9 if a.flops else None
+    params = a.params * 1e6 if a.params else None
+    return [Budget(latency_ms=l, macs=macs, params=params) for l in a.latency_ms] or [Budget(macs=macs, params=params)]
+
+
 def run_search_command(a):
     if a.objective == "proxy":
         from ..finetune.proxy import run_proxy_search_command
         return run_proxy_search_command(a)
-    budgets = [Budget(latency_ms=l, macs=a.flops * 1e9 if a.flops else None,
-                      params=a.params * 1e6 if a.params else None) for l in a.latency_ms]
-    if not budgets:
-        budgets = [Budget(macs=a.flops * 1e9 if a.flops else None, params=a.params * 1e6 if a.params else None)]
+    budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, head_dim = load_search_inputs(a.supernet, a.table, a.corpus,
                                                                     a.heldout_blocks, a.seq_len)
     vocab = nets[0][0].config.vocab_size
