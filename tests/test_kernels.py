@@ -204,3 +204,16 @@ def test_cuda_extension_builds_and_imports_without_gpu():
     if not torch.cuda.is_available():
         assert _C.device_count() == 0
         assert "no CUDA GPU is visible" in STATUS["cuda"]
+
+
+def test_gpu_benchmark_reports_not_measured_without_gpu(capsys):
+    import sys
+    from pathlib import Path
+    sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
+    import bench_kernels
+    shapes = bench_kernels.linear_shapes()
+    assert ("tiny-qkv", 7 * 64, 128) in shapes and ("base-ffn-in", 2560, 640) in shapes
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present: run the benchmark itself")
+    assert bench_kernels.main([]) == 2
+    assert "not measured" in capsys.readouterr().out
