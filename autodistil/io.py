@@ -32,6 +32,17 @@ def atomic_write_text(path, text: str) -> Path:
     return path
 
 
+def write_rows_csv(path, rows: list) -> Path:
+    """A list of dicts as CSV (columns in first-seen order), written atomically."""
+    import csv
+    import io as _io
+    buf = _io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    w.writeheader()
+    w.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
+
+
 def atomic_write_json(path, obj) -> Path:
     return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n")
 

@@ -9,7 +9,6 @@ of repeats), both modes in one run."""
 from __future__ import annotations
 
 import argparse
-import random
 import sys
 from pathlib import Path
 

@@ -1,9 +1,7 @@
 """Shared benchmark helpers: device facts for every CSV row, CSV writing, CPU memory peaks."""
 from __future__ import annotations
 
-import csv
 import ctypes
-import os
 import platform
 import statistics
 import time
@@ -12,6 +10,7 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from autodistil.io import write_rows_csv
 from autodistil.latency.profile import cpu_model
 
 RESULTS = Path(__file__).parent / "results"
@@ -35,14 +34,7 @@ def device_info(device: str = "cpu") -> dict:
 
 
 def write_csv(name: str, rows: list[dict]) -> Path:
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    path = RESULTS / name
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=keys)
-        w.writeheader()
-        w.writerows(rows)
-    return path
+    return write_rows_csv(RESULTS / name, rows)
 
 
 def median_time(fn, warmup: int = 2, reps: int = 5) -> tuple[float, float, float]:

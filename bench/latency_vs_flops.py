@@ -25,7 +25,6 @@ def main(argv=None):
     from autodistil.export import export_subnet
     from autodistil.latency.predict import LatencyTable
     from autodistil.latency.profile import ProfileSettings, make_runner, measure_interleaved
-    from autodistil.search.engine import Budget
     from autodistil.space import SubnetConfig
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")

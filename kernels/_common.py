@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import os
 
-import torch
-
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 

@@ -94,7 +94,6 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_teacher_dir, tmp_path):
     # a finished run is skipped on resume, and a checkpoint of another space is refused
     train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "cut", resume=True))
     with pytest.raises(ValueError, match="checkpoint .* is for space"):
-        from autodistil.distill import train as T
         import shutil
         shutil.copytree(tmp_path / "cut" / "tiny" / "state", tmp_path / "other" / "small" / "state")
         train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "other", spaces=("small",), resume=True))

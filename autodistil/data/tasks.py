@@ -9,7 +9,6 @@ import bz2
 import csv
 import hashlib
 import importlib.util
-import io
 import sys
 from dataclasses import dataclass
 from pathlib import Path

@@ -6,7 +6,6 @@ corpus: a `load_dataset` name (needs the hub) or local text/JSON/CSV files.
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
@@ -106,7 +105,7 @@ def tokenize_blocks(texts, tokenizer, seq_len: int = 128, pack: bool = True, max
         texts = out
     if not texts:
         raise ValueError("no text to tokenize")
-    cls, sep, pad = tokenizer.cls_token_id, tokenizer.sep_token_id, tokenizer.pad_token_id
+    cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     if not pack:
         enc = tokenizer(texts[: max_blocks or len(texts)], truncation=True, max_length=seq_len,
                         padding="max_length", return_tensors="pt")

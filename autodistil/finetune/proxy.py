@@ -8,8 +8,7 @@ import tempfile
 from pathlib import Path
 
 from ..export import export_subnet
-from ..io import atomic_write_json
-from ..latency.validate import write_rows_csv
+from ..io import atomic_write_json, write_rows_csv
 from ..search.run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
 from ..space import SubnetConfig
 from .train import FinetuneConfig, finetune

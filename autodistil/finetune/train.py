@@ -13,12 +13,11 @@ from typing import Optional
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSpec, compute_metrics, load_task
 from ..distill.losses import hidden_state_loss, logits_loss, uniform_layer_map
-from ..io import atomic_dir, atomic_write_json
+from ..io import atomic_dir
 
 
 @dataclass(frozen=True)

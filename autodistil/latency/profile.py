@@ -233,7 +233,7 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, max_combo
         coarse = coarse or co
     combos = sorted(set(combos))
     bases = sorted({(h, a * d == h) for h, a, _ in combos})
-    runners, names = {}, {}
+    runners = {}
     import tempfile
     tmp = Path(tempfile.mkdtemp(prefix="autodistil-prof-"))
     for h, is_bert in bases:

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..cost import exact_cost
-from ..io import atomic_write_json
+from ..io import atomic_write_json, write_rows_csv
 from ..space import SearchSpace, SubnetConfig
 from .predict import LatencyTable
 from .profile import ProfileSettings, machine_key, make_runner, measure_interleaved
@@ -154,18 +154,6 @@ def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: Pro
         write_rows_csv(out_dir / "latency_validation.csv", rows)
         plot_validation(rows, out_dir / "latency_validation.png", report)
     return report
-
-
-def write_rows_csv(path, rows: list[dict]) -> Path:
-    import csv
-    import io
-    from ..io import atomic_write_text
-    buf = io.StringIO()
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    w = csv.DictWriter(buf, fieldnames=keys)
-    w.writeheader()
-    w.writerows(rows)
-    return atomic_write_text(path, buf.getvalue())
 
 
 def plot_validation(rows, path, report) -> Path:

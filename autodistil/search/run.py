@@ -12,7 +12,7 @@ from tqdm.auto import tqdm
 
 from ..cost import exact_cost, paper_cost
 from ..distill.losses import LossWeights, combined_loss
-from ..io import atomic_write_json
+from ..io import atomic_write_json, write_rows_csv
 from ..space import SubnetConfig
 from .engine import Budget, CountingObjective, evolutionary, exhaustive, pareto_front, unmet_budget_message
 
@@ -123,7 +123,6 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
 
 
 def write_search_outputs(result: dict, out: Path, has_latency: bool) -> None:
-    from ..latency.validate import write_rows_csv
     out.mkdir(parents=True, exist_ok=True)
     write_rows_csv(out / "candidates.csv", result["candidates"])
     write_rows_csv(out / "pareto_front.csv", result["front"])
