@@ -5,7 +5,8 @@ leading dimension, so nothing is copied) and, in ``grad_mode() == "inplace"``, i
 accumulates ``dW`` straight into ``W.grad[:o, :i]`` (and ``db`` into ``b.grad[:o]``) instead
 of letting autograd's slice backward allocate a zero tensor of the full weight size per
 sliced use (the Megatron ``main_grad`` idea). DDP and ZeRO reduce gradients from hooks on
-autograd's gradient accumulation, which never fire for such writes: under them the
+autograd's gradient accumulation and never see such writes (they reduce whatever autograd
+delivered, not what a Function put into .grad itself): under them the
 trainer switches to ``grad_mode("autograd")`` and gradients flow the ordinary way.
 """
 from __future__ import annotations
