@@ -132,9 +132,7 @@ def load_config_file(path) -> dict:
             data = json.loads(text)
         else:
             raise ValueError(f"config file {path}: use .yaml, .yml, .toml or .json")
-    except (json.JSONDecodeError, ValueError) as e:
-        raise ValueError(f"config file {path} does not parse: {e}") from None
-    except Exception as e:  # yaml.YAMLError, tomllib.TOMLDecodeError
+    except Exception as e:  # json/yaml/toml decode errors, and the unsupported-suffix ValueError
         raise ValueError(f"config file {path} does not parse: {e}") from None
     if not isinstance(data, dict):
         raise ValueError(f"config file {path} must hold a mapping of options")

@@ -339,7 +339,8 @@ class SupernetTrainer:
                 return consolidate_state_dict(sd, self.model.config, [self.space], self.teacher_meta, self.out, extra)
             return self.out
         if self.rank == 0:
-            return save_supernet(self.out, _without_proj(self.model), [self.space], self.teacher_meta, extra)
+            return consolidate_state_dict(self.model.state_dict(), self.model.config, [self.space], self.teacher_meta,
+                                          self.out, extra)
         return self.out
 
     # --- one step -----------------------------------------------------------------------
@@ -470,15 +471,9 @@ class SupernetTrainer:
         return summary
 
 
-def _without_proj(model: SuperBert) -> SuperBert:
-    if hasattr(model, "hidden_proj"):
-        m = SuperBert(model.config)
-        m.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("hidden_proj.")})
-        return m
-    return model
-
-
 def consolidate_state_dict(sd: dict, mcfg: SuperBertConfig, spaces, teacher_meta, out, extra) -> Path:
+    """A trainer state dict (ZeRO-consolidated or not) -> supernet folder, without the
+    hidden-state projection (a training-only part of the loss)."""
     sd = {k: v for k, v in sd.items() if not k.startswith("hidden_proj.")}
     m = SuperBert(mcfg)
     missing, unexpected = m.load_state_dict(sd, strict=False)
