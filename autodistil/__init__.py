@@ -8,7 +8,7 @@ from .cost import exact_cost, paper_cost
 __version__ = "0.1.0"
 
 try:  # register the AutoDistilBert classes with transformers' Auto* factories
-    from .hf import register as _register
+    from .nn.hf import register as _register
     _register()
 except ImportError:  # transformers missing: the rest of the package still imports
     pass

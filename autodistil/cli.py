@@ -282,8 +282,58 @@ def format_validation(rep) -> str:
     return "\n".join(lines)
 
 
+def budgets_from_args(a) -> list:
+    from .search.engine import Budget
+    """One Budget per --latency-ms value (or one without a latency limit), sharing --flops / --params."""
+    macs = a.flops * 1e9 if a.flops else None
+    params = a.params * 1e6 if a.params else None
+    return [Budget(latency_ms=l, macs=macs, params=params) for l in a.latency_ms] or [Budget(macs=macs, params=params)]
+
+
+def run_search_command(a):
+    from .search.run import HeldoutLoss, SearchSpec, load_search_inputs, metrics_fn, search
+    if a.objective == "proxy":
+        return run_proxy_search_command(a)
+    budgets = budgets_from_args(a)
+    nets, table, teacher, held, tok, head_dim = load_search_inputs(a.supernet, a.table, a.corpus,
+                                                                    a.heldout_blocks, a.seq_len)
+    vocab = nets[0][0].config.vocab_size
+    pairs = []
+    for model, spaces, _ in nets:
+        space = spaces[0]
+        if a.objective == "agnostic":
+            fn = HeldoutLoss(model, teacher, held)
+        else:
+            m = metrics_fn(table, head_dim, a.seq_len, vocab)
+            key = {"latency": "latency_ms", "flops": "macs", "params": "params"}[a.objective]
+            if key == "latency_ms" and table is None:
+                raise ValueError("objective 'latency' needs --table")
+            fn = lambda c, m=m, key=key: m(c)[key]
+        pairs.append((space, fn))
+    spec = SearchSpec(budgets=budgets, method=a.method, max_evals=a.max_evals, seed=a.seed, seq_len=a.seq_len)
+    res = search(pairs, table, spec, head_dim, vocab, Path(a.out))
+    for label, r in res["best"].items():
+        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
+              f"loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms  {r['macs'] / 1e9:.3f} GMACs  "
+              f"{r['params'] / 1e6:.2f}M params")
+    print(f"Pareto front: {len(res['front'])} students -> {Path(a.out) / 'pareto_front.csv'}, plot pareto.png")
+    return res
+
+
+def run_proxy_search_command(a):
+    from .search.proxy import proxy_search
+    from .search.run import load_search_inputs
+    budgets = budgets_from_args(a)
+    nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
+    res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
+                       method=a.method)
+    for label, r in res["best"].items():
+        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
+              f"{a.task} dev {r['proxy_score']:.4f}  loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms")
+    return res
+
+
 def cmd_search(a):
-    from .search.cli import run_search_command
     run_search_command(a)
 
 

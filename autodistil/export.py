@@ -50,7 +50,7 @@ def subnet_state_dict(model: SuperBert, cfg: SubnetConfig) -> dict:
 
 def hf_config(model: SuperBert, cfg: SubnetConfig):
     from transformers import BertConfig
-    from .hf import AutoDistilBertConfig
+    from .nn.hf import AutoDistilBertConfig
     c = model.config
     common = dict(vocab_size=c.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
                   num_attention_heads=cfg.heads, intermediate_size=cfg.ffn, max_position_embeddings=c.max_position,
@@ -63,7 +63,7 @@ def hf_config(model: SuperBert, cfg: SubnetConfig):
 def build_student(model: SuperBert, cfg: SubnetConfig):
     """A standalone HF model (BertModel or AutoDistilBertModel) holding the subnet's weights."""
     from transformers import BertModel
-    from .hf import AutoDistilBertModel
+    from .nn.hf import AutoDistilBertModel
     hc = hf_config(model, cfg)
     cls = AutoDistilBertModel if hc.model_type == "autodistil_bert" else BertModel
     student = cls(hc)

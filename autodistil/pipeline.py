@@ -142,7 +142,7 @@ class Run:
     # --- helpers ---------------------------------------------------------------------------
     def _teacher(self):
         if not hasattr(self, "_t"):
-            from .distill.train import TeacherNet
+            from .nn import TeacherNet
             from .teacher import load_teacher
             hf, tok, info = load_teacher(self.cfg.teacher)
             self._t = (hf, tok, info, TeacherNet(hf, info.shape))

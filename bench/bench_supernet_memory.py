@@ -20,7 +20,7 @@ from common import PeakCPUMemory, device_info, median_time, write_csv  # noqa: E
 from autodistil.distill.train import sandwich  # noqa: E402
 from autodistil.nn import SuperBert, SuperBertConfig  # noqa: E402
 from autodistil.space import PAPER_SPACES  # noqa: E402
-from autodistil.torch_ops import grad_mode_ctx  # noqa: E402
+from autodistil.ops.shared import grad_mode_ctx  # noqa: E402
 
 
 def main(argv=None):

@@ -12,6 +12,8 @@ import torch
 import triton
 import triton.language as tl
 
+from autodistil.ops.shared import reference_attention
+
 from ._common import INTERPRET, check_device
 
 
@@ -213,8 +215,7 @@ def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
     """(context (B, A, T, d), probs or None). Attention dropout and differentiable probabilities
     (attention-map distillation) take the torch path; everything else runs the Triton kernels."""
     if dropout_p > 0 or (need_probs and torch.is_grad_enabled() and q.requires_grad):
-        from autodistil.torch_ops import attention as torch_attention
-        return torch_attention(q, k, v, key_mask, need_probs, dropout_p)
+        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
     o, lse = FlashAttentionTriton.apply(q, k, v, key_mask)
     probs = attention_probs(q.detach(), k.detach(), key_mask, lse.detach()) if need_probs else None
     return o, probs

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.kernel_utils import sliced_layernorm_function
+from autodistil.ops.shared import sliced_layernorm_function
 
 from ._common import check_device
 
@@ -62,7 +62,7 @@ def _ln_bwd(dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, 
 
 
 class _TritonLayerNorm:
-    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
     check = staticmethod(check_device)
 
     @staticmethod

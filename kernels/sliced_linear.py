@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.kernel_utils import sliced_linear_function
+from autodistil.ops.shared import sliced_linear_function
 
 from ._common import INTERPRET, check_device
 
@@ -100,7 +100,7 @@ def gelu_backward(dy, pre):
 
 
 class _TritonLinear:
-    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
     check = staticmethod(check_device)
 
     @staticmethod

@@ -224,7 +224,7 @@ def test_grad_modes_deliver_the_same_gradients(backend, mode):
     """Under DDP / ZeRO ("autograd" mode) the kernels return full-size gradients through autograd,
     so the reduction hooks fire; in "inplace" mode they write the grad slices directly. Both must
     equal the reference."""
-    from autodistil.torch_ops import grad_mode_ctx
+    from autodistil.ops.shared import grad_mode_ctx
     W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
     x = _mk((9, 37), torch.float32, 3)
     hooked = []

@@ -5,7 +5,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from autodistil import ops
 from autodistil.nn import SuperBert, SuperBertConfig, depth_map
 from autodistil.space import SubnetConfig, teacher_space
-from autodistil.torch_ops import grad_mode_ctx
+from autodistil.ops.shared import grad_mode_ctx
 from conftest import randomize_
 
 

@@ -23,10 +23,10 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .. import torch_ops
+from ..ops import shared as ops_shared
 from ..io import atomic_torch_save, atomic_write_json, safe_torch_load
-from ..nn import SuperBert, SuperBertConfig, save_supernet
-from ..space import PAPER_SPACES, SearchSpace, SubnetConfig, derive_spaces, teacher_space
+from ..nn import SuperBert, SuperBertConfig, TeacherNet, save_supernet
+from ..space import PAPER_SPACES, SearchSpace, SubnetConfig, derive_spaces
 from ..teacher import DEFAULT_TEACHER
 from .losses import LossWeights, combined_loss
 
@@ -179,25 +179,6 @@ def resolve_spaces(cfg: TrainConfig, teacher_shape) -> list[SearchSpace]:
     return list(derive_spaces(teacher_shape, cfg.spaces).values())
 
 
-class TeacherNet(torch.nn.Module):
-    """The frozen teacher run through a SuperBert at exactly its shape (reproduces the HF
-    teacher, tested) so Q/K/V, attention maps and hidden states come from one code path."""
-
-    def __init__(self, hf_model, shape):
-        super().__init__()
-        c = hf_model.config
-        self.net = SuperBert(SuperBertConfig.for_spaces(teacher_space(shape), vocab_size=c.vocab_size,
-                                                        max_position=c.max_position_embeddings,
-                                                        type_vocab_size=c.type_vocab_size,
-                                                        layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id))
-        self.net.load_from_teacher(hf_model.state_dict())
-        self.net.eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def forward(self, ids, mask, **kw):
-        return self.net(ids, mask, **kw)
-
-
 class SupernetTrainer:
     def __init__(self, cfg: TrainConfig, space: SearchSpace, teacher: TeacherNet, teacher_meta: dict,
                  train_data, heldout_data, out_dir: Path, on_step: Optional[Callable[[int], None]] = None):
@@ -261,7 +242,7 @@ class SupernetTrainer:
             ds.setdefault("optimizer", {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                                                                       "torch_adam": True}})
             ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
-            torch_ops.set_grad_mode("autograd")  # ZeRO reduces from autograd's accumulation hooks
+            ops_shared.set_grad_mode("autograd")  # ZeRO reduces from autograd's accumulation hooks
             self.engine, self.opt, _, self.sched = deepspeed.initialize(
                 model=self.model, model_parameters=[p for p in self.model.parameters() if p.requires_grad],
                 config=ds, lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, sched_fn))
@@ -272,7 +253,7 @@ class SupernetTrainer:
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, sched_fn)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            torch_ops.set_grad_mode("autograd")  # DDP reduces from autograd's accumulation hooks
+            ops_shared.set_grad_mode("autograd")  # DDP reduces from autograd's accumulation hooks
             self.ddp = DDP(self.model, find_unused_parameters=True,
                            device_ids=[self.device.index] if self.device.type == "cuda" else None)
 

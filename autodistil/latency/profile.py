@@ -93,7 +93,7 @@ def machine_key(s: ProfileSettings) -> dict:
 def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int, vocab: int = VOCAB,
                    max_position: int = 512):
     from transformers import BertConfig
-    from ..hf import AutoDistilBertConfig
+    from ..nn.hf import AutoDistilBertConfig
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=ffn, max_position_embeddings=max_position)
     if heads * head_dim == hidden:

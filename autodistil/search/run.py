@@ -157,3 +157,25 @@ def plot_search(result: dict, path: Path, has_latency: bool, score_key: str = "l
     fig.tight_layout()
     atomic_save(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)
+
+
+def load_search_inputs(supernets, table_path, corpus, heldout_blocks, seq_len):
+    from ..data.text import corpus_blocks
+    from ..nn import TeacherNet, load_supernet
+    from ..teacher import load_teacher
+    nets = [load_supernet(p) for p in supernets]
+    tnames = {m["teacher"].get("sha256") for _, _, m in nets}
+    if len(tnames) > 1:
+        raise ValueError(f"supernets were distilled from different teachers: {sorted(map(str, tnames))}")
+    teacher_ref = nets[0][2]["teacher"]
+    from ..latency.predict import LatencyTable
+    table = LatencyTable.load(table_path) if table_path else None
+    head_dim = nets[0][0].config.head_dim
+    if table is not None and table.head_dim != head_dim:
+        raise ValueError(f"latency table is for head dim {table.head_dim}, the supernets use {head_dim}")
+    hf, tok, info = load_teacher(teacher_ref.get("path") or teacher_ref.get("name"))
+    if teacher_ref.get("sha256") and teacher_ref["sha256"] != info.sha256:
+        raise ValueError(f"teacher '{info.name}' does not match the one the supernets were distilled from")
+    teacher = TeacherNet(hf, info.shape)
+    _, held = corpus_blocks(corpus, tok, seq_len, max_train_blocks=1, max_eval_blocks=heldout_blocks)
+    return nets, table, teacher, held, tok, head_dim

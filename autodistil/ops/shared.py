@@ -1,10 +1,43 @@
-"""Pieces shared by the kernel backends (Triton and CUDA): how weight gradients are delivered
-under the grad mode, and the buffers of a sliced LayerNorm."""
+"""Pieces every backend shares (torch, Triton, CUDA), below all of them: the gradient
+delivery mode, how weight gradients are delivered under it, the autograd Function templates
+of the kernel backends, and the PyTorch reference attention they fall back to."""
 from __future__ import annotations
 
-import torch
+import contextlib
+import math
 
-from .torch_ops import _grad_slot, grad_mode
+import torch
+import torch.nn.functional as F
+
+_GRAD_MODE = "inplace"
+
+
+def grad_mode() -> str:
+    return _GRAD_MODE
+
+
+def set_grad_mode(mode: str) -> None:
+    global _GRAD_MODE
+    if mode not in ("inplace", "autograd"):
+        raise ValueError(f"grad mode {mode!r} is not allowed: use 'inplace' or 'autograd'")
+    _GRAD_MODE = mode
+
+
+@contextlib.contextmanager
+def grad_mode_ctx(mode: str):
+    old = _GRAD_MODE
+    set_grad_mode(mode)
+    try:
+        yield
+    finally:
+        set_grad_mode(old)
+
+
+def _grad_slot(p: torch.Tensor) -> torch.Tensor:
+    """The parameter's full-size .grad, created once (zeros) if absent."""
+    if p.grad is None:
+        p.grad = torch.zeros_like(p)
+    return p.grad
 
 
 def deliver_param_grads(weight, bias, o: int, fill_w, db):
@@ -104,3 +137,18 @@ def sliced_layernorm_function(k, name: str):
 
     SlicedLayerNorm.__name__ = SlicedLayerNorm.__qualname__ = f"SlicedLayerNorm{name.capitalize()}"
     return SlicedLayerNorm
+
+
+def reference_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
+    """q, k, v: (B, A, T, d); key_mask: (B, T) with 1 = attend, or None.
+    Returns (context (B, A, T, d), probs (B, A, T, T) or None)."""
+    d = q.shape[-1]
+    if not need_probs:
+        m = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, T)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p), None
+    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, A, T, T)
+    if key_mask is not None:
+        scores = scores + (1.0 - key_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
+    probs = torch.softmax(scores, dim=-1)
+    p = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
+    return p @ v, probs

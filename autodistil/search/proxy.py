@@ -9,9 +9,9 @@ from pathlib import Path
 
 from ..export import export_subnet
 from ..io import atomic_write_json, write_rows_csv
-from ..search.run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
+from ..finetune.train import FinetuneConfig, finetune
+from .run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
 from ..space import SubnetConfig
-from .train import FinetuneConfig, finetune
 
 
 def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str, top_k: int = 4,
@@ -61,15 +61,3 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
         plot_search(result, out / "proxy_pareto.png", table is not None, score_key="proxy_score",
                     score_label=f"{task} dev score after {proxy_steps} proxy steps")
     return result
-
-
-def run_proxy_search_command(a):
-    from ..search.cli import budgets_from_args, load_search_inputs
-    budgets = budgets_from_args(a)
-    nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
-    res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
-                       method=a.method)
-    for label, r in res["best"].items():
-        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
-              f"{a.task} dev {r['proxy_score']:.4f}  loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms")
-    return res

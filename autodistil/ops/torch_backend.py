@@ -11,42 +11,12 @@ trainer switches to ``grad_mode("autograd")`` and gradients flow the ordinary wa
 """
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
 import torch.nn.functional as F
 
-_GRAD_MODE = "inplace"
-
-
-def grad_mode() -> str:
-    return _GRAD_MODE
-
-
-def set_grad_mode(mode: str) -> None:
-    global _GRAD_MODE
-    if mode not in ("inplace", "autograd"):
-        raise ValueError(f"grad mode {mode!r} is not allowed: use 'inplace' or 'autograd'")
-    _GRAD_MODE = mode
-
-
-@contextlib.contextmanager
-def grad_mode_ctx(mode: str):
-    old = _GRAD_MODE
-    set_grad_mode(mode)
-    try:
-        yield
-    finally:
-        set_grad_mode(old)
-
-
-def _grad_slot(p: torch.Tensor) -> torch.Tensor:
-    """The parameter's full-size .grad, created once (zeros) if absent."""
-    if p.grad is None:
-        p.grad = torch.zeros_like(p)
-    return p.grad
-
+from .shared import _grad_slot, grad_mode, reference_attention as attention  # noqa: F401
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)  # exact erf GELU, as BERT
@@ -117,14 +87,14 @@ class SlicedEmbeddingFn(torch.autograd.Function):
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if _GRAD_MODE == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
+    if grad_mode() == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
         return SlicedLinearFn.apply(x, weight, bias, out_features, in_features, activation)
     y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
     return gelu(y) if activation == "gelu" else y
 
 
 def sliced_embedding(ids, weight, width):
-    if _GRAD_MODE == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
+    if grad_mode() == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
         return SlicedEmbeddingFn.apply(ids, weight, width)
     return F.embedding(ids, weight[:, :width])
 
@@ -133,18 +103,3 @@ def sliced_layernorm(x, weight, bias, width, eps, residual=None):
     if residual is not None:
         x = x + residual
     return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
-
-
-def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
-    """q, k, v: (B, A, T, d); key_mask: (B, T) with 1 = attend, or None.
-    Returns (context (B, A, T, d), probs (B, A, T, T) or None)."""
-    d = q.shape[-1]
-    if not need_probs:
-        m = None if key_mask is None else key_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, T)
-        return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p), None
-    scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, A, T, T)
-    if key_mask is not None:
-        scores = scores + (1.0 - key_mask[:, None, None, :].to(scores.dtype)) * torch.finfo(scores.dtype).min
-    probs = torch.softmax(scores, dim=-1)
-    p = F.dropout(probs, dropout_p) if dropout_p > 0 else probs
-    return p @ v, probs

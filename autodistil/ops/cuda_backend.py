@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import torch
 
-from .kernel_utils import sliced_layernorm_function, sliced_linear_function
+from .shared import reference_attention, sliced_layernorm_function, sliced_linear_function
 
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
 _C = None
 _why = None
 try:
-    from . import _C  # noqa: F811
+    from .. import _C  # noqa: F811
 except ImportError as e:  # not built (no nvcc at install time, or AUTODISTIL_BUILD_CUDA=0)
     _why = f"the CUDA extension autodistil._C is not built ({e}); reinstall with nvcc on PATH"
 
@@ -54,7 +54,7 @@ def _check(*tensors):
 
 
 class _CudaLinear:
-    """The launchers behind the shared autograd Function (autodistil.kernel_utils)."""
+    """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
     check = staticmethod(_check)
 
     @staticmethod
@@ -154,6 +154,5 @@ def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
     """Probabilities come from the forward kernel itself; they carry no gradient: attention-map
     distillation with gradients and attention dropout take the torch path."""
     if dropout_p > 0 or (need_probs and torch.is_grad_enabled() and q.requires_grad):
-        from .torch_ops import attention as torch_attention
-        return torch_attention(q, k, v, key_mask, need_probs, dropout_p)
+        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
     return AttentionCUDA.apply(q, k, v, key_mask, need_probs)

@@ -14,7 +14,8 @@ from types import ModuleType
 import torch
 
 BACKENDS = ("torch", "triton", "cuda")
-_MODULES = {"torch": "autodistil.torch_ops", "triton": "autodistil.kernels", "cuda": "autodistil.cuda_ops"}
+_MODULES = {"torch": "autodistil.ops.torch_backend", "triton": "autodistil.kernels",
+            "cuda": "autodistil.ops.cuda_backend"}
 _default = "torch"
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
