@@ -85,3 +85,20 @@ def test_loss_weights_validation():
         LossWeights(relation=0.0)
     with pytest.raises(ValueError, match="loss weight hidden=-1 must be >= 0"):
         LossWeights(hidden=-1)
+
+
+def test_losses_are_fp32_under_autocast():
+    """Under bf16 autocast a .float() input still gives a bf16 matmul: the losses switch autocast
+    off locally, so they equal the fp32 values (and their gradients are fp32 too)."""
+    torch.manual_seed(4)
+    t, s = torch.randn(2, 9, 64), torch.randn(2, 9, 48, requires_grad=True)
+    mask = torch.ones(2, 9, dtype=torch.long)
+    mask[1, 6:] = 0
+    ref = relation_loss(t, s, mask, n_heads=4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got32 = relation_loss(t, s, mask, n_heads=4)
+        gl = logits_loss(t[:, 0, :5], s[:, 0, :5], 2.0)
+    assert got32.dtype == torch.float32 and gl.dtype == torch.float32
+    assert float(got32) == pytest.approx(float(ref), rel=1e-6)
+    got32.backward()
+    assert s.grad.dtype == torch.float32

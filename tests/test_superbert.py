@@ -105,7 +105,7 @@ def test_inplace_grads_equal_autograd_and_skip_full_size_temporaries(small_space
     sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=500)))
     ids = torch.randint(0, 500, (2, 5))
     members = [SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfig(3, 64, 3.0, 4)]
-    full_shapes = {tuple(p.shape) for p in sb.parameters() if p.dim() == 2}
+    full_shapes = {tuple(p.shape) for p in sb.parameters()}  # 2-D weights and 1-D biases / LayerNorm
 
     def grads(mode):
         sb.zero_grad(set_to_none=True)
@@ -127,12 +127,14 @@ def test_inplace_grads_equal_autograd_and_skip_full_size_temporaries(small_space
         return {s for s in w.shapes if s in full_shapes}
 
     assert backward_shapes("inplace") == set()
-    assert backward_shapes("autograd")  # PyTorch's slice backward allocates full-size zeros
+    # autograd delivery hands full-size gradients to autograd, 1-D ones included
+    assert {len(s) for s in backward_shapes("autograd")} == {1, 2}
 
 
 def test_backend_dispatch_errors():
     with pytest.raises(ValueError, match="backend 'tpu' is not allowed"):
-        ops.set_backend("tpu")
+        with ops.use_backend("tpu"):
+            pass
     x, w = torch.randn(3, 5), torch.randn(8, 6)
     with pytest.raises(ValueError, match="sliced_linear: x has last dim 5, expected in_features=4"):
         ops.sliced_linear(x, w, None, 4, 4)
@@ -140,3 +142,53 @@ def test_backend_dispatch_errors():
         ops.sliced_linear(x, w, None, 9, 5)
     with pytest.raises(ValueError, match="key_mask must be"):
         ops.sliced_attention(*(torch.randn(1, 2, 3, 4),) * 3, key_mask=torch.ones(1, 4))
+
+
+def test_backend_context_restores_and_stays_in_its_thread():
+    import threading
+    assert ops.get_backend() == "torch"
+    seen = []
+    with pytest.raises(RuntimeError, match="boom"):
+        with ops.use_backend("triton" if ops.backend_status()["triton"] == "ok" else "torch"):
+            inner = ops.get_backend()
+            t = threading.Thread(target=lambda: seen.append(ops.get_backend()))
+            t.start()
+            t.join()
+            raise RuntimeError("boom")
+    assert ops.get_backend() == "torch"
+    assert seen == ["torch"]  # another thread never sees this context's backend
+    assert inner in ("triton", "torch")
+
+
+def test_attention_dispatch_routes_dropout_and_differentiable_probs_to_the_reference(monkeypatch):
+    from autodistil.ops import torch_backend
+    calls = []
+    real = torch_backend.attention
+    monkeypatch.setattr(torch_backend, "attention", lambda *a: calls.append(a[4:]) or real(*a))
+    q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
+    ops.sliced_attention(q, k, v, None, need_probs=True)              # probabilities with gradient
+    ops.sliced_attention(q, k, v, None, need_probs=False, dropout_p=0.1)
+    assert calls == []
+    with torch.no_grad():
+        ops.sliced_attention(q, k, v, None, need_probs=True)
+    ops.sliced_attention(q, k, v, None, need_probs=False)
+    assert calls == [(True, 0.0), (False, 0.0)]
+
+
+@pytest.mark.parametrize("need_probs", [False, True])  # SDPA path, probabilities path
+def test_all_padding_sequence_gives_zero_context_probs_and_grads(need_probs):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 8, requires_grad=True) for _ in range(3))
+    mask = torch.ones(2, 5, dtype=torch.long)
+    mask[1] = 0  # the second sequence is all padding
+    ctx, probs = ops.sliced_attention(q, k, v, mask, need_probs=need_probs)
+    (ctx.pow(2).sum() + (probs.pow(2).sum() if need_probs else 0)).backward()
+    assert torch.equal(ctx[1], torch.zeros_like(ctx[1]))
+    for t in (q, k, v):
+        assert torch.equal(t.grad[1], torch.zeros_like(t.grad[1]))
+        assert t.grad[0].abs().sum() > 0
+    if need_probs:
+        assert torch.equal(probs[1], torch.zeros_like(probs[1]))
+        torch.testing.assert_close(probs[0].sum(-1), torch.ones(3, 5))
+    ref = torch.nn.functional.scaled_dot_product_attention(q[:1], k[:1], v[:1])
+    torch.testing.assert_close(ctx[:1], ref)

@@ -1,4 +1,5 @@
 import json
+import math
 import os
 import subprocess
 import sys
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from autodistil.data.text import load_text_corpus, tokenize_blocks, treebank_splits
+from autodistil.distill.losses import LossWeights
 from autodistil.distill.train import TrainConfig, batch_indices, sandwich, train_supernets
 from autodistil.nn import load_supernet
 from autodistil.space import PAPER_SPACES
@@ -131,10 +133,12 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
         if name.startswith("zero"):
             ratio = summary["optimizer_state_numel"] / single["optimizer_state_numel"]
             assert 0.4 < ratio < 0.6, (name, ratio)  # per-rank optimizer state is about half
-    # consolidate command (ZeRO checkpoint -> plain supernet)
+    # consolidate command (ZeRO checkpoint -> plain supernet), which records the training config
     from autodistil.cli import main
     assert main(["consolidate", "--run", str(tmp_path / "zero3" / "tiny"), "--out", str(tmp_path / "cons")]) == 0
-    m1, _, _ = load_supernet(tmp_path / "cons")
+    m1, _, cons_meta = load_supernet(tmp_path / "cons")
+    run_cfg = json.loads((tmp_path / "zero3" / "train_config.json").read_text())
+    assert cons_meta["extra"]["train"] == run_cfg and cons_meta["extra"]["train"]["loss"]["relation"] == 1.0
     m2, _, _ = load_supernet(tmp_path / "zero3" / "tiny")
     for (n, p), (_, q) in zip(m1.state_dict().items(), m2.state_dict().items()):
         assert torch.equal(p, q), n
@@ -150,3 +154,59 @@ def test_few_hundred_steps_lower_heldout_relation_loss(tmp_path):
     print(json.dumps(s))
     for k in ("largest", "smallest", "random"):
         assert s["final_eval"][k] < 0.95 * s["first_eval"][k], (k, s)
+
+
+def _trainer(teacher_dir, out, **kw):
+    from autodistil.distill.train import SupernetTrainer
+    from autodistil.nn import TeacherNet
+    from autodistil.space import derive_spaces
+    from autodistil.teacher import load_teacher
+    hf, _, info = load_teacher(str(teacher_dir), with_tokenizer=False)
+    cfg = _tiny_cfg(teacher_dir, out, **kw)
+    space = derive_spaces(info.shape, ("tiny",))["tiny"]
+    return SupernetTrainer(cfg, space, TeacherNet(hf, info.shape), {"sha256": info.sha256}, None, None, out)
+
+
+def test_deepspeed_and_single_process_get_the_same_param_groups(tiny_teacher_dir, tmp_path, monkeypatch):
+    """One place builds the AdamW groups: decay on >= 2-D weights (embeddings included), none on
+    biases and LayerNorm weights, on the single-process path and the DeepSpeed path alike."""
+    deepspeed = pytest.importorskip("deepspeed")
+    single = _trainer(tiny_teacher_dir, tmp_path / "a", loss=LossWeights(relation=1.0, hidden=1.0))
+    names = {id(p): n for n, p in single.model.named_parameters()}
+    got_single = [(sorted(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in single.opt.param_groups]
+    captured = {}
+
+    def fake_initialize(model, model_parameters, config, lr_scheduler):
+        captured["groups"] = model_parameters
+        captured["names"] = {id(p): n for n, p in model.named_parameters()}
+        raise RuntimeError("captured")
+    monkeypatch.setattr(deepspeed, "initialize", fake_initialize)
+    (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
+    with pytest.raises(RuntimeError, match="captured"):
+        _trainer(tiny_teacher_dir, tmp_path / "b", loss=LossWeights(relation=1.0, hidden=1.0),
+                 deepspeed=str(tmp_path / "ds.json"))
+    groups = captured["groups"]
+    assert isinstance(groups, list) and all(isinstance(g, dict) for g in groups), "DeepSpeed got a flat list"
+    got_ds = [(sorted(captured["names"][id(p)] for p in g["params"]), g["weight_decay"]) for g in groups]
+    assert got_ds == got_single
+    decay, no_decay = got_single
+    assert decay[1] == 0.01 and no_decay[1] == 0.0
+    assert "embeddings.word_embeddings.weight" in decay[0] and "hidden_proj.weight" in decay[0]
+    assert "embeddings.LayerNorm.weight" in no_decay[0] and "encoder.layer.0.intermediate.dense.bias" in no_decay[0]
+
+
+def test_bf16_autocast_step_with_every_loss_is_close_to_fp32(tiny_teacher_dir, tmp_path):
+    """Torch backend under CPU bf16 autocast, relation + attention-map + hidden-state losses:
+    one sandwich step runs, its losses are finite and close to the fp32 step's."""
+    losses = LossWeights(relation=1.0, attention=1.0, hidden=1.0)
+    recs = {}
+    for prec in ("fp32", "bf16"):
+        train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / prec, steps=1, eval_every=1, loss=losses,
+                                  precision=prec))
+        recs[prec] = [r for r in _records(tmp_path / prec / "tiny" / "metrics.jsonl") if "members" in r][0]
+    for k, v in recs["fp32"]["members"].items():
+        b = recs["bf16"]["members"][k]
+        assert math.isfinite(b) and b == pytest.approx(v, rel=3e-2), (k, v, b)
+    assert math.isfinite(recs["bf16"]["grad_norm"])
+    with pytest.raises(ValueError, match="task-agnostic supernet training has no logits"):
+        TrainConfig(loss=LossWeights(logits=1.0))

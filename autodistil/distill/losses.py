@@ -2,9 +2,12 @@
 
 All losses are >= 0 and exactly 0 for identical teacher and student inputs.
 Masks are (B, T) with 1 for real tokens; padded keys and padded query rows are ignored.
+Every loss is computed in fp32 with autocast disabled locally (under autocast a `.float()`
+input still gives a bf16 matmul), whatever dtype the model's outputs have.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 from typing import Optional, Sequence
@@ -12,6 +15,11 @@ from typing import Optional, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def _fp32(t: torch.Tensor):
+    """A context with autocast off on t's device: everything inside computes in the inputs' dtype."""
+    return torch.autocast(t.device.type, enabled=False) if t.device.type in ("cpu", "cuda") else contextlib.nullcontext()
 
 
 def _kl_rows(t_logp: torch.Tensor, s_logp: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
@@ -39,9 +47,10 @@ def relation_log_probs(x: torch.Tensor, n_heads: int, key_mask: Optional[torch.T
         raise ValueError(f"relation heads r={n_heads} must divide the Q/K/V width {W} "
                          f"(r=16 divides 64*A and 32*A for every head count A)")
     d = W // n_heads
-    xr = x.view(B, T, n_heads, d).transpose(1, 2)                              # (B, r, T, d_r)
-    scores = xr @ xr.transpose(-1, -2) / math.sqrt(d)                          # (B, r, T, T)
-    return F.log_softmax(_masked_logits(scores.float(), key_mask), dim=-1)
+    with _fp32(x):
+        xr = x.float().reshape(B, T, n_heads, d).transpose(1, 2)               # (B, r, T, d_r) fp32
+        scores = xr @ xr.transpose(-1, -2) / math.sqrt(d)                      # (B, r, T, T) fp32
+        return F.log_softmax(_masked_logits(scores, key_mask), dim=-1)
 
 
 def relation_loss(t_x: torch.Tensor, s_x: torch.Tensor, key_mask=None, n_heads: int = 16) -> torch.Tensor:
@@ -50,7 +59,9 @@ def relation_loss(t_x: torch.Tensor, s_x: torch.Tensor, key_mask=None, n_heads: 
     t_x: (B, T, W_t), s_x: (B, T, W_s); W_t and W_s may differ (relations are T x T)."""
     if t_x.shape[:2] != s_x.shape[:2]:
         raise ValueError(f"relation_loss: teacher {tuple(t_x.shape)} and student {tuple(s_x.shape)} differ in (B, T)")
-    return _kl_rows(relation_log_probs(t_x, n_heads, key_mask), relation_log_probs(s_x, n_heads, key_mask), key_mask)
+    with _fp32(s_x):
+        return _kl_rows(relation_log_probs(t_x, n_heads, key_mask), relation_log_probs(s_x, n_heads, key_mask),
+                        key_mask)
 
 
 def qkv_relation_loss(t_qkv: Sequence[torch.Tensor], s_qkv: Sequence[torch.Tensor], key_mask=None,
@@ -65,7 +76,8 @@ def attention_map_loss(t_probs: torch.Tensor, s_probs: torch.Tensor, key_mask=No
     if t_probs.shape[1] != s_probs.shape[1]:
         t_probs, s_probs = t_probs.mean(1, keepdim=True), s_probs.mean(1, keepdim=True)
     eps = 1e-12
-    return _kl_rows(t_probs.float().clamp_min(eps).log(), s_probs.float().clamp_min(eps).log(), key_mask)
+    with _fp32(s_probs):
+        return _kl_rows(t_probs.float().clamp_min(eps).log(), s_probs.float().clamp_min(eps).log(), key_mask)
 
 
 def hidden_state_loss(t_hs: Sequence[torch.Tensor], s_hs: Sequence[torch.Tensor], layer_map: Sequence[tuple],
@@ -76,11 +88,12 @@ def hidden_state_loss(t_hs: Sequence[torch.Tensor], s_hs: Sequence[torch.Tensor]
     for tl, sl in layer_map:
         t, s = t_hs[tl], s_hs[sl]
         if proj is not None:
-            s = proj(s)
+            s = proj(s)  # the projection runs under the caller's autocast; the error below in fp32
         if t.shape != s.shape:
             raise ValueError(f"hidden_state_loss: teacher layer {tl} {tuple(t.shape)} vs student layer {sl} "
                              f"{tuple(s.shape)}: widths differ, give a projection")
-        se = (t.float() - s.float()).pow(2).mean(-1)                            # (B, T)
+        with _fp32(s):
+            se = (t.float() - s.float()).pow(2).mean(-1)                        # (B, T) fp32
         if key_mask is not None:
             m = key_mask.to(se.dtype)
             total = total + (se * m).sum() / m.sum().clamp_min(1.0)
@@ -99,12 +112,13 @@ def logits_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: flo
     For regression (C == 1): MSE."""
     if t_logits.shape != s_logits.shape:
         raise ValueError(f"logits_loss: shapes differ {tuple(t_logits.shape)} vs {tuple(s_logits.shape)}")
-    if t_logits.shape[-1] == 1:
-        return F.mse_loss(s_logits.float(), t_logits.float())
-    T = temperature
-    t = F.log_softmax(t_logits.float() / T, -1)
-    s = F.log_softmax(s_logits.float() / T, -1)
-    return (t.exp() * (t - s)).sum(-1).mean() * T * T
+    with _fp32(s_logits):
+        if t_logits.shape[-1] == 1:
+            return F.mse_loss(s_logits.float(), t_logits.float())
+        T = temperature
+        t = F.log_softmax(t_logits.float() / T, -1)
+        s = F.log_softmax(s_logits.float() / T, -1)
+        return (t.exp() * (t - s)).sum(-1).mean() * T * T
 
 
 @dataclass(frozen=True)

@@ -72,11 +72,17 @@ class TrainConfig:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
         if self.n_random < 0:
             raise ValueError(f"n_random={self.n_random} must be >= 0")
+        if self.loss.logits:
+            raise ValueError(f"loss.logits={self.loss.logits}: task-agnostic supernet training has no logits; "
+                             f"logits distillation belongs to task fine-tuning (finetune kd_alpha)")
 
     def to_dict(self):
         d = asdict(self)
         d["spaces"] = list(self.spaces)
         return d
+
+
+TRAIN_CONFIG = "train_config.json"
 
 
 # --- distributed helpers ---------------------------------------------------------------
@@ -143,12 +149,20 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
     return f
 
 
-def make_optimizer(params, lr, wd, device_type: str):
-    """AdamW, fused when this torch/device supports it (feature-detected), apex's on CUDA if present."""
-    params = list(params)
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": wd}, {"params": no_decay, "weight_decay": 0.0}]
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
+    """The AdamW parameter groups of every training path (single process, DDP, DeepSpeed):
+    weight decay on >= 2-D weights (linear and embedding matrices), none on biases and
+    LayerNorm weights (1-D). Trainable parameters only, in ``named_parameters`` order."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def make_optimizer(groups: list[dict], lr, device_type: str):
+    """AdamW over `groups` (``param_groups``), fused when this torch/device supports it
+    (feature-detected), apex's on CUDA if present."""
     if device_type == "cuda":
         try:
             from apex.optimizers import FusedAdam  # NVIDIA apex, when importable
@@ -242,18 +256,22 @@ class SupernetTrainer:
             ds.setdefault("optimizer", {"type": "AdamW", "params": {"lr": cfg.lr, "weight_decay": cfg.weight_decay,
                                                                       "torch_adam": True}})
             ds["optimizer"].setdefault("params", {})["lr"] = cfg.lr
-            ops_shared.set_grad_mode("autograd")  # ZeRO reduces from autograd's accumulation hooks
+            # Gradient delivery needs no switch: ZeRO-1/2 hooks run on autograd's AccumulateGrad
+            # node after the in-place writes and read p.grad; ZeRO-3 parameters carry ds_id and
+            # get theirs through autograd (tests/test_wrappers.py). ZeRO-1/2 rewrite parameters
+            # through .data after each step (no _version bump): no cached low-precision shadows.
+            ops_shared.disable_lowp_shadow(self.model.parameters())
             self.engine, self.opt, _, self.sched = deepspeed.initialize(
-                model=self.model, model_parameters=[p for p in self.model.parameters() if p.requires_grad],
+                model=self.model, model_parameters=param_groups(self.model, cfg.weight_decay),
                 config=ds, lr_scheduler=lambda o: torch.optim.lr_scheduler.LambdaLR(o, sched_fn))
             self.ds_config = ds
             return
-        self.opt = make_optimizer([p for p in self.model.parameters() if p.requires_grad], cfg.lr,
-                                  cfg.weight_decay, self.device.type)
+        self.opt = make_optimizer(param_groups(self.model, cfg.weight_decay), cfg.lr, self.device.type)
         self.sched = torch.optim.lr_scheduler.LambdaLR(self.opt, sched_fn)
         if self.world > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
-            ops_shared.set_grad_mode("autograd")  # DDP reduces from autograd's accumulation hooks
+            # DDP's C++ hooks copy p.grad into their buckets after autograd's accumulation node
+            # ran, so gradients written into p.grad in place are reduced too (tested)
             self.ddp = DDP(self.model, find_unused_parameters=True,
                            device_ids=[self.device.index] if self.device.type == "cuda" else None)
 
@@ -361,14 +379,16 @@ class SupernetTrainer:
         if self.engine is None:
             self.opt.zero_grad(set_to_none=False)
         for k, (name, sub) in enumerate(members):
-            loss, _ = self._member_loss(ids, mask, t_out, sub)
             if self.engine is not None:
+                loss, _ = self._member_loss(ids, mask, t_out, sub)
                 self.engine.backward(loss)  # DeepSpeed divides by gradient_accumulation_steps
                 self.engine.step()
             elif self.ddp is not None and k < len(members) - 1:
-                with self.ddp.no_sync():
+                with self.ddp.no_sync():  # forward inside no_sync too, as DDP requires
+                    loss, _ = self._member_loss(ids, mask, t_out, sub)
                     (loss / len(members)).backward()
             else:
+                loss, _ = self._member_loss(ids, mask, t_out, sub)
                 (loss / len(members)).backward()
             losses[name] = _all_mean(float(loss.detach()))
         if self.engine is None:
@@ -406,6 +426,8 @@ class SupernetTrainer:
     def train(self) -> dict:
         cfg = self.cfg
         self.out.mkdir(parents=True, exist_ok=True)
+        if self.rank == 0:  # per space, so `autodistil consolidate` of this folder can record it
+            atomic_write_json(self.out / TRAIN_CONFIG, cfg.to_dict())
         log_path = self.out / "metrics.jsonl"
         resumed = cfg.resume and self.load_state()
         if not resumed and self.rank == 0 and log_path.exists():
@@ -488,7 +510,7 @@ def train_supernets(cfg: TrainConfig, on_step=None) -> dict:
     out = Path(cfg.out_dir)
     rank, _ = world()
     if rank == 0:
-        atomic_write_json(out / "train_config.json", cfg.to_dict())
+        atomic_write_json(out / TRAIN_CONFIG, cfg.to_dict())
     summaries = {}
     for space in spaces:
         sdir = out / space.name
@@ -516,5 +538,18 @@ def consolidate_zero(run_dir, out_dir) -> Path:
     meta = read_meta(run_dir)  # written by the run: model shape, space, teacher
     sd = get_fp32_state_dict_from_zero_checkpoint(str(zdir))
     spaces = [SearchSpace.from_dict(d) for d in meta["spaces"]]
+    extra = {"consolidated_from": str(zdir), "train": read_train_config(run_dir)}
     return consolidate_state_dict(sd, SuperBertConfig(**meta["model"]), spaces, meta.get("teacher", {}),
-                                  Path(out_dir), {"consolidated_from": str(zdir)})
+                                  Path(out_dir), extra)
+
+
+def read_train_config(run_dir) -> dict:
+    """The training config (loss weights included) of one space's run folder: the copy the
+    trainer writes there, else the run root's train_config.json."""
+    from ..io import read_json
+    run_dir = Path(run_dir)
+    for p in (run_dir / TRAIN_CONFIG, run_dir.parent / TRAIN_CONFIG):
+        if p.is_file():
+            return read_json(p, "training config")
+    raise FileNotFoundError(f"no {TRAIN_CONFIG} in {run_dir} or {run_dir.parent}: "
+                            f"supernet.json must record the training config")

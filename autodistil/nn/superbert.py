@@ -201,7 +201,9 @@ class _Pooler(nn.Module):
 
 
 class SuperBert(nn.Module):
-    """Weight-sharing BERT supernet. ``set_subnet(cfg)`` or ``with model.subnet(cfg):``."""
+    """Weight-sharing BERT supernet. ``set_subnet(cfg)`` or ``with model.subnet(cfg):``.
+    ``backend`` ("torch" | "triton" | "cuda") belongs to the model; None follows the caller's
+    ``ops.use_backend(...)`` context (default "torch"). No process-wide setting is read."""
 
     def __init__(self, config: SuperBertConfig, backend: str | None = None):
         super().__init__()
@@ -257,14 +259,17 @@ class SuperBert(nn.Module):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         key_mask = None if attention_mask is None else attention_mask
-        x = self.embeddings(input_ids, token_type_ids, h, self.backend)                  # (B, T, h)
+        # resolved once per forward: a recomputed forward (activation checkpointing) runs outside
+        # the caller's use_backend() context and must not fall back to another backend
+        backend = self.backend or ops.get_backend()
+        x = self.embeddings(input_ids, token_type_ids, h, backend)                       # (B, T, h)
         hs, qkvs, atts = [x], [], []
         for li in self.layer_indices(cfg):
-            x, qkv, probs = self.encoder.layer[li](x, key_mask, h, a, f, output_attentions, self.backend)
+            x, qkv, probs = self.encoder.layer[li](x, key_mask, h, a, f, output_attentions, backend)
             hs.append(x)
             qkvs.append(qkv)
             atts.append(probs)
-        pooled = self.pooler(x, h, self.backend)
+        pooled = self.pooler(x, h, backend)
         return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
                                tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
 

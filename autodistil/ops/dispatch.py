@@ -2,21 +2,27 @@
 
 Every op takes the *full* parameter and the active sizes; a backend reads the leading
 slice through the parameter's strides and never copies it (DESIGN.md section 3).
+The backend is the model's (``SuperBert(backend=...)``, passed as ``backend=``) or, when that
+is None, the one of the enclosing ``use_backend(name)`` context (a ContextVar that always
+restores; default "torch"). There is no process-wide switch.
 Backends other than "torch" load lazily on first use and, when they cannot run, say once
 and clearly why (``backend_status()``).
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import importlib
 from types import ModuleType
 
 import torch
 
+from .shared import reference_attention
+
 BACKENDS = ("torch", "triton", "cuda")
 _MODULES = {"torch": "autodistil.ops.torch_backend", "triton": "autodistil.kernels",
             "cuda": "autodistil.ops.cuda_backend"}
-_default = "torch"
+_BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_backend", default="torch")
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
 
@@ -32,7 +38,7 @@ def _check_name(name: str) -> str:
 
 
 def backend_module(name: str | None = None) -> ModuleType:
-    name = _check_name(name or _default)
+    name = _check_name(name or _BACKEND.get())
     if name in _loaded:
         return _loaded[name]
     if name in _failed:
@@ -61,24 +67,21 @@ def backend_status() -> dict:
     return out
 
 
-def set_backend(name: str) -> None:
-    global _default
-    backend_module(name)
-    _default = name
-
-
 def get_backend() -> str:
-    return _default
+    """The backend of the enclosing ``use_backend`` context ("torch" outside any)."""
+    return _BACKEND.get()
 
 
 @contextlib.contextmanager
 def use_backend(name: str):
-    old = _default
-    set_backend(name)
+    """Within the block, ops called with backend=None use `name`; the previous one is restored
+    on exit (also on error, and per thread / task: a ContextVar)."""
+    backend_module(name)  # unknown or unavailable: fail here, not at the first op
+    token = _BACKEND.set(name)
     try:
         yield
     finally:
-        set_backend(old)
+        _BACKEND.reset(token)
 
 
 # --- boundary checks (flash-attention style: name the tensor and what was expected) ----
@@ -139,4 +142,9 @@ def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask
     if key_mask is not None and tuple(key_mask.shape) != (q.shape[0], q.shape[2]):
         raise ValueError(f"sliced_attention: key_mask must be (B, T)={(q.shape[0], q.shape[2])}, "
                          f"got {tuple(key_mask.shape)}")
-    return backend_module(backend).attention(q, k, v, key_mask, need_probs, dropout_p)
+    mod = backend_module(backend)
+    if dropout_p > 0 or (need_probs and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+        # attention dropout, or probabilities that carry gradient (attention-map distillation):
+        # the one torch fallback; backends implement only the kernel path
+        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
+    return mod.attention(q, k, v, key_mask, need_probs, 0.0)

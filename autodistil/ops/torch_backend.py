@@ -1,13 +1,19 @@
-"""The "torch" backend: sliced ops in plain PyTorch, with the kernel contract's gradient rule.
+"""The "torch" backend: sliced ops in plain PyTorch, behind the same autograd Function templates
+as the kernel backends (``autodistil.ops.shared``), so it follows the same contract.
 
 A sliced linear reads ``W[:o, :i]`` as a strided view (BLAS takes the row stride as its
-leading dimension, so nothing is copied) and, in ``grad_mode() == "inplace"``, its backward
-accumulates ``dW`` straight into ``W.grad[:o, :i]`` (and ``db`` into ``b.grad[:o]``) instead
-of letting autograd's slice backward allocate a zero tensor of the full weight size per
-sliced use (the Megatron ``main_grad`` idea). DDP and ZeRO reduce gradients from hooks on
-autograd's gradient accumulation and never see such writes (they reduce whatever autograd
-delivered, not what a Function put into .grad itself): under them the
-trainer switches to ``grad_mode("autograd")`` and gradients flow the ordinary way.
+leading dimension, so nothing is copied); its backward accumulates ``dW`` straight into
+``W.grad[:o, :i]`` (and ``db`` into ``b.grad[:o]``) instead of letting autograd's slice backward
+allocate a zero tensor of the full weight size per sliced use (the Megatron ``main_grad`` idea),
+for every parameter that allows it (``shared.inplace_ok``); others get their full-size gradient
+through autograd (an op whose parameters all need that runs PyTorch's own F.linear /
+F.layer_norm / F.embedding on the slice views). The LayerNorm does the same for gamma/beta,
+the embedding for its table.
+
+Under autocast the activation is cast to the autocast dtype and the weight is read from a
+low-precision shadow of the whole parameter (``shared.lowp_shadow``: one copy per optimizer
+step, shared by all sandwich members and by dX in backward); ZeRO-3 partitions (``ds_id``)
+cast just the slice per call. dW accumulates in fp32 into the fp32 grad slice.
 """
 from __future__ import annotations
 
@@ -16,7 +22,9 @@ import math
 import torch
 import torch.nn.functional as F
 
-from .shared import _grad_slot, grad_mode, reference_attention as attention  # noqa: F401
+from .shared import (_grad_slot, delivers_inplace, operand_slice, reference_attention,
+                     sliced_layernorm_function, sliced_linear_function)
+
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)  # exact erf GELU, as BERT
@@ -28,45 +36,70 @@ def gelu_grad(x: torch.Tensor) -> torch.Tensor:
     return cdf + x * pdf
 
 
-class SlicedLinearFn(torch.autograd.Function):
-    """y = act(x @ W[:o, :i].T + b[:o]); dW/db accumulate into the grad slices."""
+class _TorchLinear:
+    """Launchers of the shared sliced-linear template in PyTorch ops (no kernel of our own)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, o: int, i: int, activation):
-        w = weight[:o, :i]  # view, row stride = weight.shape[1]
-        if w.dtype != x.dtype:  # autocast: the cast is the only copy, as F.linear's
-            w = w.to(x.dtype)
-        x2 = x.reshape(-1, i)  # (N, i)
+    def check(x, weight, bias):
+        return None
+
+    @staticmethod
+    def forward(x2, weight, bias, o, i, act):
+        w = operand_slice(weight, x2.dtype, (slice(0, o), slice(0, i)))  # (o, i) view: row stride I_max
         if bias is not None:
-            b = bias[:o].to(x.dtype)
-            y = torch.addmm(b, x2, w.t())  # (N, o)
+            y = torch.addmm(operand_slice(bias, x2.dtype, slice(0, o)), x2, w.t())  # (N, o)
         else:
             y = x2 @ w.t()
-        pre = None
-        if activation == "gelu":
-            pre = y
-            y = gelu(y)
-        ctx.o, ctx.i, ctx.act, ctx.has_bias = o, i, activation, bias is not None
-        ctx.save_for_backward(x2, weight, bias, pre)
-        return y.reshape(*x.shape[:-1], o)
+        if not act:
+            return y, None
+        return gelu(y), y
 
     @staticmethod
-    def backward(ctx, dy):
-        x2, weight, bias, pre = ctx.saved_tensors
-        o, i = ctx.o, ctx.i
-        dy2 = dy.reshape(-1, o)  # (N, o)
-        if ctx.act == "gelu":
-            dy2 = dy2 * gelu_grad(pre)
-        dx = None
-        if ctx.needs_input_grad[0]:
-            w = weight[:o, :i]
-            dx = (dy2 @ w.to(dy2.dtype)).reshape(*dy.shape[:-1], i)  # (N, i)
-        if ctx.needs_input_grad[1]:
-            g = _grad_slot(weight)[:o, :i]
-            g.addmm_(dy2.t().to(g.dtype), x2.to(g.dtype))  # beta=1: accumulate in place
-        if bias is not None and ctx.needs_input_grad[2]:
-            _grad_slot(bias)[:o].add_(dy2.sum(0).to(bias.dtype))
-        return dx, None, None, None, None, None
+    def gelu_backward(dy2, pre):
+        return (dy2.float() * gelu_grad(pre.float())).to(dy2.dtype)
+
+    @staticmethod
+    def dx(dy2, weight, o, i):
+        return dy2 @ operand_slice(weight, dy2.dtype, (slice(0, o), slice(0, i)))  # (N, i)
+
+    @staticmethod
+    def accumulate_dw(dy2, x2, dst, o, i):
+        # in-place addmm_ (beta=1) into the fp32 slice; autocast leaves in-place ops alone
+        dst[:o, :i].addmm_(dy2.t().to(dst.dtype), x2.to(dst.dtype))
+
+
+class _TorchLayerNorm:
+    """Launchers of the shared sliced-LayerNorm template: fp32 math, gamma/beta read as slices."""
+
+    @staticmethod
+    def check(x, weight, bias, residual):
+        return None
+
+    @staticmethod
+    def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
+        if r2 is not None:
+            torch.add(x2, r2, out=s)
+        sf = s.float()                                                        # (N, h)
+        var, mu = torch.var_mean(sf, dim=-1, correction=0)
+        r = torch.rsqrt(var + eps)
+        mean.copy_(mu)
+        rstd.copy_(r)
+        # gamma/beta slices are read in their own dtype; type promotion, no copy of them
+        y.copy_((sf - mu[:, None]) * r[:, None] * weight[:width] + bias[:width])
+
+    @staticmethod
+    def backward(dy2, s, weight, mean, rstd, dx, h):
+        xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
+        g = dy2.float()
+        dbeta = g.sum(0)
+        dgamma = (g * xhat).sum(0)
+        wdy = g * weight[:h]
+        dx.copy_(rstd[:, None] * (wdy - wdy.mean(-1, keepdim=True) - xhat * (wdy * xhat).mean(-1, keepdim=True)))
+        return dgamma, dbeta
+
+
+SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
+SlicedLayerNormTorch = sliced_layernorm_function(_TorchLayerNorm, "torch")
 
 
 class SlicedEmbeddingFn(torch.autograd.Function):
@@ -86,20 +119,37 @@ class SlicedEmbeddingFn(torch.autograd.Function):
         return None, None, None
 
 
+def _autograd_only(*params) -> bool:
+    """Gradients are wanted and none of them may be written in place (forced "autograd" mode, or
+    parameters such as ZeRO-3 partitions): then PyTorch's own ops on the slice views are exactly
+    that delivery (their slice backward hands autograd full-size gradients) - the "naive eager
+    slicing" of the benchmarks. Without gradients, or with any in-place parameter: our Functions."""
+    ps = [p for p in params if p is not None]
+    return (torch.is_grad_enabled() and any(p.requires_grad for p in ps)
+            and not any(delivers_inplace(p) for p in ps))
+
+
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if grad_mode() == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
-        return SlicedLinearFn.apply(x, weight, bias, out_features, in_features, activation)
-    y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
-    return gelu(y) if activation == "gelu" else y
+    if _autograd_only(weight, bias):
+        y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
+        return gelu(y) if activation == "gelu" else y
+    return SlicedLinearTorch.apply(x, weight, bias, out_features, in_features, activation)
 
 
 def sliced_embedding(ids, weight, width):
-    if grad_mode() == "inplace" and torch.is_grad_enabled() and weight.requires_grad:
+    if torch.is_grad_enabled() and weight.requires_grad and delivers_inplace(weight):
         return SlicedEmbeddingFn.apply(ids, weight, width)
     return F.embedding(ids, weight[:, :width])
 
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    if residual is not None:
-        x = x + residual
-    return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
+    if _autograd_only(weight, bias):
+        if residual is not None:
+            x = x + residual
+        return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
+    return SlicedLayerNormTorch.apply(x, weight, bias, width, eps, residual)
+
+
+def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
+    """The kernel path of this backend is PyTorch's own (SDPA, or the probabilities path)."""
+    return reference_attention(q, k, v, key_mask, need_probs, dropout_p)

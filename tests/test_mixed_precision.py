@@ -1,0 +1,123 @@
+"""Mixed precision on the torch backend (CPU bf16 autocast): fp32 master weights, activations in
+bf16, weights read from a low-precision shadow refreshed once per optimizer step (no per-call
+copy of a weight slice), dW accumulated in fp32 into the fp32 grad slices."""
+import pytest
+import torch
+
+from autodistil import ops
+from autodistil.nn import SuperBert, SuperBertConfig
+from autodistil.ops.shared import disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow, lowp_shadow_bytes
+from autodistil.space import SubnetConfig
+from conftest import randomize_
+from test_superbert import _Watch
+
+BF16 = torch.bfloat16
+MEMBERS = [SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfig(3, 64, 3.0, 4)]
+
+
+def _loss(sb, cfg, ids, mask):
+    o = sb(ids, mask, subnet=cfg, output_qkv=True, output_attentions=True)
+    return (o.last_hidden_state.float() * mask[..., None]).pow(2).mean() + o.qkv[-1][0].float().pow(2).mean() \
+        + o.attentions[-1].float().pow(2).mean() + o.pooler_output.float().sum() * 1e-2
+
+
+@pytest.mark.parametrize("opt", ["fused", "foreach", "forloop", "load_state_dict"])
+def test_lowp_shadow_refreshes_after_a_real_optimizer_step(opt):
+    lin = torch.nn.Linear(6, 8)
+    s1 = lowp_shadow(lin.weight, BF16)
+    assert s1.dtype == BF16 and s1.shape == lin.weight.shape and lowp_shadow(lin.weight, BF16) is s1  # cached
+    if opt == "load_state_dict":
+        lin.load_state_dict({"weight": torch.randn(8, 6), "bias": torch.randn(8)})
+    else:
+        kw = {"fused": {"fused": True}, "foreach": {"foreach": True}, "forloop": {"foreach": False}}[opt]
+        o = torch.optim.AdamW(lin.parameters(), lr=0.1, **kw)
+        lin(torch.randn(3, 6)).sum().backward()
+        o.step()
+    s2 = lowp_shadow(lin.weight, BF16)
+    assert s2 is not s1
+    assert torch.equal(s2, lin.weight.detach().to(BF16))
+    assert lowp_shadow(lin.weight, torch.float32) is lin.weight  # same dtype: the parameter itself
+
+
+def test_data_writes_are_invisible_until_invalidated():
+    """A write through .data bumps no version counter and takes no optimizer step: the cache keeps
+    the old copy (the documented limitation) until invalidate_lowp_shadow drops it."""
+    lin = torch.nn.Linear(6, 8)
+    s1 = lowp_shadow(lin.weight, BF16)
+    lin.weight.data.mul_(2.0)
+    assert lowp_shadow(lin.weight, BF16) is s1
+    invalidate_lowp_shadow([lin.weight])
+    assert torch.equal(lowp_shadow(lin.weight, BF16), lin.weight.detach().to(BF16))
+
+
+def test_no_shadow_for_zero3_or_marked_parameters():
+    p = torch.nn.Parameter(torch.randn(4, 4))
+    p.ds_id = 7  # a ZeRO-3 partition: callers cast the slice per call
+    assert lowp_shadow(p, BF16) is None
+    q = torch.nn.Parameter(torch.randn(4, 4))
+    lowp_shadow(q, BF16)
+    disable_lowp_shadow([q])  # storage rewritten through .data (DeepSpeed ZeRO-1/2)
+    assert lowp_shadow(q, BF16) is None and lowp_shadow_bytes([q]) == 0
+    x = torch.randn(3, 4)
+    with torch.autocast("cpu", dtype=BF16):
+        y = ops.sliced_linear(x, p, None, 3, 4)  # per-call slice cast still computes in bf16
+    assert y.dtype == BF16
+    torch.testing.assert_close(y.float(), x @ p.detach()[:3].t(), rtol=2e-2, atol=2e-2)
+
+
+def test_autocast_never_copies_a_weight_slice_and_grads_stay_fp32(small_space):
+    """Under bf16 autocast: after the first step each used weight has one bf16 shadow; a whole
+    sandwich (forward + backward) then copies nothing from a parameter's storage; an optimizer
+    step refreshes each shadow once (full size, never a slice). Gradients are fp32 and close to
+    an fp32 run."""
+    torch.manual_seed(0)
+    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=300)))
+    ids = torch.randint(0, 300, (2, 7))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    params = list(sb.parameters())
+    opt = torch.optim.AdamW(params, lr=1e-3)
+
+    def sandwich(watch=False):
+        sb.zero_grad(set_to_none=False)
+        with _Watch(params) as w, torch.autocast("cpu", dtype=BF16):
+            for cfg in MEMBERS:
+                _loss(sb, cfg, ids, mask).backward()
+        return w
+
+    sandwich()
+    first = {n: p.grad.clone() for n, p in sb.named_parameters()}
+    w = sandwich()
+    assert w.copies == [], w.copies[:5]
+    linear = [m for m in sb.modules() if isinstance(m, torch.nn.Linear)]
+    shadowed = [p for m in linear for p in (m.weight, m.bias)]
+    assert lowp_shadow_bytes(params) == sum(p.numel() * 2 for p in shadowed)  # bf16: half the fp32 bytes
+    assert all(p.grad.dtype == torch.float32 for p in params)
+    for n, p in sb.named_parameters():
+        torch.testing.assert_close(p.grad, first[n], msg=n)  # the shadow gives the same numbers each time
+    opt.step()
+    w = sandwich()
+    full = {tuple(p.shape) for p in shadowed}
+    assert w.copies and all(name == "aten._to_copy.default" and shape in full for name, shape in w.copies)
+    assert len(w.copies) == len(shadowed)  # one refresh per parameter, shared by all members and dX
+
+    ref = SuperBert(sb.config)
+    ref.load_state_dict(sb.state_dict())
+    for cfg in MEMBERS:
+        _loss(ref, cfg, ids, mask).backward()
+    scale = max(float(r.grad.abs().max()) for r in ref.parameters())
+    for (n, p), (_, r) in zip(sb.named_parameters(), ref.named_parameters()):
+        # bf16 activations: a few percent; key biases have a zero true gradient, hence the floor
+        assert (p.grad - r.grad).abs().max() <= 5e-2 * r.grad.abs().max() + 1e-3 * scale, n
+
+
+def test_layernorm_output_dtype_rule():
+    """LN computes in fp32; its output has promote_types(x, residual): the residual stream stays fp32."""
+    w, b = torch.ones(16, requires_grad=True), torch.zeros(16, requires_grad=True)
+    x16, x32 = torch.randn(3, 12).to(BF16), torch.randn(3, 12)
+    with torch.autocast("cpu", dtype=BF16):
+        assert ops.sliced_layernorm(x16, w, b, 12, 1e-12, x32).dtype == torch.float32
+        assert ops.sliced_layernorm(x16, w, b, 12, 1e-12).dtype == BF16
+        y = ops.sliced_layernorm(x32, w, b, 12, 1e-12)
+    assert y.dtype == torch.float32
+    torch.testing.assert_close(y, torch.nn.functional.layer_norm(x32, (12,), w[:12], b[:12], 1e-12))
