@@ -3,7 +3,10 @@
 One file per op, each holding its kernels, launcher and autograd Function:
   sliced_linear.py     y = act(x @ W[:o, :i]^T + b[:o]); dX; dW into W.grad[:o, :i]
   sliced_layernorm.py  LN(x + residual) over the first h features; dgamma/dbeta into the slices
-  attention.py         flash-style attention, any head count, head dim <= 128, padding mask
+  attention.py         flash-style attention, any head count, head dim <= 128, T <= 65536, padding mask
+Mixed precision: weights/bias/LN parameters may stay fp32 (master weights) while activations are
+bf16/fp16; tiles are cast to the activation dtype in registers (tensor cores), fp32 accumulation,
+dW added in fp32 to the fp32 grad slice.
 Runs on CUDA GPUs, and on the CPU under TRITON_INTERPRET=1 (fp32/fp16; how CI tests it).
 """
 from __future__ import annotations

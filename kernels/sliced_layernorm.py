@@ -1,5 +1,10 @@
 """Sliced LayerNorm in Triton: y = LN(x + residual) over the first h of H_max features with
-gamma[:h], beta[:h] (read in place); backward writes dgamma/dbeta into the grad slices."""
+gamma[:h], beta[:h] (read in place); backward writes dgamma/dbeta into the grad slices.
+
+Mixed precision (launcher contract, autodistil.ops.shared): x, residual, the saved sum and y are
+in the activation dtype (bf16/fp16 under autocast); gamma/beta stay in their own dtype (fp32
+master parameters) and are read as such; all statistics and arithmetic are fp32; dgamma/dbeta
+are fp32 per-program partial sums reduced in a fixed order (deterministic)."""
 from __future__ import annotations
 
 import torch
@@ -14,7 +19,7 @@ from ._common import check_device
 @triton.jit
 def _ln_fwd(x_ptr, r_ptr, s_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, H, eps,
             HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
-    row = tl.program_id(0)
+    row = tl.program_id(0).to(tl.int64)  # rows * H can pass 2^31
     cols = tl.arange(0, BLOCK)
     m = cols < H
     x = tl.load(x_ptr + row * H + cols, mask=m, other=0.0).to(tl.float32)
@@ -36,7 +41,7 @@ def _ln_fwd(x_ptr, r_ptr, s_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, H, eps
 def _ln_bwd(dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, N, H, ROWS,
             BLOCK: tl.constexpr):
     """Each program: ROWS rows; dx per row, dgamma/dbeta partial sums per program."""
-    pid = tl.program_id(0)
+    pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     m = cols < H
     w = tl.load(w_ptr + cols, mask=m, other=0.0).to(tl.float32)

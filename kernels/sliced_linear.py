@@ -5,6 +5,17 @@ One strided matmul kernel serves the three products (DESIGN.md section 3):
   dX       dX[N, i]           = dY'[N, o] @ W[:o, :i]
   dW       W.grad[:o, :i]    += dY'^T @ x              (ACCUMULATE: beta = 1, straight into the slice)
 No slice of W is ever copied, and no full-size gradient temporary is allocated.
+
+Mixed precision (the launcher contract of autodistil.ops.shared): the weight and bias may be
+fp32 master parameters while the activations are bf16/fp16. The kernel casts each loaded
+operand tile to the activation ("compute") dtype in registers, so tl.dot runs on tensor cores;
+it accumulates in fp32 and, for dW, adds the fp32 result to the fp32 grad slice.
+
+Autotuning: `_Tuner` picks one config per shape key. A launch that writes in place
+(ACCUMULATE) is never run while tuning: on a key not yet tuned, the candidates are timed on a
+scratch output of the slice's size without accumulation, then the chosen config runs once on
+the real gradient. `configure_autotune(configs, do_bench)` swaps the candidates and the timer
+(tests use it to tune several configs under the CPU interpreter).
 """
 from __future__ import annotations
 
@@ -12,60 +23,169 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import sliced_linear_function
+from autodistil.ops.shared import amp_state, compute_dtype, sliced_linear_function
 
 from ._common import INTERPRET, check_device
 
-def _configs():
+
+def default_configs(dtype=torch.bfloat16):
+    """Candidates (<= 8 keeps tuning bounded): big wgmma-friendly tiles for the 4096-token layers
+    of the paper spaces on Hopper, smaller ones for narrow layers and for dW (M, N = o, i: few
+    tiles, K = tokens long). fp32 (exact IEEE dots, not the fast path) gets two small tiles."""
     if INTERPRET:  # the CPU interpreter: one small config, no autotuning
-        return [triton.Config({"BM": 16, "BN": 16, "BK": 16}, num_warps=1)]
-    cfgs = []
-    for bm, bn, bk, w, s in ((128, 128, 32, 8, 3), (128, 64, 32, 4, 4), (64, 128, 32, 4, 4), (64, 64, 32, 4, 4),
-                             (64, 32, 32, 2, 5), (32, 64, 32, 2, 5), (128, 32, 64, 4, 3), (32, 32, 64, 2, 4)):
-        cfgs.append(triton.Config({"BM": bm, "BN": bn, "BK": bk}, num_warps=w, num_stages=s))
-    return cfgs  # small tiles keep the Tiny space's 128..224-wide layers busy
+        return [triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1)]
+    if dtype == torch.float32:
+        shapes = ((64, 64, 32, 4, 3), (128, 64, 32, 8, 3))
+    else:
+        shapes = ((128, 256, 64, 8, 3), (256, 128, 64, 8, 3), (128, 128, 64, 8, 4), (128, 128, 64, 4, 4),
+                  (128, 64, 64, 4, 4), (64, 128, 64, 4, 4), (64, 64, 64, 4, 4), (64, 64, 128, 4, 3))
+    return [triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8}, num_warps=w, num_stages=st)
+            for bm, bn, bk, w, st in shapes]
 
 
-@triton.autotune(configs=_configs(), key=["M", "N", "K", "ACT", "ACCUMULATE"])
+def _default_bench(fn):
+    """Median time (ms) of fn on the GPU; short warmup/rep keeps a new shape's tuning ~0.2 s."""
+    return triton.testing.do_bench(fn, warmup=5, rep=20)
+
+
 @triton.jit
 def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K,
                s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, ACCUMULATE: tl.constexpr,
-               IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr):
-    """C[M, N] (+)= act(A[M, K] @ B[K, N] + bias[N]); every operand by explicit strides."""
-    pid_m = tl.program_id(0)
-    pid_n = tl.program_id(1)
+               IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
+    """C[M, N] (+)= act(A[M, K] @ B[K, N] + bias[N]); every operand by explicit strides.
+    A is in the compute dtype; B (a weight, maybe fp32) is cast to it tile by tile in registers.
+    One program per (BM, BN) tile on grid axis 0, in GROUP_M-swizzled order for L2 reuse."""
+    pid = tl.program_id(0)
+    n_m = tl.cdiv(M, BM)
+    n_n = tl.cdiv(N, BN)
+    width = GROUP_M * n_n
+    first_m = (pid // width) * GROUP_M
+    group = tl.minimum(n_m - first_m, GROUP_M)
+    pid_m = first_m + (pid % width) % group
+    pid_n = (pid % width) // group
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
+    # 64-bit row/column offsets: M * s_am or N * s_bn can pass 2^31 (a long token axis)
+    a_ptrs = a_ptr + rm.to(tl.int64)[:, None] * s_am + rk[None, :] * s_ak
+    b_ptrs = b_ptr + rk[:, None] * s_bk + rn.to(tl.int64)[None, :] * s_bn
     acc = tl.zeros((BM, BN), dtype=tl.float32)
     for k0 in range(0, K, BK):
         kk = k0 + rk
-        a = tl.load(a_ptr + rm[:, None] * s_am + kk[None, :] * s_ak,
-                    mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        b = tl.load(b_ptr + kk[:, None] * s_bk + rn[None, :] * s_bn,
-                    mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0)
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
+        b = tl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0).to(a_ptr.dtype.element_ty)
         if IEEE:  # fp32 stays fp32 (no TF32), as the contract's 1e-5 tolerance needs
             acc += tl.dot(a, b, input_precision="ieee")
-        else:
+        else:  # bf16/fp16 operands: tensor cores, fp32 accumulation
             acc += tl.dot(a, b)
+        a_ptrs += BK * s_ak
+        b_ptrs += BK * s_bk
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     cmask = (rm[:, None] < M) & (rn[None, :] < N)
-    c_off = rm[:, None] * s_cm + rn[None, :] * s_cn
+    c_off = rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
     if ACT == 1:  # exact GELU: x * Phi(x)
         if SAVE_PRE:
-            tl.store(pre_ptr + rm[:, None] * N + rn[None, :], acc.to(pre_ptr.dtype.element_ty), mask=cmask)
+            tl.store(pre_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], acc.to(pre_ptr.dtype.element_ty),
+                     mask=cmask)
         acc = 0.5 * acc * (1.0 + tl.erf(acc * 0.7071067811865476))
-    if ACCUMULATE:
+    if ACCUMULATE:  # beta = 1 in fp32: the fp32 grad slice += this tile
         acc += tl.load(c_ptr + c_off, mask=cmask, other=0.0).to(tl.float32)
     tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=cmask)
+
+
+class _Tuner:
+    """Picks and remembers one config per key. Candidates that fail to compile or launch (too much
+    shared memory for a tile, say) are skipped; if all fail the last error is raised."""
+
+    def __init__(self, configs, fp32_configs, do_bench):
+        if not configs or not fp32_configs:
+            raise ValueError("autotune: a config list is empty")
+        self.configs, self.fp32_configs = list(configs), list(fp32_configs)
+        self.do_bench = do_bench
+        self.best: dict = {}
+
+    def candidates(self, dtype):
+        return self.fp32_configs if dtype == torch.float32 else self.configs
+
+    def pick(self, key, dtype, run):
+        """run(config) launches the kernel with that config on an output that may be overwritten."""
+        if key in self.best:
+            return self.best[key]
+        cands = self.candidates(dtype)
+        if len(cands) == 1:
+            self.best[key] = cands[0]
+            return cands[0]
+        times, err = [], None
+        for cfg in cands:
+            try:
+                times.append(self.do_bench(lambda: run(cfg)))
+            except Exception as e:  # out of resources for this tile: not a candidate here
+                err = e
+                times.append(float("inf"))
+        if min(times) == float("inf"):
+            raise RuntimeError(f"autotune: every config failed for key {key}: {err}") from err
+        best = cands[times.index(min(times))]
+        self.best[key] = best
+        return best
+
+
+_TUNER = _Tuner(default_configs(torch.bfloat16), default_configs(torch.float32), _default_bench)
+
+
+def configure_autotune(configs=None, do_bench=None, fp32_configs=None):
+    """Replace the candidate configs (bf16/fp16; fp32_configs for fp32, default: the same as
+    `configs` when given) and/or the benchmark function (fn -> ms); forgets the tuned keys.
+    Returns the previous (configs, do_bench, fp32_configs) so a caller can restore them."""
+    global _TUNER
+    old = (_TUNER.configs, _TUNER.do_bench, _TUNER.fp32_configs)
+    lowp = configs if configs is not None else default_configs(torch.bfloat16)
+    fp32 = fp32_configs if fp32_configs is not None else (configs if configs is not None
+                                                          else default_configs(torch.float32))
+    _TUNER = _Tuner(lowp, fp32, do_bench or _default_bench)
+    return old
+
+
+def tuned_config(key):
+    """The config chosen for a key, or None (tests check first calls with it)."""
+    return _TUNER.best.get(key)
+
+
+def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate):
+    kw = dict(cfg.kwargs)
+    grid = (triton.cdiv(M, kw["BM"]) * triton.cdiv(N, kw["BN"]),)
+    _mm_kernel[grid](a, b, c, bias if bias is not None else c, pre if pre is not None else c, M, N, K,
+                     *sa, *sb, *sc, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=pre is not None,
+                     ACCUMULATE=accumulate, IEEE=a.dtype == torch.float32, num_warps=cfg.num_warps,
+                     num_stages=cfg.num_stages, **kw)
+
+
+def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, pre=None, accumulate=False):
+    """c[:M, :N] (+)= act(a @ b + bias); a in the compute dtype, b any float dtype (cast per tile)."""
+    if triton.cdiv(M, 16) * triton.cdiv(N, 16) >= 2 ** 31:
+        raise ValueError(f"triton sliced_linear: output {M}x{N} has too many tiles for one grid axis "
+                         f"(at most 2^31-1 programs)")
+    tuner = _TUNER
+    key = (M, N, K, act, bias is not None, pre is not None, a.dtype, b.dtype, c.dtype,
+           bias.dtype if bias is not None else None)
+    if accumulate:  # never run an accumulating launch while tuning: time the candidates on a scratch output
+        if key not in tuner.best:
+            scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if len(tuner.candidates(a.dtype)) > 1 else c
+            tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, scratch, bias, None, M, N, K, strides_a, strides_b,
+                                                (scratch.stride(0), scratch.stride(1)), act, False))
+        cfg = tuner.best[key]
+    else:  # a fresh output: rerunning the launch while timing it is harmless
+        cfg = tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b,
+                                                  strides_c, act, False))
+    _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate)
+    return c
 
 
 @triton.jit
 def _gelu_grad_kernel(dy_ptr, pre_ptr, out_ptr, n, BLOCK: tl.constexpr):
     """out = dy * GELU'(pre) (exact erf form), elementwise."""
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    offs = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n
     dy = tl.load(dy_ptr + offs, mask=m, other=0.0).to(tl.float32)
     x = tl.load(pre_ptr + offs, mask=m, other=0.0).to(tl.float32)
@@ -74,16 +194,9 @@ def _gelu_grad_kernel(dy_ptr, pre_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, (dy * (cdf + x * pdf)).to(out_ptr.dtype.element_ty), mask=m)
 
 
-def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, pre=None, accumulate=False):
-    grid = lambda meta: (triton.cdiv(M, meta["BM"]), triton.cdiv(N, meta["BN"]))
-    _mm_kernel[grid](a, b, c, bias if bias is not None else c, pre if pre is not None else c, M, N, K,
-                     *strides_a, *strides_b, *strides_c, HAS_BIAS=bias is not None, ACT=act,
-                     SAVE_PRE=pre is not None, ACCUMULATE=accumulate, IEEE=a.dtype == torch.float32)
-    return c
-
-
 def linear_forward(x2, weight, bias, o, i, act: int, save_pre: bool):
-    """x2: (N, i) contiguous; weight: (O_max, I_max) row-major (read [:o, :i] by stride)."""
+    """x2: (N, i) contiguous, compute dtype; weight: (O_max, I_max) row-major in its own dtype (read
+    [:o, :i] by stride, cast per tile); y and pre in x2.dtype."""
     Nt = x2.shape[0]
     y = torch.empty((Nt, o), device=x2.device, dtype=x2.dtype)
     pre = torch.empty_like(y) if (act and save_pre) else None
@@ -110,12 +223,15 @@ class _TritonLinear:
     gelu_backward = staticmethod(gelu_backward)
 
     @staticmethod
-    def dx(dy2, weight, o, i):
+    def dx(dy2, weight, o, i):  # (N, i) in dy2.dtype; the weight tile is cast to it in registers
         dx = torch.empty((dy2.shape[0], i), device=dy2.device, dtype=dy2.dtype)
         return matmul(dy2, weight, dx, dy2.shape[0], i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
 
     @staticmethod
-    def accumulate_dw(dy2, x2, dst, o, i):  # dst[:o, :i] += dy2^T @ x2, through dst's strides
+    def accumulate_dw(dy2, x2, dst, o, i):
+        """dst[:o, :i] += dy2^T @ x2 through dst's strides; dy2, x2 in the compute dtype, dst fp32."""
+        if x2.dtype != dy2.dtype:
+            raise ValueError(f"triton sliced_linear: dy dtype {dy2.dtype} != x dtype {x2.dtype}")
         matmul(dy2, x2, dst, o, i, dy2.shape[0], (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True)
 
 
@@ -123,8 +239,10 @@ SlicedLinearTriton = sliced_linear_function(_TritonLinear, "triton")
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad):
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias)):
         return SlicedLinearTriton.apply(x, weight, bias, out_features, in_features, activation)
-    x2 = x.reshape(-1, in_features).contiguous()
+    # inference: the same compute dtype as the autograd path (the autocast dtype under autocast)
+    dt = compute_dtype(x, amp_state(x.device.type))
+    x2 = x.reshape(-1, in_features).to(dt).contiguous()
     y, _ = linear_forward(x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False)
     return y.reshape(*x.shape[:-1], out_features)
