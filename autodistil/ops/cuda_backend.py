@@ -1,158 +1,303 @@
-"""The "cuda" backend: autograd Functions over the hand-written kernels of ``autodistil._C``
-(csrc/), which take raw device pointers, strides (in elements) and the current stream.
-Same contract as the Triton backend: W[:o, :i] read through the full row stride, dW/db
-accumulated into the grad slices (or returned through autograd under DDP/ZeRO)."""
+"""The "cuda" backend: launchers over ``autodistil._C`` (csrc/) for the shared autograd templates
+(autodistil.ops.shared), which take raw device pointers, sizes, leading dimensions and the
+current stream.
+
+- Sliced linear: cuBLASLt GEMMs (csrc/gemm_lt.cpp). W[:o, :i] is a strided sub-matrix with
+  leading dimension I_max (no copy); dW accumulates with beta = 1 straight into the fp32 grad
+  slice from bf16/fp16 activations (fp32 compute, fp32 scale); fp32 runs plain fp32 GEMMs (no
+  TF32). The bias is cuBLASLt's BIAS epilogue (one rounding); exact erf GELU is an elementwise
+  kernel on the pre-activation, and its backward another (csrc/gelu.cu).
+- Mixed precision: cuBLASLt needs A and B in one type, so an fp32 master weight meets bf16/fp16
+  activations through ``lowp_shadow`` (one full-size low-precision copy per parameter, cached
+  until the parameter changes: 2 bytes per weight element for bf16/fp16). Where no shadow may be
+  cached (ZeRO-3 partitions, DTensors), the slice is cast per call. The bias epilogue reads the
+  bias in the output dtype (cublasLt.h: bias elements have D's type), which is also what PyTorch's
+  autocast does for F.linear.
+- Sliced LayerNorm: csrc/layernorm.cu (fp32 or activation-dtype gamma/beta, deterministic
+  dgamma/dbeta).
+- Attention: ``autodistil.ops.cuda_attention`` (imported on first use).
+
+cuBLASLt is resolved at run time: the copy torch already loaded, then the nvidia-cublas wheel's
+lib folder ($AUTODISTIL_CUBLAS_ROOT/lib first), then the plain soname.
+"""
 from __future__ import annotations
 
+import contextlib
+import importlib.util
+import os
 
 import torch
 
-from .shared import reference_attention, sliced_layernorm_function, sliced_linear_function
+from .shared import amp_state, compute_dtype, lowp_shadow, sliced_layernorm_function, sliced_linear_function
 
 _DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
+
 _C = None
-_why = None
+_why_not_built = None
 try:
     from .. import _C  # noqa: F811
 except ImportError as e:  # not built (no nvcc at install time, or AUTODISTIL_BUILD_CUDA=0)
-    _why = f"the CUDA extension autodistil._C is not built ({e}); reinstall with nvcc on PATH"
+    _why_not_built = f"the CUDA extension autodistil._C is not built ({e}); reinstall with nvcc on PATH"
+
+_lt_path = None
+_lt_error = None
+_workspaces: dict = {}
+
+
+# --- availability ---------------------------------------------------------------------------
+def cublaslt_candidates(soname: str) -> list:
+    """Library paths to try after the already-loaded copy: $AUTODISTIL_CUBLAS_ROOT/lib, the
+    nvidia wheels' lib folders (nvidia/cu13/lib, nvidia/cublas/lib) that exist, the plain soname."""
+    major = soname.rsplit(".", 1)[-1]
+    out = []
+    root = os.environ.get("AUTODISTIL_CUBLAS_ROOT")
+    if root:
+        out.append(os.path.join(root, "lib", soname))
+    spec = importlib.util.find_spec("nvidia")
+    for p in (spec.submodule_search_locations or []) if spec is not None else []:
+        for sub in (f"cu{major}", "cublas"):
+            f = os.path.join(p, sub, "lib", soname)
+            if os.path.isfile(f):
+                out.append(f)
+    out.append(soname)
+    return list(dict.fromkeys(out))
+
+
+def load_cublaslt() -> str:
+    """Resolve cuBLASLt once; returns the path used, raises RuntimeError saying why not."""
+    global _lt_path, _lt_error
+    if _lt_path is None and _lt_error is None:
+        try:
+            _lt_path = _C.cublaslt_load(cublaslt_candidates(_C.cublaslt_soname()), True)
+        except RuntimeError as e:
+            _lt_error = str(e)
+    if _lt_error is not None:
+        raise RuntimeError(_lt_error)
+    return _lt_path
 
 
 def unavailable_reason():
+    """None when the backend can run, else why not (one line per cause)."""
     if _C is None:
-        return _why
+        return _why_not_built
+    if not hasattr(_C, "gemm_forward"):
+        return "autodistil._C is out of date (built from older sources): reinstall with pip install -e ."
+    if not _C.has_cublaslt():
+        return ("autodistil._C was built without cublasLt.h: pip install nvidia-cublas (or set "
+                "AUTODISTIL_CUBLAS_ROOT to a folder with include/cublasLt.h), then reinstall autodistil")
     if not torch.cuda.is_available() or _C.device_count() == 0:
         return "the CUDA extension is built but no CUDA GPU is visible"
+    try:
+        load_cublaslt()
+    except RuntimeError as e:
+        return str(e)
     return None
 
 
+# --- launch helpers -------------------------------------------------------------------------
 def _p(t):
     return 0 if t is None else t.data_ptr()
 
 
-def _stream():
-    return torch.cuda.current_stream().cuda_stream
-
-
-def _code(t, name):
-    if t.dtype not in _DTYPE:
-        raise ValueError(f"cuda backend: {name} has dtype {t.dtype}; allowed fp32, fp16, bf16")
-    if not t.is_cuda:
-        raise ValueError(f"cuda backend: {name} is on {t.device}; it must be a CUDA tensor")
+def _code(t):
     return _DTYPE[t.dtype]
 
 
-def _gemm(a, b, c, M, N, K, sa, sb, sc, bias=None, act=0, pre=None, accumulate=False):
-    _C.gemm(_code(c, "output"), _p(a), _p(b), _p(c), _p(bias), _p(pre), M, N, K, *sa, *sb, *sc, act, accumulate,
-            _stream())
+def _stream(device):
+    return torch.cuda.current_stream(device).cuda_stream
 
 
-def _check(*tensors):
-    for i, t in enumerate(tensors):
-        if t is not None:
-            _code(t, f"argument {i}")
+def _on(device):
+    """Make the tensors' device current for the launch (kernels go to that device's stream)."""
+    if device.index is None or device.index == torch.cuda.current_device():
+        return contextlib.nullcontext()
+    return torch.cuda.device(device)
+
+
+def _workspace(device):
+    """(pointer, bytes) of the cuBLASLt workspace of the device's current stream."""
+    s = torch.cuda.current_stream(device)
+    key = (device.index, s.cuda_stream)
+    ws = _workspaces.get(key)
+    if ws is None:
+        ws = _workspaces[key] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
+    return ws.data_ptr(), WORKSPACE_BYTES
+
+
+def _check_tensors(op, named, vectors=()):
+    """Boundary checks before any launch (so they also run without a GPU), naming the tensor:
+    types and dtypes first, then the 1-D unit-stride vectors, then devices (CUDA, same as x)."""
+    named = [(n, t) for n, t in named if t is not None]
+    for name, t in named:
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"cuda {op}: {name} must be a tensor, got {type(t).__name__}")
+        if t.dtype not in _DTYPE:
+            raise ValueError(f"cuda {op}: {name} has dtype {t.dtype}; allowed: float32, float16, bfloat16")
+    for name, t in named:
+        if name in vectors:
+            _check_vector(op, name, t)
+    like = named[0][1]
+    for name, t in named:
+        if not t.is_cuda:
+            raise ValueError(f"cuda {op}: {name} is on {t.device}; it must be a CUDA tensor")
+        if t.device != like.device:
+            raise ValueError(f"cuda {op}: {name} is on {t.device} but {named[0][0]} is on {like.device}")
+
+
+def _check_vector(op, name, t):
+    if t is not None and (t.dim() != 1 or t.stride(0) != 1):
+        raise ValueError(f"cuda {op}: {name} must be a 1-D tensor with unit stride, got shape {tuple(t.shape)} "
+                         f"and strides {t.stride()}")
+
+
+def _operand(param, dtype, index):
+    """param[index]'s storage in `dtype` for a GEMM: the parameter itself, its cached low-precision
+    shadow (same layout, so the slice keeps the full row stride), or a per-call cast of just the
+    slice where no shadow may be kept."""
+    s = lowp_shadow(param, dtype)
+    return s if s is not None else param[index].to(dtype)
+
+
+# --- sliced linear --------------------------------------------------------------------------
+def _linear_forward(x2, weight, bias, o, i, act, keep_pre):
+    """(y, pre): y = act(x2 @ W[:o, :i]^T + b[:o]) in x2.dtype; pre = the pre-activation (or None)."""
+    n, dt = x2.shape[0], x2.dtype
+    w = _operand(weight, dt, (slice(0, o), slice(0, i)))
+    b = None if bias is None else _operand(bias, dt, slice(0, o))
+    if w.stride(1) != 1:
+        raise ValueError(f"cuda sliced_linear: weight must have unit stride on its last dim, got {weight.stride()}")
+    _check_vector("sliced_linear", "bias", b)
+    pre = torch.empty((n, o), device=x2.device, dtype=dt)  # (N, o)
+    with _on(x2.device):
+        stream = _stream(x2.device)
+        ws, wsz = _workspace(x2.device)
+        _C.gemm_forward(_code(x2), x2.data_ptr(), w.data_ptr(), w.stride(0), _p(b), pre.data_ptr(), n, o, i,
+                        ws, wsz, stream)
+        if not act:
+            return pre, None
+        y = torch.empty_like(pre) if keep_pre else pre  # in place when the pre-activation is not kept
+        _C.gelu_forward(_code(pre), pre.data_ptr(), y.data_ptr(), pre.numel(), stream)
+    return y, (pre if keep_pre else None)
 
 
 class _CudaLinear:
     """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
-    check = staticmethod(_check)
+
+    @staticmethod
+    def check(x, weight, bias):
+        _check_tensors("sliced_linear", (("x", x), ("weight", weight), ("bias", bias)), vectors=("bias",))
 
     @staticmethod
     def forward(x2, weight, bias, o, i, act):
-        n = x2.shape[0]
-        y = torch.empty((n, o), device=x2.device, dtype=x2.dtype)
-        pre = torch.empty_like(y) if act else None
-        _gemm(x2, weight, y, n, o, i, (i, 1), (weight.stride(1), weight.stride(0)), (o, 1), bias, act, pre)
-        return y, pre
+        return _linear_forward(x2, weight, bias, o, i, act, keep_pre=True)
 
     @staticmethod
     def gelu_backward(dy2, pre):
         g = torch.empty_like(dy2)
-        _C.gelu_backward(_code(dy2, "dy"), _p(dy2), _p(pre), _p(g), dy2.numel(), _stream())
+        with _on(dy2.device):
+            _C.gelu_backward(_code(dy2), dy2.data_ptr(), pre.data_ptr(), g.data_ptr(), dy2.numel(),
+                             _stream(dy2.device))
         return g
 
     @staticmethod
     def dx(dy2, weight, o, i):
-        n = dy2.shape[0]
-        dx = torch.empty((n, i), device=dy2.device, dtype=dy2.dtype)
-        _gemm(dy2, weight, dx, n, i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
+        n, dt = dy2.shape[0], dy2.dtype
+        w = _operand(weight, dt, (slice(0, o), slice(0, i)))
+        dx = torch.empty((n, i), device=dy2.device, dtype=dt)  # (N, i)
+        with _on(dy2.device):
+            ws, wsz = _workspace(dy2.device)
+            _C.gemm_dx(_code(dy2), dy2.data_ptr(), w.data_ptr(), w.stride(0), dx.data_ptr(), n, o, i, ws, wsz,
+                       _stream(dy2.device))
         return dx
 
     @staticmethod
     def accumulate_dw(dy2, x2, dst, o, i):
-        _gemm(dy2, x2, dst, o, i, dy2.shape[0], (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True)
+        """dst[:o, :i] += dy2^T @ x2 with beta = 1, through dst's row stride (fp32 dst from bf16/fp16
+        activations: fp32 accumulation, no full-size temporary)."""
+        if x2.dtype != dy2.dtype:
+            raise ValueError(f"cuda sliced_linear: dy dtype {dy2.dtype} != x dtype {x2.dtype}")
+        if dst.dtype not in _DTYPE or dst.stride(1) != 1:
+            raise ValueError(f"cuda sliced_linear: the weight gradient must be fp32/fp16/bf16 with unit stride on "
+                             f"its last dim, got {dst.dtype} with strides {dst.stride()}")
+        n = dy2.shape[0]
+        with _on(dy2.device):
+            ws, wsz = _workspace(dy2.device)
+            stream = _stream(dy2.device)
+            if dst.dtype in (torch.float32, dy2.dtype):
+                _C.gemm_dw(_code(dy2), _code(dst), dy2.data_ptr(), x2.data_ptr(), dst.data_ptr(), dst.stride(0), n,
+                           o, i, ws, wsz, stream)
+            else:  # e.g. a bf16 parameter trained with fp32 activations: accumulate in fp32, then add
+                tmp = torch.zeros((o, i), device=dst.device, dtype=torch.float32)
+                _C.gemm_dw(_code(dy2), 0, dy2.data_ptr(), x2.data_ptr(), tmp.data_ptr(), i, n, o, i, ws, wsz, stream)
+                dst[:o, :i].add_(tmp)
+
+
+# --- sliced LayerNorm -----------------------------------------------------------------------
+def _ln_param(p, dt, h):
+    """gamma/beta as the kernel takes them: fp32 or the activation dtype, unit stride."""
+    if p.dtype != torch.float32 and p.dtype != dt:
+        s = lowp_shadow(p, dt)
+        p = s if s is not None else p[:h].to(dt)
+    return p
 
 
 class _CudaLayerNorm:
-    check = staticmethod(_check)
+    @staticmethod
+    def check(x, weight, bias, residual):
+        _check_tensors("sliced_layernorm", (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+                       vectors=("weight", "bias"))
 
     @staticmethod
     def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
-        _C.layernorm_forward(_code(x2, "x"), _p(x2), _p(r2), _p(s) if r2 is not None else 0, _p(y), _p(weight),
-                             _p(bias), _p(mean), _p(rstd), x2.shape[0], width, eps, _stream())
+        w, b = _ln_param(weight, x2.dtype, width), _ln_param(bias, x2.dtype, width)
+        if w.dtype != b.dtype:
+            b = b.to(w.dtype)
+        with _on(x2.device):
+            _C.layernorm_forward(_code(x2), _code(w), x2.data_ptr(), _p(r2), _p(s) if r2 is not None else 0,
+                                 y.data_ptr(), w.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
+                                 x2.shape[0], width, eps, _stream(x2.device))
 
     @staticmethod
     def backward(dy2, s, weight, mean, rstd, dx, h):
-        n, rows = dy2.shape[0], 32
-        blocks = (n + rows - 1) // rows
-        dw_part = torch.empty((blocks, h), device=dy2.device, dtype=torch.float32)
+        n = dy2.shape[0]
+        dgamma = torch.zeros(h, device=dy2.device, dtype=torch.float32)
+        dbeta = torch.zeros_like(dgamma)
+        if n == 0:
+            return dgamma, dbeta
+        w = _ln_param(weight, dy2.dtype, h)
+        rows = _C.layernorm_backward_rows(n)
+        blocks = -(-n // rows)
+        dw_part = torch.empty((blocks, h), device=dy2.device, dtype=torch.float32)  # per-block partials
         db_part = torch.empty_like(dw_part)
-        _C.layernorm_backward(_code(dy2, "dy"), _p(dy2), _p(s), _p(weight), _p(mean), _p(rstd), _p(dx), _p(dw_part),
-                              _p(db_part), n, h, rows, _stream())
-        return dw_part.sum(0), db_part.sum(0)
+        with _on(dy2.device):
+            _C.layernorm_backward(_code(dy2), _code(w), dy2.data_ptr(), s.data_ptr(), w.data_ptr(), mean.data_ptr(),
+                                  rstd.data_ptr(), dx.data_ptr(), dw_part.data_ptr(), db_part.data_ptr(),
+                                  dgamma.data_ptr(), dbeta.data_ptr(), n, h, rows, _stream(dy2.device))
+        return dgamma, dbeta
 
 
 SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
 SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
 
 
-def _attn_strides(q, k, v):
-    return (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-            v.stride(0), v.stride(1), v.stride(2))
-
-
-class AttentionCUDA(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, q, k, v, key_mask, need_probs: bool):
-        B, A, T, D = q.shape
-        for name, t in (("q", q), ("k", k), ("v", v)):
-            if t.stride(-1) != 1:
-                raise ValueError(f"cuda attention: {name} must have unit stride on its head dim")
-        m = key_mask.to(torch.int32).contiguous() if key_mask is not None else None
-        o = torch.empty((B, A, T, D), device=q.device, dtype=q.dtype)
-        lse = torch.empty((B, A, T), device=q.device, dtype=torch.float32)
-        probs = torch.empty((B, A, T, T), device=q.device, dtype=q.dtype) if need_probs else None
-        _C.attention_forward(_code(q, "q"), _p(q), _p(k), _p(v), _p(m), m.stride(0) if m is not None else 0, _p(o),
-                             _p(lse), _p(probs), B, A, T, D, *_attn_strides(q, k, v), _stream())
-        ctx.save_for_backward(q, k, v, m, o, lse)
-        ctx.mark_non_differentiable(*([probs] if probs is not None else []))
-        return o, probs
-
-    @staticmethod
-    def backward(ctx, do, dprobs):
-        q, k, v, m, o, lse = ctx.saved_tensors
-        B, A, T, D = q.shape
-        do = do.contiguous()
-        dq = torch.empty((B, A, T, D), device=q.device, dtype=q.dtype)
-        dk32 = torch.zeros((B, A, T, D), device=q.device, dtype=torch.float32)
-        dv32 = torch.zeros_like(dk32)
-        _C.attention_backward(_code(q, "q"), _p(q), _p(k), _p(v), _p(m), m.stride(0) if m is not None else 0, _p(o),
-                              _p(do), _p(lse), _p(dq), _p(dk32), _p(dv32), B, A, T, D, *_attn_strides(q, k, v),
-                              _stream())
-        return dq, dk32.to(k.dtype), dv32.to(v.dtype), None, None
-
-
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
+    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
+    if needs_grad:
+        return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
+    # inference: same compute dtype rule as the template, GELU in place (no pre-activation kept)
+    _CudaLinear.check(x, weight, bias)
+    x2 = x.reshape(-1, in_features).to(compute_dtype(x, amp_state(x.device.type))).contiguous()
+    y, _ = _linear_forward(x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False)
+    return y.reshape(*x.shape[:-1], out_features)
 
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):
     return SlicedLayerNormCUDA.apply(x, weight, bias, width, eps, residual)
 
 
-def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
-    """Probabilities come from the forward kernel itself; they carry no gradient: attention-map
-    distillation with gradients and attention dropout take the torch path."""
-    if dropout_p > 0 or (need_probs and torch.is_grad_enabled() and q.requires_grad):
-        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
-    return AttentionCUDA.apply(q, k, v, key_mask, need_probs)
+def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):
+    """The CUDA attention kernels (autodistil.ops.cuda_attention, imported on first use). The
+    dispatch routes dropout and probabilities with gradient to the torch reference itself."""
+    from . import cuda_attention
+    return cuda_attention.attention(q, k, v, key_mask, need_probs, dropout_p)
