@@ -1,24 +1,57 @@
-"""Shared benchmark helpers: device facts for every CSV row, CSV writing, CPU memory peaks."""
+"""Shared benchmark helpers: device facts for every CSV row, CSV writing, GPU timing and
+memory peaks, the one "naive slicing" mode, CPU memory peaks."""
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import math
+import os
 import platform
+import shutil
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from autodistil.io import write_rows_csv
-from autodistil.latency.profile import cpu_model
+
+def cpu_model() -> str:  # no autodistil import: the device-facts part runs before it is installed
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown-cpu"
+
+
+def write_rows_csv(path, rows):
+    from autodistil.io import write_rows_csv as f
+    return f(path, rows)
+
 
 RESULTS = Path(__file__).parent / "results"
 
 
+def _nvidia_smi(query: str) -> str:
+    """One nvidia-smi field of GPU 0 ("n/a" without nvidia-smi)."""
+    if shutil.which("nvidia-smi") is None:
+        return "n/a"
+    try:
+        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "n/a"
+    except (OSError, subprocess.SubprocessError):
+        return "n/a"
+
+
 def device_info(device: str = "cpu") -> dict:
-    info = {"device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "python": platform.python_version()}
+    """Facts every CSV row carries: device name, NVIDIA driver, CUDA runtime, torch, triton."""
+    info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda or "n/a",
+            "threads": torch.get_num_threads(), "python": platform.python_version()}
     try:
         import triton
         info["triton"] = triton.__version__
@@ -26,15 +59,124 @@ def device_info(device: str = "cpu") -> dict:
         info["triton"] = "none"
     if device.startswith("cuda") and torch.cuda.is_available():
         info["device_name"] = torch.cuda.get_device_name()
-        info["driver"] = torch.version.cuda
+        info["driver"] = _nvidia_smi("driver_version")
     else:
         info["device_name"] = cpu_model()
         info["driver"] = "n/a"
     return info
 
 
-def write_csv(name: str, rows: list[dict]) -> Path:
-    return write_rows_csv(RESULTS / name, rows)
+def device_facts() -> dict:
+    """Everything the GPU summary names about the machine (no GPU needed to call it)."""
+    f = device_info("cuda" if torch.cuda.is_available() else "cpu")
+    f.update(cuda_available=torch.cuda.is_available(), cpu_count=os.cpu_count(), cpu=cpu_model())
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        f.update(capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
+                 memory_gib=round(p.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
+                 max_sm_clock_mhz=_nvidia_smi("clocks.max.sm"))
+    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+    f["nvcc"] = "none"
+    if nvcc:
+        try:
+            out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20).stdout
+            f["nvcc"] = next((l.strip() for l in out.splitlines() if "release" in l), out.strip()[-80:])
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return f
+
+
+def write_csv(name, rows: list[dict]) -> Path:
+    """rows -> CSV, atomically; `name` is a file name under bench/results/ or a path."""
+    p = Path(name)
+    return write_rows_csv(p if (p.is_absolute() or len(p.parts) > 1) else RESULTS / p, rows)
+
+
+def geomean(xs) -> float:
+    xs = [float(x) for x in xs]
+    if not xs or any(not (x > 0 and math.isfinite(x)) for x in xs):
+        raise ValueError(f"geomean needs positive finite values, got {xs}")
+    return math.exp(sum(math.log(x) for x in xs) / len(xs))
+
+
+@contextlib.contextmanager
+def naive_slicing(model=None):
+    """The "naive eager slicing" baseline of every benchmark, one implementation: the torch
+    backend with autograd gradient delivery, i.e. F.linear(x, W[:o, :i]), F.embedding(ids,
+    E[:, :h]) and F.layer_norm on slices, whose slice backward allocates a zero tensor of the
+    full parameter size per sliced use. With `model`, its backend is set to "torch" meanwhile."""
+    from autodistil.ops.shared import grad_mode_ctx
+    old = getattr(model, "backend", None)
+    if model is not None:
+        model.backend = "torch"
+    try:
+        with grad_mode_ctx("autograd"):
+            yield
+    finally:
+        if model is not None:
+            model.backend = old
+
+
+class Budget:
+    """Wall-clock budget of one benchmark process, counted from its start (import time)."""
+    t0 = time.perf_counter()
+
+    def __init__(self, seconds: float | None):
+        self.seconds = seconds
+
+    def elapsed(self) -> float:
+        return time.perf_counter() - Budget.t0
+
+    def allows(self, estimate: float = 0.0) -> bool:
+        return self.seconds is None or self.elapsed() + estimate <= self.seconds
+
+
+def cuda_time(fn, warmup_ms: int = 5, rep_ms: int = 25, grad_to_none=None) -> tuple[float, float, float]:
+    """(median, p20, p80) ms of fn with triton.testing.do_bench; call fn once before (compiles,
+    autotunes), so do_bench's own estimate of the iteration count is not skewed by that."""
+    from triton.testing import do_bench
+    fn()
+    torch.cuda.synchronize()
+    ms, lo, hi = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
+    return float(ms), float(lo), float(hi)
+
+
+def cuda_graph_time(fn, rep_ms: int = 15, grad_to_none=None) -> tuple[float, float, float]:
+    """(median, p20, p80) ms of fn replayed from a CUDA graph (triton.testing.do_bench_cudagraph):
+    the GPU time of its kernels without the CPU launch overhead (Python, autograd) that an eager
+    call of a small shape is bound by. fn must already be warm (compiled, autotuned)."""
+    from triton.testing import do_bench_cudagraph
+    r = do_bench_cudagraph(fn, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
+    return float(r[0]), float(r[1]), float(r[2])
+
+
+def cuda_peak_mb(fn) -> float:
+    """Peak memory (MiB) allocated by one call of fn above what was allocated before it
+    (measured apart from do_bench, whose L2-flush buffer would count otherwise)."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def cuda_context_ok() -> bool:
+    """False once a kernel has left the CUDA context unusable (illegal address, say): every later
+    call would fail, so the benchmark stops and says which implementation broke it."""
+    try:
+        torch.cuda.synchronize()
+        (torch.ones(4, device="cuda") * 2).sum().item()
+        return True
+    except Exception:  # noqa: BLE001  (any error here means the context is gone)
+        return False
+
+
+def context_lost(culprit: str) -> int:
+    """Print the marker gpu_check.sh reads to rerun without `culprit`; exit status 3."""
+    print(f"CONTEXT_LOST culprit={culprit}", flush=True)
+    sys.stdout.flush()
+    return 3
 
 
 def median_time(fn, warmup: int = 2, reps: int = 5) -> tuple[float, float, float]:

@@ -1,0 +1,280 @@
+"""The GPU acceptance command and its pieces, checked without a GPU: gpu_check.sh starts and says
+"no GPU", gpu_summary.py turns part outputs into the right verdicts, the benchmarks say "not
+measured" without a GPU and run their code paths on the CPU, and nothing the GPU parts import
+needs `datasets` or `deepspeed`."""
+import csv
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(BENCH))
+
+import gpu_summary  # noqa: E402
+
+HAS_GPU = torch.cuda.is_available()
+
+
+# --- gpu_check.sh without a GPU -----------------------------------------------------------
+def _run_check(tmp_path, path_dirs=(), python=None):
+    env = {**os.environ, "PATH": os.pathsep.join([*map(str, path_dirs), "/usr/bin", "/bin"])}
+    if python:
+        env["PYTHON"] = python
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=tmp_path)
+    return p, out
+
+
+def _fake_nvidia_smi(tmp_path, rc):
+    d = tmp_path / f"bin{rc}"
+    d.mkdir()
+    f = d / "nvidia-smi"
+    f.write_text(f"#!/bin/sh\necho 'GPU 0: Fake'\nexit {rc}\n")
+    f.chmod(f.stat().st_mode | stat.S_IEXEC)
+    return d
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
+def test_gpu_check_says_no_gpu_without_nvidia_smi(tmp_path):
+    p, out = _run_check(tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "no GPU" in p.stdout and "nvidia-smi not found" in p.stdout
+    assert not out.exists()  # nothing half-written
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
+def test_gpu_check_says_no_gpu_when_nvidia_smi_fails_or_torch_sees_none(tmp_path):
+    p, _ = _run_check(tmp_path, [_fake_nvidia_smi(tmp_path, 9)])
+    assert p.returncode == 0 and "no GPU: nvidia-smi sees no device" in p.stdout, p.stdout + p.stderr
+    p, out = _run_check(tmp_path, [_fake_nvidia_smi(tmp_path, 0)], python=sys.executable)
+    assert p.returncode == 0 and "torch.cuda.is_available() is False" in p.stdout, p.stdout + p.stderr
+    assert not out.exists()
+
+
+# --- gpu_summary.py on synthetic part outputs ----------------------------------------------------
+JUNIT = """<?xml version="1.0" encoding="utf-8"?>
+<testsuites><testsuite name="pytest" errors="0" failures="{nfail}" skipped="1" tests="4">
+<testcase classname="tests.test_kernels" name="test_sliced_linear[triton-bf16]" time="0.1"/>
+<testcase classname="tests.test_kernels" name="test_attention[cuda-64]" time="0.1">{failure}</testcase>
+<testcase classname="tests.test_kernels" name="test_attention_probs[cuda]" time="0.0">
+  <skipped type="pytest.skip" message="needs a CUDA GPU"/></testcase>
+<testcase classname="tests.test_cuda_backend.TestGemm" name="test_bias_gelu" time="0.2"/>
+</testsuite></testsuites>
+"""
+FAILURE = '<failure message="AssertionError: dq max err 0.5 vs torch 0.01">trace</failure>'
+K_HEAD = ["device_name", "op", "shape", "o", "i", "impl", "status", "ms_median", "note"]
+
+
+def _kernel_rows(cuda_linear_ms=1.0, triton_attn_status="ok"):
+    rows = []
+    # linear: triton ratios 2.0 and 0.5 (geomean 1.0); cuda ratios 1/cuda_linear_ms at both shapes
+    # one name may cover two sizes (a space's smallest and largest subnet): shapes are keyed by (name, o, i)
+    for shape, o, ref, tri in (("tiny-qkv", 8, 1.0, 0.5), ("tiny-qkv", 16, 1.0, 2.0)):
+        rows += [["H100", "sliced_linear_fwd_bwd", shape, o, 8, "cublas_contiguous", "ok", ref, ""],
+                 ["H100", "sliced_linear_fwd_bwd", shape, o, 8, "torch_F.linear_on_slice", "ok", 2 * ref, ""],
+                 ["H100", "sliced_linear_fwd_bwd", shape, o, 8, "autodistil_triton", "ok", tri, ""],
+                 ["H100", "sliced_linear_fwd_bwd", shape, o, 8, "autodistil_cuda", "ok", cuda_linear_ms, ""]]
+    for h in (7, 12):
+        rows += [["H100", "attention_fwd_bwd", f"heads{h}-d64-T128", h, 64, "torch_sdpa", "ok", 1.0, "SDPA: efficient"],
+                 ["H100", "attention_fwd_bwd", f"heads{h}-d64-T128", h, 64, "autodistil_triton", triton_attn_status,
+                  1.0 / 0.85 if triton_attn_status == "ok" else "", ""]]
+    return rows  # no CUDA attention rows: that backend "unavailable" in the log
+
+
+def _write_outdir(d: Path, *, tests_fail=False, cuda_linear_ms=1.0, triton_step_mem=100.0, latency_pass=True,
+                  kernels_rc=0, triton_attn_status="ok"):
+    d.mkdir(parents=True, exist_ok=True)
+    parts = [("facts", 0), ("build", 0), ("imports", 0), ("tests", 1 if tests_fail else 0), ("kernels", kernels_rc),
+             ("step", 0), ("latency", 0)]
+    log = ["===== [facts] =====", "@@facts " + json.dumps({"device_name": "NVIDIA H100 80GB HBM3", "driver": "580",
+                                                          "cuda": "13.0", "torch": "2.11.0", "triton": "3.6.0"}),
+           "@@backends " + json.dumps({"torch": "ok", "triton": "ok", "cuda": "ok"}),
+           "@@imports " + json.dumps({"ok": True, "modules": {"autodistil": "ok"}})]
+    log += ["@@part " + json.dumps({"name": n, "box_s": 60, "seconds": 12.5, "rc": rc, "note": ""}) for n, rc in parts]
+    (d / "gpu_check.log").write_text("\n".join(log) + "\n")
+    (d / "junit.xml").write_text(JUNIT.format(nfail=int(tests_fail), failure=FAILURE if tests_fail else ""))
+    with open(d / "kernels_gpu.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(K_HEAD)
+        w.writerows(_kernel_rows(cuda_linear_ms, triton_attn_status))
+    with open(d / "supernet_step_gpu.csv", "w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["mode", "status", "tokens_per_s", "extra_peak_mb", "base_mb", "loss_step0"])
+        w.writerows([["naive", "ok", 1000, 500, 2000, 5.0], ["torch", "ok", 1300, 200, 2000, 5.0],
+                     ["triton", "ok", 1500, triton_step_mem, 2000, 5.0], ["cuda", "ok", 1250, 150, 2000, 5.0]])
+    (d / "latency_gpu.json").write_text(json.dumps({"checks": [
+        {"name": "mape_base", "value": 2.1, "target": "<= 3%", "pass": latency_pass}]}))
+    return d
+
+
+def _targets(s):
+    return {t["name"]: t for t in s["targets"]}
+
+
+def test_summary_all_pass(tmp_path):
+    s = gpu_summary.write_summary(_write_outdir(tmp_path / "ok"))
+    t = _targets(s)
+    assert t["linear_triton"]["value"] == pytest.approx(1.0) and t["linear_triton"]["verdict"] == "pass"
+    assert t["linear_cuda"]["verdict"] == "pass"
+    assert t["attention_triton"]["value"] == pytest.approx(0.85) and t["attention_triton"]["verdict"] == "pass"
+    assert t["attention_cuda"]["verdict"] == "not measured"  # no rows for it
+    assert t["step_torch"]["value"] == pytest.approx(1.3) and t["step_torch"]["verdict"] == "pass"
+    assert t["latency_mape_base"]["verdict"] == "pass"
+    assert s["tests"]["verdict"] == "pass"
+    assert s["tests"]["files"]["tests/test_kernels.py"] == {"passed": 2, "failed": 0, "errors": 0, "skipped": 1,
+                                                             "verdict": "pass"}
+    assert s["tests"]["files"]["tests/test_cuda_backend.py"]["verdict"] == "pass"
+    assert s["overall"] == "incomplete"  # CUDA attention not measured
+    md = (tmp_path / "ok" / "summary.md").read_text()
+    assert "NVIDIA H100" in md and "| tiny-qkv | 16 | 8 |" in md and json.loads((tmp_path / "ok" / "summary.json").read_text())
+
+
+def test_summary_failing_cases(tmp_path):
+    s = gpu_summary.write_summary(_write_outdir(tmp_path / "bad", tests_fail=True, cuda_linear_ms=1.1,
+                                                triton_step_mem=600.0, latency_pass=False, kernels_rc=124,
+                                                triton_attn_status="error: RuntimeError: illegal memory access"))
+    t = _targets(s)
+    assert t["linear_cuda"]["value"] == pytest.approx(1 / 1.1, rel=1e-3) and t["linear_cuda"]["verdict"] == "fail"
+    assert t["linear_triton"]["verdict"] == "pass"
+    assert t["attention_triton"]["verdict"] == "fail" and "illegal memory access" in t["attention_triton"]["detail"]
+    assert t["step_triton"]["value"] == pytest.approx(1.5) and t["step_triton"]["verdict"] == "fail"  # more memory
+    assert "NOT lower" in t["step_triton"]["detail"]
+    assert t["latency_mape_base"]["verdict"] == "fail"
+    assert s["tests"]["verdict"] == "fail"
+    assert s["tests"]["files"]["tests/test_kernels.py"]["verdict"] == "fail"
+    assert s["tests"]["failing"] == ["tests/test_kernels.py::test_attention[cuda-64] "
+                                     "(failure: AssertionError: dq max err 0.5 vs torch 0.01)"]
+    kparts = {p["name"]: p for p in s["parts"]}
+    assert kparts["kernels"]["status"].startswith("timed out")
+    assert s["overall"] == "fail"
+    assert "test_attention[cuda-64]" in (tmp_path / "bad" / "summary.md").read_text()
+
+
+def test_summary_of_an_empty_outdir_says_not_run(tmp_path):
+    s = gpu_summary.write_summary(tmp_path)
+    assert s["overall"] == "incomplete" and s["tests"]["verdict"] == "not run"
+    assert all(t["verdict"] == "not measured" for t in s["targets"])
+    assert any(x.startswith("latency:") for x in s["not_run"])
+
+
+def test_merge_junit_keeps_both_runs(tmp_path):
+    a, b = tmp_path / "a.xml", tmp_path / "b.xml"
+    a.write_text(JUNIT.format(nfail=0, failure=""))
+    b.write_text('<testsuites><testsuite name="pytest"><testcase classname="tests.test_cuda_attention" '
+                 'name="test_dq[64]"><error message="boom"/></testcase></testsuite></testsuites>')
+    gpu_summary.merge_junit(a, [b, tmp_path / "missing.xml"])
+    r = gpu_summary.parse_junit(a)
+    assert r["files"]["tests/test_kernels.py"]["passed"] == 2
+    assert r["files"]["tests/test_cuda_attention.py"] == {"passed": 0, "failed": 0, "errors": 1, "skipped": 0,
+                                                          "verdict": "fail"}
+
+
+# --- the benchmarks without a GPU ------------------------------------------------------------------
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the benchmarks themselves")
+def test_benchmarks_say_not_measured_without_gpu(capsys):
+    import bench_kernels
+    import bench_supernet_step
+    assert bench_kernels.main([]) == 2
+    assert "not measured" in capsys.readouterr().out
+    assert bench_supernet_step.main([]) == 2
+    assert "not measured" in capsys.readouterr().out
+
+
+def test_kernel_shapes_fit_their_supernet_parameters():
+    import bench_kernels
+    shapes = bench_kernels.linear_shapes()
+    assert len(shapes) == len({(o, i) for _, o, i in shapes}) == 24
+    for name, o, i in shapes:
+        O, I = bench_kernels._full_shape(name, name.split("-")[0])
+        assert o <= O and i <= I, (name, o, i, O, I)
+    assert len(bench_kernels._round_robin(bench_kernels._shapes_in_order())) == 24
+
+
+def test_kernel_benchmark_code_paths_on_cpu(tmp_path):
+    """A dry run (CPU, fp16 for the Triton interpreter, tiny sizes) of every GPU code path but the
+    timer: the explicit cuBLAS reference, F.linear on the slice, ours under autocast, SDPA with the
+    same mask; ours must match the references."""
+    import bench_kernels
+    out = tmp_path / "k.csv"
+    assert bench_kernels.main(["--device", "cpu", "--dtype", "fp16", "--batch", "1", "--seq", "8",
+                               "--shapes", "tiny-qkv", "--max-shapes", "1", "--heads", "2", "--out", str(out)]) == 0
+    rows = list(csv.DictReader(open(out)))
+    got = {(r["op"], r["impl"]): r for r in rows}
+    want = [("sliced_linear_fwd_bwd", "cublas_contiguous"), ("sliced_linear_fwd_bwd", "torch_F.linear_on_slice"),
+            ("attention_fwd_bwd", "torch_sdpa")]
+    if bench_kernels.ops.backend_status()["triton"] == "ok":
+        want += [("sliced_linear_fwd_bwd", "autodistil_triton"), ("attention_fwd_bwd", "autodistil_triton")]
+    for k in want:
+        assert got[k]["status"] == "ok", (k, got[k]["status"])
+        assert float(got[k]["ms_median"]) > 0
+        if k[1].startswith("autodistil"):
+            assert float(got[k]["max_abs_diff_vs_ref"]) < 5e-2, got[k]
+    assert "SDPA backend with the bool mask" in got[("attention_fwd_bwd", "torch_sdpa")]["note"]
+
+
+def test_supernet_step_cpu_smoke(tmp_path):
+    """The real trainer's step on a tiny space: both modes run the same sandwich from the same
+    snapshot, so their first losses agree (fp32 on CPU)."""
+    import bench_supernet_step
+    out = tmp_path / "s.csv"
+    rc = bench_supernet_step.main(["--device", "cpu", "--space", "tiny", "--batch", "2", "--seq", "16", "--steps", "1",
+                                   "--teacher-layers", "2", "--vocab", "2000", "--modes", "naive", "torch",
+                                   "--out", str(out)])
+    assert rc == 0
+    rows = {r["mode"]: r for r in csv.DictReader(open(out))}
+    assert set(rows) == {"naive", "torch"}
+    for r in rows.values():
+        assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["finite"] == "True"
+        assert r["sandwich_step0"] == rows["naive"]["sandwich_step0"]
+    assert float(rows["torch"]["loss_step0"]) == pytest.approx(float(rows["naive"]["loss_step0"]), rel=1e-4)
+
+
+# --- no datasets / deepspeed on the GPU machine ------------------------------------------------------
+def test_gpu_parts_import_without_datasets_and_deepspeed():
+    env = {**os.environ, "TRITON_INTERPRET": os.environ.get("TRITON_INTERPRET", "1")}
+    p = subprocess.run([sys.executable, str(BENCH / "gpu_summary.py"), "--import-check"], capture_output=True,
+                       text=True, env=env, cwd=ROOT, timeout=300)
+    line = next(l for l in p.stdout.splitlines() if l.startswith("@@imports "))
+    r = json.loads(line.split(" ", 1)[1])
+    assert p.returncode == 0 and r["ok"], r
+    assert r["modules"]["autodistil.distill.train"] == "ok" and r["modules"]["bench_supernet_step"] == "ok"
+
+
+def test_import_check_catches_a_blocked_import(tmp_path):
+    (tmp_path / "uses_datasets.py").write_text("import os\nimport datasets\n")
+    code = ("import json, sys; sys.path.insert(0, sys.argv[1]); sys.path.insert(0, sys.argv[2]); "
+            "import gpu_summary as g; print(json.dumps(g.import_check(modules=('uses_datasets',))))")
+    p = subprocess.run([sys.executable, "-c", code, str(tmp_path), str(BENCH)], capture_output=True, text=True,
+                       timeout=120)
+    r = json.loads(p.stdout.strip().splitlines()[-1])
+    assert not r["ok"] and "datasets" in r["modules"]["uses_datasets"], r
+
+
+def test_summary_judges_kernels_on_gpu_time_when_every_shape_has_it(tmp_path):
+    """Small shapes are launch-bound when run eagerly: the ratio uses the CUDA-graph GPU time when
+    both sides have it at every shape, and says so; with one shape missing it, the eager time."""
+    head = ["op", "shape", "o", "i", "impl", "status", "ms_median", "gpu_ms_median"]
+    rows = [["sliced_linear_fwd_bwd", "base-qkv", 8, 8, "cublas_contiguous", "ok", 0.04, 0.02],
+            ["sliced_linear_fwd_bwd", "base-qkv", 8, 8, "autodistil_triton", "ok", 0.20, 0.02],
+            ["sliced_linear_fwd_bwd", "tiny-qkv", 4, 8, "cublas_contiguous", "ok", 0.04, 0.01],
+            ["sliced_linear_fwd_bwd", "tiny-qkv", 4, 8, "autodistil_triton", "ok", 0.20, 0.01]]
+    for case, last_gpu in (("all", 0.01), ("one_missing", "")):
+        d = tmp_path / case
+        d.mkdir()
+        rows[-1][-1] = last_gpu
+        with open(d / "kernels_gpu.csv", "w", newline="") as fh:
+            csv.writer(fh).writerows([head, *rows])
+        t = _targets(gpu_summary.summarize(d))["linear_triton"]
+        if case == "all":
+            assert t["value"] == pytest.approx(1.0) and t["verdict"] == "pass" and "GPU time" in t["detail"]
+            assert "eager (launch-bound) 0.20x" in t["detail"]
+        else:
+            assert t["value"] == pytest.approx(0.2) and t["verdict"] == "fail" and "eager time" in t["detail"]
