@@ -5,6 +5,8 @@ import argparse
 import json
 import sys
 
+from pathlib import Path
+
 from .space import PAPER_SPACES, SubnetConfig
 
 
@@ -128,9 +130,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     pr = sub.add_parser("profile", help="measure a latency table of student building blocks on this device")
     _space_source_args(pr)
+    pr.add_argument("--supernet", action="append", help="take the spaces from these supernet folders (repeatable)")
     _profile_args(pr)
-    pr.add_argument("--max-combos", type=int, default=None, help="coarser grid + interpolation above this many")
-    pr.add_argument("--calibrate", type=int, default=12, help="random full students for the learned correction (0: none)")
+    pr.add_argument("--grid", type=int, nargs=3, default=[3, 2, 2], metavar=("H", "A", "F"),
+                    help="grid points per subspace in hidden, heads, FFN width (trilinear interpolation between)")
+    pr.add_argument("--calibrate", type=int, default=12,
+                    help="random full students measured end to end in the same session (block sums checked against "
+                         "them; a linear correction kept only if leave-one-out error improves; 0: none)")
+    pr.add_argument("--budget-s", type=float, default=None, help="stop after the round in progress past this time")
     pr.add_argument("--out", required=True, help="table JSON path")
     pr.set_defaults(fn=cmd_profile)
 
@@ -139,8 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--n", type=int, default=24, help="number of random students")
     v.add_argument("--seed", type=int, default=1)
     v.add_argument("--rounds", type=int, default=None, help="measurement rounds (default: the table's)")
+    v.add_argument("--round-s", type=float, default=None, help="seconds per model per round (default: the table's)")
     v.add_argument("--out", required=True)
     v.set_defaults(fn=cmd_validate)
+
+    me = sub.add_parser("measure", help="end-to-end latency of exported folders with a table's protocol and anchor")
+    me.add_argument("--table", required=True, help="latency table whose settings and anchor to use")
+    me.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER",
+                    help="a Hugging Face folder to time (repeatable)")
+    me.add_argument("--rounds", type=int, default=None, help="measurement rounds (default: the table's)")
+    me.add_argument("--out", required=True, help="JSON file for the measurements")
+    me.set_defaults(fn=cmd_measure)
 
     se = sub.add_parser("search", help="search students under latency / FLOPs / params budgets (Pareto front)")
     se.add_argument("--supernet", action="append", required=True, help="trained supernet folder (repeat for K-shot)")
@@ -158,6 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--top-k", type=int, default=4, help="proxy: candidates fine-tuned per budget")
     se.add_argument("--proxy-steps", type=int, default=100)
     se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--verify-top", type=int, default=0,
+                    help="measure the best K candidates near each latency budget end to end on this device and choose "
+                         "the best whose measured latency + noise margin meets it (0: predicted only)")
     se.add_argument("--out", required=True)
     se.set_defaults(fn=cmd_search)
 
@@ -229,56 +248,105 @@ def _profile_args(p):
     p.add_argument("--dtype", default="fp32")
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores)")
-    p.add_argument("--rounds", type=int, default=5)
-    p.add_argument("--runs", type=int, default=10)
+    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores; 1: one pinned core)")
+    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 2 to measure the noise)")
+    p.add_argument("--round-s", type=float, default=0.5, help="timed seconds per model per round")
+    p.add_argument("--warmup-s", type=float, default=0.1, help="warm-up seconds per model before each round")
+    p.add_argument("--stat", default="median", help="statistic the table predicts: median | low (percentile)")
+    p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 4], help="depths of the per-layer regression")
+    p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each model from a CUDA graph")
 
 
 def cmd_profile(a):
     from .latency.profile import ProfileSettings, build_table
-    spaces = list(_spaces_for(a).values())
+    if a.supernet:
+        from .nn.checkpoint import read_meta
+        from .space import SearchSpace
+        spaces = [SearchSpace.from_dict(d) for p in a.supernet for d in read_meta(p)["spaces"]]
+        vocab = read_meta(a.supernet[0])["model"].get("vocab_size", 30522)
+    else:
+        spaces, vocab = list(_spaces_for(a).values()), 30522
     st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
-                         threads=a.threads, rounds=a.rounds, runs=a.runs)
-    table = build_table(spaces, st, max_combos=a.max_combos, calibrate=a.calibrate)
+                         threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s, stat=a.stat,
+                         depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
+    table = build_table(spaces, st, vocab=vocab, grid=tuple(a.grid), calibrate=a.calibrate, budget_s=a.budget_s)
     table.save(a.out)
-    print(f"latency table ({len(table.layers)} layer entries, {len(table.base)} base entries, "
-          f"{table.meta['profile_seconds']} s) for {table.describe_key()} -> {a.out}")
+    print(f"latency table ({len(table.rows)} entries over {len(table.meta['models'])} timed models, "
+          f"{table.meta['profile_seconds']} s, threads {table.meta['threads'].get('threads')}, affinity "
+          f"{table.meta['threads'].get('affinity')}) for {table.describe_key()} -> {a.out}")
+    if table.meta.get("stopped_early"):
+        print(f"note: stopped early by --budget-s after {table.meta['rounds_done']} of {st.rounds} rounds")
+    n = table.meta["noise"]
+    print(f"noise of the {st.stat} (split halves of the rounds): sd {n['sd_pct']:.2f}% per model; halves differ by "
+          f"{n['halves_mape_pct']:.2f}% on average; anchor spread {table.meta['anchor']['spread_pct']:.1f}%")
     cal = table.meta.get("calibration")
     if cal:
-        print(f"learned correction {'used' if cal['used'] else 'not used'}: calibration MAPE "
-              f"{100 * cal['raw_mape']:.1f}% raw" + (f", {100 * cal['loo_mape']:.1f}% leave-one-out corrected"
-                                                       if 'loo_mape' in cal else ""))
+        print(f"block sums vs {len(cal['measured_ms'])} calibration students measured end to end: MAPE "
+              f"{100 * cal['raw_mape']:.1f}% (bias {100 * cal['raw_bias']:+.1f}%); learned correction "
+              f"{'used' if cal['used'] else 'not used'}" + (f" (leave-one-out MAPE {100 * cal['loo_mape']:.1f}%)"
+                                                            if 'loo_mape' in cal else ""))
+
+
+def _table_settings(table, rounds=None, round_s=None):
+    import dataclasses
+    from .latency.profile import ProfileSettings
+    st = ProfileSettings.from_dict(table.settings)
+    if rounds:
+        st = dataclasses.replace(st, rounds=rounds)
+    if round_s:
+        st = dataclasses.replace(st, round_s=round_s)
+    return st
 
 
 def cmd_validate(a):
-    import dataclasses
     from .latency.predict import LatencyTable
-    from .latency.profile import ProfileSettings
     from .latency.validate import validate_table
     from .space import SearchSpace
     table = LatencyTable.load(a.table)
-    st = ProfileSettings(**table.settings)
-    if a.rounds:
-        st = dataclasses.replace(st, rounds=a.rounds)
+    st = _table_settings(table, a.rounds, a.round_s)
     spaces = [SearchSpace.from_dict(d) for d in table.spaces]
     rep = validate_table(table, spaces, st, a.n, a.seed, a.out)
     print(format_validation(rep))
 
 
+def cmd_measure(a):
+    from pathlib import Path
+    from .io import atomic_write_json
+    from .latency.predict import LatencyTable
+    from .latency.validate import measure_folders
+    table = LatencyTable.load(a.table)
+    folders = {}
+    for m in a.model:
+        name, sep, folder = m.partition("=")
+        if not sep or not name or not folder:
+            raise ValueError(f"--model {m!r}: expected NAME=FOLDER")
+        if not Path(folder).is_dir():
+            raise FileNotFoundError(f"model folder not found: {folder}")
+        folders[name] = folder
+    res = measure_folders(folders, table, _table_settings(table, a.rounds))
+    atomic_write_json(a.out, res)
+    for k, v in res["models"].items():
+        print(f"{k}: {v['ms']:.3f} ms (noise sd {v['noise_sd_ms']:.3f} ms, low {v['low_ms']:.3f} ms)")
+    print(f"anchor drift since profiling {res['drift']:.3f}; load average {res['threads'].get('loadavg')}")
+
+
 def format_validation(rep) -> str:
-    lines = ["| scope | n | MAPE % | within 5 % | within 10 % | MAPE % (drift-adj.) | within 5 % (adj.) | "
-             "within 10 % (adj.) | Kendall tau | FLOPs tau |", "|---|---|---|---|---|---|---|---|---|---|"]
-    adj_all = rep["overall_drift_adjusted"]
-    overall = {**rep["overall"], **{f"{k}_drift_adjusted": adj_all[k] for k in ("mape_pct", "within_5_pct",
-                                                                                "within_10_pct")}}
-    for name, st in [("all", overall), *rep["per_space"].items()]:
-        lines.append(f"| {name} | {st['n']} | {st['mape_pct']:.2f} | {st['within_5_pct']:.0f} | "
-                     f"{st['within_10_pct']:.0f} | {st['mape_pct_drift_adjusted']:.2f} | "
-                     f"{st['within_5_pct_drift_adjusted']:.0f} | {st['within_10_pct_drift_adjusted']:.0f} | "
-                     f"{st['kendall_tau']:.3f} | {st['flops_kendall_tau']:.3f} |")
-    lines.append(f"machine speed drift since profiling (anchor model now / then): {rep['machine_drift']:.3f}")
-    lines.append(f"measurement noise (one round vs the median of the others): MAPE "
-                 f"{rep['noise']['noise_mape_pct']:.2f}%")
+    lines = ["| scope | n | MAPE % | bias % | within 5 % | within 10 % | MAPE % (drift-adj.) | tau | tau beyond noise "
+             "(pairs) | FLOPs tau beyond noise | MAPE % (low pct.) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for name, st in [("all", rep["overall"]), *rep["per_space"].items()]:
+        lines.append(f"| {name} | {st['n']} | {st['mape_pct']:.2f} | {st['bias_pct']:+.2f} | {st['within_5_pct']:.0f} | "
+                     f"{st['within_10_pct']:.0f} | {st['mape_pct_drift_adjusted']:.2f} | {st['kendall_tau']:.3f} | "
+                     f"{st['kendall_tau_beyond_noise']:.3f} ({st['pairs_beyond_noise']}/{st['pairs_total']}) | "
+                     f"{st['flops_kendall_tau_beyond_noise']:.3f} | {st['mape_pct_low']:.2f} |")
+    n = rep["noise"]
+    lines.append(f"machine speed drift since profiling (anchor now / then): {rep['machine_drift']:.3f}; anchor spread "
+                 f"within this session {rep['anchor_spread_pct']:.1f}%")
+    lines.append(f"noise of the {rep['stat']} (split halves of the rounds): sd {n['sd_pct']:.2f}% per student; halves "
+                 f"differ by {n['halves_mape_pct']:.2f}% on average (90th pct {n['halves_p90_pct']:.2f}%)")
+    lines.append(f"threads {rep['threads'].get('threads')}, affinity {rep['threads'].get('affinity')}, load average "
+                 f"before {rep['threads'].get('loadavg')} after {rep['loadavg_after']}, {rep['seconds']:.0f} s, "
+                 f"{rep['when']}")
     return "\n".join(lines)
 
 
@@ -291,7 +359,7 @@ def budgets_from_args(a) -> list:
 
 
 def run_search_command(a):
-    from .search.run import HeldoutLoss, SearchSpec, load_search_inputs, metrics_fn, search
+    from .search.run import HeldoutLoss, SearchSpec, format_choice, load_search_inputs, metrics_fn, search
     if a.objective == "proxy":
         return run_proxy_search_command(a)
     budgets = budgets_from_args(a)
@@ -299,10 +367,12 @@ def run_search_command(a):
                                                                     a.heldout_blocks, a.seq_len)
     vocab = nets[0][0].config.vocab_size
     pairs = []
-    for model, spaces, _ in nets:
+    for model, spaces, meta in nets:
         space = spaces[0]
         if a.objective == "agnostic":
-            fn = HeldoutLoss(model, teacher, held)
+            fn = HeldoutLoss.for_supernet(model, meta, teacher, held)
+            print(f"{space.name}: objective loss weights {fn.w} ({fn.note['source']}"
+                  + (f"; dropped {fn.note['dropped']}" if fn.note["dropped"] else "") + ")")
         else:
             m = metrics_fn(table, head_dim, a.seq_len, vocab)
             key = {"latency": "latency_ms", "flops": "macs", "params": "params"}[a.objective]
@@ -313,23 +383,30 @@ def run_search_command(a):
     spec = SearchSpec(budgets=budgets, method=a.method, max_evals=a.max_evals, seed=a.seed, seq_len=a.seq_len)
     res = search(pairs, table, spec, head_dim, vocab, Path(a.out))
     for label, r in res["best"].items():
-        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
-              f"loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms  {r['macs'] / 1e9:.3f} GMACs  "
-              f"{r['params'] / 1e6:.2f}M params")
+        print(format_choice(label, r, "loss"))
+    if a.verify_top and table is not None and any(b.latency_ms for b in budgets):
+        from .search.verify import measure_candidates, verify_budgets
+        from .io import atomic_write_json
+        by_space = {spaces[0].name: model for model, spaces, _ in nets}
+        ver = verify_budgets(res["candidates"], [b.latency_ms for b in budgets if b.latency_ms],
+                             lambda rows: measure_candidates(rows, by_space, a.table, Path(a.out) / "verify"),
+                             top_k=a.verify_top)
+        atomic_write_json(Path(a.out) / "verified.json", ver)
+        for b in ver["budgets"]:
+            print(f"verified latency<={b['budget_ms']:g}ms: " + b["message"])
     print(f"Pareto front: {len(res['front'])} students -> {Path(a.out) / 'pareto_front.csv'}, plot pareto.png")
     return res
 
 
 def run_proxy_search_command(a):
     from .search.proxy import proxy_search
-    from .search.run import load_search_inputs
+    from .search.run import format_choice, load_search_inputs
     budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
     res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
                        method=a.method)
     for label, r in res["best"].items():
-        print(f"{label}: {r['space']} L{r['layers']} H{r['hidden']} R{r['ffn_ratio']:g} A{r['heads']}  "
-              f"{a.task} dev {r['proxy_score']:.4f}  loss {r['loss']:.4f}  latency {r['latency_ms']:.2f} ms")
+        print(format_choice(label, r, "proxy_score"))
     return res
 
 

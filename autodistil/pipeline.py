@@ -4,9 +4,14 @@ Stages (each caches its output in the run folder and records a marker; a second 
 finished stages whose settings did not change, and reruns the first changed one and all after):
   train    K-shot supernets distilled from the teacher on unlabeled text (sandwich sampling)
   profile  a latency table of student building blocks on this machine + the teacher's latency
-  search   agnostic search under latency budgets (fractions of the teacher's latency)
-  export   the best student per budget as Hugging Face folders (+ ONNX when asked)
-  measure  end-to-end latency of teacher and exported students, interleaved and repeated
+           (both in a fresh process: a process that has just trained times differently)
+  search   agnostic search under latency budgets (fractions of the teacher's latency), with the
+           loss weights the supernets were trained with; then the best few candidates near each
+           budget are measured end to end (fresh process) and the best one whose measured latency
+           plus its noise margin meets the budget is chosen (a budget none meets is reported)
+  export   the chosen student per budget as Hugging Face folders (+ ONNX when asked)
+  measure  end-to-end latency of teacher and exported students in a fresh process, the
+           report's own latency column (budget, predicted, measured, holds)
   finetune teacher and students on the task (optional logits distillation from the teacher)
   report   report.md + results.json + PNG plots
 """
@@ -51,9 +56,12 @@ class RunConfig:
     device: str = "cpu"
     batch: int = 1
     threads: int = 0
-    profile_rounds: int = 5
-    profile_runs: int = 10
-    measure_rounds: int = 7
+    profile_rounds: int = 3
+    profile_round_s: float = 0.5         # timed seconds per model per round
+    profile_grid: tuple[int, ...] = (3, 2, 2)  # grid points per subspace in hidden, heads, FFN width
+    calibrate: int = 12
+    measure_rounds: int = 5
+    verify_top: int = 4                  # candidates measured end to end per budget at search time
     # search
     latency_ms: tuple[float, ...] = ()             # explicit budgets; empty: budget_fractions x teacher latency
     budget_fractions: tuple[float, ...] = (0.15, 0.3, 0.5)
@@ -77,14 +85,19 @@ class RunConfig:
             raise ValueError(f"stop_after={self.stop_after!r} is not a stage: {list(STAGES)}")
         if any(f <= 0 or f > 1.5 for f in self.budget_fractions):
             raise ValueError(f"budget_fractions {self.budget_fractions} must be in (0, 1.5]")
+        if len(self.profile_grid) != 3 or min(self.profile_grid) < 1:
+            raise ValueError(f"profile_grid {self.profile_grid} must be 3 positive counts (hidden, heads, FFN width)")
+        if self.verify_top < 1:
+            raise ValueError(f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)")
 
 
 # Which config fields each stage depends on (a change reruns that stage and all after it).
 _DEPS = {
     "train": ("teacher", "corpus", "spaces", "paper_spaces", "seed", "train_steps", "train_batch", "seq_len",
               "train_lr", "init", "n_random", "max_train_blocks", "eval_blocks", "deepspeed", "backend"),
-    "profile": ("runtime", "device", "batch", "threads", "profile_rounds", "profile_runs", "seq_len"),
-    "search": ("latency_ms", "budget_fractions", "heldout_blocks", "search_method"),
+    "profile": ("runtime", "device", "batch", "threads", "profile_rounds", "profile_round_s", "profile_grid",
+                "calibrate", "seq_len"),
+    "search": ("latency_ms", "budget_fractions", "heldout_blocks", "search_method", "verify_top"),
     "export": ("onnx",),
     "measure": ("measure_rounds",),
     "finetune": ("task", "finetune_epochs", "finetune_max_steps", "finetune_lr", "student_lr", "finetune_batch",
@@ -148,11 +161,11 @@ class Run:
             self._t = (hf, tok, info, TeacherNet(hf, info.shape))
         return self._t
 
-    def _settings(self, rounds=None):
+    def _settings(self):
         from .latency.profile import ProfileSettings
         c = self.cfg
         return ProfileSettings(device=c.device, runtime=c.runtime, batch=c.batch, seq_len=c.seq_len,
-                               threads=c.threads, rounds=rounds or c.profile_rounds, runs=c.profile_runs)
+                               threads=c.threads, rounds=c.profile_rounds, round_s=c.profile_round_s)
 
     def _supernets(self):
         from .nn import load_supernet
@@ -173,23 +186,26 @@ class Run:
         return {"supernets": [str(self.out / "supernets" / n) for n in summ], "summary": summ}
 
     def stage_profile(self) -> dict:
-        from transformers import AutoModel
-        from .latency.profile import build_table, make_runner, measure_interleaved
-        nets = self._supernets()
-        spaces = [s[1][0] for s in nets]
-        st = self._settings()
-        table = build_table(spaces, st, vocab=nets[0][0].config.vocab_size)
-        path = table.save(self.out / "latency_table.json")
+        from .latency.predict import LatencyTable
+        from .latency.run_measure import measure_in_subprocess, profile_in_subprocess
+        c = self.cfg
+        path = profile_in_subprocess(self.state["train"]["supernets"], self.out / "latency_table.json",
+                                     self._settings(), tuple(c.profile_grid), c.calibrate, log=self.log)
+        table = LatencyTable.load(path)
         _, _, info, _ = self._teacher()
-        teacher = AutoModel.from_pretrained(info.path).eval()
-        t = measure_interleaved({"teacher": make_runner(teacher, st)}, st, desc="teacher latency")["teacher"]
-        return {"table": str(path), "teacher_ms": t[0], "profile_seconds": table.meta["profile_seconds"]}
+        t = measure_in_subprocess(path, {"teacher": info.path}, self.out / "latency" / "teacher.json")
+        return {"table": str(path), "teacher_ms": t["models"]["teacher"]["ms"],
+                "teacher_noise_sd_ms": t["models"]["teacher"]["noise_sd_ms"],
+                "profile_seconds": table.meta["profile_seconds"], "noise": table.meta["noise"],
+                "calibration": {k: v for k, v in table.meta.get("calibration", {}).items()
+                                if k not in ("students", "measured_ms")}}
 
     def stage_search(self) -> dict:
         from .data.text import corpus_blocks
         from .latency.predict import LatencyTable
         from .search.engine import Budget
-        from .search.run import HeldoutLoss, SearchSpec, search
+        from .search.run import HeldoutLoss, SearchSpec, format_choice, search
+        from .search.verify import measure_candidates, verify_budgets
         c = self.cfg
         nets = self._supernets()
         table = LatencyTable.load(self.state["profile"]["table"])
@@ -198,7 +214,11 @@ class Run:
                                 seed=c.seed)
         t_ms = self.state["profile"]["teacher_ms"]
         budgets_ms = list(c.latency_ms) or [round(f * t_ms, 3) for f in c.budget_fractions]
-        pairs = [(spaces[0], HeldoutLoss(model, teacher, held)) for model, spaces, _ in nets]
+        pairs, notes = [], {}
+        for model, spaces, meta in nets:
+            obj = HeldoutLoss.for_supernet(model, meta, teacher, held)
+            notes[spaces[0].name] = {"weights": obj.w.__dict__, **obj.note}
+            pairs.append((spaces[0], obj))
         head_dim, vocab = nets[0][0].config.head_dim, nets[0][0].config.vocab_size
         # budgets nobody can meet are reported, not fatal: the others still run
         lo = min(table.predict(spaces[0].smallest()) for _, spaces, _ in nets)
@@ -210,39 +230,64 @@ class Run:
         res = search(pairs, table, SearchSpec(budgets=[Budget(latency_ms=b) for b in usable],
                                               method=c.search_method, seed=c.seed),
                      head_dim, vocab, self.out / "search")
-        return {"budgets_ms": usable, "skipped_budgets_ms": skipped, "best": res["best"],
-                "front_size": len(res["front"]), "evaluations": res["evaluations"],
+        by_space = {spaces[0].name: model for model, spaces, _ in nets}
+        ver = verify_budgets(res["candidates"], usable,
+                             lambda rows: measure_candidates(rows, by_space, self.state["profile"]["table"],
+                                                             self.out / "search" / "verify"),
+                             top_k=c.verify_top)
+        atomic_write_json(self.out / "search" / "verified.json", ver)
+        best, unmet = {}, []
+        for b in ver["budgets"]:
+            self.log(f"[search] latency<={b['budget_ms']:g}ms: {b['message']}")
+            if b["met"]:
+                ch = b["chosen"]
+                best[Budget(latency_ms=b["budget_ms"]).label()] = {
+                    k: ch[k] for k in ("space", "layers", "hidden", "ffn_ratio", "heads", "loss", "latency_ms",
+                                       "latency_sd_ms", "macs", "params", "measured_ms", "margin_ms")}
+                best[Budget(latency_ms=b["budget_ms"]).label()]["budget_ms"] = b["budget_ms"]
+                self.log("[search] " + format_choice(f"latency<={b['budget_ms']:g}ms", ch, "loss"))
+            else:
+                unmet.append({"budget_ms": b["budget_ms"], "message": b["message"]})
+        return {"budgets_ms": usable, "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
+                "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
+                "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),
                 "search_dir": str(self.out / "search")}
 
     def stage_export(self) -> dict:
         from .export import export_onnx, export_subnet
+        from .search.run import candidate_name
         from .space import SubnetConfig
         nets = {s[1][0].name: s[0] for s in self._supernets()}
         _, tok, _, _ = self._teacher()
         students = {}
         for label, r in self.state["search"]["best"].items():
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
-            name = f"{r['space']}-{cfg.short()}"
+            name = candidate_name(r)
             if name not in students:
                 folder = export_subnet(nets[r["space"]], cfg, self.out / "students" / name, tok,
                                        self.cfg.seq_len, extra={"budget": label, "space": r["space"]})
                 if self.cfg.onnx:
                     export_onnx(folder, seq_len=self.cfg.seq_len)
                 students[name] = {"folder": str(folder), "subnet": cfg.as_dict(), "space": r["space"],
-                                  "budgets": [], "predicted_ms": r["latency_ms"], "heldout_loss": r["loss"]}
+                                  "budgets": [], "predicted_ms": r["latency_ms"], "heldout_loss": r["loss"],
+                                  "verified_ms": r.get("measured_ms")}
             students[name]["budgets"].append(label)
         return {"students": students}
 
     def stage_measure(self) -> dict:
-        from transformers import AutoModel
-        from .latency.profile import make_runner, measure_interleaved
-        st = self._settings(self.cfg.measure_rounds)
+        """The report's own latency column: a separate measurement in a fresh process."""
+        from .latency.run_measure import measure_in_subprocess
         _, _, info, _ = self._teacher()
-        runners = {"teacher": make_runner(AutoModel.from_pretrained(info.path).eval(), st)}
+        folders = {"teacher": info.path}
         for name, s in self.state["export"]["students"].items():
-            runners[name] = make_runner(AutoModel.from_pretrained(s["folder"]).eval(), st)
-        res = measure_interleaved(runners, st, self.cfg.seed, desc="measuring exported students")
-        return {k: {"ms": v[0], "spread_ms": v[1], "rounds_ms": v[2]} for k, v in res.items()}
+            folders[name] = s["folder"]
+        res = measure_in_subprocess(self.state["profile"]["table"], folders, self.out / "latency" / "measure.json",
+                                    rounds=self.cfg.measure_rounds)
+        out = {k: {"ms": v["ms"], "spread_ms": v["noise_sd_ms"], "low_ms": v["low_ms"],
+                   "round_medians_ms": v["round_medians_ms"]} for k, v in res["models"].items()}
+        out["_session"] = {"drift": res["drift"], "noise": res["noise"], "threads": res["threads"],
+                           "when": res["when"]}
+        return out
 
     def stage_finetune(self) -> dict:
         from .finetune.train import FinetuneConfig, finetune

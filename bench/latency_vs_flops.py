@@ -24,12 +24,14 @@ def main(argv=None):
     from transformers import AutoModel
     from autodistil.export import export_subnet
     from autodistil.latency.predict import LatencyTable
-    from autodistil.latency.profile import ProfileSettings, make_runner, measure_interleaved
+    from autodistil.latency.profile import ProfileSettings
+    from autodistil.latency.validate import measure_models
+    from autodistil.search.run import candidate_name
     from autodistil.space import SubnetConfig
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.15, 0.3, 0.5])
-    ap.add_argument("--rounds", type=int, default=9)
+    ap.add_argument("--rounds", type=int, default=5)
     a = ap.parse_args(argv)
     run = Path(a.run_dir)
     cands = json.loads((run / "search" / "search.json").read_text())["candidates"]
@@ -44,8 +46,8 @@ def main(argv=None):
         flo_ok = [r for r in cands if r["macs"] <= f * t_macs]
         if lat_ok and flo_ok:
             picks.append((f, min(lat_ok, key=lambda r: r["loss"]), min(flo_ok, key=lambda r: r["loss"])))
-    st = ProfileSettings(**{k: v for k, v in table.settings.items()})
-    st = ProfileSettings(**{**st.__dict__, "rounds": a.rounds})
+    import dataclasses
+    st = dataclasses.replace(ProfileSettings.from_dict(table.settings), rounds=a.rounds)
     from autodistil.nn import load_supernet
     nets = {}
     for p in sorted((run / "supernets").iterdir()):
@@ -56,16 +58,16 @@ def main(argv=None):
     for f, lat, flo in picks:
         for r in (lat, flo):
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
-            key = f"{r['space']}-{cfg.short()}"
+            key = candidate_name(r)
             if key not in runners:
                 folder = export_subnet(nets[r["space"]], cfg, tmp / key)
-                runners[key] = make_runner(AutoModel.from_pretrained(folder).eval(), st)
+                runners[key] = AutoModel.from_pretrained(folder).eval()
                 rows[key] = {"space": r["space"], "subnet": cfg.short(), "heldout_loss": r["loss"],
                              "gmacs": r["macs"] / 1e9, "mparams": r["params"] / 1e6, "predicted_ms": r["latency_ms"]}
-    meas = measure_interleaved(runners, st, desc="measuring")
+    meas = measure_models(runners, table, st)["models"]
     for k in rows:
-        rows[k]["measured_ms"], rows[k]["measured_spread_ms"] = meas[k][0], meas[k][1]
-    key = lambda r: f"{r['space']}-L{r['layers']}-H{r['hidden']}-R{r['ffn_ratio']:g}-A{r['heads']}"
+        rows[k]["measured_ms"], rows[k]["measured_noise_sd_ms"] = meas[k]["ms"], meas[k]["noise_sd_ms"]
+    key = candidate_name
     out = {"device": device_info("cpu"), "teacher_ms": t_ms, "teacher_gmacs": t_macs / 1e9, "students": rows,
            "budgets": [{"fraction": f, "latency_budget_ms": f * t_ms, "flops_budget_gmacs": f * t_macs / 1e9,
                         "latency_constrained": key(lat), "flops_constrained": key(flo)} for f, lat, flo in picks]}

@@ -29,6 +29,9 @@ def test_space_and_cost(capsys):
     (["export", "--supernet", "/nonexistent", "--layers", "1", "--hidden", "32", "--ffn-ratio", "2",
       "--heads", "2", "--out", "x"], "supernet folder not found: /nonexistent"),
     (["frobnicate"], "invalid choice: 'frobnicate'"),
+    (["measure", "--table", "/nonexistent.json", "--model", "a=/x", "--out", "o.json"], "/nonexistent.json"),
+    (["profile", "--stat", "mean", "--out", "t.json"], "stat 'mean' is not allowed"),
+    (["profile", "--depths", "3", "--out", "t.json"], "depths (3,) must hold at least two distinct depths"),
 ])
 def test_bad_arguments_one_line_exit_2(args, msg, capsys):
     rc, _, err = run(args, capsys)

@@ -45,8 +45,8 @@ def test_task_files_and_metrics(tmp_path):
 
 def _tiny(tmp_path, teacher, **kw):
     base = dict(out_dir=str(tmp_path / "run"), teacher=str(teacher), spaces=("small", "base"), train_steps=3,
-                train_batch=2, seq_len=32, max_train_blocks=20, eval_blocks=2, profile_rounds=2, profile_runs=2,
-                measure_rounds=2, heldout_blocks=2, budget_fractions=(0.6, 0.9), finetune_max_steps=3,
+                train_batch=2, seq_len=32, max_train_blocks=20, eval_blocks=2, profile_rounds=2, profile_round_s=0.02,
+                profile_grid=(2, 2, 2), calibrate=4, measure_rounds=2, verify_top=2, heldout_blocks=2, budget_fractions=(0.6, 0.9), finetune_max_steps=3,
                 finetune_batch=8, finetune_seq_len=32, max_train_examples=48, max_eval_examples=40)
     base.update(kw)
     return RunConfig(**base)
@@ -82,6 +82,16 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
         assert cells[9] == f"{m['speedup']:.2f}x"
         line2 = next(l for l in report.splitlines() if l.startswith(f"| {m['name']} | {m['gmacs_exact']:.3f} |"))
         assert f"| {m['score']:.4f} |" in line2
+    # every budget: predicted, verified at search time, measured in a fresh process; a chosen student's
+    # verified latency + margin meets its budget
+    assert res["budgets"] and all(b["student"] is None or b["verified_ms"] + b["verify_margin_ms"] <= b["budget_ms"]
+                                  for b in res["budgets"])
+    assert "| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |" in report
+    for b in res["budgets"]:
+        if b["student"]:
+            assert f"| {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
+    assert (out / "latency" / "measure.json").is_file() and (out / "search" / "verified.json").is_file()
+    assert res["objective"] and all(o["source"] == "trained" for o in res["objective"].values())
     for png in ("score_vs_latency.png", "score_vs_flops.png", "search/pareto.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
     # a third run: everything cached

@@ -6,7 +6,8 @@ from autodistil.cost import exact_cost
 from autodistil.search.engine import Budget, CountingObjective, evolutionary, exhaustive, pareto_front
 from autodistil.search.run import SearchSpec, search
 from autodistil.space import PAPER_SPACES, SubnetConfig
-from test_latency import _synthetic_table
+from autodistil.latency.profile import ProfileSettings, build_table
+from test_latency import SyntheticDevice
 
 
 def _loss(c: SubnetConfig) -> float:
@@ -48,9 +49,10 @@ def test_pareto_front_is_non_dominated():
 
 
 def test_search_outputs_and_errors(tmp_path):
-    table, _ = _synthetic_table(grid_h=(64, 96, 128), grid_a=(2, 3, 4), grid_r=(2.0, 3.0))
     from autodistil.space import Range, SearchSpace
     sp = SearchSpace("s", Range(1, 3, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
+    table = build_table([sp], ProfileSettings(rounds=2, round_s=0.1), grid=(3, 2, 2), calibrate=0,
+                        device=SyntheticDevice(seed=0, noise=0.0, stall_p=0.0))
     spec = SearchSpec(budgets=[Budget(latency_ms=3.0), Budget(latency_ms=6.0)], method="exhaustive")
     res = search([(sp, _loss)], table, spec, head_dim=32, out_dir=tmp_path)
     assert set(res["best"]) == {"latency<=3ms", "latency<=6ms"}
@@ -66,3 +68,127 @@ def test_search_outputs_and_errors(tmp_path):
         search([(sp, _loss)], None, SearchSpec(budgets=[Budget(latency_ms=1.0)]), head_dim=32)
     with pytest.raises(ValueError, match="budget latency_ms=-1 must be positive"):
         Budget(latency_ms=-1)
+
+
+def _random_table_loss(seed=0):
+    rng = __import__("random").Random(seed)
+    table = {c: rng.random() for c in PAPER_SPACES["tiny"]}
+    return lambda c: table[c]
+
+
+def _bowl_loss(c: SubnetConfig) -> float:
+    """Best at a mid-size subnet, well inside the budgets below (not on their boundary)."""
+    return ((c.layers - 4) ** 2 + ((c.hidden - 160) / 32) ** 2 + (c.ffn_ratio - 3) ** 2 + (c.heads - 4) ** 2
+            + 0.01 * math.sin(c.layers * 7 + c.hidden + c.heads * 3))
+
+
+@pytest.mark.parametrize("budget", [Budget(latency_ms=35.0), Budget(macs=1.2e9)])
+def test_evolutionary_finds_an_optimum_off_the_budget_boundary(budget):
+    space = PAPER_SPACES["tiny"]
+    ex = CountingObjective(_bowl_loss)
+    best = exhaustive(space, ex, _metrics, budget)
+    bigger = [c for c in space if c > best and budget.ok(_metrics(c))]
+    assert bigger, "the optimum must lie inside the feasible region"
+    for seed in range(3):
+        got = evolutionary(space, CountingObjective(_bowl_loss), _metrics, budget, max_evals=len(space) // 4, seed=seed)
+        assert got == best, (budget, seed)
+    # a fixed random loss table: no structure to exploit, so with enough evaluations for every feasible
+    # subnet the search must not stop early around its elites and must return the exhaustive optimum
+    loss = _random_table_loss(1)
+    ex = CountingObjective(loss)
+    best = exhaustive(space, ex, _metrics, budget)
+    n_feasible = sum(budget.ok(_metrics(c)) for c in space)
+    for seed in range(2):
+        got = evolutionary(space, CountingObjective(loss), _metrics, budget, max_evals=n_feasible, seed=seed)
+        assert got == best, (budget, seed)
+
+
+def test_objective_uses_the_trained_loss_weights():
+    from autodistil.distill.losses import LossWeights
+    from autodistil.search.run import HeldoutLoss, trained_loss_weights
+    warned = []
+    meta = {"extra": {"train": {"loss": {"relation": 2.0, "attention": 0.5, "hidden": 1.0, "logits": 0.0,
+                                         "relation_heads": 8, "teacher_layer": -2, "student_layer": -1,
+                                         "temperature": 1.0}}}}
+    w, note = trained_loss_weights(meta, warn=warned.append)
+    assert (w.relation, w.attention, w.hidden, w.relation_heads, w.teacher_layer) == (2.0, 0.5, 0.0, 8, -2)
+    assert note["dropped"] == {"hidden": 1.0} and "hidden-state projection is not exported" in warned[0]
+    warned.clear()
+    w, note = trained_loss_weights({"extra": {}}, warn=warned.append)  # e.g. an old consolidated supernet
+    assert w == LossWeights() and note["source"].startswith("default") and "records no training loss" in warned[0]
+    warned.clear()
+    w, note = trained_loss_weights({"extra": {"train": {"loss": {"relation": 0.0, "hidden": 1.0}}}}, warn=warned.append)
+    assert w == LossWeights() and "falling back" in warned[-1]
+    with pytest.raises(ValueError, match="hidden=1.0, logits=0.0 cannot be evaluated"):
+        HeldoutLoss(None, None, [], LossWeights(hidden=1.0))
+
+
+def _rows():
+    """Candidates: lower loss is better; predicted latency of each."""
+    mk = lambda l, h, loss, pred: {"space": "s", "layers": l, "hidden": h, "ffn_ratio": 2.0, "heads": 2,
+                                   "loss": loss, "latency_ms": pred}
+    return [mk(4, 128, 0.10, 9.8),   # best by loss, predicted just under 10 ms, truly 11 ms: over budget
+            mk(3, 128, 0.20, 9.0),   # truly 9.0 ms: within budget
+            mk(2, 128, 0.30, 6.0),   # safe fallback, truly 6 ms
+            mk(6, 128, 0.05, 14.0)]  # predicted far over budget: never measured
+
+
+def _measure_fn(truth, noise_pct=1.0, calls=None):
+    from autodistil.search.run import candidate_name
+
+    def fn(rows):
+        if calls is not None:
+            calls.append([candidate_name(r) for r in rows])
+        return {"models": {candidate_name(r): {"ms": truth[r["layers"]], "noise_sd_ms": 0.0} for r in rows},
+                "noise": {"sd_pct": noise_pct}}
+    return fn
+
+
+def test_budget_verification_rejects_a_candidate_measured_over_budget():
+    from autodistil.search.verify import verify_budgets
+    truth = {4: 11.0, 3: 9.0, 2: 6.0, 6: 15.0}
+    calls = []
+    ver = verify_budgets(_rows(), [10.0], _measure_fn(truth, calls=calls), top_k=2)
+    b = ver["budgets"][0]
+    assert b["met"] and b["chosen"]["layers"] == 3 and b["chosen"]["measured_ms"] == 9.0
+    assert b["chosen"]["predicted_ms"] == 9.0 and b["chosen"]["margin_ms"] == pytest.approx(0.09)
+    rejected = next(f for f in b["finalists"] if f["layers"] == 4)
+    assert not rejected["holds"] and rejected["measured_ms"] == 11.0
+    assert "s-L6-H128-R2-A2" not in calls[0]
+    # within budget but not by the noise margin: rejected too (9.95 + 1% > 10)
+    ver = verify_budgets(_rows(), [10.0], _measure_fn({**truth, 3: 9.95}), top_k=2)
+    assert ver["budgets"][0]["chosen"]["layers"] == 2
+    # a budget no measured candidate meets says so
+    ver = verify_budgets(_rows(), [5.0], _measure_fn(truth), top_k=2, slack=0.3)
+    assert not ver["budgets"][0]["met"] and "no measured candidate meets 5 ms" in ver["budgets"][0]["message"]
+
+
+def test_budget_verification_on_the_synthetic_device():
+    """End to end: predictions from a table profiled on the synthetic device, finalists measured
+    on it with the same protocol; the device is 15% slower at verification than at profiling, so the
+    best predicted candidate breaks the budget and must be replaced by one that holds."""
+    from autodistil.latency.profile import ModelSpec
+    from autodistil.latency.validate import measure_models
+    from autodistil.search.run import candidate_name, metrics_fn
+    from autodistil.search.verify import verify_budgets
+    from autodistil.space import Range, SearchSpace
+    from test_latency import true_ms
+    sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
+    st = ProfileSettings(rounds=2, round_s=0.1)
+    table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
+    m = metrics_fn(table, 32, 128, 30522)
+    rows = [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
+    budget = 8.0
+    slow = SyntheticDevice(seed=1, drift=lambda t: 1.15)
+
+    def fn(cands):
+        return measure_models({candidate_name(r): ModelSpec(r["layers"], r["hidden"], r["heads"],
+                                                            int(r["hidden"] * r["ffn_ratio"])) for r in cands},
+                              table, st, device=slow)
+    ver = verify_budgets(rows, [budget], fn, top_k=4)
+    b = ver["budgets"][0]
+    predicted_best = min((r for r in rows if r["latency_ms"] <= budget), key=lambda r: r["loss"])
+    assert b["met"]
+    truth = lambda r: 1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])))
+    assert truth(predicted_best) > budget  # the search alone would break the budget
+    assert truth(b["chosen"]) <= budget and b["chosen"]["measured_ms"] + b["chosen"]["margin_ms"] <= budget

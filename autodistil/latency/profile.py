@@ -1,30 +1,46 @@
-"""On-device latency profiling of the building blocks of exported students.
+"""On-device latency profiling of the building blocks of exported students, made to fight noise.
 
-A student of L layers runs as  base(h) + L * layer(h, a, f), where
-  base(h)       = T(0-layer student): embeddings, mask preparation, pooler, call overhead
-                  (kept as its own entry: predictors that drop it mispredict small students);
-  layer(h,a,f)  = (T(2-layer student) - T(0-layer student)) / 2.
-Both are timed on the exact model class that export produces (BertModel when
-heads x head_dim == hidden, AutoDistilBertModel otherwise) in the chosen runtime.
-Measurements are interleaved (round-robin over all models, several rounds) and each entry
-is the median over rounds of trimmed medians, with its spread kept as uncertainty.
+A student of L layers runs as  intercept(h, a, f) + L * slope(h, a, f)  (h hidden, a heads, f FFN
+width). For each point (h, a, f) of a coarse grid per subspace, students of several depths
+(default 0, 2 and 4 layers) are timed and the least-squares line over depth gives the layer cost
+(slope) and the rest (intercept: embeddings, mask preparation, pooler, call overhead). This
+replaces the earlier (T(2 layers) - T(0 layers)) / 2, the difference of two short, noisy timings.
+Latency is multilinear in (h, a, f) in the ideal cost model (GEMMs h*a*d, h*f, attention a*d*T^2),
+so trilinear interpolation over a coarse (h, a, f) grid is exact for it; the grid captures the rest.
+
+Timing protocol (the same for the table, validation, budget verification and the run report):
+  - the thread count and CPU affinity are set and recorded (all cores by default; threads=1 pins
+    one core), `gc` is off while timing;
+  - every model is warmed (>= warmup_s) right before each of its rounds, then timed for at least
+    round_s seconds (>= min_runs runs): time-based rounds, not a fixed count of runs;
+  - rounds are interleaved (all models once per round, shuffled), and a fixed anchor model is timed
+    at the start of every round and after every `anchor_every` models; each run is divided by the
+    anchor's speed at that moment (interpolated in time) relative to the anchor's median, so a
+    machine that slows down or speeds up during profiling hits every entry alike;
+  - per model: the median and a low percentile of all normalised runs; the noise of that statistic
+    is measured by splitting the rounds in two halves (odd / even) and comparing their statistics.
+On CUDA each run is timed with CUDA events after a synchronisation; CUDA graphs are optional.
+The device is a small object (clock, runner factory, one timed run), so tests can drive the same
+code with a synthetic device on a virtual clock.
 """
 from __future__ import annotations
 
+import gc
+import math
 import os
 import platform
 import random
 import statistics
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
-from tqdm.auto import tqdm
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+STATS = ("median", "low")
 VOCAB = 30522
 
 
@@ -45,11 +61,17 @@ class ProfileSettings:
     dtype: str = "fp32"
     batch: int = 1
     seq_len: int = 128
-    threads: int = 0                  # 0: all cores
-    rounds: int = 5
-    runs: int = 10                    # timed runs per model per round
-    warmup: int = 2
-    trim: float = 0.2                 # fraction trimmed from each end
+    threads: int = 0                  # 0: all cores of this process's affinity; 1: one pinned core
+    rounds: int = 3                   # interleaved rounds (>= 2 to measure the noise by split halves)
+    round_s: float = 0.5              # timed seconds per model per round
+    warmup_s: float = 0.1             # warm-up seconds per model before each of its rounds
+    min_runs: int = 3                 # timed runs per model per round at least
+    max_runs: int = 100000
+    anchor_every: int = 8             # models between two anchor measurements within a round
+    low_pct: float = 10.0             # the low percentile reported beside the median
+    stat: str = "median"              # the statistic the table predicts: median | low
+    depths: tuple = (0, 2, 4)         # student depths of the per-layer regression
+    cuda_graphs: bool = False
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -60,13 +82,81 @@ class ProfileSettings:
             raise ValueError(f"device {self.device!r} is not allowed: 'cpu' or 'cuda[:N]'")
         if self.runtime == "onnxruntime" and self.device != "cpu":
             raise ValueError("runtime 'onnxruntime' is profiled on the CPU execution provider only")
-        for f in ("batch", "seq_len", "rounds", "runs"):
+        if self.stat not in STATS:
+            raise ValueError(f"stat {self.stat!r} is not allowed: choose {list(STATS)}")
+        for f in ("batch", "seq_len", "rounds", "min_runs", "anchor_every"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
+        if self.round_s < 0 or self.warmup_s < 0:
+            raise ValueError(f"round_s={self.round_s} and warmup_s={self.warmup_s} must be >= 0")
+        if self.threads < 0:
+            raise ValueError(f"threads={self.threads} must be >= 0 (0: all cores)")
+        if not 0 < self.low_pct < 50:
+            raise ValueError(f"low_pct={self.low_pct} must be in (0, 50)")
+        object.__setattr__(self, "depths", tuple(int(d) for d in self.depths))
+        if len(set(self.depths)) < 2 or min(self.depths) < 0:
+            raise ValueError(f"depths {self.depths} must hold at least two distinct depths >= 0")
+        if self.cuda_graphs and not self.device.startswith("cuda"):
+            raise ValueError("cuda_graphs needs a CUDA device")
 
     @property
     def n_threads(self) -> int:
-        return self.threads or os.cpu_count() or 1
+        return self.threads or len(_available_cpus())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["depths"] = list(self.depths)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ProfileSettings":
+        known = {f for f in cls.__dataclass_fields__}
+        unknown = sorted(set(d) - known)
+        if unknown:
+            raise ValueError(f"profile settings {unknown} are unknown to this autodistil (table from another "
+                             f"version?); known: {sorted(known)}")
+        return cls(**{k: (tuple(v) if k == "depths" else v) for k, v in d.items()})
+
+
+_ORIGINAL_AFFINITY = None
+
+
+def _available_cpus() -> list[int]:
+    global _ORIGINAL_AFFINITY
+    if _ORIGINAL_AFFINITY is None:
+        try:
+            _ORIGINAL_AFFINITY = sorted(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            _ORIGINAL_AFFINITY = list(range(os.cpu_count() or 1))
+    return _ORIGINAL_AFFINITY
+
+
+def set_threads(s: ProfileSettings) -> dict:
+    """Set torch's thread count and this process's CPU affinity (all cores of the original
+    affinity by default; the last `threads` cores otherwise) and return what is now in force."""
+    cpus = _available_cpus()
+    n = s.n_threads
+    if n > len(cpus):
+        raise ValueError(f"threads={n} but this process may run on {len(cpus)} cores ({cpus})")
+    use = cpus if n == len(cpus) else cpus[-n:]
+    try:
+        os.sched_setaffinity(0, use)
+    except (AttributeError, OSError):
+        pass
+    torch.set_num_threads(n)
+    try:
+        now = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        now = use
+    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
+            "affinity": now, "cores_available": len(cpus), "loadavg": _loadavg()}
+
+
+def _loadavg():
+    try:
+        return [round(x, 2) for x in os.getloadavg()]
+    except OSError:
+        return None
 
 
 def machine_key(s: ProfileSettings) -> dict:
@@ -79,38 +169,60 @@ def machine_key(s: ProfileSettings) -> dict:
         idx = torch.device(s.device).index or 0
         key["device_name"] = torch.cuda.get_device_name(idx)
         key["driver"] = torch.version.cuda or "unknown"
+        key["cuda_graphs"] = s.cuda_graphs
     else:
         key["device_name"] = cpu_model()
         key["threads"] = s.n_threads
-        key["cores"] = os.cpu_count()
+        key["cores"] = len(_available_cpus())
     if s.runtime == "onnxruntime":
         import onnxruntime
         key["onnxruntime"] = onnxruntime.__version__
     return key
 
 
-# --- building the timed models ---------------------------------------------------------------
+# --- the timed models ------------------------------------------------------------------------
+@dataclass(frozen=True, order=True)
+class ModelSpec:
+    """A randomly initialised student of the exact class export produces ('bert' when
+    heads x head_dim == hidden) or forced to the AutoDistilBertModel class ('autodistil')."""
+    layers: int
+    hidden: int
+    heads: int
+    ffn: int
+    cls: str = "auto"        # auto | bert | autodistil
+
+    def resolved(self, head_dim: int) -> "ModelSpec":
+        if self.cls != "auto":
+            return self
+        return ModelSpec(self.layers, self.hidden, self.heads, self.ffn,
+                         "bert" if self.heads * head_dim == self.hidden else "autodistil")
+
+
 def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int, vocab: int = VOCAB,
-                   max_position: int = 512):
+                   max_position: int = 512, cls: str = "auto"):
     from transformers import BertConfig
     from ..nn.hf import AutoDistilBertConfig
+    if cls == "bert" and heads * head_dim != hidden:
+        raise ValueError(f"a BertModel needs heads x head_dim == hidden ({heads} x {head_dim} != {hidden})")
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
                   intermediate_size=ffn, max_position_embeddings=max_position)
-    if heads * head_dim == hidden:
+    if cls == "bert" or (cls == "auto" and heads * head_dim == hidden):
         return BertConfig(hidden_act="gelu", **common)
     return AutoDistilBertConfig(attention_head_size=head_dim, **common)
 
 
-def make_student(layers, hidden, heads, ffn, head_dim, vocab=VOCAB):
+def make_student(layers, hidden, heads, ffn, head_dim, vocab=VOCAB, cls: str = "auto"):
     from transformers import AutoModel
     torch.manual_seed(0)
-    return AutoModel.from_config(student_config(layers, hidden, heads, ffn, head_dim, vocab)).eval()
+    return AutoModel.from_config(student_config(layers, hidden, heads, ffn, head_dim, vocab, cls=cls)).eval()
 
 
 def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Callable[[], None]:
-    """A zero-argument callable running one forward in the chosen runtime (synchronised)."""
+    """A zero-argument callable running one forward in the chosen runtime (inference mode; on
+    CUDA optionally replayed from a CUDA graph, falling back to eager with a note if capture fails)."""
     dev = torch.device(s.device)
-    ids = torch.randint(1000, 2000, (s.batch, s.seq_len))
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(1000, 2000, (s.batch, s.seq_len), generator=g)
     mask = torch.ones_like(ids)
     if s.runtime == "onnxruntime":
         import onnxruntime as ort
@@ -125,154 +237,445 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": (0 * ids).numpy()}
         return lambda: sess.run(None, feed)
-    model = model.to(dev, DTYPES[s.dtype])
+    model = model.to(dev, DTYPES[s.dtype]).eval()
     ids, mask = ids.to(dev), mask.to(dev)
-    fwd = model
-    if s.runtime == "torch-compile":
-        fwd = torch.compile(model)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    fwd = torch.compile(model) if s.runtime == "torch-compile" else model
 
-    def run():
+    def eager():
         with torch.inference_mode():
             fwd(input_ids=ids, attention_mask=mask)
-        sync()
-    return run
+    if dev.type == "cuda" and s.cuda_graphs:
+        graph_run = _cuda_graph_runner(fwd, ids, mask)
+        if graph_run is not None:
+            return graph_run
+    return eager
 
 
-def _time_once(run, s: ProfileSettings) -> list[float]:
-    """s.runs timings in ms (CUDA: events after synchronisation)."""
-    out = []
-    if s.device.startswith("cuda"):
-        for _ in range(s.runs):
+CUDA_GRAPH_FAILURES: list = []   # one message per model whose capture failed (timed eager instead)
+
+
+def _cuda_graph_runner(fwd, ids, mask):
+    """Capture one forward in a CUDA graph (static inputs); None (eager) if capture fails."""
+    try:
+        s = torch.cuda.Stream()
+        s.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(s), torch.inference_mode():
+            for _ in range(3):
+                fwd(input_ids=ids, attention_mask=mask)
+        torch.cuda.current_stream().wait_stream(s)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph), torch.inference_mode():
+            fwd(input_ids=ids, attention_mask=mask)
+        torch.cuda.synchronize()
+        keep = (graph, fwd, ids, mask)  # the graph reads these addresses: keep them alive with the runner
+        return lambda: keep[0].replay()
+    except Exception as e:  # noqa: BLE001 - any capture failure: eager instead, said and counted
+        import warnings
+        msg = f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}); timing eager instead"
+        CUDA_GRAPH_FAILURES.append(msg)
+        warnings.warn(msg)
+        torch.cuda.synchronize()
+        return None
+
+
+class TorchDevice:
+    """The real device: builds randomly initialised students and times one run each call
+    (CPU: perf_counter; CUDA: events around the run after a synchronisation)."""
+
+    def __init__(self, s: ProfileSettings, head_dim: int, vocab: int = VOCAB):
+        self.s, self.head_dim, self.vocab = s, head_dim, vocab
+        self.cuda = s.device.startswith("cuda")
+        self.clock = time.perf_counter
+        self._tmp = None
+
+    def key(self) -> dict:
+        return machine_key(self.s)
+
+    def prepare(self) -> dict:
+        try:
+            self._saved = (torch.get_num_threads(), os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            self._saved = (torch.get_num_threads(), None)
+        rec = set_threads(self.s) if not self.cuda else {"threads": torch.get_num_threads(), "loadavg": _loadavg()}
+        if self.cuda:
+            torch.cuda.synchronize()
+        return rec
+
+    def runner(self, spec) -> Callable[[], None]:
+        if callable(spec):            # a ready model (e.g. an exported folder loaded with AutoModel)
+            return make_runner(spec, self.s, self._tmpdir())
+        sp = spec.resolved(self.head_dim)
+        if self.cuda:  # initialise on the GPU: much faster than on the host for BERT-size models
+            with torch.device(self.s.device):
+                model = make_student(sp.layers, sp.hidden, sp.heads, sp.ffn, self.head_dim, self.vocab, sp.cls)
+        else:
+            model = make_student(sp.layers, sp.hidden, sp.heads, sp.ffn, self.head_dim, self.vocab, sp.cls)
+        return make_runner(model, self.s, self._tmpdir())
+
+    def _tmpdir(self):
+        if self.s.runtime == "onnxruntime" and self._tmp is None:
+            import tempfile
+            self._tmp = Path(tempfile.mkdtemp(prefix="autodistil-prof-"))
+        return self._tmp
+
+    def restore(self):
+        """Give back the thread count and affinity in force before prepare()."""
+        saved = getattr(self, "_saved", None)
+        if saved:
+            torch.set_num_threads(saved[0])
+            if saved[1] is not None:
+                try:
+                    os.sched_setaffinity(0, saved[1])
+                except OSError:
+                    pass
+
+    def time_one(self, run) -> float:
+        """One run in ms."""
+        if self.cuda:
+            torch.cuda.synchronize()
             a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             a.record()
             run()
             b.record()
-            torch.cuda.synchronize()
-            out.append(a.elapsed_time(b))
-        return out
-    for _ in range(s.runs):
-        t = time.perf_counter_ns()
+            b.synchronize()
+            return a.elapsed_time(b)
+        t = time.perf_counter()
         run()
-        out.append((time.perf_counter_ns() - t) / 1e6)
-    return out
+        return (time.perf_counter() - t) * 1e3
+
+    def close(self):
+        if self._tmp is not None:
+            import shutil
+            shutil.rmtree(self._tmp, ignore_errors=True)
 
 
-def trimmed_median(xs: list[float], trim: float) -> float:
+# --- statistics ------------------------------------------------------------------------------
+def percentile(xs: list, p: float) -> float:
+    """Linear-interpolated percentile (p in [0, 100]) of a non-empty list."""
     xs = sorted(xs)
-    k = int(len(xs) * trim)
-    core = xs[k:len(xs) - k] or xs
-    return statistics.median(core)
+    if len(xs) == 1:
+        return xs[0]
+    k = (len(xs) - 1) * p / 100.0
+    lo = int(math.floor(k))
+    hi = min(lo + 1, len(xs) - 1)
+    return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def measure_interleaved(runners: dict, s: ProfileSettings, seed: int = 0, desc: str = "profiling") -> dict:
-    """{name: (estimate_ms, spread_ms, per_round_ms)}: round-robin over all runners, shuffled per
-    round, so slow drifts of a shared machine hit every entry alike."""
-    torch.set_num_threads(s.n_threads)
-    rng = random.Random(seed)
-    per_round = {k: [] for k in runners}
-    names = list(runners)
-    with tqdm(total=s.rounds * len(names), desc=desc, leave=False) as bar:
-        for _ in range(s.rounds):
-            rng.shuffle(names)
-            for k in names:
-                run = runners[k]
-                for _ in range(s.warmup):
-                    run()
-                per_round[k].append(trimmed_median(_time_once(run, s), s.trim))
-                bar.update(1)
-    out = {}
-    for k, v in per_round.items():
-        med = statistics.median(v)
-        spread = (statistics.quantiles(v, n=4)[2] - statistics.quantiles(v, n=4)[0]) / 2 if len(v) >= 2 else 0.0
-        out[k] = (med, spread, v)
+def statistic(xs: list, stat: str, low_pct: float) -> float:
+    return statistics.median(xs) if stat == "median" else percentile(xs, low_pct)
+
+
+@dataclass
+class Timing:
+    """One model's timings: normalised runs per round (ms at the session's median anchor speed)."""
+    rounds: list            # [[ms, ...], ...] normalised
+    raw_rounds: list        # [[ms, ...], ...] as measured
+    stat: str
+    low_pct: float
+
+    def _pool(self, idx=None, raw=False):
+        rs = self.raw_rounds if raw else self.rounds
+        return [x for i, r in enumerate(rs) if idx is None or i in idx for x in r]
+
+    @property
+    def ms(self) -> float:
+        """The statistic the table uses (normalised)."""
+        return statistic(self._pool(), self.stat, self.low_pct)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self._pool())
+
+    @property
+    def low(self) -> float:
+        return percentile(self._pool(), self.low_pct)
+
+    @property
+    def raw_median(self) -> float:
+        return statistics.median(self._pool(raw=True))
+
+    def halves(self, stat: Optional[str] = None) -> Optional[tuple]:
+        """The statistic on the even and on the odd rounds (None with fewer than 2 rounds)."""
+        if len(self.rounds) < 2:
+            return None
+        st = stat or self.stat
+        a = statistic(self._pool(set(range(0, len(self.rounds), 2))), st, self.low_pct)
+        b = statistic(self._pool(set(range(1, len(self.rounds), 2))), st, self.low_pct)
+        return a, b
+
+    @property
+    def noise_sd(self) -> float:
+        """sd of the full-data statistic, from the split halves: var(a - b) = 4 var(full)."""
+        h = self.halves()
+        return abs(h[0] - h[1]) / 2 if h else float("nan")
+
+    def summary(self) -> dict:
+        h = self.halves()
+        return {"ms": self.ms, "median_ms": self.median, "low_ms": self.low, "raw_median_ms": self.raw_median,
+                "noise_sd_ms": self.noise_sd, "halves_ms": list(h) if h else None,
+                "round_medians_ms": [statistics.median(r) for r in self.rounds],
+                "runs": sum(len(r) for r in self.rounds)}
+
+
+def split_half_noise(timings: dict, stat: Optional[str] = None) -> dict:
+    """Noise of the statistic, measured: per model, |half A - half B| / mean of the halves, where
+    the halves are the even and the odd rounds. `sd_pct` is the implied sd of one full estimate
+    (RMS of (A - B) / (2 m)); `halves_mape_pct` is the mean relative gap between the halves."""
+    rel = []
+    for t in timings.values():
+        h = t.halves(stat)
+        if h and (h[0] + h[1]) > 0:
+            rel.append((h[0] - h[1]) / ((h[0] + h[1]) / 2))
+    if not rel:
+        return {"n": 0, "sd_pct": float("nan"), "halves_mape_pct": float("nan"), "halves_p90_pct": float("nan")}
+    return {"n": len(rel), "sd_pct": 100 * math.sqrt(sum(x * x for x in rel) / len(rel)) / 2,
+            "halves_mape_pct": 100 * sum(abs(x) for x in rel) / len(rel),
+            "halves_p90_pct": 100 * percentile([abs(x) for x in rel], 90)}
+
+
+# --- the measurement protocol ------------------------------------------------------------------
+def _timed_window(dev, run, seconds: float, min_runs: int, max_runs: int) -> list[float]:
+    out = []
+    start = dev.clock()
+    while len(out) < max_runs and (len(out) < min_runs or dev.clock() - start < seconds):
+        out.append(dev.time_one(run))
     return out
 
 
-def layer_combos(space, max_combos: Optional[int] = None) -> tuple[list, bool]:
-    """(hidden, heads, ratio) combos to measure; a coarser grid (ends kept) when too many."""
-    hs, as_, rs = list(space.hidden.values), list(space.heads.values), list(space.ffn_ratio.values)
-    coarse = False
-    while max_combos and len(hs) * len(as_) * len(rs) > max_combos:
-        longest = max((hs, as_, rs), key=len)
-        if len(longest) <= 2:
-            break
-        thinned = longest[::2] if longest[-1] == longest[::2][-1] else longest[::2] + [longest[-1]]
-        longest[:] = thinned
-        coarse = True
-    return [(h, a, r) for h in hs for a in as_ for r in rs], coarse
+def _warm(dev, run, seconds: float):
+    start = dev.clock()
+    run()
+    while dev.clock() - start < seconds:
+        run()
 
 
-def anchor_config(spaces) -> tuple:
-    """A fixed mid-size 2-layer student (layers, hidden, heads, ffn), re-measured whenever the
-    table is used for validation: the ratio of its latencies tells how far the machine's speed
-    drifted between the two sessions (shared machines drift by tens of percent)."""
+@dataclass
+class Session:
+    timings: dict           # {name: Timing}
+    anchor: dict            # {"ms": median anchor ms (raw), "series": [(t, ms)], "spread_pct"}
+    threads: dict
+    seconds: float
+    stopped_early: bool = False
+
+    def noise(self, stat: Optional[str] = None) -> dict:
+        return split_half_noise(self.timings, stat)
+
+
+def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0,
+            deadline: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> Session:
+    """Time every runner with the protocol above. `anchor_runner` is timed at the start of each
+    round and after every `anchor_every` models. `deadline` (dev.clock() value) stops after the
+    current round (at least one round always completes; a second is needed for the noise)."""
+    t_start = dev.clock()
+    threads = dev.prepare()
+    names = list(runners)
+    rng = random.Random(seed)
+    raw = {k: [] for k in names}
+    stamps = {k: [] for k in names}
+    series = []
+    was_enabled = gc.isenabled()
+    gc.collect()
+    gc.disable()
+    stopped = False
+    try:
+        def anchor_point():
+            _warm(dev, anchor_runner, s.warmup_s)
+            t0 = dev.clock()
+            xs = _timed_window(dev, anchor_runner, max(s.round_s / 2, 0.0), s.min_runs, s.max_runs)
+            series.append(((t0 + dev.clock()) / 2, statistics.median(xs)))
+        for rnd in range(s.rounds):
+            if deadline is not None and rnd >= 1 and dev.clock() > deadline:
+                stopped = True
+                break
+            order = names[:]
+            rng.shuffle(order)
+            anchor_point()
+            for i, k in enumerate(order):
+                run = runners[k]
+                _warm(dev, run, s.warmup_s)
+                t0 = dev.clock()
+                xs = _timed_window(dev, run, s.round_s, s.min_runs, s.max_runs)
+                raw[k].append(xs)
+                stamps[k].append((t0 + dev.clock()) / 2)
+                if (i + 1) % s.anchor_every == 0 and i + 1 < len(order):
+                    anchor_point()
+            anchor_point()
+            if progress:
+                progress(f"round {rnd + 1}/{s.rounds} done")
+    finally:
+        if was_enabled:
+            gc.enable()
+        if hasattr(dev, "restore"):
+            dev.restore()
+    a_med = statistics.median(m for _, m in series)
+    timings = {}
+    for k in names:
+        norm = [[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])]
+        timings[k] = Timing(norm, raw[k], s.stat, s.low_pct)
+    a_vals = [m for _, m in series]
+    anchor = {"ms": a_med, "series": [[round(t - t_start, 3), m] for t, m in series],
+              "spread_pct": 100 * (max(a_vals) - min(a_vals)) / a_med}
+    return Session(timings, anchor, threads, dev.clock() - t_start, stopped)
+
+
+def _interp(series: list, t: float) -> float:
+    """The anchor's ms at time t (linear between measurements, held at the ends)."""
+    if t <= series[0][0]:
+        return series[0][1]
+    for (t0, m0), (t1, m1) in zip(series, series[1:]):
+        if t <= t1:
+            return m0 + (m1 - m0) * ((t - t0) / (t1 - t0) if t1 > t0 else 1.0)
+    return series[-1][1]
+
+
+# --- the grid --------------------------------------------------------------------------------
+def _pick(values: list, n: int) -> list:
+    """n values spread evenly over a sorted list, ends kept (all of them when n >= len)."""
+    values = sorted(values)
+    if n >= len(values):
+        return values
+    if n == 1:
+        return [values[len(values) // 2]]
+    idx = sorted({round(i * (len(values) - 1) / (n - 1)) for i in range(n)})
+    return [values[i] for i in idx]
+
+
+def space_grid(space, grid: tuple = (3, 2, 2)) -> dict:
+    """A rectangular (hidden, heads, FFN width) grid covering the space: `grid` points per
+    dimension (hidden and heads among the space's values, FFN widths evenly over its range)."""
+    nh, na, nf = grid
+    if min(grid) < 1:
+        raise ValueError(f"grid {grid} must have at least one point per dimension")
+    hs = _pick([int(h) for h in space.hidden.values], nh)
+    as_ = _pick([int(a) for a in space.heads.values], na)
+    fvals = sorted({int(round(r * h)) for h in space.hidden.values for r in space.ffn_ratio.values})
+    flo, fhi = fvals[0], fvals[-1]
+    if nf == 1 or flo == fhi:
+        fs = [fvals[len(fvals) // 2]] if nf == 1 else [flo]
+    else:
+        fs = sorted({int(round(flo + i * (fhi - flo) / (nf - 1))) for i in range(nf)})
+    return {"space": space.name, "hidden": hs, "heads": as_, "ffn": fs}
+
+
+def bert_pairs(space) -> list[tuple]:
+    """(hidden, heads) of the space whose students export as BertModel (heads x head_dim == hidden)."""
+    return sorted({(int(h), int(a)) for h in space.hidden.values for a in space.heads.values
+                   if int(a) * space.head_dim == int(h)})
+
+
+def anchor_spec(spaces) -> ModelSpec:
+    """A fixed mid-size 2-layer student of the middle space."""
     s = spaces[len(spaces) // 2]
     h = s.hidden.values[len(s.hidden.values) // 2]
     a = s.heads.values[len(s.heads.values) // 2]
     r = s.ffn_ratio.values[len(s.ffn_ratio.values) // 2]
-    return (2, int(h), int(a), int(round(r * h)))
+    return ModelSpec(2, int(h), int(a), int(round(r * h)), "autodistil")
 
 
-def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, max_combos: Optional[int] = None,
-                seed: int = 0, calibrate: int = 12):
-    """Profile every (hidden, heads, ratio) layer of the spaces and a base block per hidden; then,
-    with `calibrate` > 0, fit a linear correction on that many random full students measured in
-    the same interleaved session (kept only when leave-one-out error improves)."""
+def ols(xs: list, ys: list) -> tuple[float, float]:
+    """(slope, intercept) of the least-squares line."""
+    n = len(xs)
+    mx, my = sum(xs) / n, sum(ys) / n
+    vx = sum((x - mx) ** 2 for x in xs)
+    if vx == 0:
+        raise ValueError("least squares over depth needs at least two distinct depths")
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / vx
+    return slope, my - slope * mx
+
+
+def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: tuple = (3, 2, 2),
+                seed: int = 0, calibrate: int = 12, max_bert_pairs: int = 8, device=None,
+                budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None):
+    """Profile the grid of every space (depth regression per grid point), the BertModel-shaped
+    (hidden, heads) pairs, and `calibrate` random full students measured end to end in the same
+    session (block sums validated against them; a linear correction kept only if leave-one-out
+    error improves). `device`: a TorchDevice by default (tests pass a synthetic one).
+    `budget_s`: stop after the round in progress once this many seconds have passed."""
     from .predict import LatencyTable
-    t0 = time.time()
     head_dims = {s.head_dim for s in spaces}
     if len(head_dims) != 1:
         raise ValueError(f"spaces disagree on head dim {sorted(head_dims)}: profile them separately")
     d = head_dims.pop()
-    key = machine_key(settings)
-    combos, coarse = [], False
-    for s in spaces:
-        c, co = layer_combos(s, max_combos)
-        combos += c
-        coarse = coarse or co
-    combos = sorted(set(combos))
-    bases = sorted({(h, a * d == h) for h, a, _ in combos})
-    runners = {}
-    import tempfile
-    tmp = Path(tempfile.mkdtemp(prefix="autodistil-prof-"))
-    for h, is_bert in bases:
-        a = h // d if is_bert else max(1, (h // d) + 1)
-        runners[f"base:{h}:{int(is_bert)}"] = make_runner(make_student(0, h, a, 4 * h, d, vocab), settings, tmp)
-    for h, a, r in combos:
-        f = int(round(r * h))
-        runners[f"two:{h}:{a}:{f}"] = make_runner(make_student(2, h, a, f, d, vocab), settings, tmp)
-    anchor = anchor_config(spaces)
-    runners["anchor"] = make_runner(make_student(*anchor, d, vocab), settings, tmp)
+    dev = device or TorchDevice(settings, d, vocab)
+    t0 = dev.clock()
+    grids = [space_grid(s, grid) for s in spaces]
+    depths = sorted(settings.depths)
+    specs = {}
+
+    def add(spec: ModelSpec) -> str:
+        name = f"L{spec.layers}-H{spec.hidden}-A{spec.heads}-F{spec.ffn}-{spec.cls}"
+        specs[name] = spec
+        return name
+    cells = []                       # (kind, space, h, a, f, cls) -> names per depth
+    for g in grids:
+        for h in g["hidden"]:
+            for a in g["heads"]:
+                for f in g["ffn"]:
+                    cells.append(("grid", g["space"], h, a, f, "autodistil"))
+    pairs = sorted({p for s in spaces for p in bert_pairs(s)})
+    if len(pairs) > max_bert_pairs:
+        pairs = _pick(pairs, max_bert_pairs)
+    for h, a in pairs:
+        sp = next(s for s in spaces if (h, a) in bert_pairs(s))
+        fv = sorted({int(round(r * h)) for r in sp.ffn_ratio.values})
+        for f in sorted({fv[0], fv[-1]}):
+            cells.append(("bert", sp.name, h, a, f, "bert"))
+    cell_names = []
+    for kind, sname, h, a, f, cls in cells:
+        # depth 0 does not depend on heads / FFN: one base model per (hidden, class)
+        cell_names.append([add(ModelSpec(0, h, a if cls == "bert" else 1, h, cls) if L == 0
+                               else ModelSpec(L, h, a, f, cls)) for L in depths])
     calib = []
     if calibrate:
         rng = random.Random(seed + 99991)  # distinct from validation's students
-        for k in range(calibrate):
-            sp = spaces[k % len(spaces)]
+        seen = set()
+        while len(calib) < calibrate and len(seen) < sum(len(s) for s in spaces):
+            sp = spaces[len(calib) % len(spaces)]
             c = sp.sample(rng)
-            calib.append(c)
-            runners[f"calib:{k}"] = make_runner(make_student(c.layers, c.hidden, c.heads, c.ffn, d, vocab), settings, tmp)
-    res = measure_interleaved(runners, settings, seed, desc="profiling blocks")
-    base_rows = []
-    for h, is_bert in bases:
-        m, sp, _ = res[f"base:{h}:{int(is_bert)}"]
-        base_rows.append({"hidden": h, "bert": is_bert, "ms": m, "spread": sp})
-    layer_rows = []
-    for h, a, r in combos:
-        f = int(round(r * h))
-        m2, sp2, _ = res[f"two:{h}:{a}:{f}"]
-        m0, sp0, _ = res[f"base:{h}:{int(a * d == h)}"]
-        layer_rows.append({"hidden": h, "heads": a, "ratio": r, "ffn": f, "ms": max(0.0, (m2 - m0) / 2),
-                           "spread": ((sp2 ** 2 + sp0 ** 2) ** 0.5) / 2})
-    import shutil
-    shutil.rmtree(tmp, ignore_errors=True)
-    table = LatencyTable(key=key, settings=settings.__dict__.copy(), head_dim=d, vocab=vocab,
-                         spaces=[s.to_dict() for s in spaces], base=base_rows, layers=layer_rows,
-                         meta={"coarse_grid": coarse, "created": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    table.meta["anchor"] = {"model": list(anchor), "ms": res["anchor"][0]}
+            if (sp.name, c) in seen:
+                continue
+            seen.add((sp.name, c))
+            calib.append((sp.name, c))
+    calib_names = [add(ModelSpec(c.layers, c.hidden, c.heads, c.ffn, "auto").resolved(d)) for _, c in calib]
+    if progress:
+        progress(f"building {len(specs)} models")
+    runners = {k: dev.runner(v) for k, v in specs.items()}
+    anchor = anchor_spec(spaces)
+    deadline = None if budget_s is None else t0 + budget_s
+    sess = measure(runners, settings, dev, dev.runner(anchor), seed, deadline, progress)
+    res = {k: t for k, t in sess.timings.items()}
+    halves = {k: t.halves() for k, t in res.items()}
+    rows = []
+    for (kind, sname, h, a, f, cls), names in zip(cells, cell_names):
+        ys = [res[n].ms for n in names]
+        slope, icpt = ols(depths, ys)
+        lows = [res[n].low for n in names]
+        lslope, licpt = ols(depths, lows)
+        hv = [halves[n] for n in names]
+        if all(hv):
+            sa, ia = ols(depths, [x[0] for x in hv])
+            sb, ib = ols(depths, [x[1] for x in hv])
+            ssd, isd = abs(sa - sb) / 2, abs(ia - ib) / 2
+        else:
+            ssd = isd = float("nan")
+        rows.append({"kind": kind, "space": sname, "hidden": h, "heads": a, "ffn": f, "cls": cls,
+                     "slope_ms": slope, "intercept_ms": icpt, "slope_sd_ms": ssd, "intercept_sd_ms": isd,
+                     "low_slope_ms": lslope, "low_intercept_ms": licpt,
+                     "depths": depths, "depth_ms": ys})
+    models = {k: {"spec": asdict(specs[k]), **res[k].summary()} for k in specs}
+    noise = sess.noise()
+    table = LatencyTable(key=dev.key(), settings=settings.to_dict(), head_dim=d, vocab=vocab,
+                         spaces=[s.to_dict() for s in spaces], grids=grids, rows=rows,
+                         meta={"grid_points": list(grid), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                               "threads": sess.threads, "noise": noise, "stopped_early": sess.stopped_early,
+                               "rounds_done": min(len(t.rounds) for t in res.values()),
+                               "anchor": {"spec": asdict(anchor), **sess.anchor}, "models": models})
     if calib:
-        meas = [res[f"calib:{k}"][0] for k in range(len(calib))]
-        table.meta["calibration"] = {"students": [c.as_dict() for c in calib], "measured_ms": meas,
-                                     **table.fit_correction(calib, meas)}
-    table.meta["profile_seconds"] = round(time.time() - t0, 1)
+        meas = [res[n].ms for n in calib_names]
+        cfgs = [c for _, c in calib]
+        table.meta["calibration"] = {"students": [{"space": sn, **c.as_dict()} for sn, c in calib],
+                                     "measured_ms": meas, **table.fit_correction(cfgs, meas)}
+    table.meta["profile_seconds"] = round(dev.clock() - t0, 1)
+    if hasattr(dev, "close"):
+        dev.close()
     return table

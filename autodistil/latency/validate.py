@@ -1,13 +1,16 @@
-"""Validate a latency table: export N random students (not used to build the table), measure
-their end-to-end latency the same way (interleaved, repeated), and compare with predictions.
-Reports MAPE, share within 5% / 10%, Kendall tau (overall and within each subspace), the
-Kendall tau of the FLOPs proxy on the same students, and the measurement noise floor."""
+"""Validate a latency table: export N random students (not used to build the table), load them
+back with AutoModel, time them end to end with the table's protocol (same settings, same anchor),
+and compare with predictions. Reports MAPE, bias, share within 5% / 10%, Kendall tau within each
+subspace over all pairs and over the pairs whose measured latencies differ by more than the
+measured noise (with the FLOPs proxy's tau on the same pairs), the machine's speed drift since
+profiling (the anchor), and the measured noise of the statistic (split halves of the rounds)."""
 from __future__ import annotations
 
+import math
 import random
 import shutil
-import statistics
 import tempfile
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -15,7 +18,7 @@ from ..cost import exact_cost
 from ..io import atomic_write_json, write_rows_csv
 from ..space import SearchSpace, SubnetConfig
 from .predict import LatencyTable
-from .profile import ProfileSettings, machine_key, make_runner, measure_interleaved
+from .profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, anchor_spec, machine_key, measure
 
 
 def kendall_tau(x: list, y: list) -> float:
@@ -41,26 +44,53 @@ def kendall_tau(x: list, y: list) -> float:
     return (conc - disc) / den if den else float("nan")
 
 
-def error_stats(pred: list, meas: list) -> dict:
+def kendall_tau_pairs(x: list, y: list, pairs: list) -> float:
+    """Kendall's tau-b over the given index pairs only."""
+    conc = disc = tx = ty = 0
+    for i, j in pairs:
+        dx, dy = x[i] - x[j], y[i] - y[j]
+        if dx == 0 and dy == 0:
+            continue
+        if dx == 0:
+            tx += 1
+        elif dy == 0:
+            ty += 1
+        elif (dx > 0) == (dy > 0):
+            conc += 1
+        else:
+            disc += 1
+    den = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
+    return (conc - disc) / den if den else float("nan")
+
+
+def separable_pairs(meas: list, noise_sd_pct: float, k: float = 2.0) -> list[tuple]:
+    """Pairs whose measured latencies differ by more than the measured noise: |m_i - m_j| >
+    k x sd of that difference, with each measurement's sd = noise_sd_pct % of it (k=2: ~95 %)."""
+    sd = noise_sd_pct / 100 if math.isfinite(noise_sd_pct) else 0.0
+    out = []
+    for i in range(len(meas)):
+        for j in range(i + 1, len(meas)):
+            diff_sd = sd * math.hypot(meas[i], meas[j])
+            if abs(meas[i] - meas[j]) > k * diff_sd:
+                out.append((i, j))
+    return out
+
+
+def error_stats(pred: list, meas: list, noise_sd_pct: float = float("nan"), flops: list | None = None) -> dict:
     rel = [abs(p - m) / m for p, m in zip(pred, meas)]
     n = len(rel)
-    return {"n": n, "mape_pct": 100 * sum(rel) / n, "within_5_pct": 100 * sum(r <= 0.05 for r in rel) / n,
-            "within_10_pct": 100 * sum(r <= 0.10 for r in rel) / n, "max_err_pct": 100 * max(rel),
-            "kendall_tau": kendall_tau(pred, meas)}
-
-
-def noise_floor(per_round: dict) -> dict:
-    """How well one round predicts the median of the others (no predictor can beat this)."""
-    rel = []
-    for rounds in per_round.values():
-        for i, v in enumerate(rounds):
-            rest = rounds[:i] + rounds[i + 1:]
-            if rest:
-                m = statistics.median(rest)
-                rel.append(abs(v - m) / m)
-    if not rel:
-        return {"noise_mape_pct": float("nan")}
-    return {"noise_mape_pct": 100 * sum(rel) / len(rel), "noise_within_5_pct": 100 * sum(r <= 0.05 for r in rel) / len(rel)}
+    st = {"n": n, "mape_pct": 100 * sum(rel) / n, "bias_pct": 100 * sum((p - m) / m for p, m in zip(pred, meas)) / n,
+          "within_5_pct": 100 * sum(r <= 0.05 for r in rel) / n,
+          "within_10_pct": 100 * sum(r <= 0.10 for r in rel) / n, "max_err_pct": 100 * max(rel),
+          "kendall_tau": kendall_tau(pred, meas)}
+    pairs = separable_pairs(meas, noise_sd_pct)
+    st["pairs_beyond_noise"] = len(pairs)
+    st["pairs_total"] = n * (n - 1) // 2
+    st["kendall_tau_beyond_noise"] = kendall_tau_pairs(pred, meas, pairs)
+    if flops is not None:
+        st["flops_kendall_tau"] = kendall_tau(flops, meas)
+        st["flops_kendall_tau_beyond_noise"] = kendall_tau_pairs(flops, meas, pairs)
+    return st
 
 
 def random_students(spaces: list[SearchSpace], n: int, seed: int = 1) -> list[tuple[str, SubnetConfig]]:
@@ -78,76 +108,113 @@ def random_students(spaces: list[SearchSpace], n: int, seed: int = 1) -> list[tu
     return out
 
 
-def measure_students(students, table_vocab: int, head_dim: int, settings: ProfileSettings, supernet=None,
-                     seed: int = 0, anchor: tuple | None = None) -> dict:
-    """Export each student to a HF folder, load it back with AutoModel, time it interleaved.
-    Returns {(space, cfg): (median_ms, spread_ms, per_round)}."""
+def measure_models(models: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None,
+                   progress=None) -> dict:
+    """Time ready models ({name: nn.Module}) with the table's protocol and anchor, in this process.
+    Returns {"models": {name: Timing.summary()}, "timings": {name: Timing}, "anchor_ms", "drift"
+    (anchor now / at profiling), "noise" (split halves), "threads", "loadavg", "seconds"}."""
+    dev = device or TorchDevice(settings, table.head_dim, table.vocab)
+    spec = table.meta.get("anchor", {}).get("spec")
+    anchor = ModelSpec(**spec) if spec else anchor_spec([SearchSpace.from_dict(d) for d in table.spaces])
+    runners = {k: dev.runner(m) for k, m in models.items()}
+    sess = measure(runners, settings, dev, dev.runner(anchor), seed, progress=progress)
+    drift = sess.anchor["ms"] / table.anchor_ms if table.anchor_ms else float("nan")
+    if hasattr(dev, "close"):
+        dev.close()
+    return {"models": {k: t.summary() for k, t in sess.timings.items()}, "timings": sess.timings,
+            "anchor_ms": sess.anchor["ms"], "anchor_spread_pct": sess.anchor["spread_pct"], "drift": drift,
+            "noise": sess.noise(), "threads": sess.threads, "seconds": sess.seconds,
+            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+
+
+def measure_folders(folders: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0) -> dict:
+    """Load exported folders with AutoModel.from_pretrained and time them (measure_models)."""
     from transformers import AutoModel
+    import autodistil  # noqa: F401 - registers AutoDistilBertModel with AutoModel
+    models = {k: AutoModel.from_pretrained(str(p)).eval() for k, p in folders.items()}
+    out = measure_models(models, table, settings, seed)
+    out.pop("timings")
+    return out
+
+
+def export_students(students, vocab: int, head_dim: int, out: Path, supernet=None) -> dict:
+    """Export each (space, cfg) from a supernet (a randomly initialised one by default: latency
+    does not depend on weight values) to a HF folder under `out`. {(space, cfg): folder}."""
     from ..export import export_subnet
     from ..nn import SuperBert, SuperBertConfig
-    tmp = Path(tempfile.mkdtemp(prefix="autodistil-validate-"))
-    try:
-        runners = {}
-        by_space = {}
-        for sname, cfg in students:
-            by_space.setdefault(sname, []).append(cfg)
-        for sname, cfgs in by_space.items():
-            net = supernet
-            if net is None:  # a randomly initialised supernet: latency does not depend on weight values
-                big = SubnetConfig(max(c.layers for c in cfgs), max(c.hidden for c in cfgs),
-                                   max(c.ffn for c in cfgs) / max(c.hidden for c in cfgs), max(c.heads for c in cfgs))
-                mcfg = SuperBertConfig(layers=big.layers, hidden=big.hidden, heads=big.heads,
-                                       ffn=max(c.ffn for c in cfgs), head_dim=head_dim, vocab_size=table_vocab)
-                net = SuperBert(mcfg)
-            for cfg in cfgs:
-                folder = export_subnet(net, cfg, tmp / f"{sname}-{cfg.short()}")
-                model = AutoModel.from_pretrained(folder).eval()
-                runners[(sname, cfg)] = make_runner(model, settings, tmp)
-        if anchor is not None:
-            from .profile import make_student
-            runners["anchor"] = make_runner(make_student(*anchor, head_dim, table_vocab), settings, tmp)
-        return measure_interleaved(runners, settings, seed, desc="measuring students")
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    by_space, folders = {}, {}
+    for sname, cfg in students:
+        by_space.setdefault(sname, []).append(cfg)
+    for sname, cfgs in by_space.items():
+        net = supernet
+        if net is None:
+            mcfg = SuperBertConfig(layers=max(c.layers for c in cfgs), hidden=max(c.hidden for c in cfgs),
+                                   heads=max(c.heads for c in cfgs), ffn=max(c.ffn for c in cfgs), head_dim=head_dim,
+                                   vocab_size=vocab)
+            net = SuperBert(mcfg)
+        for cfg in cfgs:
+            folders[(sname, cfg)] = export_subnet(net, cfg, out / f"{sname}-{cfg.short()}")
+    return folders
 
 
 def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: ProfileSettings, n: int = 24,
                    seed: int = 1, out_dir: Optional[Path] = None, supernet=None) -> dict:
+    """Export n random students, load them back with AutoModel, time them end to end with the
+    table's protocol, compare with the predictions."""
+    from transformers import AutoModel
     key = machine_key(settings)
     diff = table.same_device(key)
     if diff:
         raise ValueError(f"refusing to validate: the table was measured on {table.describe_key()}, this run is "
                          f"{key.get('device_name')} (differs in {diff}); validate on the device the table was built on")
     students = random_students(spaces, n, seed)
-    anchor = table.meta.get("anchor")
-    res = measure_students(students, table.vocab, table.head_dim, settings, supernet, seed,
-                           tuple(anchor["model"]) if anchor else None)
-    drift = 1.0
-    if anchor:
-        drift = res.pop("anchor")[0] / anchor["ms"]
+    tmp = Path(tempfile.mkdtemp(prefix="autodistil-validate-"))
+    try:
+        folders = export_students(students, table.vocab, table.head_dim, tmp, supernet)
+        models = {f"{sn}-{c.short()}": AutoModel.from_pretrained(str(folders[(sn, c)])).eval() for sn, c in students}
+        res = measure_models(models, table, settings, seed)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return validation_report(table, spaces, students, res, key, out_dir)
+
+
+def validation_report(table, spaces, students, res, key, out_dir=None) -> dict:
+    drift = res["drift"] if math.isfinite(res["drift"]) else 1.0
+    noise = res["noise"]
     rows = []
-    for (sname, cfg), (ms, spread, rounds) in res.items():
+    for sname, cfg in students:
+        m = res["models"][f"{sname}-{cfg.short()}"]
         p, sd = table.predict_with_uncertainty(cfg)
-        rows.append({"space": sname, **cfg.as_dict(), "measured_ms": ms, "measured_spread_ms": spread,
-                     "predicted_ms": p, "predicted_sd_ms": sd, "err_pct": 100 * (p - ms) / ms,
-                     "predicted_drift_adjusted_ms": p * drift, "err_drift_adjusted_pct": 100 * (p * drift - ms) / ms,
+        lo = table.predict_low(cfg)
+        rows.append({"space": sname, **cfg.as_dict(), "measured_ms": m["ms"], "measured_noise_sd_ms": m["noise_sd_ms"],
+                     "measured_median_ms": m["median_ms"], "measured_low_ms": m["low_ms"],
+                     "measured_raw_median_ms": m["raw_median_ms"],
+                     "predicted_ms": p, "predicted_sd_ms": sd, "err_pct": 100 * (p - m["ms"]) / m["ms"],
+                     "predicted_low_ms": lo, "err_low_pct": 100 * (lo - m["low_ms"]) / m["low_ms"],
+                     "predicted_drift_adjusted_ms": p * drift,
+                     "err_drift_adjusted_pct": 100 * (p * drift - m["ms"]) / m["ms"],
                      "macs": exact_cost(cfg, table.head_dim, table.key["seq_len"], table.vocab).macs})
-    report = {"key": key, "n": len(rows), "machine_drift": drift,
-              "overall": error_stats([r["predicted_ms"] for r in rows], [r["measured_ms"] for r in rows]),
-              "overall_drift_adjusted": error_stats([r["predicted_drift_adjusted_ms"] for r in rows],
-                                                    [r["measured_ms"] for r in rows])}
-    report["overall"]["flops_kendall_tau"] = kendall_tau([r["macs"] for r in rows], [r["measured_ms"] for r in rows])
-    report["per_space"] = {}
+
+    def stats(rs):
+        meas = [r["measured_ms"] for r in rs]
+        st = error_stats([r["predicted_ms"] for r in rs], meas, noise["sd_pct"], [r["macs"] for r in rs])
+        adj = error_stats([r["predicted_drift_adjusted_ms"] for r in rs], meas)
+        low = error_stats([r["predicted_low_ms"] for r in rs], [r["measured_low_ms"] for r in rs])
+        st.update({f"{k}_drift_adjusted": adj[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
+        st.update({f"{k}_low": low[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
+        return st
+    report = {"key": key, "n": len(rows), "when": res["when"], "loadavg_after": _loadavg(),
+              "threads": res["threads"], "machine_drift": drift, "anchor_ms": res["anchor_ms"],
+              "anchor_spread_pct": res["anchor_spread_pct"], "table_anchor_ms": table.anchor_ms,
+              "stat": table.settings.get("stat", "median"), "seconds": res["seconds"],
+              "noise": noise, "table_noise": table.meta.get("noise"),
+              "correction": table.correction, "overall": stats(rows), "per_space": {}}
     for s in spaces:
         rs = [r for r in rows if r["space"] == s.name]
         if len(rs) >= 2:
-            st = error_stats([r["predicted_ms"] for r in rs], [r["measured_ms"] for r in rs])
-            st["flops_kendall_tau"] = kendall_tau([r["macs"] for r in rs], [r["measured_ms"] for r in rs])
-            adj = error_stats([r["predicted_drift_adjusted_ms"] for r in rs], [r["measured_ms"] for r in rs])
-            st.update({f"{k}_drift_adjusted": adj[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
-            report["per_space"][s.name] = st
-    report["noise"] = noise_floor({k: v[2] for k, v in res.items()})
+            report["per_space"][s.name] = stats(rs)
     report["students"] = rows
+    report["measured"] = res["models"]
     if out_dir is not None:
         out_dir = Path(out_dir)
         atomic_write_json(out_dir / "latency_validation.json", report)

@@ -10,7 +10,7 @@ from pathlib import Path
 from ..export import export_subnet
 from ..io import atomic_write_json, write_rows_csv
 from ..finetune.train import FinetuneConfig, finetune
-from .run import HeldoutLoss, SearchSpec, pareto_front, plot_search, search
+from .run import HeldoutLoss, SearchSpec, candidate_key, candidate_name, pareto_front, plot_search, search
 from ..space import SubnetConfig
 
 
@@ -18,7 +18,7 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
                  proxy_steps: int = 100, out_dir=None, seed: int = 0, max_seq_len: int = 64,
                  max_eval_examples: int | None = 1000, method: str = "auto", lr: float = 5e-5) -> dict:
     head_dim, vocab = nets[0][0].config.head_dim, nets[0][0].config.vocab_size
-    pairs = [(spaces[0], HeldoutLoss(model, teacher, held)) for model, spaces, _ in nets]
+    pairs = [(spaces[0], HeldoutLoss.for_supernet(model, meta, teacher, held)) for model, spaces, meta in nets]
     agn = search(pairs, table, SearchSpec(budgets=budgets, method=method, seed=seed), head_dim, vocab)
     by_space = {spaces[0].name: model for model, spaces, _ in nets}
     feas_rows = agn["candidates"]
@@ -31,11 +31,11 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
     try:
         for rows in picked.values():
             for r in rows:
-                key = (r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
+                key = candidate_key(r)
                 if key in scores:
                     continue
                 cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
-                folder = export_subnet(by_space[r["space"]], cfg, tmp / f"{r['space']}-{cfg.short()}", tokenizer)
+                folder = export_subnet(by_space[r["space"]], cfg, tmp / candidate_name(r), tokenizer)
                 res = finetune(FinetuneConfig(model=str(folder), task=task, out_dir=str(tmp / "ft" / cfg.short()),
                                               max_steps=proxy_steps, max_seq_len=max_seq_len, seed=seed, lr=lr,
                                               max_eval_examples=max_eval_examples), progress=False)
@@ -45,12 +45,12 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
     rows, best = [], {}
     for label, cands in picked.items():
         for r in cands:
-            key = (r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
+            key = candidate_key(r)
             rows.append({**r, "budget": label, "proxy_score": scores[key], "neg_score": -scores[key]})
         if cands:
             top = max((x for x in rows if x["budget"] == label), key=lambda x: x["proxy_score"])
             best[label] = top
-    uniq = {(r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"]): r for r in rows}
+    uniq = {candidate_key(r): r for r in rows}
     front = pareto_front(list(uniq.values()), ("neg_score", "latency_ms" if table is not None else "macs"))
     result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": task}
     if out_dir is not None:

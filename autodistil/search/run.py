@@ -17,30 +17,110 @@ from ..space import SubnetConfig
 from .engine import Budget, CountingObjective, evolutionary, exhaustive, pareto_front, unmet_budget_message
 
 
+def candidate_key(r: dict) -> tuple:
+    """The one identity of a search candidate row: (space, layers, hidden, ffn_ratio, heads)."""
+    return (r["space"], int(r["layers"]), int(r["hidden"]), float(r["ffn_ratio"]), int(r["heads"]))
+
+
+def candidate_name(r: dict) -> str:
+    """The one printable name of a candidate row (also its export folder name): space-L..-H..-R..-A.."""
+    return f"{r['space']}-{SubnetConfig(r['layers'], r['hidden'], r['ffn_ratio'], r['heads']).short()}"
+
+
+def format_choice(label: str, r: dict, score: str | None = None) -> str:
+    """One line per chosen student, for every search front end."""
+    s = f"{label}: {candidate_name(r)}"
+    if score and score in r:
+        s += f"  {score} {r[score]:.4f}"
+    if "loss" in r and score != "loss":
+        s += f"  loss {r['loss']:.4f}"
+    if "latency_ms" in r and r["latency_ms"] == r["latency_ms"]:
+        s += f"  predicted {r['latency_ms']:.2f} ms"
+    if "measured_ms" in r:
+        s += f"  measured {r['measured_ms']:.2f} ms (+{r.get('margin_ms', 0.0):.2f} margin)"
+    if "macs" in r:
+        s += f"  {r['macs'] / 1e9:.3f} GMACs"
+    if "params" in r:
+        s += f"  {r['params'] / 1e6:.2f}M params"
+    return s
+
+
+def trained_loss_weights(meta: dict, warn=None) -> tuple[LossWeights, dict]:
+    """The loss weights a supernet was trained with (supernet.json extra["train"]["loss"]), as the
+    search objective uses them, and a note of what was changed and why.
+
+    The hidden-state term needs the learned projection from student to teacher width, which is a
+    training-only part dropped on export and consolidation; the supernet has no logits head. So the
+    objective keeps the relation and attention-map terms at their trained weights and sets the
+    hidden-state and logits weights to 0 (the note says so). Where the weights are not recorded,
+    or no kept term has a positive weight, it warns and falls back to LossWeights() (relation only)."""
+    import warnings
+    warn = warn or (lambda m: warnings.warn(m, stacklevel=3))
+    note = {"source": "trained", "dropped": {}}
+    rec = (meta.get("extra") or {}).get("train", {}).get("loss") if isinstance(meta, dict) else None
+    if not isinstance(rec, dict):
+        warn("supernet.json records no training loss weights (extra['train']['loss']); the search objective "
+             "falls back to the default weights (relation loss only)")
+        return LossWeights(), {"source": "default (not recorded)", "dropped": {}}
+    known = {f for f in LossWeights.__dataclass_fields__}
+    kw = {k: v for k, v in rec.items() if k in known}
+    for k in ("hidden", "logits"):
+        if kw.get(k):
+            note["dropped"][k] = kw[k]
+            kw[k] = 0.0
+    if note["dropped"]:
+        warn(f"search objective: trained weights {note['dropped']} dropped (the hidden-state projection is not "
+             f"exported with the supernet; it has no logits head); relation/attention terms kept at their weights")
+    if not (kw.get("relation", 0) or kw.get("attention", 0)):
+        warn("search objective: no relation or attention weight left from the trained loss; falling back to the "
+             "default weights (relation loss only)")
+        return LossWeights(), {**note, "source": "default (no usable trained term)"}
+    try:
+        return LossWeights(**kw), note
+    except (TypeError, ValueError) as e:
+        warn(f"supernet.json loss weights {rec} are not usable ({e}); falling back to the default weights")
+        return LossWeights(), {"source": f"default ({e})", "dropped": {}}
+
+
 class HeldoutLoss:
     """Held-out distillation loss of a subnet of a trained supernet (no fine-tuning).
-    Teacher outputs are computed once and reused for every candidate."""
+    Teacher outputs are computed once and reused for every candidate.
+
+    `weights`: the loss weights; pass the ones the supernet was trained with
+    (`trained_loss_weights(meta)`, what every front end does). The hidden-state term is not part
+    of the objective: its projection was dropped on export, so `trained_loss_weights` sets it to 0
+    and records that in its note; a hidden weight given here directly is refused."""
 
     def __init__(self, supernet, teacher, heldout, weights: LossWeights = LossWeights(), batch: int = 16,
                  device: str = "cpu"):
+        if weights.hidden or weights.logits:
+            raise ValueError(f"HeldoutLoss: hidden={weights.hidden}, logits={weights.logits} cannot be evaluated on "
+                             f"an exported supernet (no hidden-state projection, no logits head); use "
+                             f"trained_loss_weights(meta), which drops them and says so")
         self.net, self.w, self.device = supernet.to(device).eval(), weights, device
         self.batches = []
         n = len(heldout)
         with torch.no_grad():
             for s in range(0, n, batch):
                 ids, mask = (t.to(device) for t in heldout.batch(torch.arange(s, min(n, s + batch))))
-                t_out = teacher(ids, mask, output_qkv=bool(weights.relation), output_attentions=bool(weights.attention),
-                                output_hidden_states=bool(weights.hidden))
+                t_out = teacher(ids, mask, output_qkv=bool(weights.relation), output_attentions=bool(weights.attention))
                 self.batches.append((ids, mask, t_out))
         if not self.batches:
             raise ValueError("held-out data is empty")
+
+    @classmethod
+    def for_supernet(cls, supernet, meta: dict, teacher, heldout, **kw) -> "HeldoutLoss":
+        w, note = trained_loss_weights(meta)
+        obj = cls(supernet, teacher, heldout, w, **kw)
+        obj.note = note
+        return obj
 
     @torch.no_grad()
     def __call__(self, cfg: SubnetConfig) -> float:
         tot = 0.0
         for ids, mask, t_out in self.batches:
             s_out = self.net(ids, mask, subnet=cfg, output_qkv=bool(self.w.relation),
-                             output_attentions=bool(self.w.attention), output_hidden_states=bool(self.w.hidden))
+                             output_attentions=bool(self.w.attention))
             tot += float(combined_loss(self.w, t_out, s_out, mask)[0])
         return tot / len(self.batches)
 
@@ -111,9 +191,9 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
             rows.append({"space": space.name, **c.as_dict(), "loss": v, **metrics(c)})
     front_keys = ("loss", "latency_ms") if table is not None else ("loss", "macs")
     front = pareto_front(rows, front_keys)
-    front_ids = {(r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"]) for r in front}
+    front_ids = {candidate_key(r) for r in front}
     for r in rows:
-        r["pareto"] = (r["space"], r["layers"], r["hidden"], r["ffn_ratio"], r["heads"]) in front_ids
+        r["pareto"] = candidate_key(r) in front_ids
     result = {"candidates": rows, "front": front, "best": best,
               "evaluations": {s.name: o.evaluations for s, o in objectives},
               "table": table.key if table is not None else None}
@@ -149,7 +229,7 @@ def plot_search(result: dict, path: Path, has_latency: bool, score_key: str = "l
         ax.plot([r[k] / scale for r in fr], [r[score_key] for r in fr], "k-", lw=1, label="Pareto front")
         for b, r in best.items():
             ax.scatter([r[k] / scale], [r[score_key]], marker="*", s=160, edgecolors="k", zorder=5)
-            ax.annotate(f"{r['layers']}L-{r['hidden']}H-{r['ffn_ratio']:g}R-{r['heads']}A\n{b}",
+            ax.annotate(f"{candidate_name(r)}\n{b}",
                         (r[k] / scale, r[score_key]), fontsize=7, xytext=(5, 5), textcoords="offset points")
         ax.set(xlabel=xl, ylabel=label)
         ax.grid(alpha=0.3)

@@ -1,0 +1,54 @@
+"""End-to-end latency measured in a fresh process.
+
+A process that has just trained or searched carries state that changes latency: thread pools
+(tokenizers, data loaders, OpenMP workers of another size), a fragmented allocator, a different
+torch thread setting. Every latency that a report or a budget decision rests on is therefore
+measured by `autodistil measure` in a new interpreter, with the table's protocol and anchor."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from ..io import read_json
+
+
+def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | None = None,
+                          timeout_s: float | None = None) -> dict:
+    """Time {name: HF folder} with `python -m autodistil.cli measure` and return its JSON."""
+    out_json = Path(out_json)
+    cmd = [sys.executable, "-m", "autodistil.cli", "measure", "--table", str(table_path), "--out", str(out_json)]
+    for k, v in folders.items():
+        cmd += ["--model", f"{k}={v}"]
+    if rounds:
+        cmd += ["--rounds", str(rounds)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"latency measurement in a fresh process failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    return read_json(out_json, "latency measurement")
+
+
+def profile_in_subprocess(supernets: list, out_table, settings, grid=(3, 2, 2), calibrate: int = 12,
+                          log=print, timeout_s: float | None = None) -> Path:
+    """Build a latency table with `python -m autodistil.cli profile` in a fresh process."""
+    s = settings
+    cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table), "--device", s.device,
+           "--runtime", s.runtime, "--dtype", s.dtype, "--batch", str(s.batch), "--seq-len", str(s.seq_len),
+           "--threads", str(s.threads), "--rounds", str(s.rounds), "--round-s", str(s.round_s),
+           "--warmup-s", str(s.warmup_s), "--stat", s.stat, "--depths", *map(str, s.depths),
+           "--grid", *map(str, grid), "--calibrate", str(calibrate)]
+    if s.cuda_graphs:
+        cmd.append("--cuda-graphs")
+    for p in supernets:
+        cmd += ["--supernet", str(p)]
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"profiling in a fresh process failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    for line in r.stdout.strip().splitlines():
+        log(f"[profile] {line}")
+    return Path(out_table)
