@@ -117,11 +117,17 @@ class _Tuner:
         if len(cands) == 1:
             self.best[key] = cands[0]
             return cands[0]
+        if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"triton sliced_linear: shape {key[:3]} is seen for the first time inside CUDA graph "
+                               f"capture, where it cannot be autotuned (timing synchronises): run one step "
+                               f"outside capture first (warm-up), then capture")
         times, err = [], None
         for cfg in cands:
             try:
                 times.append(self.do_bench(lambda: run(cfg)))
-            except Exception as e:  # out of resources for this tile: not a candidate here
+            except Exception as e:  # out of resources for this tile (or it does not compile): skip it
+                if isinstance(e, torch.OutOfMemoryError) or "illegal" in str(e).lower():
+                    raise  # a real failure, not a property of the config: never report it as "config failed"
                 err = e
                 times.append(float("inf"))
         if min(times) == float("inf"):

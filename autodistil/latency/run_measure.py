@@ -14,6 +14,16 @@ from pathlib import Path
 from ..io import read_json
 
 
+def _run_cli(cmd: list, what: str, timeout_s: float | None):
+    """Run an `autodistil` sub-command in a fresh process; a failure raises with its last output."""
+    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
+    if r.returncode != 0:
+        raise RuntimeError(f"{what} in a fresh process failed (exit {r.returncode}): "
+                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    return r
+
+
 def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | None = None,
                           timeout_s: float | None = None) -> dict:
     """Time {name: HF folder} with `python -m autodistil.cli measure` and return its JSON."""
@@ -23,11 +33,7 @@ def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | Non
         cmd += ["--model", f"{k}={v}"]
     if rounds:
         cmd += ["--rounds", str(rounds)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
-    if r.returncode != 0:
-        raise RuntimeError(f"latency measurement in a fresh process failed (exit {r.returncode}): "
-                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    _run_cli(cmd, "latency measurement", timeout_s)
     return read_json(out_json, "latency measurement")
 
 
@@ -44,11 +50,7 @@ def profile_in_subprocess(supernets: list, out_table, settings, grid=(3, 2, 2), 
         cmd.append("--cuda-graphs")
     for p in supernets:
         cmd += ["--supernet", str(p)]
-    env = {**os.environ, "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout_s)
-    if r.returncode != 0:
-        raise RuntimeError(f"profiling in a fresh process failed (exit {r.returncode}): "
-                           f"{(r.stderr or r.stdout).strip()[-1500:]}")
+    r = _run_cli(cmd, "profiling", timeout_s)
     for line in r.stdout.strip().splitlines():
         log(f"[profile] {line}")
     return Path(out_table)

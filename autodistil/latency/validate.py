@@ -22,26 +22,11 @@ from .profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, anchor_s
 
 
 def kendall_tau(x: list, y: list) -> float:
-    """Kendall's tau-b (ties handled), O(n^2)."""
+    """Kendall's tau-b (ties handled) over all pairs, O(n^2)."""
     n = len(x)
     if n < 2:
         return float("nan")
-    conc = disc = tx = ty = 0
-    for i in range(n):
-        for j in range(i + 1, n):
-            dx, dy = x[i] - x[j], y[i] - y[j]
-            if dx == 0 and dy == 0:
-                continue
-            if dx == 0:
-                tx += 1
-            elif dy == 0:
-                ty += 1
-            elif (dx > 0) == (dy > 0):
-                conc += 1
-            else:
-                disc += 1
-    den = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / den if den else float("nan")
+    return kendall_tau_pairs(x, y, [(i, j) for i in range(n) for j in range(i + 1, n)])
 
 
 def kendall_tau_pairs(x: list, y: list, pairs: list) -> float:

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import torch
 
-from .cuda_backend import _DTYPE, _on, _p, _stream  # the launch helpers both CUDA modules use
+from .cuda_launch import DTYPE_CODE as _DTYPE, on as _on, ptr as _p, stream as _stream
 
 MAX_SEQ_LEN = 65536        # the one documented maximum T (forward, probabilities and backward)
 MAX_HEAD_DIM = 128

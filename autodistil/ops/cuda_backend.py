@@ -22,15 +22,15 @@ lib folder ($AUTODISTIL_CUBLAS_ROOT/lib first), then the plain soname.
 """
 from __future__ import annotations
 
-import contextlib
 import importlib.util
 import os
 
 import torch
 
+from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
 from .shared import amp_state, compute_dtype, lowp_shadow, sliced_layernorm_function, sliced_linear_function
 
-_DTYPE = {torch.float32: 0, torch.float16: 1, torch.bfloat16: 2}
+_DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
 
 _C = None
@@ -96,23 +96,8 @@ def unavailable_reason():
 
 
 # --- launch helpers -------------------------------------------------------------------------
-def _p(t):
-    return 0 if t is None else t.data_ptr()
-
-
 def _code(t):
     return _DTYPE[t.dtype]
-
-
-def _stream(device):
-    return torch.cuda.current_stream(device).cuda_stream
-
-
-def _on(device):
-    """Make the tensors' device current for the launch (kernels go to that device's stream)."""
-    if device.index is None or device.index == torch.cuda.current_device():
-        return contextlib.nullcontext()
-    return torch.cuda.device(device)
 
 
 def _workspace(device):
