@@ -385,13 +385,9 @@ def run_search_command(a):
     for label, r in res["best"].items():
         print(format_choice(label, r, "loss"))
     if a.verify_top and table is not None and any(b.latency_ms for b in budgets):
-        from .search.verify import measure_candidates, verify_budgets
-        from .io import atomic_write_json
-        by_space = {spaces[0].name: model for model, spaces, _ in nets}
-        ver = verify_budgets(res["candidates"], [b.latency_ms for b in budgets if b.latency_ms],
-                             lambda rows: measure_candidates(rows, by_space, a.table, Path(a.out) / "verify"),
-                             top_k=a.verify_top)
-        atomic_write_json(Path(a.out) / "verified.json", ver)
+        from .search.verify import verify_search
+        ver = verify_search(res["candidates"], [b.latency_ms for b in budgets if b.latency_ms], nets, a.table, a.out,
+                            top_k=a.verify_top)
         for b in ver["budgets"]:
             print(f"verified latency<={b['budget_ms']:g}ms: " + b["message"])
     print(f"Pareto front: {len(res['front'])} students -> {Path(a.out) / 'pareto_front.csv'}, plot pareto.png")

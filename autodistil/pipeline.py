@@ -205,7 +205,7 @@ class Run:
         from .latency.predict import LatencyTable
         from .search.engine import Budget
         from .search.run import HeldoutLoss, SearchSpec, format_choice, search
-        from .search.verify import measure_candidates, verify_budgets
+        from .search.verify import verify_search
         c = self.cfg
         nets = self._supernets()
         table = LatencyTable.load(self.state["profile"]["table"])
@@ -230,12 +230,8 @@ class Run:
         res = search(pairs, table, SearchSpec(budgets=[Budget(latency_ms=b) for b in usable],
                                               method=c.search_method, seed=c.seed),
                      head_dim, vocab, self.out / "search")
-        by_space = {spaces[0].name: model for model, spaces, _ in nets}
-        ver = verify_budgets(res["candidates"], usable,
-                             lambda rows: measure_candidates(rows, by_space, self.state["profile"]["table"],
-                                                             self.out / "search" / "verify"),
-                             top_k=c.verify_top)
-        atomic_write_json(self.out / "search" / "verified.json", ver)
+        ver = verify_search(res["candidates"], usable, nets, self.state["profile"]["table"], self.out / "search",
+                            top_k=c.verify_top)
         best, unmet = {}, []
         for b in ver["budgets"]:
             self.log(f"[search] latency<={b['budget_ms']:g}ms: {b['message']}")

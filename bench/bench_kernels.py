@@ -141,6 +141,13 @@ def _row(info, a, op, shape, o, i, impl, note=""):
             "note": note}
 
 
+def _skip_rows(info, a, op, shape, o, i, impls, done, emit):
+    """Rows saying "skipped: time budget" for every implementation of a shape not measured yet."""
+    for v in impls:
+        if (shape, str(o), str(i), v) not in done:
+            emit({**_row(info, a, op, shape, o, i, v), "status": "skipped: time budget"})
+
+
 def _measure(row, fn, grad_to_none, check=None):
     """Fill row with times and memory of fn; on an error record it and return False.
     On the CPU (a dry run of the code paths, not a measurement) the time of one call."""
@@ -180,11 +187,7 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
         if not budget.allows():
             print(f"time budget reached: {len(shapes) - k} linear shapes not measured")
             for n2, o2, i2 in shapes[k:]:
-                for v in impls:
-                    if (n2, str(o2), str(i2), v) not in done:
-                        r = _row(info, a, "sliced_linear_fwd_bwd", n2, o2, i2, v)
-                        r["status"] = "skipped: time budget"
-                        emit(r)
+                _skip_rows(info, a, "sliced_linear_fwd_bwd", n2, o2, i2, impls, done, emit)
             break
         O, I = _full_shape(name, name.split("-")[0])
         g = torch.Generator(device=DEV).manual_seed(k)
@@ -257,11 +260,7 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
         shape = f"heads{heads}-d{HEAD_DIM}-T{T}"
         if not budget.allows():
             print(f"time budget reached: attention {shape} not measured")
-            for v in impls:
-                if (shape, str(heads), str(HEAD_DIM), v) not in done:
-                    r = _row(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, v)
-                    r["status"] = "skipped: time budget"
-                    emit(r)
+            _skip_rows(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, impls, done, emit)
             continue
         g = torch.Generator(device=DEV).manual_seed(100 + heads)
         q, k, v = (torch.randn(B, heads, T, HEAD_DIM, device=DEV, dtype=dt, generator=g).requires_grad_()

@@ -10,6 +10,7 @@ Predicted, measured and margin are recorded; a budget no measured candidate meet
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Callable
 
 from .run import candidate_key, candidate_name
@@ -92,3 +93,16 @@ def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds
         return measure_in_subprocess(table_path, folders, work / "verify_measure.json", rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4) -> dict:
+    """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
+    finalists of each budget end to end in a fresh process (work files in OUT/verify) and write
+    OUT/verified.json. nets: (model, spaces, meta) as the search loaded them."""
+    from ..io import atomic_write_json
+    out_dir = Path(out_dir)
+    by_space = {spaces[0].name: model for model, spaces, _ in nets}
+    ver = verify_budgets(candidates, budgets_ms,
+                         lambda rows: measure_candidates(rows, by_space, table_path, out_dir / "verify"), top_k=top_k)
+    atomic_write_json(out_dir / "verified.json", ver)
+    return ver
