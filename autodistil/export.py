@@ -3,6 +3,9 @@
 A plain ``BertModel`` when heads x head_dim == hidden (loads anywhere transformers does);
 otherwise an ``AutoDistilBertModel`` (needs ``import autodistil`` before
 ``AutoModel.from_pretrained``; no ``trust_remote_code``).
+
+``export_first_layers``: a BERT folder cut to its first k encoder layers (the "drop the top
+layers" baseline), also a plain ``BertModel`` folder.
 """
 from __future__ import annotations
 
@@ -121,3 +124,64 @@ def export_onnx(folder, out_path=None, seq_len: int = 128, opset: int = 17) -> P
     folder = Path(folder)
     model = AutoModel.from_pretrained(folder)
     return onnx_export_model(model, out_path or folder / "model.onnx", seq_len, opset)
+
+
+def export_first_layers(folder, k: int, out_dir, seq_len: int = 128) -> Path:
+    """A Hugging Face BERT folder (BertModel, or a *ForSequenceClassification etc. with a bert
+    encoder) -> a plain ``BertModel`` folder holding the embeddings, encoder layers 0..k-1 and the
+    pooler (config num_hidden_layers=k), the tokenizer copied, and an autodistil_student.json
+    naming where it came from. Written atomically. The baseline "drop the teacher's top layers"."""
+    import json
+    from transformers import BertConfig, BertModel
+    from transformers.utils import logging as hf_logging
+    from .teacher import teacher_hash
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} has no config.json (expected a Hugging Face BERT folder)")
+    raw = json.loads((folder / "config.json").read_text())
+    if raw.get("model_type") != "bert":
+        raise ValueError(f"{folder} is not a BERT folder (model_type '{raw.get('model_type')}'): export_first_layers "
+                         f"takes a BertModel or a *For... model with a bert encoder")
+    n_layers = int(raw.get("num_hidden_layers", 0))
+    if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
+        raise ValueError(f"k={k!r} is outside 1..{n_layers}: the model in {folder} has {n_layers} encoder layers")
+    v = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # a task head in the source is expected to be left out
+    try:
+        src, info = BertModel.from_pretrained(folder, output_loading_info=True)
+    finally:
+        hf_logging.set_verbosity(v)
+    missing = [n for n in info.get("missing_keys", []) if "position_ids" not in n and "token_type_ids" not in n]
+    if missing:
+        raise ValueError(f"{folder} lacks BertModel weights {sorted(missing)[:6]}{' ...' if len(missing) > 6 else ''}: "
+                         f"they would be random in the export")
+    d = {k_: v_ for k_, v_ in src.config.to_dict().items()  # a bare encoder: no task-head settings
+         if k_ not in ("id2label", "label2id", "num_labels", "problem_type", "finetuning_task")}
+    cfg = BertConfig.from_dict({**d, "num_hidden_layers": k, "architectures": ["BertModel"]})
+    keep = {}
+    for n, t in src.state_dict().items():
+        if n.startswith("encoder.layer.") and int(n.split(".")[2]) >= k:
+            continue
+        keep[n] = t.detach().clone().contiguous()
+    model = BertModel(cfg)
+    miss, unexpected = model.load_state_dict(keep, strict=False)
+    miss = [n for n in miss if "position_ids" not in n and "token_type_ids" not in n]
+    if miss or unexpected:
+        raise RuntimeError(f"export_first_layers mapping mismatch: missing {miss}, unexpected {unexpected}")
+    model.eval()
+    head_dim = cfg.hidden_size // cfg.num_attention_heads
+    sub = SubnetConfig(k, cfg.hidden_size, cfg.intermediate_size / cfg.hidden_size, cfg.num_attention_heads)
+    cost = exact_cost(sub, head_dim, seq_len, cfg.vocab_size, cfg.max_position_embeddings, cfg.type_vocab_size)
+    has_tok = any((folder / f).is_file() for f in ("tokenizer.json", "vocab.txt", "tokenizer_config.json"))
+
+    def build(tmp: Path):
+        model.save_pretrained(tmp, safe_serialization=True)
+        if has_tok:
+            from transformers import AutoTokenizer
+            AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
+        atomic_write_json(tmp / STUDENT_META, {
+            "kind": "first_layers", "source": str(folder), "source_sha256": teacher_hash(str(folder)),
+            "layers_kept": k, "source_layers": n_layers, "subnet": sub.as_dict(), "head_dim": head_dim,
+            "model_class": "BertModel", "needs_autodistil": False, "macs_per_seq": cost.macs, "seq_len": seq_len,
+            "params": cost.params, "tokenizer": has_tok})
+    return atomic_dir(Path(out_dir), build)

@@ -12,8 +12,14 @@ finished stages whose settings did not change, and reruns the first changed one 
   export   the chosen student per budget as Hugging Face folders (+ ONNX when asked)
   measure  end-to-end latency of teacher and exported students in a fresh process, the
            report's own latency column (budget, predicted, measured, holds)
-  finetune teacher and students on the task (optional logits distillation from the teacher)
+  finetune the teacher once (cached across runs), then every student and baseline with the same
+           recipe and logits distillation from the fine-tuned teacher
   report   report.md + results.json + PNG plots
+
+Baselines (on by default): for each latency budget, (a) the teacher's first k layers with k the
+largest whose measured latency fits the budget, and (b) the student the FLOPs-constrained search
+picks at the same fraction of the teacher's MACs; both are exported, measured in the same session
+as the searched students and fine-tuned with the same recipe, so the report compares like with like.
 """
 from __future__ import annotations
 
@@ -46,6 +52,8 @@ class RunConfig:
     seq_len: int = 128
     train_lr: float = 1e-4
     init: str = "teacher"
+    rewire: bool = False                 # init="teacher": importance-ordered slices (nn/rewire.py; measured
+                                         # worse for a directly sliced L4-H144 student, see README)
     n_random: int = 2
     max_train_blocks: Optional[int] = 2000
     eval_blocks: int = 16
@@ -64,20 +72,23 @@ class RunConfig:
     verify_top: int = 4                  # candidates measured end to end per budget at search time
     # search
     latency_ms: tuple[float, ...] = ()             # explicit budgets; empty: budget_fractions x teacher latency
-    budget_fractions: tuple[float, ...] = (0.15, 0.3, 0.5)
+    budget_fractions: tuple[float, ...] = (0.15, 0.3)   # x the teacher's latency (0.5 too: ~+7 min)
     heldout_blocks: int = 8
     search_method: str = "auto"
     onnx: bool = False
+    baselines: bool = True               # teacher's first k layers + FLOPs-search students, per budget
     # fine-tuning
-    finetune_epochs: float = 1.0
-    finetune_max_steps: Optional[int] = None
-    finetune_lr: float = 1e-4            # teacher; the paper's GLUE lr is 2e-5, too low for 100 CPU steps
-    student_lr: float = 1e-4             # students
+    teacher_lr: float = 5e-5
+    teacher_epochs: float = 1.0
+    student_lr: float = 1e-4             # students and baselines
+    student_epochs: float = 1.0
+    finetune_max_steps: Optional[int] = None  # overrides both epoch counts (tests)
     finetune_batch: int = 32
-    finetune_seq_len: int = 64
-    max_train_examples: Optional[int] = 3200  # CPU default: 100 steps of 32 (full train split: None)
+    finetune_seq_len: int = 64           # sentiment snippets: 99.95% are <= 64 tokens
+    max_train_examples: Optional[int] = None  # the whole train split
     max_eval_examples: Optional[int] = None  # the whole dev split
-    kd_alpha: float = 0.0
+    kd_alpha: float = 0.5                # logits distillation from the fine-tuned teacher
+    cache_dir: Optional[str] = None      # fine-tuned teacher cache (default $AUTODISTIL_CACHE or ~/.cache/autodistil)
     stop_after: Optional[str] = None     # stop after this stage (for staged runs)
 
     def __post_init__(self):
@@ -87,6 +98,8 @@ class RunConfig:
             raise ValueError(f"budget_fractions {self.budget_fractions} must be in (0, 1.5]")
         if len(self.profile_grid) != 3 or min(self.profile_grid) < 1:
             raise ValueError(f"profile_grid {self.profile_grid} must be 3 positive counts (hidden, heads, FFN width)")
+        if not 0.0 <= self.kd_alpha <= 1.0:
+            raise ValueError(f"kd_alpha={self.kd_alpha} must be within [0, 1]")
         if self.verify_top < 1:
             raise ValueError(f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)")
 
@@ -94,14 +107,14 @@ class RunConfig:
 # Which config fields each stage depends on (a change reruns that stage and all after it).
 _DEPS = {
     "train": ("teacher", "corpus", "spaces", "paper_spaces", "seed", "train_steps", "train_batch", "seq_len",
-              "train_lr", "init", "n_random", "max_train_blocks", "eval_blocks", "deepspeed", "backend"),
+              "train_lr", "init", "rewire", "n_random", "max_train_blocks", "eval_blocks", "deepspeed", "backend"),
     "profile": ("runtime", "device", "batch", "threads", "profile_rounds", "profile_round_s", "profile_grid",
                 "calibrate", "seq_len"),
-    "search": ("latency_ms", "budget_fractions", "heldout_blocks", "search_method", "verify_top"),
+    "search": ("latency_ms", "budget_fractions", "heldout_blocks", "search_method", "verify_top", "baselines"),
     "export": ("onnx",),
     "measure": ("measure_rounds",),
-    "finetune": ("task", "finetune_epochs", "finetune_max_steps", "finetune_lr", "student_lr", "finetune_batch",
-                 "finetune_seq_len", "max_train_examples", "max_eval_examples", "kd_alpha"),
+    "finetune": ("task", "teacher_lr", "teacher_epochs", "student_lr", "student_epochs", "finetune_max_steps",
+                 "finetune_batch", "finetune_seq_len", "max_train_examples", "max_eval_examples", "kd_alpha"),
     "report": (),
 }
 
@@ -177,7 +190,7 @@ class Run:
         c = self.cfg
         tc = TrainConfig(teacher=c.teacher, corpus=c.corpus, spaces=tuple(c.spaces), paper_spaces=c.paper_spaces,
                          out_dir=str(self.out / "supernets"), seq_len=c.seq_len, batch_size=c.train_batch,
-                         steps=c.train_steps, lr=c.train_lr, n_random=c.n_random, init=c.init,
+                         steps=c.train_steps, lr=c.train_lr, n_random=c.n_random, init=c.init, rewire=c.rewire,
                          eval_every=max(1, c.train_steps // 4), eval_blocks=c.eval_blocks,
                          ckpt_every=max(1, c.train_steps // 4), max_train_blocks=c.max_train_blocks, seed=c.seed,
                          deepspeed=c.deepspeed, backend=c.backend, resume=True,
@@ -201,6 +214,7 @@ class Run:
                                 if k not in ("students", "measured_ms")}}
 
     def stage_search(self) -> dict:
+        from .cost import exact_cost
         from .data.text import corpus_blocks
         from .latency.predict import LatencyTable
         from .search.engine import Budget
@@ -227,8 +241,21 @@ class Run:
         if not usable:
             usable = [round(lo * 1.05, 3)]
             self.log(f"[search] no budget reachable (smallest student {lo:.2f} ms); using {usable[0]} ms")
-        res = search(pairs, table, SearchSpec(budgets=[Budget(latency_ms=b) for b in usable],
-                                              method=c.search_method, seed=c.seed),
+        budgets = [Budget(latency_ms=b) for b in usable]
+        # baseline (b): the FLOPs-constrained search at the same fraction of the teacher's MACs
+        teacher_macs = exact_cost(info.shape.as_subnet(), head_dim, c.seq_len, vocab).macs
+        min_macs = min(exact_cost(spaces[0].smallest(), head_dim, c.seq_len, vocab).macs for _, spaces, _ in nets)
+        flops_for = {}
+        if c.baselines:
+            for b in usable:
+                m = round(b / t_ms * teacher_macs)
+                if m >= min_macs:
+                    flops_for[Budget(latency_ms=b).label()] = Budget(macs=m)
+                else:
+                    self.log(f"[search] no FLOPs baseline for {b:g} ms: {m / 1e9:.3f} GMACs is below the smallest "
+                             f"subnet's {min_macs / 1e9:.3f}")
+        res = search(pairs, table, SearchSpec(budgets=budgets + list(flops_for.values()),
+                                              method=c.search_method, seed=c.seed, seq_len=c.seq_len),
                      head_dim, vocab, self.out / "search")
         ver = verify_search(res["candidates"], usable, nets, self.state["profile"]["table"], self.out / "search",
                             top_k=c.verify_top)
@@ -244,77 +271,149 @@ class Run:
                 self.log("[search] " + format_choice(f"latency<={b['budget_ms']:g}ms", ch, "loss"))
             else:
                 unmet.append({"budget_ms": b["budget_ms"], "message": b["message"]})
+        flops_best = {}
+        for label, fb in flops_for.items():
+            r = res["best"][fb.label()]
+            flops_best[label] = {**{k: r[k] for k in ("space", "layers", "hidden", "ffn_ratio", "heads", "loss",
+                                                       "latency_ms", "macs", "params")},
+                                 "macs_budget": fb.macs, "macs_fraction": fb.macs / teacher_macs}
+            self.log("[search] baseline " + format_choice(f"{fb.label()} (for {label})", r, "loss"))
         return {"budgets_ms": usable, "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
+                "flops_best": flops_best, "teacher_macs": teacher_macs,
                 "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
                 "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),
                 "search_dir": str(self.out / "search")}
 
-    def stage_export(self) -> dict:
+    def _export_rows(self, rows: dict, kind: str, nets: dict, tok) -> dict:
+        """Export {budget label: search row} as student folders (one per distinct subnet)."""
         from .export import export_onnx, export_subnet
         from .search.run import candidate_name
         from .space import SubnetConfig
-        nets = {s[1][0].name: s[0] for s in self._supernets()}
-        _, tok, _, _ = self._teacher()
-        students = {}
-        for label, r in self.state["search"]["best"].items():
+        out = {}
+        for label, r in rows.items():
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
             name = candidate_name(r)
-            if name not in students:
-                folder = export_subnet(nets[r["space"]], cfg, self.out / "students" / name, tok,
-                                       self.cfg.seq_len, extra={"budget": label, "space": r["space"]})
+            if name not in out:
+                folder = self.out / "students" / name
+                export_subnet(nets[r["space"]], cfg, folder, tok, self.cfg.seq_len,
+                              extra={"budget": label, "space": r["space"], "kind": kind})
                 if self.cfg.onnx:
                     export_onnx(folder, seq_len=self.cfg.seq_len)
-                students[name] = {"folder": str(folder), "subnet": cfg.as_dict(), "space": r["space"],
-                                  "budgets": [], "predicted_ms": r["latency_ms"], "heldout_loss": r["loss"],
-                                  "verified_ms": r.get("measured_ms")}
-            students[name]["budgets"].append(label)
-        return {"students": students}
+                out[name] = {"folder": str(folder), "subnet": cfg.as_dict(), "space": r["space"], "kind": kind,
+                             "budgets": [], "predicted_ms": r["latency_ms"], "heldout_loss": r["loss"],
+                             "verified_ms": r.get("measured_ms")}
+            out[name]["budgets"].append(label)
+        return out
+
+    def stage_export(self) -> dict:
+        from .export import export_first_layers
+        nets = {s[1][0].name: s[0] for s in self._supernets()}
+        _, tok, info, _ = self._teacher()
+        srch = self.state["search"]
+        students = self._export_rows(srch["best"], "searched", nets, tok)
+        flops = self._export_rows({k: v for k, v in srch.get("flops_best", {}).items() if k in srch["best"]},
+                                  "flops-search", nets, tok)  # only for budgets a searched student meets
+        first = {}
+        if self.cfg.baselines:
+            # baseline (a) candidates: the teacher's first k layers, for every k that could fit the largest
+            # budget (each layer costs about 1/L of the teacher's latency; the measure stage decides)
+            t_ms, L = self.state["profile"]["teacher_ms"], info.shape.layers
+            top = max(srch["budgets_ms"])
+            for k in range(1, L):
+                if k == 1 or t_ms * k / L <= 1.5 * top:
+                    name = f"teacher-first{k}"
+                    folder = self.out / "baselines" / name
+                    export_first_layers(info.path, k, folder)
+                    first[name] = {"folder": str(folder), "layers": k}
+        return {"students": students, "flops_students": flops, "first_layers": first}
 
     def stage_measure(self) -> dict:
-        """The report's own latency column: a separate measurement in a fresh process."""
+        """The report's own latency column: a separate measurement in a fresh process (teacher, students
+        and baselines in one interleaved session)."""
         from .latency.run_measure import measure_in_subprocess
         _, _, info, _ = self._teacher()
+        ex = self.state["export"]
         folders = {"teacher": info.path}
-        for name, s in self.state["export"]["students"].items():
-            folders[name] = s["folder"]
+        for group in ("students", "flops_students", "first_layers"):
+            for name, s in ex.get(group, {}).items():
+                folders[name] = s["folder"]
         res = measure_in_subprocess(self.state["profile"]["table"], folders, self.out / "latency" / "measure.json",
                                     rounds=self.cfg.measure_rounds)
         out = {k: {"ms": v["ms"], "spread_ms": v["noise_sd_ms"], "low_ms": v["low_ms"],
                    "round_medians_ms": v["round_medians_ms"]} for k, v in res["models"].items()}
         out["_session"] = {"drift": res["drift"], "noise": res["noise"], "threads": res["threads"],
                            "when": res["when"]}
+        budgets = {label: b["budget_ms"] for label, b in self.state["search"]["best"].items()}
+        out["_first_layers_for"] = choose_first_layers(ex.get("first_layers", {}), out, budgets)
+        return out
+
+    def _finetune_jobs(self) -> dict:
+        """{name: folder} of every model to fine-tune besides the teacher: the searched students and the
+        baselines the measure stage chose (each once)."""
+        ex, meas = self.state["export"], self.state["measure"]
+        jobs = {n: s["folder"] for n, s in ex["students"].items()}
+        jobs.update({n: s["folder"] for n, s in ex.get("flops_students", {}).items()})
+        for name in meas.get("_first_layers_for", {}).values():
+            if name:
+                jobs[name] = ex["first_layers"][name]["folder"]
+        return jobs
+
+    def finetune_all(self, seed: int, out_root: Optional[Path] = None, log=None) -> dict:
+        """The teacher (fine-tuned once, cached across runs) and every student and baseline with one
+        recipe: lr, epochs and logits distillation from the fine-tuned teacher. Also used by
+        bench/students_vs_baselines.py with other seeds."""
+        from .finetune.teacher import finetuned_teacher
+        from .finetune.train import FinetuneConfig, finetune
+        c = self.cfg
+        log = log or self.log
+        out_root = Path(out_root or self.out / "finetuned")
+        _, _, info, _ = self._teacher()
+        common = dict(task=c.task, max_steps=c.finetune_max_steps, batch_size=c.finetune_batch,
+                      max_seq_len=c.finetune_seq_len, max_train_examples=c.max_train_examples,
+                      max_eval_examples=c.max_eval_examples)
+        t_dir, t_res = finetuned_teacher(info.path, c.task, lr=c.teacher_lr, epochs=c.teacher_epochs,
+                                         batch_size=c.finetune_batch, max_seq_len=c.finetune_seq_len, seed=c.seed,
+                                         max_train_examples=c.max_train_examples, max_steps=c.finetune_max_steps,
+                                         max_eval_examples=c.max_eval_examples, cache_root=c.cache_dir, log=log)
+        out = {"teacher": {**{k: v for k, v in t_res.items() if k != "log"}, "folder": str(t_dir)}}
+        kd = dict(teacher=str(t_dir), kd_alpha=c.kd_alpha) if c.kd_alpha > 0 else {}
+        for name, folder in self._finetune_jobs().items():
+            r = _finetune_cached(FinetuneConfig(model=folder, out_dir=str(out_root / name), lr=c.student_lr,
+                                                epochs=c.student_epochs, seed=seed, **kd, **common), finetune)
+            log(f"[finetune] {name}: {r['headline']} {r['score']:.4f} ({r['steps']} steps, {r['train_seconds']} s)")
+            out[name] = r
         return out
 
     def stage_finetune(self) -> dict:
-        from .finetune.train import FinetuneConfig, finetune
-        c = self.cfg
-        _, _, info, _ = self._teacher()
-        common = dict(task=c.task, epochs=c.finetune_epochs, max_steps=c.finetune_max_steps,
-                      batch_size=c.finetune_batch, max_seq_len=c.finetune_seq_len, seed=c.seed,
-                      max_train_examples=c.max_train_examples, max_eval_examples=c.max_eval_examples)
-        out = {}
-        t_dir = self.out / "finetuned" / "teacher"
-        out["teacher"] = _finetune_cached(FinetuneConfig(model=info.path, out_dir=str(t_dir), lr=c.finetune_lr,
-                                                         **common), finetune)
-        for name, s in self.state["export"]["students"].items():
-            kd = dict(teacher=str(t_dir), kd_alpha=c.kd_alpha) if c.kd_alpha > 0 else {}
-            out[name] = _finetune_cached(FinetuneConfig(model=s["folder"], out_dir=str(self.out / "finetuned" / name),
-                                                        lr=c.student_lr, **kd, **common), finetune)
-        return out
+        return self.finetune_all(self.cfg.seed)
 
     def stage_report(self) -> dict:
         from .report import write_report
         return write_report(self)
 
 
+def choose_first_layers(first_layers: dict, measured: dict, budgets_ms: dict) -> dict:
+    """Baseline (a): per budget label, the teacher's first k layers with k the largest whose latency,
+    measured in the same session as the students, fits the budget (None when not even k=1 fits).
+    first_layers: {name: {"layers": k}}; measured: {name: {"ms"}}; budgets_ms: {label: ms}."""
+    out = {}
+    for label, b in budgets_ms.items():
+        fits = [(s["layers"], n) for n, s in first_layers.items() if measured[n]["ms"] <= b]
+        out[label] = max(fits)[1] if fits else None
+    return out
+
+
 def _finetune_cached(fc, fn) -> dict:
-    """Each fine-tuning run is itself a resumable unit: a finished one (same config) is reused."""
+    """Each fine-tuning run is itself a resumable unit: a finished one is reused when its config and
+    the identity of the model folder it started from (file sizes and times) are the same."""
+    from .finetune.train import weights_identity
+    ident = json.loads(json.dumps(weights_identity(fc.model)))
     res_path = Path(fc.out_dir) / "finetune_results.json"
     if res_path.is_file():
         r = json.loads(res_path.read_text())
-        if r.get("config") == json.loads(json.dumps(asdict(fc))):
+        if r.get("config") == json.loads(json.dumps(asdict(fc))) and r.get("model_identity") == ident:
             return {k: v for k, v in r.items() if k != "log"}
-    r = fn(fc)
+    r = fn(fc, extra={"model_identity": ident})
     return {k: v for k, v in r.items() if k != "log"}
 
 

@@ -9,12 +9,15 @@ from .cost import exact_cost, paper_cost
 from .io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from .space import SubnetConfig
 
+ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k layers",
+         "flops-search": "FLOPs-constrained search"}
+
 
 def collect_results(run) -> dict:
     st, cfg = run.state, run.cfg
     _, _, info, _ = run._teacher()
     head_dim = info.shape.head_dim
-    teacher_cfg = SubnetConfig(info.shape.layers, info.shape.hidden, info.shape.ffn_ratio, info.shape.heads)
+    teacher_cfg = info.shape.as_subnet()
     meas, ft = st["measure"], st["finetune"]
     t_ms = meas["teacher"]["ms"]
 
@@ -27,15 +30,45 @@ def collect_results(run) -> dict:
                 "speedup": t_ms / meas[name]["ms"], "task": f["task"], "headline_metric": f["headline"],
                 "score": f["score"], "metrics": f["metrics"], **(extra or {})}
 
+    ex = st["export"]
     models = [row("teacher", teacher_cfg, "teacher", {"teacher": info.name})]
-    for name, s in st["export"]["students"].items():
-        sub = SubnetConfig.from_dict(s["subnet"])
-        models.append(row(name, sub, "student", {"space": s["space"], "budgets": s["budgets"],
-                                                 "predicted_ms": s["predicted_ms"], "heldout_loss": s["heldout_loss"],
-                                                 "folder": s["folder"]}))
+    for group in ("students", "flops_students"):
+        for name, s in ex.get(group, {}).items():
+            if any(m["name"] == name for m in models):
+                continue  # the FLOPs search chose the searched student itself
+            sub = SubnetConfig.from_dict(s["subnet"])
+            models.append(row(name, sub, s.get("kind", "searched"), {
+                "space": s["space"], "budgets": s["budgets"], "predicted_ms": s["predicted_ms"],
+                "heldout_loss": s["heldout_loss"], "folder": s["folder"]}))
+    chosen_first = meas.get("_first_layers_for", {})
+    for name in sorted({n for n in chosen_first.values() if n}):
+        k = ex["first_layers"][name]["layers"]
+        models.append(row(name, info.shape.as_subnet(k),
+                          "first-layers", {"folder": ex["first_layers"][name]["folder"],
+                                           "budgets": [l for l, n in chosen_first.items() if n == name]}))
+    by_name = {m["name"]: m for m in models}
+    teacher_row = models[0]
+    comparison = []
+    for label, b in sorted(st["search"]["best"].items(), key=lambda kv: kv[1]["budget_ms"]):
+        entries = [("searched", next(n for n, s in ex["students"].items() if label in s["budgets"]))]
+        entries.append(("first-layers", chosen_first.get(label)))
+        fl = [n for n, s in ex.get("flops_students", {}).items() if label in s["budgets"]]
+        entries.append(("flops-search", fl[0] if fl else None))
+        rows = []
+        for role, name in entries:
+            if name is None:
+                rows.append({"role": role, "name": None})
+                continue
+            m = by_name[name]
+            rows.append({"role": role, "name": name, "measured_ms": m["latency_ms"],
+                         "vs_teacher": m["latency_ms"] / t_ms, "score": m["score"], "metrics": m["metrics"],
+                         "share_of_teacher": m["score"] / teacher_row["score"] if teacher_row["score"] else None,
+                         "within_budget": m["latency_ms"] <= b["budget_ms"]})
+        comparison.append({"budget": label, "budget_ms": b["budget_ms"],
+                           "fraction": b["budget_ms"] / st["profile"]["teacher_ms"], "rows": rows})
     train = st["train"]["summary"]
     budgets = []
-    for name, s in st["export"]["students"].items():
+    for name, s in ex["students"].items():
         for label in s["budgets"]:
             b = st["search"]["best"][label]
             m = meas[name]["ms"]
@@ -48,7 +81,7 @@ def collect_results(run) -> dict:
                         "predicted_ms": None, "verified_ms": None, "verify_margin_ms": None, "measured_ms": None,
                         "measured_noise_sd_ms": None, "holds": False, "message": u["message"]})
     budgets.sort(key=lambda b: b["budget_ms"])
-    return {"budgets": budgets, "objective": st["search"].get("objective"),
+    return {"budgets": budgets, "comparison": comparison, "objective": st["search"].get("objective"),
             "measure_session": meas.get("_session"), "profile": {k: st["profile"].get(k) for k in (
                 "profile_seconds", "noise", "calibration", "teacher_ms")},
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
@@ -99,6 +132,31 @@ def render_markdown(res: dict) -> str:
              f"chosen; measured here: a separate measurement in a fresh process for this report (noise sd of "
              f"that statistic {ms.get('noise', {}).get('sd_pct', float('nan')):.2f}%, machine speed vs profiling "
              f"{ms.get('drift', float('nan')):.3f}x).\n")
+    if res.get("comparison"):
+        metric = models[0]["headline_metric"]
+        extra = [k for k in models[0]["metrics"] if k != metric]
+        L.append("## Students vs baselines at equal measured latency\n")
+        L.append(f"Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k "
+                 f"layers with k the largest whose measured latency fits the budget, (b) the student of the "
+                 f"FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
+                 f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epochs, logits distillation weight "
+                 f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
+                 f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise.\n")
+        L.append(f"| budget (ms) | budget x teacher (profiling) | model | role | measured (ms) | x teacher (measured) "
+                 f"| fits | {metric} | " + "".join(f"{k} | " for k in extra) + f"share of teacher {metric} |")
+        L.append("|---|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|")
+        for cmp in res["comparison"]:
+            for r in cmp["rows"]:
+                head = f"| {cmp['budget_ms']:.2f} | {cmp['fraction']:.2f} | "
+                if r["name"] is None:
+                    why = "off (baselines=false)" if not c.get("baselines", True) else "none fits"
+                    L.append(head + f"{why} | {ROLES[r['role']]} | - | - | - | - | " + "- | " * len(extra) + "- |")
+                    continue
+                share = "-" if r["share_of_teacher"] is None else f"{100 * r['share_of_teacher']:.1f}%"
+                L.append(head + f"{r['name']} | {ROLES[r['role']]} | {r['measured_ms']:.2f} | {r['vs_teacher']:.2f} | "
+                         f"{'yes' if r['within_budget'] else 'no'} | {r['score']:.4f} | "
+                         + "".join(f"{r['metrics'][k]:.4f} | " for k in extra) + f"{share} |")
+        L.append("")
     obj = res.get("objective") or {}
     if obj:
         o = next(iter(obj.values()))
@@ -127,7 +185,8 @@ def render_markdown(res: dict) -> str:
         ex = " | ".join(f"{m['metrics'][k]:.4f}" for k in extra)
         L.append(f"| {m['name']} | {m['gmacs_exact']:.3f} | {m['mparams']:.2f} | {m['score']:.4f} | "
                  + (ex + " | " if extra else "") + f"{m['score'] - teacher['score']:+.4f} | {m['speedup']:.2f}x |")
-    smallest = min(models[1:], key=lambda m: m["latency_ms"]) if len(models) > 1 else None
+    searched = [m for m in models if m["kind"] == "searched"]
+    smallest = min(searched, key=lambda m: m["latency_ms"]) if searched else None
     if smallest:
         L.append(f"\nThe smallest student ({smallest['name']}) runs {smallest['speedup']:.2f}x faster than the teacher "
                  f"({smallest['latency_ms']:.2f} vs {teacher['latency_ms']:.2f} ms) at {metric} "
@@ -155,12 +214,19 @@ def plot_scores(res: dict, out: Path) -> list[Path]:
     for key, xlabel, fname in (("latency_ms", "measured latency (ms)", "score_vs_latency.png"),
                                ("gmacs_exact", "GMACs per sequence", "score_vs_flops.png")):
         fig, ax = plt.subplots(figsize=(6, 4.2))
+        styles = {"teacher": ("*", "k", "teacher"), "searched": ("o", "C0", "searched (latency)"),
+                  "first-layers": ("s", "C1", "teacher's first k layers"),
+                  "flops-search": ("^", "C2", "FLOPs-constrained search")}
+        seen = set()
         for m in res["models"]:
-            mk = "*" if m["kind"] == "teacher" else "o"
-            ax.scatter([m[key]], [m["score"]], marker=mk, s=140 if mk == "*" else 50, zorder=3)
+            mk, col, lab = styles.get(m["kind"], ("o", "C0", m["kind"]))
+            ax.scatter([m[key]], [m["score"]], marker=mk, c=col, s=140 if mk == "*" else 50, zorder=3,
+                       label=None if lab in seen else lab)
+            seen.add(lab)
             ax.annotate(m["name"], (m[key], m["score"]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-        st = sorted(res["models"][1:], key=lambda m: m[key])
-        ax.plot([m[key] for m in st], [m["score"] for m in st], "k--", lw=0.8)
+        st = sorted((m for m in res["models"] if m["kind"] == "searched"), key=lambda m: m[key])
+        ax.plot([m[key] for m in st], [m["score"] for m in st], "C0--", lw=0.8)
+        ax.legend(fontsize=7, loc="lower right")
         ax.set(xlabel=xlabel, ylabel=f"{res['models'][0]['task']} dev {res['models'][0]['headline_metric']}",
                title="students vs teacher")
         ax.grid(alpha=0.3)

@@ -203,6 +203,10 @@ class TeacherShape:
     def ffn_ratio(self) -> float:
         return self.ffn / self.hidden
 
+    def as_subnet(self, layers: int | None = None) -> "SubnetConfig":
+        """The teacher (or its first `layers` layers) as a SubnetConfig."""
+        return SubnetConfig(self.layers if layers is None else layers, self.hidden, self.ffn_ratio, self.heads)
+
 
 def _round_to(v: float, m: int) -> int:
     return max(m, int(round(v / m)) * m)

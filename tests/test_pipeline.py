@@ -47,7 +47,8 @@ def _tiny(tmp_path, teacher, **kw):
     base = dict(out_dir=str(tmp_path / "run"), teacher=str(teacher), spaces=("small", "base"), train_steps=3,
                 train_batch=2, seq_len=32, max_train_blocks=20, eval_blocks=2, profile_rounds=2, profile_round_s=0.02,
                 profile_grid=(2, 2, 2), calibrate=4, measure_rounds=2, verify_top=2, heldout_blocks=2, budget_fractions=(0.6, 0.9), finetune_max_steps=3,
-                finetune_batch=8, finetune_seq_len=32, max_train_examples=48, max_eval_examples=40)
+                finetune_batch=8, finetune_seq_len=32, max_train_examples=48, max_eval_examples=40,
+                cache_dir=str(tmp_path / "cache"))
     base.update(kw)
     return RunConfig(**base)
 
@@ -67,8 +68,8 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     res = json.loads((out / "results.json").read_text())
     report = (out / "report.md").read_text()
     # every student folder loads in a fresh process with AutoModel.from_pretrained
-    folders = [m["folder"] for m in res["models"] if m["kind"] == "student"]
-    assert folders
+    folders = [m["folder"] for m in res["models"] if m["kind"] != "teacher"]
+    assert folders and any(m["kind"] == "searched" for m in res["models"])
     code = ("import sys, autodistil; from transformers import AutoModel\n"
             "for f in sys.argv[1:]: AutoModel.from_pretrained(f)\nprint('ok')")
     r = subprocess.run([sys.executable, "-c", code, *folders], capture_output=True, text=True)
@@ -91,6 +92,30 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
         if b["student"]:
             assert f"| {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
     assert (out / "latency" / "measure.json").is_file() and (out / "search" / "verified.json").is_file()
+    # baselines at equal measured latency: per budget the searched student, the teacher's first k layers
+    # (the largest k whose measured latency fits) and the FLOPs-search student, all fine-tuned with KD
+    meas = json.loads((out / "latency" / "measure.json").read_text())["models"]
+    assert res["comparison"] and len(res["comparison"]) == len([b for b in res["budgets"] if b["student"]])
+    for cmp in res["comparison"]:
+        roles = {r["role"]: r for r in cmp["rows"]}
+        assert set(roles) == {"searched", "first-layers", "flops-search"}
+        fits = [k for k in (1,) if meas[f"teacher-first{k}"]["ms"] <= cmp["budget_ms"]]
+        assert roles["first-layers"]["name"] == (f"teacher-first{max(fits)}" if fits else None)
+        for r in cmp["rows"]:
+            if r["name"]:
+                assert r["measured_ms"] == pytest.approx(meas[r["name"]]["ms"])
+                assert r["share_of_teacher"] == pytest.approx(r["score"] / res["models"][0]["score"])
+    assert "## Students vs baselines at equal measured latency" in report
+    # baseline (b): the FLOPs search's pick stays within the same fraction of the teacher's MACs at the run's
+    # seq len (the search counted MACs at another seq len once)
+    srch = json.loads((out / "stages" / "search.json").read_text())["output"]
+    for label, fb in srch["flops_best"].items():
+        assert fb["macs"] <= fb["macs_budget"] and fb["macs_fraction"] == pytest.approx(
+            fb["macs_budget"] / srch["teacher_macs"])
+        assert fb["macs_budget"] == pytest.approx(srch["best"][label]["budget_ms"] / json.loads(
+            (out / "stages" / "profile.json").read_text())["output"]["teacher_ms"] * srch["teacher_macs"], rel=1e-6)
+    ft = json.loads((out / "finetuned" / folders[0].split("/")[-1] / "finetune_results.json").read_text())
+    assert ft["config"]["kd_alpha"] == 0.5 and ft["config"]["teacher"]  # task KD on by default
     assert res["objective"] and all(o["source"] == "trained" for o in res["objective"].values())
     for png in ("score_vs_latency.png", "score_vs_flops.png", "search/pareto.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", png
@@ -103,6 +128,15 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     run_pipeline(_tiny(tmp_path, tiny_teacher_dir, finetune_max_steps=4), log=logs.append)
     text = " ".join(logs)
     assert "[measure] cached" in text and "[finetune] running" in text and "[report] running" in text
+
+
+def test_first_layers_baseline_is_the_largest_k_that_fits():
+    from autodistil.pipeline import choose_first_layers
+    first = {f"teacher-first{k}": {"layers": k} for k in (1, 2, 3, 4)}
+    measured = {"teacher-first1": {"ms": 6.0}, "teacher-first2": {"ms": 11.0}, "teacher-first3": {"ms": 16.5},
+                "teacher-first4": {"ms": 21.0}}
+    got = choose_first_layers(first, measured, {"a": 5.0, "b": 11.0, "c": 17.0, "d": 100.0})
+    assert got == {"a": None, "b": "teacher-first2", "c": "teacher-first3", "d": "teacher-first4"}
 
 
 def test_run_config_errors():

@@ -48,6 +48,9 @@ class TrainConfig:
     clip_norm: float = 1.0
     n_random: int = 2                   # sandwich: largest + smallest + n_random
     init: str = "teacher"               # "teacher" (slice the teacher's weights) | "random"
+    rewire: bool = False                # init="teacher": order the teacher's hidden features, heads and FFN
+                                        # neurons by importance before slicing (nn/rewire.py); off by default:
+                                        # measured worse for a directly sliced narrow student (README)
     depth_mapping: str = "spaced"
     dropout: float = 0.0
     loss: LossWeights = field(default_factory=LossWeights)
@@ -83,6 +86,14 @@ class TrainConfig:
 
 
 TRAIN_CONFIG = "train_config.json"
+REWIRE_BLOCKS = 8                       # training blocks the teacher's importance is measured on
+
+
+def rewired(train: dict | TrainConfig) -> bool:
+    """Whether a run (its TrainConfig or recorded train config) starts from the rewired teacher.
+    Configs recorded before the option existed had no rewiring."""
+    d = train.to_dict() if isinstance(train, TrainConfig) else train
+    return d.get("init") == "teacher" and bool(d.get("rewire", False))
 
 
 # --- distributed helpers ---------------------------------------------------------------
@@ -195,7 +206,10 @@ def resolve_spaces(cfg: TrainConfig, teacher_shape) -> list[SearchSpace]:
 
 class SupernetTrainer:
     def __init__(self, cfg: TrainConfig, space: SearchSpace, teacher: TeacherNet, teacher_meta: dict,
-                 train_data, heldout_data, out_dir: Path, on_step: Optional[Callable[[int], None]] = None):
+                 train_data, heldout_data, out_dir: Path, on_step: Optional[Callable[[int], None]] = None,
+                 rewiring=None):
+        """`rewiring`: an nn.rewire.Rewiring measured earlier for this teacher (several spaces
+        share one); None measures it here when cfg asks for it."""
         self.cfg, self.space, self.teacher, self.teacher_meta = cfg, space, teacher, teacher_meta
         self.train_data, self.held = train_data, heldout_data
         self.out = Path(out_dir)
@@ -211,8 +225,11 @@ class SupernetTrainer:
                        depth_mapping=cfg.depth_mapping, dropout=cfg.dropout, attention_dropout=cfg.dropout)
         torch.manual_seed(cfg.seed)
         self.model = SuperBert(mcfg, backend=cfg.backend)
+        self.rewiring, self.rewiring_s = None, None
+        if rewired(cfg):
+            self.rewiring = rewiring if rewiring is not None else self._measure_rewiring()
         if cfg.init == "teacher":
-            self.model.load_from_teacher(teacher.net.state_dict())
+            self.model.load_from_teacher(teacher.net.state_dict(), self.rewiring)
         self.model.to(self.device)
         self.teacher.to(self.device)
         self.proj = None
@@ -227,6 +244,23 @@ class SupernetTrainer:
         self._build_optim()
 
     # ----------------------------------------------------------------------------------
+    def _measure_rewiring(self):
+        """Importance orderings of the teacher on REWIRE_BLOCKS training blocks drawn with the
+        run's seed (the global RNG is not touched); rank 0's result on every rank. The heads of
+        the teacher layer the loss reads (loss.teacher_layer) stay in the teacher's order."""
+        from ..nn.rewire import broadcast_rewiring, importance_rewiring
+        if self.train_data is None or len(self.train_data) == 0:
+            raise ValueError("TrainConfig.rewire=True with init='teacher' measures the teacher's importance on "
+                             "training blocks, but this trainer got no train_data; pass the data or rewire=False")
+        t0 = time.perf_counter()
+        rw = importance_rewiring(self.teacher, self.train_data, REWIRE_BLOCKS, self.cfg.seed,
+                                 keep_head_order=(self.cfg.loss.teacher_layer,))
+        rw = broadcast_rewiring(rw, self.device)
+        self.rewiring_s = time.perf_counter() - t0
+        if self.rank == 0:
+            tqdm.write(f"rewiring: teacher importance on {rw.note}: {self.rewiring_s:.1f} s")
+        return rw
+
     def _device(self) -> torch.device:
         if self.cfg.device != "auto":
             return torch.device(self.cfg.device)
@@ -281,7 +315,8 @@ class SupernetTrainer:
         return self.out / "state" / "trainer.pt"
 
     def _meta(self) -> dict:
-        return {"space": self.space.to_dict(), "teacher_sha256": self.teacher_meta.get("sha256")}
+        return {"space": self.space.to_dict(), "teacher_sha256": self.teacher_meta.get("sha256"),
+                "rewire": rewired(self.cfg)}
 
     def save_state(self) -> None:
         if self.engine is not None:
@@ -302,6 +337,11 @@ class SupernetTrainer:
         if meta.get("teacher_sha256") != self.teacher_meta.get("sha256"):
             raise ValueError(f"checkpoint {where} was trained with another teacher "
                              f"(sha256 {str(meta.get('teacher_sha256'))[:12]} vs {str(self.teacher_meta.get('sha256'))[:12]})")
+        if bool(meta.get("rewire", False)) != rewired(self.cfg):  # checkpoints before the option: no rewiring
+            raise ValueError(f"checkpoint {where} was {'' if meta.get('rewire') else 'not '}initialised from the "
+                             f"rewired teacher, this run asks for {'' if rewired(self.cfg) else 'no '}rewiring "
+                             f"(init={self.cfg.init!r}, rewire={self.cfg.rewire}); use the same setting or start "
+                             f"without resume")
 
     def load_state(self) -> bool:
         if self.engine is not None:
@@ -469,6 +509,8 @@ class SupernetTrainer:
                 log.close()
         self.save_state()
         summary = {"space": self.space.name, "steps": self.step, "first_eval": first_eval, "final_eval": last_eval,
+                   "rewiring": None if self.rewiring is None else {"note": self.rewiring.note,
+                                                                   "seconds": self.rewiring_s},
                    "optimizer_state_numel": optimizer_state_numel(self.engine.optimizer if self.engine else self.opt)}
         self.export_supernet({"train": cfg.to_dict(), "summary": summary, "complete": True})
         return summary
@@ -512,15 +554,18 @@ def train_supernets(cfg: TrainConfig, on_step=None) -> dict:
     if rank == 0:
         atomic_write_json(out / TRAIN_CONFIG, cfg.to_dict())
     summaries = {}
+    rewiring = None  # measured once, shared by every space's supernet
     for space in spaces:
         sdir = out / space.name
         meta_path = sdir / "supernet.json"
         if cfg.resume and meta_path.is_file():
             m = json.loads(meta_path.read_text())
-            if m.get("extra", {}).get("complete") and m["extra"]["train"]["steps"] == cfg.steps:
+            done = m.get("extra", {}).get("complete") and m["extra"]["train"]["steps"] == cfg.steps
+            if done and rewired(m["extra"]["train"]) == rewired(cfg):
                 summaries[space.name] = m["extra"]["summary"]
-                continue  # finished earlier
-        tr = SupernetTrainer(cfg, space, teacher, teacher_meta, train, held, sdir, on_step)
+                continue  # finished earlier (another rewiring setting: the trainer's checkpoint check refuses it)
+        tr = SupernetTrainer(cfg, space, teacher, teacher_meta, train, held, sdir, on_step, rewiring)
+        rewiring = tr.rewiring
         summaries[space.name] = tr.train()
     if rank == 0:
         atomic_write_json(out / "summary.json", summaries)

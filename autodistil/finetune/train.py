@@ -1,8 +1,13 @@
 """Fine-tune an exported student (or any HF BERT folder) on a task with a classification or
 regression head; optional task distillation from a fine-tuned teacher (its logits, the seed's
-"teacher logits" objective, and multi-layer hidden states through a learned projection)."""
+"teacher logits" objective, and multi-layer hidden states through a learned projection).
+
+Fast on a few CPU cores: batches are grouped by length (little padding), and for logits-only
+distillation the teacher's logits are computed once over the training examples and cached next
+to the teacher (``<teacher>/kd_logits/<key>.npy``) instead of a teacher forward per step."""
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -17,7 +22,8 @@ from tqdm.auto import tqdm
 
 from ..data.tasks import TaskSpec, compute_metrics, load_task
 from ..distill.losses import hidden_state_loss, logits_loss, uniform_layer_map
-from ..io import atomic_dir
+from ..distill.train import make_optimizer
+from ..io import atomic_dir, atomic_save
 
 
 @dataclass(frozen=True)
@@ -41,13 +47,16 @@ class FinetuneConfig:
     max_eval_examples: Optional[int] = None
     eval_batch_size: int = 64
     fallback: bool = True                # offline GLUE -> the embedded sentiment task, with a message
+    group_by_length: bool = True         # batches of similar length (shuffled chunks of ~50 batches)
+    kd_cache: bool = True                # logits-only KD: teacher logits computed once and cached on disk
+    log_every: int = 50                  # loss logged every N steps (and at the last one)
 
     def __post_init__(self):
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha={self.kd_alpha} must be within [0, 1]")
         if (self.kd_alpha > 0 or self.hidden_weight > 0) and not self.teacher:
             raise ValueError("kd_alpha / hidden_weight need a fine-tuned --teacher folder")
-        for f in ("lr", "batch_size", "max_seq_len"):
+        for f in ("lr", "batch_size", "max_seq_len", "log_every"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
 
@@ -80,6 +89,50 @@ def batches(data: dict, idx: list, pad_id: int):
     return x, m, tt, torch.as_tensor(data["labels"][idx])
 
 
+# ---------------------------------------------------------------- batching
+
+def length_grouped_batches(lengths, batch_size: int, rng: random.Random, chunk_batches: int = 50) -> list:
+    """One epoch of batches (lists of example indices) of similar length: shuffle, cut into chunks
+    of `chunk_batches` batches, sort each chunk by length, cut it into batches, shuffle the batch
+    order. Every example exactly once (one partial batch at most); deterministic in `rng`."""
+    if batch_size <= 0 or chunk_batches <= 0:
+        raise ValueError(f"batch_size={batch_size} and chunk_batches={chunk_batches} must be positive")
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    chunk = batch_size * chunk_batches
+    out = []
+    for c in range(0, len(order), chunk):
+        part = sorted(order[c:c + chunk], key=lambda i: lengths[i])  # stable: ties stay shuffled
+        out.extend(part[s:s + batch_size] for s in range(0, len(part), batch_size))
+    rng.shuffle(out)
+    return out
+
+
+def batch_stream(lengths, batch_size: int, seed: int, group_by_length: bool = True, chunk_batches: int = 50):
+    """Endless batches of example indices, epoch after epoch, deterministic in `seed`.
+    group_by_length=False is the original order: a fresh shuffle per epoch, full batches only
+    (the tail waits for the next shuffle; all examples in one batch when fewer than batch_size)."""
+    rng = random.Random(seed)
+    n = len(lengths)
+    if n == 0:
+        raise ValueError("no training examples")
+    while True:
+        if group_by_length:
+            yield from length_grouped_batches(lengths, batch_size, rng, chunk_batches)
+        else:
+            order = list(range(n))
+            rng.shuffle(order)
+            for s in range(0, max(1, n - batch_size + 1), batch_size):
+                yield order[s:s + batch_size]
+
+
+def padded_positions(lengths, batch_list) -> int:
+    """Sum over batches of the pad positions each batch gets (padding to its longest example)."""
+    return sum(len(b) * max(lengths[i] for i in b) - sum(lengths[i] for i in b) for b in batch_list)
+
+
+# ---------------------------------------------------------------- models and logits
+
 def load_classifier(folder, num_labels: int):
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
@@ -95,66 +148,188 @@ def load_classifier(folder, num_labels: int):
         hf_logging.set_verbosity(v)
 
 
+def _check_teacher_folder(folder, num_labels: int) -> None:
+    """A distillation teacher must carry a trained task head, else its logits are random."""
+    folder = Path(folder)
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"teacher folder {folder} has no config.json (expected a fine-tuned Hugging Face "
+                                f"classifier folder, e.g. the out_dir of an earlier fine-tuning)")
+    c = json.loads((folder / "config.json").read_text())
+    archs = c.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in archs):
+        raise ValueError(f"teacher folder {folder} holds {archs or 'no architecture'}, not a fine-tuned classifier "
+                         f"(*ForSequenceClassification): fine-tune the teacher on the task first")
+    labels = len(c.get("id2label") or {}) or c.get("num_labels")
+    if num_labels > 1 and labels and labels != num_labels:
+        raise ValueError(f"teacher folder {folder} has {labels} labels, the task needs {num_labels}")
+
+
 @torch.no_grad()
-def evaluate_model(model, spec: TaskSpec, data: dict, pad_id: int, batch: int = 64) -> dict:
+def predict_logits(model, data: dict, pad_id: int, batch: int = 64, progress: bool = False,
+                   desc: str = "logits") -> np.ndarray:
+    """(N, C) float32 logits in the examples' order; eval mode, length-sorted batches."""
     model.eval()
-    outs = []
     n = len(data["labels"])
     order = sorted(range(n), key=lambda i: len(data["input_ids"][i]))  # length-bucketed: less padding
-    for s in range(0, n, batch):
+    preds = None
+    for s in tqdm(range(0, n, batch), desc=desc, disable=not progress, leave=False):
         idx = order[s:s + batch]
         x, m, tt, _ = batches(data, idx, pad_id)
-        outs.append((idx, model(input_ids=x, attention_mask=m, token_type_ids=tt).logits.float().numpy()))
-    preds = np.zeros((n, outs[0][1].shape[-1]), dtype=np.float32)
-    for idx, o in outs:
+        o = model(input_ids=x, attention_mask=m, token_type_ids=tt).logits.float().numpy()
+        if preds is None:
+            preds = np.zeros((n, o.shape[-1]), dtype=np.float32)
         preds[idx] = o
-    return compute_metrics(spec, preds, data["labels"])
+    return preds if preds is not None else np.zeros((0, 1), dtype=np.float32)
 
 
-def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
+def evaluate_model(model, spec: TaskSpec, data: dict, pad_id: int, batch: int = 64) -> dict:
+    return compute_metrics(spec, predict_logits(model, data, pad_id, batch), data["labels"])
+
+
+_TOKENIZER_FILES = ("vocab.txt", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def weights_identity(folder) -> list:
+    """(name, size, mtime_ns) of a model folder's config, weights and tokenizer files: cheap, and
+    any rewrite of the folder (a new fine-tuning) changes it."""
+    folder = Path(folder)
+    files = [folder / "config.json", *sorted(folder.glob("*.safetensors")), *sorted(folder.glob("*.bin")),
+             *(folder / f for f in _TOKENIZER_FILES)]
+    return [(f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file()]
+
+
+def _inputs_digest(data: dict) -> str:
+    h = hashlib.sha256()
+    for r, ids in enumerate(data["input_ids"]):
+        h.update(np.asarray(ids, dtype=np.int32).tobytes())
+        if data["token_type_ids"] is not None:
+            h.update(np.asarray(data["token_type_ids"][r], dtype=np.int8).tobytes())
+        h.update(b"|")
+    return h.hexdigest()
+
+
+def kd_cache_key(teacher, task: str, max_train_examples: Optional[int], subset_seed: Optional[int],
+                 max_seq_len: int, inputs_digest: str = "") -> str:
+    """sha256 naming a teacher's cached train-split logits: the task, the training subset (its size
+    and the seed that drew it; None when the whole split is used), the sequence length, the teacher
+    folder's weights identity and (when given) a digest of the teacher-tokenized inputs."""
+    blob = json.dumps({"task": task, "max_train_examples": max_train_examples, "subset_seed": subset_seed,
+                       "max_seq_len": max_seq_len, "teacher": weights_identity(teacher),
+                       "inputs": inputs_digest, "version": 1}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def cached_teacher_logits(teacher, spec: TaskSpec, t_train: dict, pad_id: int, key: str, batch: int = 128,
+                          progress: bool = True, log=None) -> tuple[np.ndarray, dict]:
+    """The teacher's logits over `t_train` (its own tokenization), from
+    <teacher>/kd_logits/<key>.npy when present, else computed once (eval, no grad) and saved there
+    atomically. Returns (logits (N, C) float32, info)."""
+    path = Path(teacher) / "kd_logits" / f"{key}.npy"
+    n = len(t_train["labels"])
+    if path.is_file():
+        try:
+            arr = np.load(path, allow_pickle=False)
+            if arr.shape == (n, max(1, spec.num_labels)) and np.isfinite(arr).all():
+                return arr.astype(np.float32, copy=False), {"file": str(path), "reused": True, "seconds": 0.0}
+            why = f"shape {arr.shape}, expected {(n, max(1, spec.num_labels))}"
+        except (OSError, ValueError) as e:
+            why = f"{type(e).__name__}: {e}"
+        if log:
+            log(f"kd logits cache {path} unusable ({why}): recomputing")
+    t0 = time.perf_counter()
+    with torch.random.fork_rng():  # loading must not move the student's random stream
+        model = load_classifier(teacher, spec.num_labels).eval().requires_grad_(False)
+    arr = predict_logits(model, t_train, pad_id, batch, progress, desc=f"teacher logits ({Path(teacher).name})")
+    secs = time.perf_counter() - t0
+    saved = True
+    try:
+        def write(p):
+            with open(p, "wb") as f:
+                np.save(f, arr, allow_pickle=False)
+        atomic_save(path, write)
+    except OSError as e:  # a read-only teacher folder: the logits still serve this run
+        saved = False
+        if log:
+            log(f"kd logits not cached ({type(e).__name__}: {e}); computed for this run only")
+    return arr, {"file": str(path) if saved else None, "reused": False, "seconds": round(secs, 2)}
+
+
+# ---------------------------------------------------------------- fine-tuning
+
+def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] = None, log=print) -> dict:
+    """Fine-tune cfg.model on cfg.task and save it (with finetune_results.json) to cfg.out_dir,
+    atomically. `extra` is merged into the results (e.g. the identity of a cached teacher)."""
     from transformers import AutoTokenizer
+    t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     spec, ds = load_task(cfg.task, fallback=cfg.fallback)
     tok = AutoTokenizer.from_pretrained(cfg.model)
-    train = encode(spec, _subset(ds["train"], cfg.max_train_examples, cfg.seed), tok, cfg.max_seq_len)
-    dev = encode(spec, _subset(ds["validation"], cfg.max_eval_examples, cfg.seed), tok, cfg.max_seq_len)
+    train_ds = _subset(ds["train"], cfg.max_train_examples, cfg.seed)
+    subset_seed = cfg.seed if len(train_ds) < len(ds["train"]) else None
+    train = encode(spec, train_ds, tok, cfg.max_seq_len)
+    # one dev subset whatever the seed: runs with different seeds are scored on the same examples
+    dev = encode(spec, _subset(ds["validation"], cfg.max_eval_examples, 0), tok, cfg.max_seq_len)
     model = load_classifier(cfg.model, spec.num_labels)
-    teacher = proj = None
-    if cfg.teacher:
-        teacher = load_classifier(cfg.teacher, spec.num_labels).eval().requires_grad_(False)
-        if cfg.hidden_weight > 0:
-            hs, ht = model.config.hidden_size, teacher.config.hidden_size
-            proj = torch.nn.Linear(hs, ht) if hs != ht else None
+    use_teacher = bool(cfg.teacher) and (cfg.kd_alpha > 0 or cfg.hidden_weight > 0)
+    cached = use_teacher and cfg.kd_cache and cfg.hidden_weight == 0
+    teacher = proj = t_logits = t_train = None
+    kd_info = None
+    if use_teacher:
+        _check_teacher_folder(cfg.teacher, spec.num_labels)
+        t_tok = AutoTokenizer.from_pretrained(cfg.teacher)
+        t_train = encode(spec, train_ds, t_tok, cfg.max_seq_len)  # the teacher reads its own tokens
+        if cfg.hidden_weight > 0 and t_train["input_ids"] != train["input_ids"]:
+            raise ValueError(f"hidden-state distillation needs the student ({cfg.model}) and the teacher "
+                             f"({cfg.teacher}) to tokenize alike; their tokenizers differ (use kd_alpha only)")
+        if cached:
+            key = kd_cache_key(cfg.teacher, spec.name, None if subset_seed is None else cfg.max_train_examples,
+                               subset_seed, cfg.max_seq_len,
+                               _inputs_digest(t_train))
+            t_logits, kd_info = cached_teacher_logits(cfg.teacher, spec, t_train, t_tok.pad_token_id, key,
+                                                      max(cfg.eval_batch_size, 64), progress, log)
+            t_logits = torch.from_numpy(t_logits)
+        else:
+            with torch.random.fork_rng():  # the same student random stream with or without the cache
+                teacher = load_classifier(cfg.teacher, spec.num_labels).eval().requires_grad_(False)
+            if cfg.hidden_weight > 0:
+                hs, ht = model.config.hidden_size, teacher.config.hidden_size
+                proj = torch.nn.Linear(hs, ht) if hs != ht else None
+            kd_info = {"file": None, "reused": False, "seconds": None}
     n = len(train["labels"])
     steps_per_epoch = math.ceil(n / cfg.batch_size)
     total = cfg.max_steps or max(1, int(round(cfg.epochs * steps_per_epoch)))
     params = list(model.parameters()) + (list(proj.parameters()) if proj is not None else [])
     decay = [p for p in params if p.dim() >= 2]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                             {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], lr=cfg.lr)
+    # fused AdamW where supported: on a busy 2-core CPU the per-tensor loop over the teacher's 22M
+    # parameters (half of them the word embeddings) took 5 s a step, the fused step under 0.1 s
+    opt = make_optimizer([{"params": decay, "weight_decay": cfg.weight_decay},
+                          {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}], cfg.lr, "cpu")
     warm = int(cfg.warmup_ratio * total)
     sched = torch.optim.lr_scheduler.LambdaLR(
         opt, lambda s: (s + 1) / max(1, warm) if s < warm else max(0.0, (total - s) / max(1, total - warm)))
-    rng = random.Random(cfg.seed)
-    order, pos = [], 0
+    stream = batch_stream([len(x) for x in train["input_ids"]], cfg.batch_size, cfg.seed, cfg.group_by_length)
+    pad_tokens = real_tokens = 0
     t0 = time.perf_counter()
-    log = []
+    log_rows = []
     model.train()
     for step in tqdm(range(total), desc=f"fine-tune {Path(cfg.model).name} on {spec.name}", disable=not progress,
                      leave=False):
-        if pos + cfg.batch_size > len(order):
-            order, pos = list(range(n)), 0
-            rng.shuffle(order)
-        idx = order[pos:pos + cfg.batch_size]
-        pos += cfg.batch_size
+        idx = next(stream)
         x, m, tt, y = batches(train, idx, tok.pad_token_id)
+        real = int(m.sum())
+        real_tokens += real
+        pad_tokens += m.numel() - real
         out = model(input_ids=x, attention_mask=m, token_type_ids=tt, labels=y,
-                    output_hidden_states=proj is not None or cfg.hidden_weight > 0)
+                    output_hidden_states=cfg.hidden_weight > 0 and teacher is not None)
         loss = out.loss
-        if teacher is not None:
+        if t_logits is not None:
+            loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * logits_loss(t_logits[idx], out.logits,
+                                                                           cfg.kd_temperature)
+        elif teacher is not None:
             with torch.no_grad():
-                t_out = teacher(input_ids=x, attention_mask=m, token_type_ids=tt,
+                tx, tm, ttt, _ = batches(t_train, idx, t_tok.pad_token_id)
+                t_out = teacher(input_ids=tx, attention_mask=tm, token_type_ids=ttt,
                                 output_hidden_states=cfg.hidden_weight > 0)
             if cfg.kd_alpha > 0:
                 loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * logits_loss(t_out.logits, out.logits, cfg.kd_temperature)
@@ -166,14 +341,20 @@ def finetune(cfg: FinetuneConfig, progress: bool = True) -> dict:
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if (step + 1) % 50 == 0 or step + 1 == total:
-            log.append({"step": step + 1, "loss": float(loss.detach())})
+        if (step + 1) % cfg.log_every == 0 or step + 1 == total:
+            log_rows.append({"step": step + 1, "loss": float(loss.detach())})
     train_s = time.perf_counter() - t0
+    t_eval = time.perf_counter()
     metrics = evaluate_model(model, spec, dev, tok.pad_token_id, cfg.eval_batch_size)
+    eval_s = time.perf_counter() - t_eval
     out_dir = Path(cfg.out_dir)
     result = {"task": spec.name, "model": str(cfg.model), "metrics": metrics, "headline": spec.metrics[0],
-              "score": metrics[spec.metrics[0]], "train_examples": n, "dev_examples": len(dev["labels"]),
-              "steps": total, "train_seconds": round(train_s, 1), "config": asdict(cfg), "log": log}
+              "score": metrics[spec.metrics[0]],
+              "train_examples": n, "dev_examples": len(dev["labels"]), "steps": total,
+              "epochs_done": round(total / steps_per_epoch, 3), "train_seconds": round(train_s, 1),
+              "eval_seconds": round(eval_s, 1), "seconds": round(time.perf_counter() - t_start, 1),
+              "pad_fraction": round(pad_tokens / max(1, pad_tokens + real_tokens), 4),
+              "kd": kd_info, "config": asdict(cfg), **(extra or {}), "log": log_rows}
 
     def build(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)

@@ -1,0 +1,96 @@
+"""A teacher fine-tuned once per (teacher weights, task, recipe) and cached on disk, so every
+student and baseline of every run distils from the same converged teacher.
+
+Cache: ``<root>/finetuned/<name>-<task>-<key16>/`` with root = ``cache_root``, else
+``$AUTODISTIL_CACHE``, else ``~/.cache/autodistil``. The folder is written atomically by
+``finetune`` (a half-written one never appears); it is reused when its finetune_results.json
+names the same teacher weights and the same recipe."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from dataclasses import asdict
+from pathlib import Path
+from typing import Optional
+
+from . import train as _train
+
+CACHE_ENV = "AUTODISTIL_CACHE"
+RESULTS = "finetune_results.json"
+_NOT_RECIPE = ("model", "out_dir")  # where the teacher lives and where it goes: not part of the recipe
+
+
+def cache_dir(root=None) -> Path:
+    """cache_root argument, else $AUTODISTIL_CACHE, else ~/.cache/autodistil."""
+    return Path(root or os.environ.get(CACHE_ENV) or Path.home() / ".cache" / "autodistil").expanduser()
+
+
+def recipe_of(cfg: "_train.FinetuneConfig") -> dict:
+    """The fields of a fine-tuning config that decide its result (all but model and out_dir),
+    JSON-normalised so that it compares equal to what finetune_results.json holds."""
+    return json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in _NOT_RECIPE}))
+
+
+def _folder_name(path: str) -> str:
+    """A readable name from the resolved folder, so one teacher named two ways shares one cache entry
+    (packaged weights sit in .../<package>/model: the package names it)."""
+    p = Path(path).resolve()
+    name = p.parent.name if p.name in ("model", "") else p.name
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name) or "teacher"
+
+
+def finetuned_teacher_key(teacher_sha256: str, task: str, recipe: dict) -> str:
+    blob = json.dumps({"teacher_sha256": teacher_sha256, "task": task, "recipe": recipe}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _reusable(folder: Path, teacher_sha256: str, recipe: dict) -> Optional[dict]:
+    p = folder / RESULTS
+    if not (p.is_file() and (folder / "config.json").is_file()):
+        return None
+    try:
+        r = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if r.get("teacher_sha256") != teacher_sha256 or not isinstance(r.get("config"), dict):
+        return None
+    if r.get("task") != recipe.get("task"):  # trained on the offline fallback task: not the task asked for
+        return None
+    if {k: v for k, v in r["config"].items() if k not in _NOT_RECIPE} != recipe:
+        return None
+    return r
+
+
+def finetuned_teacher(teacher: str, task: str, *, lr: float, epochs: float, batch_size: int, max_seq_len: int,
+                      seed: int, max_train_examples: Optional[int] = None, max_steps: Optional[int] = None,
+                      max_eval_examples: Optional[int] = None, group_by_length: bool = True, fallback: bool = True,
+                      cache_root=None, log=print, progress: bool = True) -> tuple[Path, dict]:
+    """(folder, result): `teacher` (a name autodistil.teacher resolves, or a HF folder) fine-tuned
+    on `task` with the given recipe, trained once and then reused from the cache. The result is
+    finetune()'s (dev metrics, seconds, ...) plus teacher_sha256 and "cached" (True when reused)."""
+    from ..teacher import resolve_teacher_path, teacher_hash
+    path = resolve_teacher_path(teacher)
+    if not Path(path).is_dir():
+        raise ValueError(f"teacher '{teacher}' resolves to '{path}', not a local folder: fine-tuning caches "
+                         f"need local weights (give a Hugging Face folder or the embedded default teacher)")
+    sha = teacher_hash(path)
+    name = _folder_name(path)
+    probe = _train.FinetuneConfig(model=path, task=task, lr=lr, epochs=epochs, batch_size=batch_size,
+                                  max_seq_len=max_seq_len, seed=seed, max_train_examples=max_train_examples,
+                                  max_steps=max_steps, max_eval_examples=max_eval_examples,
+                                  group_by_length=group_by_length, fallback=fallback)
+    recipe = recipe_of(probe)
+    key = finetuned_teacher_key(sha, task, recipe)
+    folder = cache_dir(cache_root) / "finetuned" / f"{name}-{task}-{key[:16]}"
+    hit = _reusable(folder, sha, recipe)
+    if hit is not None:
+        log(f"[teacher] cached: {folder} ({hit['headline']} {hit['score']:.4f}, trained in {hit.get('seconds', '?')} s)")
+        return folder, {**{k: v for k, v in hit.items() if k != "log"}, "cached": True}
+    log(f"[teacher] fine-tuning {teacher} on {task} (lr {lr}, {epochs} epoch(s), batch {batch_size}, "
+        f"seq {max_seq_len}) -> {folder}")
+    cfg = _train.FinetuneConfig(**{**asdict(probe), "out_dir": str(folder)})
+    r = _train.finetune(cfg, progress=progress, extra={"teacher_sha256": sha, "teacher_path": path}, log=log)
+    log(f"[teacher] done: {r['headline']} {r['score']:.4f} in {r['seconds']} s")
+    return folder, {**{k: v for k, v in r.items() if k != "log"}, "cached": False}

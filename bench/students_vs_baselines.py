@@ -1,0 +1,150 @@
+"""Students vs baselines at equal measured latency, over several fine-tuning seeds.
+
+Takes a finished `autodistil run` folder (its exported students, baselines and latency
+measurement are reused as they are) and fine-tunes every compared model again with each seed,
+with the run's recipe (the teacher is the run's cached fine-tuned teacher). Per budget and role
+((c) searched student, (a) teacher's first k layers, (b) FLOPs-search student): mean and std of
+the headline metric and F1 over seeds, share of the teacher's score, and the paired difference
+searched - baseline. A difference counts as a win (or a loss) only when |mean difference| is
+larger than the seed noise, the larger of the two roles' seed std.
+
+    python bench/students_vs_baselines.py --run runs/main --seeds 0 1 2
+
+The run's own seed takes the run's fine-tuning results as they are; other seeds write to
+<run>/finetuned_seed<s>/ (each model resumable). Output: bench/results/students_vs_baselines/.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import RESULTS, cpu_model, write_rows_csv  # noqa: E402
+
+ROLES = ("searched", "first-layers", "flops-search")
+
+
+def load_run(run_dir: Path):
+    """The Run object of a finished run, its stages loaded from their markers (nothing recomputed)."""
+    from autodistil.pipeline import STAGES, Run, RunConfig
+    res_path = run_dir / "results.json"
+    if not res_path.is_file():
+        raise FileNotFoundError(f"{res_path} is missing: give the folder of a finished `autodistil run`")
+    cfg_d = json.loads(res_path.read_text())["config"]
+    fields = RunConfig.__dataclass_fields__
+    cfg = RunConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_d.items() if k in fields})
+    run = Run(cfg, log=print)
+    for stage in STAGES[:STAGES.index("measure") + 1]:
+        d = run.done(stage)
+        if d is None:
+            raise RuntimeError(f"stage '{stage}' of {run_dir} is missing or stale: finish the run first")
+        run.state[stage] = d["output"]
+    return run
+
+
+def summarize(per_seed: dict, comparison: list, teacher_score: float) -> dict:
+    """per_seed: {seed: {model name: finetune result}}; comparison: results.json's 'comparison'."""
+    seeds = sorted(per_seed)
+    out = []
+    for cmp in comparison:
+        names = {r["role"]: r["name"] for r in cmp["rows"]}
+        entry = {"budget": cmp["budget"], "budget_ms": cmp["budget_ms"], "fraction": cmp["fraction"], "roles": {}}
+        for role, r in ((r["role"], r) for r in cmp["rows"]):
+            name = names[role]
+            if name is None:
+                entry["roles"][role] = None
+                continue
+            scores = [per_seed[s][name]["score"] for s in seeds]
+            f1 = [per_seed[s][name]["metrics"].get("f1") for s in seeds]
+            entry["roles"][role] = {
+                "name": name, "measured_ms": r["measured_ms"], "vs_teacher": r["vs_teacher"], "scores": scores,
+                "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "f1_mean": statistics.fmean(f1) if None not in f1 else None,
+                "share_of_teacher": statistics.fmean(scores) / teacher_score}
+        base = entry["roles"].get("searched")
+        entry["vs"] = {}
+        for role in ("first-layers", "flops-search"):
+            other = entry["roles"].get(role)
+            if base is None or other is None:
+                continue
+            diffs = [a - b for a, b in zip(base["scores"], other["scores"])]
+            d = statistics.fmean(diffs)
+            noise = max(base["std"], other["std"])
+            verdict = "win" if d > noise else ("loss" if -d > noise else "tie (within seed noise)")
+            if base["name"] == other["name"]:
+                verdict = "same model"
+            entry["vs"][role] = {"mean_diff": d, "paired_diffs": diffs, "seed_noise": noise, "verdict": verdict}
+        out.append(entry)
+    return {"seeds": seeds, "teacher_score": teacher_score, "budgets": out}
+
+
+def render(summary: dict, metric: str) -> str:
+    L = [f"| budget (x teacher) | role | model | measured x teacher | {metric} mean +- std (n={len(summary['seeds'])}) "
+         f"| share of teacher | searched - this |", "|---|---|---|---|---|---|---|"]
+    for b in summary["budgets"]:
+        for role in ROLES:
+            r = b["roles"].get(role)
+            head = f"| {b['budget_ms']:.2f} ms ({b['fraction']:.2f}) | {role} | "
+            if r is None:
+                L.append(head + "none fits | - | - | - | - |")
+                continue
+            v = b["vs"].get(role)
+            vs = "-" if v is None else f"{v['mean_diff']:+.4f} ({v['verdict']})"
+            L.append(head + f"{r['name']} | {r['vs_teacher']:.2f} | {r['mean']:.4f} +- {r['std']:.4f} | "
+                     f"{100 * r['share_of_teacher']:.1f}% | {vs} |")
+    return "\n".join(L)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/main", help="a finished `autodistil run` folder")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--out", default=str(RESULTS / "students_vs_baselines"))
+    a = ap.parse_args(argv)
+    if len(a.seeds) < 2:
+        ap.error("--seeds needs at least 2 seeds to measure seed noise")
+    run_dir = Path(a.run)
+    run = load_run(run_dir)
+    res = json.loads((run_dir / "results.json").read_text())
+    t0 = time.time()
+    per_seed, seconds = {}, {}
+    for s in a.seeds:
+        t = time.time()
+        done = run.done("finetune") if s == run.cfg.seed else None
+        if done is not None:  # the run's own seed: its fine-tuning stage's results, as the report shows them
+            per_seed[s] = done["output"]
+        else:
+            per_seed[s] = run.finetune_all(s, out_root=run_dir / f"finetuned_seed{s}")
+        seconds[s] = round(time.time() - t, 1)
+    teacher = per_seed[a.seeds[0]]["teacher"]
+    summary = summarize(per_seed, res["comparison"], teacher["score"])
+    summary.update({"run": str(run_dir), "cpu": cpu_model(), "seconds_per_seed": seconds,
+                    "recipe": {k: res["config"][k] for k in ("student_lr", "student_epochs", "kd_alpha",
+                                                             "finetune_batch", "finetune_seq_len", "task")},
+                    "teacher": {"folder": teacher["folder"], "score": teacher["score"]},
+                    "wall_s": round(time.time() - t0, 1)})
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
+    from autodistil.io import atomic_write_json, atomic_write_text
+    atomic_write_json(out / "students_vs_baselines.json", summary)
+    rows = []
+    for b in summary["budgets"]:
+        for role, r in b["roles"].items():
+            if r is not None:
+                rows.append({"budget_ms": b["budget_ms"], "fraction": b["fraction"], "role": role, "name": r["name"],
+                             "vs_teacher": r["vs_teacher"], "mean": r["mean"], "std": r["std"],
+                             "scores": " ".join(f"{x:.4f}" for x in r["scores"]),
+                             "share_of_teacher": r["share_of_teacher"],
+                             "verdict": (b["vs"].get(role) or {}).get("verdict", "")})
+    write_rows_csv(out / "students_vs_baselines.csv", rows)
+    table = render(summary, teacher["headline"])
+    atomic_write_text(out / "students_vs_baselines.md", table + "\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
