@@ -358,10 +358,10 @@ class Run:
                 jobs[name] = ex["first_layers"][name]["folder"]
         return jobs
 
-    def finetune_all(self, seed: int, out_root: Optional[Path] = None, log=None) -> dict:
+    def finetune_all(self, seed: int, out_root: Optional[Path] = None, log=None, only=None) -> dict:
         """The teacher (fine-tuned once, cached across runs) and every student and baseline with one
         recipe: lr, epochs and logits distillation from the fine-tuned teacher. Also used by
-        bench/students_vs_baselines.py with other seeds."""
+        bench/students_vs_baselines.py with other seeds (`only`: the names to fine-tune)."""
         from .finetune.teacher import finetuned_teacher
         from .finetune.train import FinetuneConfig, finetune
         c = self.cfg
@@ -378,6 +378,8 @@ class Run:
         out = {"teacher": {**{k: v for k, v in t_res.items() if k != "log"}, "folder": str(t_dir)}}
         kd = dict(teacher=str(t_dir), kd_alpha=c.kd_alpha) if c.kd_alpha > 0 else {}
         for name, folder in self._finetune_jobs().items():
+            if only is not None and name not in only:
+                continue
             r = _finetune_cached(FinetuneConfig(model=folder, out_dir=str(out_root / name), lr=c.student_lr,
                                                 epochs=c.student_epochs, seed=seed, **kd, **common), finetune)
             log(f"[finetune] {name}: {r['headline']} {r['score']:.4f} ({r['steps']} steps, {r['train_seconds']} s)")

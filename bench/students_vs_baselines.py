@@ -87,6 +87,8 @@ def render(summary: dict, metric: str) -> str:
          f"| share of teacher | searched - this |", "|---|---|---|---|---|---|---|"]
     for b in summary["budgets"]:
         for role in ROLES:
+            if role not in b["roles"]:
+                continue
             r = b["roles"].get(role)
             head = f"| {b['budget_ms']:.2f} ms ({b['fraction']:.2f}) | {role} | "
             if r is None:
@@ -104,6 +106,8 @@ def main(argv=None):
     ap.add_argument("--run", default="runs/main", help="a finished `autodistil run` folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=str(RESULTS / "students_vs_baselines"))
+    ap.add_argument("--roles", nargs="+", default=list(ROLES), choices=ROLES,
+                    help="roles to compare (default all; the searched student is always included)")
     a = ap.parse_args(argv)
     if len(a.seeds) < 2:
         ap.error("--seeds needs at least 2 seeds to measure seed noise")
@@ -111,6 +115,9 @@ def main(argv=None):
     run = load_run(run_dir)
     res = json.loads((run_dir / "results.json").read_text())
     t0 = time.time()
+    roles = set(a.roles) | {"searched"}
+    res["comparison"] = [{**c, "rows": [r for r in c["rows"] if r["role"] in roles]} for c in res["comparison"]]
+    only = {r["name"] for c in res["comparison"] for r in c["rows"] if r["name"]}
     per_seed, seconds = {}, {}
     for s in a.seeds:
         t = time.time()
@@ -118,7 +125,7 @@ def main(argv=None):
         if done is not None:  # the run's own seed: its fine-tuning stage's results, as the report shows them
             per_seed[s] = done["output"]
         else:
-            per_seed[s] = run.finetune_all(s, out_root=run_dir / f"finetuned_seed{s}")
+            per_seed[s] = run.finetune_all(s, out_root=run_dir / f"finetuned_seed{s}", only=only)
         seconds[s] = round(time.time() - t, 1)
     teacher = per_seed[a.seeds[0]]["teacher"]
     summary = summarize(per_seed, res["comparison"], teacher["score"])
