@@ -4,7 +4,8 @@ import torch
 from transformers import BertModel
 
 from autodistil.nn import SuperBert, SuperBertConfig, TeacherNet
-from autodistil.nn.rewire import (Rewiring, importance_rewiring, measure_importance, rewire_state_dict)
+from autodistil.nn.rewire import (Rewiring, importance_rewiring, measure_importance, rewire_state_dict,
+                                   rewired_teacher_state)
 from autodistil.space import teacher_space
 from conftest import randomize_
 
@@ -131,7 +132,7 @@ def test_full_size_supernet_with_rewiring_equals_teacher(real_teacher, sentences
     rw = importance_rewiring(teacher, _Blocks(enc["input_ids"], enc["attention_mask"]), n_blocks=4, seed=0)
     assert not torch.equal(rw.hidden, torch.arange(info.shape.hidden))
     sb = SuperBert(SuperBertConfig.for_spaces(teacher_space(info.shape))).eval()
-    sb.load_from_teacher(hf.state_dict(), rw)
+    sb.load_from_teacher(rewired_teacher_state(hf.state_dict(), rw))
     valid = enc["attention_mask"].bool()
     with torch.no_grad():
         t = hf(**enc, output_hidden_states=True)
@@ -220,7 +221,8 @@ def _heldout_loss(teacher, info, held, rewiring, weights, space_name="tiny", whi
     space = derive_spaces(info.shape, (space_name,))[space_name]
     tc = teacher.net.config
     sb = SuperBert(SuperBertConfig.for_spaces(space, vocab_size=tc.vocab_size, max_position=tc.max_position)).eval()
-    sb.load_from_teacher(teacher.net.state_dict(), rewiring)
+    state = teacher.net.state_dict()
+    sb.load_from_teacher(state if rewiring is None else rewired_teacher_state(state, rewiring))
     ids, mask = held.input_ids, held.attention_mask
     with torch.no_grad():
         t = teacher(ids, mask, output_qkv=True, output_attentions=True)

@@ -229,7 +229,11 @@ class SupernetTrainer:
         if rewired(cfg):
             self.rewiring = rewiring if rewiring is not None else self._measure_rewiring()
         if cfg.init == "teacher":
-            self.model.load_from_teacher(teacher.net.state_dict(), self.rewiring)
+            state = teacher.net.state_dict()
+            if self.rewiring is not None:
+                from ..nn.rewire import rewired_teacher_state
+                state = rewired_teacher_state(state, self.rewiring)
+            self.model.load_from_teacher(state)
         self.model.to(self.device)
         self.teacher.to(self.device)
         self.proj = None

@@ -265,6 +265,13 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
     return out
 
 
+def rewired_teacher_state(teacher_state: dict, rw: Rewiring) -> dict:
+    """A HF BertModel (or task model) state dict -> its body ("bert." prefix stripped, heads
+    dropped) permuted by `rw`, ready for SuperBert.load_from_teacher."""
+    sd = {k[5:] if k.startswith("bert.") else k: v for k, v in teacher_state.items()}
+    return rewire_state_dict({k: v for k, v in sd.items() if is_body_key(k)}, rw)
+
+
 def is_body_key(k: str) -> bool:
     """A BertModel body tensor name (what a supernet is initialised from)."""
     return k.startswith(("embeddings.", "encoder.layer.", "pooler."))

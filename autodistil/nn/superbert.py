@@ -275,16 +275,11 @@ class SuperBert(nn.Module):
 
     # --- teacher initialisation ----------------------------------------------------
     @torch.no_grad()
-    def load_from_teacher(self, teacher_state: dict, rewiring=None) -> None:
+    def load_from_teacher(self, teacher_state: dict) -> None:
         """Initialise by slicing a HF BertModel state dict (leading slices; layer i <- teacher
-        layer round(i * (L_t - 1) / (L_max - 1)) when depths differ). With `rewiring`
-        (nn.rewire.Rewiring, orderings per teacher layer) the teacher's hidden features, heads
-        and FFN neurons are first permuted, function-preserving, so the leading slices keep the
-        most important ones."""
+        layer round(i * (L_t - 1) / (L_max - 1)) when depths differ). For importance-ordered
+        slices pass nn.rewire.rewired_teacher_state(state, rewiring)."""
         sd = {k[5:] if k.startswith("bert.") else k: v for k, v in teacher_state.items()}
-        if rewiring is not None:
-            from .rewire import is_body_key, rewire_state_dict
-            sd = rewire_state_dict({k: v for k, v in sd.items() if is_body_key(k)}, rewiring)
         t_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
         L = self.config.layers
         src = [i if t_layers == L else round(i * (t_layers - 1) / max(1, L - 1)) for i in range(L)]
