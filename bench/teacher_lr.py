@@ -1,7 +1,7 @@
 """Which learning rate fine-tunes the default teacher best in one epoch, checked on dev.
 
     python bench/teacher_lr.py [--lrs 3e-5 5e-5 1e-4] [--epochs 1] [--batch 32] [--seq 64] [--fresh]
-    python bench/teacher_lr.py --grouping-steps 100     # length-grouped vs random batches, wall time
+    python bench/teacher_lr.py --grouping-steps 100 [--threads 1]   # grouped vs random batches, wall time
 
 The teacher (autodistil.teacher.DEFAULT_TEACHER) is fine-tuned on the whole sentiment train split
 with length-grouped batches, through the fine-tuned-teacher cache (autodistil.finetune.teacher):
@@ -107,11 +107,17 @@ def main(argv=None):
     ap.add_argument("--fresh", action="store_true", help="train in a temporary cache (no reuse, nothing kept)")
     ap.add_argument("--grouping-steps", type=int, default=0,
                     help="instead: time N steps with and without length grouping")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch threads (default: torch's own); 1 is far less sensitive to other processes on a "
+                         "shared 2-core machine")
     a = ap.parse_args(argv)
     OUT.mkdir(parents=True, exist_ok=True)
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     if a.grouping_steps:
         res = grouping(a.grouping_steps, a.batch, a.seq, a.seed)
-        p = OUT / f"grouping_{a.grouping_steps}steps.json"
+        p = OUT / f"grouping_{a.grouping_steps}steps{f'_{a.threads}thread' if a.threads else ''}.json"
         atomic_write_json(p, res)
         print(p)
         return res
