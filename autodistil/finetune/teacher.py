@@ -18,7 +18,6 @@ from typing import Optional
 from . import train as _train
 
 CACHE_ENV = "AUTODISTIL_CACHE"
-RESULTS = "finetune_results.json"
 _NOT_RECIPE = ("model", "out_dir")  # where the teacher lives and where it goes: not part of the recipe
 
 
@@ -46,23 +45,6 @@ def finetuned_teacher_key(teacher_sha256: str, task: str, recipe: dict) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _reusable(folder: Path, teacher_sha256: str, recipe: dict) -> Optional[dict]:
-    p = folder / RESULTS
-    if not (p.is_file() and (folder / "config.json").is_file()):
-        return None
-    try:
-        r = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    if r.get("teacher_sha256") != teacher_sha256 or not isinstance(r.get("config"), dict):
-        return None
-    if r.get("task") != recipe.get("task"):  # trained on the offline fallback task: not the task asked for
-        return None
-    if {k: v for k, v in r["config"].items() if k not in _NOT_RECIPE} != recipe:
-        return None
-    return r
-
-
 def finetuned_teacher(teacher: str, task: str, *, lr: float, epochs: float, batch_size: int, max_seq_len: int,
                       seed: int, max_train_examples: Optional[int] = None, max_steps: Optional[int] = None,
                       max_eval_examples: Optional[int] = None, group_by_length: bool = True, fallback: bool = True,
@@ -84,7 +66,7 @@ def finetuned_teacher(teacher: str, task: str, *, lr: float, epochs: float, batc
     recipe = recipe_of(probe)
     key = finetuned_teacher_key(sha, task, recipe)
     folder = cache_dir(cache_root) / "finetuned" / f"{name}-{task}-{key[:16]}"
-    hit = _reusable(folder, sha, recipe)
+    hit = _train.reusable_result(folder, probe, ignore=_NOT_RECIPE, same_task=True, teacher_sha256=sha)
     if hit is not None:
         log(f"[teacher] cached: {folder} ({hit['headline']} {hit['score']:.4f}, trained in {hit.get('seconds', '?')} s)")
         return folder, {**{k: v for k, v in hit.items() if k != "log"}, "cached": True}

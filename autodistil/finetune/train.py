@@ -256,6 +256,36 @@ def cached_teacher_logits(teacher, spec: TaskSpec, t_train: dict, pad_id: int, k
 
 # ---------------------------------------------------------------- fine-tuning
 
+RESULTS_FILE = "finetune_results.json"
+
+
+def reusable_result(out_dir, cfg: FinetuneConfig, ignore: tuple = (), same_task: bool = False,
+                    **expect) -> Optional[dict]:
+    """The finetune_results.json of a finished fine-tuning in out_dir when it can stand for running
+    `cfg` again, else None: the folder holds a model, its recorded config equals cfg (fields named
+    in `ignore` aside), each `expect` entry equals the recorded value of that name, and, with
+    same_task, it was trained on cfg.task itself (not on the offline fallback task). One rule for
+    every cache of fine-tuned models (the pipeline's students, the fine-tuned teacher)."""
+    out_dir = Path(out_dir)
+    p = out_dir / RESULTS_FILE
+    if not (p.is_file() and (out_dir / "config.json").is_file()):
+        return None
+    try:
+        r = json.loads(p.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if not isinstance(r, dict) or not isinstance(r.get("config"), dict):
+        return None
+    want = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ignore}))
+    if {k: v for k, v in r["config"].items() if k not in ignore} != want:
+        return None
+    if same_task and r.get("task") != cfg.task:
+        return None
+    if any(k not in r or r[k] != json.loads(json.dumps(v)) for k, v in expect.items()):
+        return None  # a record that lacks an expected entry (written by older code) never counts
+    return r
+
+
 def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] = None, log=print) -> dict:
     """Fine-tune cfg.model on cfg.task and save it (with finetune_results.json) to cfg.out_dir,
     atomically. `extra` is merged into the results (e.g. the identity of a cached teacher)."""
@@ -359,7 +389,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
     def build(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)
         tok.save_pretrained(tmp)
-        (tmp / "finetune_results.json").write_text(json.dumps(result, indent=2))
+        (tmp / RESULTS_FILE).write_text(json.dumps(result, indent=2))
     atomic_dir(out_dir, build)
     return result
 
