@@ -1,7 +1,7 @@
 """Does the agnostic search objective rank subnets? (issue #15, item 4)
 
     python bench/objective_rank.py --supernet RUN/supernets/small [--teacher-ft RUN/finetuned/teacher]
-        [--n 12] [--seeds 1] [--epochs 1] [--lr 1e-4] [--batch 32] [--max-seq-len 64]
+        [--n 12] [--seeds 1] [--epochs 1] [--lr 3e-4] [--batch 32] [--max-seq-len 64]
         [--max-train-examples N] [--out bench/results/objective_rank]
 
 The search ranks the subnets of a trained supernet by their held-out distillation loss
@@ -28,8 +28,7 @@ the fine-tuned task accuracy of the exported subnet.
    A bootstrap resample whose tau is undefined (all its scores equal) counts as tau 0. The verdict
    says "ranks better than chance" only when the CI excludes 0 AND the permutation p < 0.05, and
    warns when several subnets share one score (students stuck at the majority class).
-   With --seeds > 1, keep the whole dev split (no --max-eval-examples): the fine-tuning takes its
-   dev subset with its own seed, so each seed would be scored on other examples.
+   Every seed is scored on the same dev examples (fine-tuning draws its dev subset with seed 0).
 
 Outputs in --out: objective_rank.json (everything), objective_rank.csv (one row per subnet),
 objective_rank.png (loss vs score and MACs vs score, labelled), pool.csv (the pool the subnets were
@@ -70,8 +69,8 @@ class BenchConfig:
     pool: int = 200
     stratify: str = "loss"               # loss | macs
     task: str = "sentiment"
-    epochs: float = 1.0
-    lr: float = 1e-4
+    epochs: float = 1.0                  # the main job's student recipe (RunConfig)
+    lr: float = 3e-4
     batch: int = 32
     max_seq_len: int = 64
     max_train_examples: Optional[int] = None
