@@ -9,6 +9,7 @@ from .cost import exact_cost, paper_cost
 from .io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from .space import SubnetConfig
 
+# the compared models of one budget: role -> label (report table, plots, bench/students_vs_baselines.py)
 ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k layers",
          "flops-search": "FLOPs-constrained search"}
 
@@ -139,7 +140,7 @@ def render_markdown(res: dict) -> str:
         L.append(f"Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k "
                  f"layers with k the largest whose measured latency fits the budget, (b) the student of the "
                  f"FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
-                 f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epochs, logits distillation weight "
+                 f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epoch{'' if c['student_epochs'] == 1 else 's'}, logits distillation weight "
                  f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
                  f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise.\n")
         L.append(f"| budget (ms) | budget x teacher (profiling) | model | role | measured (ms) | x teacher (measured) "
@@ -214,9 +215,10 @@ def plot_scores(res: dict, out: Path) -> list[Path]:
     for key, xlabel, fname in (("latency_ms", "measured latency (ms)", "score_vs_latency.png"),
                                ("gmacs_exact", "GMACs per sequence", "score_vs_flops.png")):
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        styles = {"teacher": ("*", "k", "teacher"), "searched": ("o", "C0", "searched (latency)"),
-                  "first-layers": ("s", "C1", "teacher's first k layers"),
-                  "flops-search": ("^", "C2", "FLOPs-constrained search")}
+        styles = {"teacher": ("*", "k", "teacher"),
+                  **{role: (mk, col, ROLES[role]) for role, mk, col in (("searched", "o", "C0"),
+                                                                        ("first-layers", "s", "C1"),
+                                                                        ("flops-search", "^", "C2"))}}
         seen = set()
         for m in res["models"]:
             mk, col, lab = styles.get(m["kind"], ("o", "C0", m["kind"]))

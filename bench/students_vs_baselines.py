@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import RESULTS, cpu_model, write_rows_csv  # noqa: E402
 
-ROLES = ("searched", "first-layers", "flops-search")
+from autodistil.report import ROLES  # noqa: E402  (role -> label; the searched student first)
 
 
 def load_run(run_dir: Path):
@@ -67,7 +67,9 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float) -> dict:
                 "share_of_teacher": statistics.fmean(scores) / teacher_score}
         base = entry["roles"].get("searched")
         entry["vs"] = {}
-        for role in ("first-layers", "flops-search"):
+        for role in ROLES:
+            if role == "searched":
+                continue
             other = entry["roles"].get(role)
             if base is None or other is None:
                 continue
