@@ -142,3 +142,19 @@ def test_first_layers_baseline_is_the_largest_k_that_fits():
 def test_run_config_errors():
     with pytest.raises(ValueError, match="stop_after='nope' is not a stage"):
         RunConfig(stop_after="nope")
+
+
+@pytest.mark.parametrize("path,cls", [("configs/paper.yaml", "autodistil.pipeline:RunConfig"),
+                                      ("configs/paper_train.yaml", "autodistil.distill.train:TrainConfig")])
+def test_shipped_configs_load(path, cls):
+    """The config files the README points to are accepted by the dataclass they configure
+    (unknown keys are refused, so a renamed field breaks them)."""
+    import importlib
+
+    from autodistil.config import build_dataclass
+    from autodistil.io import load_config_file
+    mod, name = cls.split(":")
+    root = Path(__file__).resolve().parent.parent
+    cfg = build_dataclass(getattr(importlib.import_module(mod), name), load_config_file(root / path))
+    if name == "RunConfig":
+        assert (cfg.teacher_epochs, cfg.student_epochs, cfg.student_lr) == (3, 3, 2e-5)
