@@ -31,13 +31,14 @@ def main(argv=None):
     ap.add_argument("--run", default="runs/main")
     ap.add_argument("--name", required=True, help="folder under bench/results/")
     ap.add_argument("--note", required=True, help="how the run was made")
+    ap.add_argument("--out", default=None, help="default bench/results/<name>")
     a = ap.parse_args(argv)
     from autodistil.io import atomic_write_json
     from autodistil.pipeline import STAGES
     run = Path(a.run)
     if not (run / "results.json").is_file():
         raise SystemExit(f"{run}/results.json is missing: give the folder of a finished `autodistil run`")
-    out = RESULTS / a.name
+    out = Path(a.out) if a.out else RESULTS / a.name
     (out / "search").mkdir(parents=True, exist_ok=True)
     missing = []
     for src, dst in FILES.items():
