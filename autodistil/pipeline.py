@@ -363,28 +363,38 @@ class Run:
         recipe: lr, epochs and logits distillation from the fine-tuned teacher. Also used by
         bench/students_vs_baselines.py with other seeds (`only`: the names to fine-tune)."""
         from .finetune.teacher import finetuned_teacher
-        from .finetune.train import FinetuneConfig, finetune
+        from .finetune.train import finetune
         c = self.cfg
         log = log or self.log
         out_root = Path(out_root or self.out / "finetuned")
         _, _, info, _ = self._teacher()
-        common = dict(task=c.task, max_steps=c.finetune_max_steps, batch_size=c.finetune_batch,
-                      max_seq_len=c.finetune_seq_len, max_train_examples=c.max_train_examples,
-                      max_eval_examples=c.max_eval_examples)
         t_dir, t_res = finetuned_teacher(info.path, c.task, lr=c.teacher_lr, epochs=c.teacher_epochs,
                                          batch_size=c.finetune_batch, max_seq_len=c.finetune_seq_len, seed=c.seed,
                                          max_train_examples=c.max_train_examples, max_steps=c.finetune_max_steps,
                                          max_eval_examples=c.max_eval_examples, cache_root=c.cache_dir, log=log)
-        out = {"teacher": {**{k: v for k, v in t_res.items() if k != "log"}, "folder": str(t_dir)}}
-        kd = dict(teacher=str(t_dir), kd_alpha=c.kd_alpha) if c.kd_alpha > 0 else {}
+        out = {"teacher": {**t_res, "folder": str(t_dir)}}
         for name, folder in self._finetune_jobs().items():
             if only is not None and name not in only:
                 continue
-            r = _finetune_cached(FinetuneConfig(model=folder, out_dir=str(out_root / name), lr=c.student_lr,
-                                                epochs=c.student_epochs, seed=seed, **kd, **common), finetune)
+            r = _finetune_cached(self.student_finetune_config(folder, out_root / name, seed, t_dir), finetune)
             log(f"[finetune] {name}: {r['headline']} {r['score']:.4f} ({r['steps']} steps, {r['train_seconds']} s)")
             out[name] = r
         return out
+
+    def student_finetune_config(self, folder, out_dir, seed: int, teacher_dir, lr: Optional[float] = None,
+                                epochs: Optional[float] = None, kd_alpha: Optional[float] = None):
+        """The run's fine-tuning recipe for one student or baseline (lr, epochs and kd_alpha default
+        to the run's; bench/student_recipe.py varies them), distilling from `teacher_dir`."""
+        from .finetune.train import FinetuneConfig
+        c = self.cfg
+        a = c.kd_alpha if kd_alpha is None else kd_alpha
+        kd = dict(teacher=str(teacher_dir), kd_alpha=a) if a > 0 else {}
+        return FinetuneConfig(model=str(folder), out_dir=str(out_dir), task=c.task,
+                              lr=c.student_lr if lr is None else lr,
+                              epochs=c.student_epochs if epochs is None else epochs, seed=seed,
+                              max_steps=c.finetune_max_steps, batch_size=c.finetune_batch,
+                              max_seq_len=c.finetune_seq_len, max_train_examples=c.max_train_examples,
+                              max_eval_examples=c.max_eval_examples, **kd)
 
     def stage_finetune(self) -> dict:
         return self.finetune_all(self.cfg.seed)

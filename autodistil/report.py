@@ -12,6 +12,7 @@ from .space import SubnetConfig
 # the compared models of one budget: role -> label (report table, plots, bench/students_vs_baselines.py)
 ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k layers",
          "flops-search": "FLOPs-constrained search"}
+_MARKERS = {"teacher": ("*", "k"), "searched": ("o", "C0"), "first-layers": ("s", "C1"), "flops-search": ("^", "C2")}
 
 
 def collect_results(run) -> dict:
@@ -215,13 +216,10 @@ def plot_scores(res: dict, out: Path) -> list[Path]:
     for key, xlabel, fname in (("latency_ms", "measured latency (ms)", "score_vs_latency.png"),
                                ("gmacs_exact", "GMACs per sequence", "score_vs_flops.png")):
         fig, ax = plt.subplots(figsize=(6, 4.2))
-        styles = {"teacher": ("*", "k", "teacher"),
-                  **{role: (mk, col, ROLES[role]) for role, mk, col in (("searched", "o", "C0"),
-                                                                        ("first-layers", "s", "C1"),
-                                                                        ("flops-search", "^", "C2"))}}
         seen = set()
         for m in res["models"]:
-            mk, col, lab = styles.get(m["kind"], ("o", "C0", m["kind"]))
+            mk, col = _MARKERS.get(m["kind"], ("o", "C0"))
+            lab = ROLES.get(m["kind"], m["kind"])
             ax.scatter([m[key]], [m["score"]], marker=mk, c=col, s=140 if mk == "*" else 50, zorder=3,
                        label=None if lab in seen else lab)
             seen.add(lab)

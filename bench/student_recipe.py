@@ -75,7 +75,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     import torch
 
-    from autodistil.finetune.train import FinetuneConfig, finetune, weights_identity
+    from autodistil.finetune.train import finetune, weights_identity
     from autodistil.io import atomic_write_json
     if a.threads:
         torch.set_num_threads(a.threads)
@@ -111,12 +111,7 @@ def main(argv=None):
                 t_dir, t_score = run_teacher(run)
             load0 = list(os.getloadavg())
             with tempfile.TemporaryDirectory() as tmp:
-                kd = dict(teacher=t_dir, kd_alpha=rc["kd_alpha"]) if rc["kd_alpha"] > 0 else {}
-                r = finetune(FinetuneConfig(model=str(folder), out_dir=str(Path(tmp) / name), lr=rc["lr"],
-                                            epochs=rc["epochs"], seed=c.seed, task=c.task,
-                                            batch_size=c.finetune_batch, max_seq_len=c.finetune_seq_len,
-                                            max_train_examples=c.max_train_examples,
-                                            max_eval_examples=c.max_eval_examples, **kd))
+                r = finetune(run.student_finetune_config(folder, Path(tmp) / name, c.seed, t_dir, **rc))
             row = {"student": name, "weights": key[1], **rc, "seed": c.seed, "setting": setting, "run": str(run_dir),
                    "threads": torch.get_num_threads(), "score": r["score"], "metric": r["headline"],
                    "f1": r["metrics"].get("f1"), "share_of_teacher": round(r["score"] / t_score, 4),
