@@ -7,8 +7,10 @@ finished stages whose settings did not change, and reruns the first changed one 
            (both in a fresh process: a process that has just trained times differently)
   search   agnostic search under latency budgets (fractions of the teacher's latency), with the
            loss weights the supernets were trained with; then the best few candidates near each
-           budget are measured end to end (fresh process) and the best one whose measured latency
-           plus its noise margin meets the budget is chosen (a budget none meets is reported)
+           budget are measured end to end (fresh process, with the teacher's first-k-layer cuts),
+           a second session times those near the budget under predictions scaled by the machine's
+           measured speed change, and the best one whose measured latency plus its noise margin
+           meets the budget is chosen (a budget none meets is reported)
   export   the chosen student per budget as Hugging Face folders (+ ONNX when asked)
   measure  end-to-end latency of teacher and exported students in a fresh process, the
            report's own latency column (budget, predicted, measured, holds)
@@ -17,9 +19,11 @@ finished stages whose settings did not change, and reruns the first changed one 
   report   report.md + results.json + PNG plots
 
 Baselines (on by default): for each latency budget, (a) the teacher's first k layers with k the
-largest whose measured latency fits the budget, and (b) the student the FLOPs-constrained search
-picks at the same fraction of the teacher's MACs; both are exported, measured in the same session
-as the searched students and fine-tuned with the same recipe, so the report compares like with like.
+largest whose latency, measured with the students' finalists at search time, plus its noise margin
+meets the budget (the students' rule, in the same session), and (b) the student the FLOPs-
+constrained search picks at the same fraction of the teacher's MACs; both are exported, measured
+again with the students for the report and fine-tuned with the same recipe, so the report compares
+like with like.
 """
 from __future__ import annotations
 
@@ -118,6 +122,11 @@ _DEPS = {
     "report": (),
 }
 
+# A stage's output format version: bumped when what it writes changes so that a cached marker from
+# older code would break a later stage (search 2: baseline (a) chosen at search time). A bump makes
+# that stage and all after it rerun; stages before it stay cached.
+_VERSIONS = {"search": 2}
+
 
 class Run:
     def __init__(self, cfg: RunConfig, log=print):
@@ -131,7 +140,9 @@ class Run:
         d = asdict(self.cfg)
         upto = STAGES[: STAGES.index(stage) + 1]
         keys = [k for s in upto for k in _DEPS[s]]
-        return hashlib.sha256(json.dumps({k: d[k] for k in keys}, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        vals = {k: d[k] for k in keys}
+        vals.update({f"version:{s}": _VERSIONS[s] for s in upto if s in _VERSIONS})
+        return hashlib.sha256(json.dumps(vals, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     def _marker(self, stage: str) -> Path:
         return self.out / "stages" / f"{stage}.json"
@@ -257,18 +268,29 @@ class Run:
         res = search(pairs, table, SearchSpec(budgets=budgets + list(flops_for.values()),
                                               method=c.search_method, seed=c.seed, seq_len=c.seq_len),
                      head_dim, vocab, self.out / "search")
+        # baseline (a) candidates: the teacher's first k layers, for every k that could fit the largest
+        # budget (each layer costs about 1/L of the teacher's latency), timed with the finalists
+        L = info.shape.layers
+        first_ks = [k for k in range(1, L) if k == 1 or t_ms * k / L <= 1.5 * max(usable)] if c.baselines else []
         ver = verify_search(res["candidates"], usable, nets, self.state["profile"]["table"], self.out / "search",
-                            top_k=c.verify_top)
-        best, unmet = {}, []
+                            top_k=c.verify_top, teacher=info.path, first_layers=first_ks)
+        best, unmet, first_for = {}, [], {}
         for b in ver["budgets"]:
+            label = Budget(latency_ms=b["budget_ms"]).label()
             self.log(f"[search] latency<={b['budget_ms']:g}ms: {b['message']}")
             if b["met"]:
                 ch = b["chosen"]
-                best[Budget(latency_ms=b["budget_ms"]).label()] = {
-                    k: ch[k] for k in ("space", "layers", "hidden", "ffn_ratio", "heads", "loss", "latency_ms",
-                                       "latency_sd_ms", "macs", "params", "measured_ms", "margin_ms")}
-                best[Budget(latency_ms=b["budget_ms"]).label()]["budget_ms"] = b["budget_ms"]
+                best[label] = {k: ch[k] for k in ("space", "layers", "hidden", "ffn_ratio", "heads", "loss",
+                                                  "latency_ms", "latency_sd_ms", "macs", "params", "measured_ms",
+                                                  "margin_ms")}
+                best[label]["budget_ms"] = b["budget_ms"]
                 self.log("[search] " + format_choice(f"latency<={b['budget_ms']:g}ms", ch, "loss"))
+                if "first_layers" in b:
+                    fl = b["first_layers"]
+                    first_for[label] = {"chosen": None if fl["chosen"] is None else
+                                        {k: fl["chosen"][k] for k in ("name", "layers", "measured_ms", "margin_ms")},
+                                        "message": fl["message"]}
+                    self.log(f"[search] baseline teacher's first k layers for {label}: {fl['message']}")
             else:
                 unmet.append({"budget_ms": b["budget_ms"], "message": b["message"]})
         flops_best = {}
@@ -279,10 +301,13 @@ class Run:
                                  "macs_budget": fb.macs, "macs_fraction": fb.macs / teacher_macs}
             self.log("[search] baseline " + format_choice(f"{fb.label()} (for {label})", r, "loss"))
         return {"budgets_ms": usable, "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
-                "flops_best": flops_best, "teacher_macs": teacher_macs,
+                "flops_best": flops_best, "first_layers_for": first_for, "teacher_macs": teacher_macs,
                 "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
                 "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),
-                "search_dir": str(self.out / "search")}
+                "verification_drift": ver["measurement"].get("drift"),
+                "verification_second_round": {k: (ver["second_round"] or {}).get(k) for k in ("drift", "noise")}
+                if ver["second_round"] else None,
+                "verification_teacher_ms": ver.get("teacher_ms"), "search_dir": str(self.out / "search")}
 
     def _export_rows(self, rows: dict, kind: str, nets: dict, tok) -> dict:
         """Export {budget label: search row} as student folders (one per distinct subnet)."""
@@ -313,18 +338,17 @@ class Run:
         students = self._export_rows(srch["best"], "searched", nets, tok)
         flops = self._export_rows({k: v for k, v in srch.get("flops_best", {}).items() if k in srch["best"]},
                                   "flops-search", nets, tok)  # only for budgets a searched student meets
-        first = {}
-        if self.cfg.baselines:
-            # baseline (a) candidates: the teacher's first k layers, for every k that could fit the largest
-            # budget (each layer costs about 1/L of the teacher's latency; the measure stage decides)
-            t_ms, L = self.state["profile"]["teacher_ms"], info.shape.layers
-            top = max(srch["budgets_ms"])
-            for k in range(1, L):
-                if k == 1 or t_ms * k / L <= 1.5 * top:
-                    name = f"teacher-first{k}"
-                    folder = self.out / "baselines" / name
-                    export_first_layers(info.path, k, folder)
-                    first[name] = {"folder": str(folder), "layers": k}
+        first = {}  # baseline (a), as the search's verification chose it per budget
+        for label, f in srch["first_layers_for"].items():
+            ch = f["chosen"]
+            if ch is None:
+                continue
+            if ch["name"] not in first:
+                folder = self.out / "baselines" / ch["name"]
+                export_first_layers(info.path, ch["layers"], folder)
+                first[ch["name"]] = {"folder": str(folder), "layers": ch["layers"], "budgets": [],
+                                     "verified_ms": ch["measured_ms"]}
+            first[ch["name"]]["budgets"].append(label)
         return {"students": students, "flops_students": flops, "first_layers": first}
 
     def stage_measure(self) -> dict:
@@ -343,19 +367,15 @@ class Run:
                    "round_medians_ms": v["round_medians_ms"]} for k, v in res["models"].items()}
         out["_session"] = {"drift": res["drift"], "noise": res["noise"], "threads": res["threads"],
                            "when": res["when"]}
-        budgets = {label: b["budget_ms"] for label, b in self.state["search"]["best"].items()}
-        out["_first_layers_for"] = choose_first_layers(ex.get("first_layers", {}), out, budgets)
         return out
 
     def _finetune_jobs(self) -> dict:
         """{name: folder} of every model to fine-tune besides the teacher: the searched students and the
-        baselines the measure stage chose (each once)."""
-        ex, meas = self.state["export"], self.state["measure"]
+        baselines (each once)."""
+        ex = self.state["export"]
         jobs = {n: s["folder"] for n, s in ex["students"].items()}
         jobs.update({n: s["folder"] for n, s in ex.get("flops_students", {}).items()})
-        for name in meas.get("_first_layers_for", {}).values():
-            if name:
-                jobs[name] = ex["first_layers"][name]["folder"]
+        jobs.update({n: s["folder"] for n, s in ex.get("first_layers", {}).items()})
         return jobs
 
     def finetune_all(self, seed: int, out_root: Optional[Path] = None, log=None, only=None) -> dict:
@@ -402,17 +422,6 @@ class Run:
     def stage_report(self) -> dict:
         from .report import write_report
         return write_report(self)
-
-
-def choose_first_layers(first_layers: dict, measured: dict, budgets_ms: dict) -> dict:
-    """Baseline (a): per budget label, the teacher's first k layers with k the largest whose latency,
-    measured in the same session as the students, fits the budget (None when not even k=1 fits).
-    first_layers: {name: {"layers": k}}; measured: {name: {"ms"}}; budgets_ms: {label: ms}."""
-    out = {}
-    for label, b in budgets_ms.items():
-        fits = [(s["layers"], n) for n, s in first_layers.items() if measured[n]["ms"] <= b]
-        out[label] = max(fits)[1] if fits else None
-    return out
 
 
 def _finetune_cached(fc, fn) -> dict:

@@ -42,12 +42,11 @@ def collect_results(run) -> dict:
             models.append(row(name, sub, s.get("kind", "searched"), {
                 "space": s["space"], "budgets": s["budgets"], "predicted_ms": s["predicted_ms"],
                 "heldout_loss": s["heldout_loss"], "folder": s["folder"]}))
-    chosen_first = meas.get("_first_layers_for", {})
-    for name in sorted({n for n in chosen_first.values() if n}):
-        k = ex["first_layers"][name]["layers"]
-        models.append(row(name, info.shape.as_subnet(k),
-                          "first-layers", {"folder": ex["first_layers"][name]["folder"],
-                                           "budgets": [l for l, n in chosen_first.items() if n == name]}))
+    first_for = st["search"].get("first_layers_for", {})  # baseline (a), chosen at search time
+    chosen_first = {label: n for n, s in ex.get("first_layers", {}).items() for label in s["budgets"]}
+    for name, s in sorted(ex.get("first_layers", {}).items()):
+        models.append(row(name, info.shape.as_subnet(s["layers"]), "first-layers",
+                          {"folder": s["folder"], "budgets": s["budgets"], "verified_ms": s["verified_ms"]}))
     by_name = {m["name"]: m for m in models}
     teacher_row = models[0]
     comparison = []
@@ -59,7 +58,8 @@ def collect_results(run) -> dict:
         rows = []
         for role, name in entries:
             if name is None:
-                rows.append({"role": role, "name": None})
+                why = (first_for.get(label) or {}).get("message") if role == "first-layers" else None
+                rows.append({"role": role, "name": None, "why": why})
                 continue
             m = by_name[name]
             rows.append({"role": role, "name": name, "measured_ms": m["latency_ms"],
@@ -84,7 +84,11 @@ def collect_results(run) -> dict:
                         "measured_noise_sd_ms": None, "holds": False, "message": u["message"]})
     budgets.sort(key=lambda b: b["budget_ms"])
     return {"budgets": budgets, "comparison": comparison, "objective": st["search"].get("objective"),
-            "measure_session": meas.get("_session"), "profile": {k: st["profile"].get(k) for k in (
+            "measure_session": meas.get("_session"),
+            "verification": {"teacher_ms": st["search"].get("verification_teacher_ms"),
+                             "noise": st["search"].get("verification_noise"),
+                             "drift": st["search"].get("verification_drift"),
+                             "second_round": st["search"].get("verification_second_round")}, "profile": {k: st["profile"].get(k) for k in (
                 "profile_seconds", "noise", "calibration", "teacher_ms")},
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
             "machine": {"cpu": _cpu(), "python": platform.python_version(), **_versions()},
@@ -133,13 +137,25 @@ def render_markdown(res: dict) -> str:
              f"end at search time, the best one whose measured latency plus its noise margin meets the budget "
              f"chosen; measured here: a separate measurement in a fresh process for this report (noise sd of "
              f"that statistic {ms.get('noise', {}).get('sd_pct', float('nan')):.2f}%, machine speed vs profiling "
-             f"{ms.get('drift', float('nan')):.3f}x).\n")
+             f"{ms.get('drift', float('nan')):.3f}x).")
+    vt = (res.get("verification") or {}).get("teacher_ms")
+    if vt:
+        L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the budgets are fractions of "
+                 f"that), {vt:.2f} ms in the search-time verification session and {teacher['latency_ms']:.2f} ms "
+                 f"in this report's.")
+    v = res.get("verification") or {}
+    if v.get("drift"):
+        L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x"
+                 + (f"; a second session timed the candidates near each budget under predictions scaled by it "
+                    f"({v['second_round']['drift']:.3f}x then)." if v.get("second_round") else "."))
+    L.append("")
     if res.get("comparison"):
         metric = models[0]["headline_metric"]
         extra = [k for k in models[0]["metrics"] if k != metric]
         L.append("## Students vs baselines at equal measured latency\n")
         L.append(f"Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k "
-                 f"layers with k the largest whose measured latency fits the budget, (b) the student of the "
+                 f"layers with k the largest whose latency, measured with the students' finalists at search time, "
+                 f"plus its noise margin meets the budget (the students' rule, same session), (b) the student of the "
                  f"FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
                  f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epoch{'' if c['student_epochs'] == 1 else 's'}, logits distillation weight "
                  f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
@@ -151,7 +167,7 @@ def render_markdown(res: dict) -> str:
             for r in cmp["rows"]:
                 head = f"| {cmp['budget_ms']:.2f} | {cmp['fraction']:.2f} | "
                 if r["name"] is None:
-                    why = "off (baselines=false)" if not c.get("baselines", True) else "none fits"
+                    why = "off (baselines=false)" if not c.get("baselines", True) else (r.get("why") or "none fits")
                     L.append(head + f"{why} | {ROLES[r['role']]} | - | - | - | - | " + "- | " * len(extra) + "- |")
                     continue
                 share = "-" if r["share_of_teacher"] is None else f"{100 * r['share_of_teacher']:.1f}%"

@@ -52,11 +52,13 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float) -> dict:
     out = []
     for cmp in comparison:
         names = {r["role"]: r["name"] for r in cmp["rows"]}
-        entry = {"budget": cmp["budget"], "budget_ms": cmp["budget_ms"], "fraction": cmp["fraction"], "roles": {}}
+        entry = {"budget": cmp["budget"], "budget_ms": cmp["budget_ms"], "fraction": cmp["fraction"], "roles": {},
+                 "why_none": {}}
         for role, r in ((r["role"], r) for r in cmp["rows"]):
             name = names[role]
             if name is None:
                 entry["roles"][role] = None
+                entry["why_none"][role] = r.get("why") or "none fits"
                 continue
             scores = [per_seed[s][name]["score"] for s in seeds]
             f1 = [per_seed[s][name]["metrics"].get("f1") for s in seeds]
@@ -94,7 +96,7 @@ def render(summary: dict, metric: str) -> str:
             r = b["roles"].get(role)
             head = f"| {b['budget_ms']:.2f} ms ({b['fraction']:.2f}) | {role} | "
             if r is None:
-                L.append(head + "none fits | - | - | - | - |")
+                L.append(head + f"{b.get('why_none', {}).get(role) or 'none fits'} | - | - | - | - |")
                 continue
             v = b["vs"].get(role)
             vs = "-" if v is None else f"{v['mean_diff']:+.4f} ({v['verdict']})"

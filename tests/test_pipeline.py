@@ -93,14 +93,21 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
             assert f"| {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
     assert (out / "latency" / "measure.json").is_file() and (out / "search" / "verified.json").is_file()
     # baselines at equal measured latency: per budget the searched student, the teacher's first k layers
-    # (the largest k whose measured latency fits) and the FLOPs-search student, all fine-tuned with KD
+    # (the largest k whose latency + margin, timed with the students' finalists at search time, meets the
+    # budget) and the FLOPs-search student, all fine-tuned with KD
     meas = json.loads((out / "latency" / "measure.json").read_text())["models"]
+    ver = json.loads((out / "search" / "verified.json").read_text())
+    assert {"teacher", "teacher-first1"} <= set(ver["measured"]) and ver["teacher_ms"] == ver["measured"]["teacher"]["ms"]
     assert res["comparison"] and len(res["comparison"]) == len([b for b in res["budgets"] if b["student"]])
     for cmp in res["comparison"]:
         roles = {r["role"]: r for r in cmp["rows"]}
         assert set(roles) == {"searched", "first-layers", "flops-search"}
-        fits = [k for k in (1,) if meas[f"teacher-first{k}"]["ms"] <= cmp["budget_ms"]]
-        assert roles["first-layers"]["name"] == (f"teacher-first{max(fits)}" if fits else None)
+        vb = next(b for b in ver["budgets"] if b["budget_ms"] == cmp["budget_ms"])
+        cut = next(c for c in vb["first_layers"]["checked"] if c["name"] == "teacher-first1")
+        fits = cut["measured_ms"] + cut["margin_ms"] <= cmp["budget_ms"]
+        assert roles["first-layers"]["name"] == ("teacher-first1" if fits else None)
+        if not fits:
+            assert "none fits" in roles["first-layers"]["why"] and "teacher-first1 measured" in report
         for r in cmp["rows"]:
             if r["name"]:
                 assert r["measured_ms"] == pytest.approx(meas[r["name"]]["ms"])
@@ -131,12 +138,26 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
 
 
 def test_first_layers_baseline_is_the_largest_k_that_fits():
-    from autodistil.pipeline import choose_first_layers
-    first = {f"teacher-first{k}": {"layers": k} for k in (1, 2, 3, 4)}
-    measured = {"teacher-first1": {"ms": 6.0}, "teacher-first2": {"ms": 11.0}, "teacher-first3": {"ms": 16.5},
-                "teacher-first4": {"ms": 21.0}}
-    got = choose_first_layers(first, measured, {"a": 5.0, "b": 11.0, "c": 17.0, "d": 100.0})
-    assert got == {"a": None, "b": "teacher-first2", "c": "teacher-first3", "d": "teacher-first4"}
+    from autodistil.search.verify import choose_first_layers
+    cuts = [{"name": f"teacher-first{k}", "layers": k, "measured_ms": ms, "margin_ms": 0.2}
+            for k, ms in ((1, 6.0), (2, 11.0), (3, 16.5), (4, 21.0))]
+    got = {b: choose_first_layers(cuts, b)["chosen"] for b in (5.0, 11.0, 11.2, 17.0, 100.0)}
+    # 11.0 measured + 0.2 margin does not meet 11.0 (the students' rule), meets 11.2
+    assert [None if c is None else c["layers"] for c in got.values()] == [None, 1, 2, 3, 4]
+    assert choose_first_layers(cuts, 5.0)["message"] == "none fits 5 ms: teacher-first1 measured 6.00 ms + margin 0.20 ms"
+
+
+def test_run_stage_versions_invalidate_later_markers(tmp_path, monkeypatch):
+    """A stage whose output format changed (its _VERSIONS entry bumped) reruns with every later stage;
+    earlier stages keep their cached markers."""
+    import autodistil.pipeline as pl
+    run = pl.Run(RunConfig(out_dir=str(tmp_path)))
+    before = {s: run._hash(s) for s in pl.STAGES}
+    monkeypatch.setitem(pl._VERSIONS, "search", pl._VERSIONS["search"] + 1)
+    after = {s: run._hash(s) for s in pl.STAGES}
+    i = pl.STAGES.index("search")
+    assert all(before[s] == after[s] for s in pl.STAGES[:i])
+    assert all(before[s] != after[s] for s in pl.STAGES[i:])
 
 
 def test_run_config_errors():

@@ -136,11 +136,12 @@ def _rows():
 def _measure_fn(truth, noise_pct=1.0, calls=None):
     from autodistil.search.run import candidate_name
 
-    def fn(rows):
+    def fn(rows, extra=()):
         if calls is not None:
-            calls.append([candidate_name(r) for r in rows])
-        return {"models": {candidate_name(r): {"ms": truth[r["layers"]], "noise_sd_ms": 0.0} for r in rows},
-                "noise": {"sd_pct": noise_pct}}
+            calls.append([candidate_name(r) for r in rows] + list(extra))
+        models = {candidate_name(r): {"ms": truth[r["layers"]], "noise_sd_ms": 0.0} for r in rows}
+        models.update({n: {"ms": truth[n], "noise_sd_ms": 0.0} for n in extra})
+        return {"models": models, "noise": {"sd_pct": noise_pct}}
     return fn
 
 
@@ -163,6 +164,57 @@ def test_budget_verification_rejects_a_candidate_measured_over_budget():
     assert not ver["budgets"][0]["met"] and "no measured candidate meets 5 ms" in ver["budgets"][0]["message"]
 
 
+def test_first_layers_are_chosen_in_the_verification_session():
+    """Baseline (a) is timed with the finalists and chosen by their rule (measured + margin <= budget):
+    in this session the machine is slow, so the 2-layer cut that fit another session's timing (9.2 ms)
+    does not fit here, and the 1-layer cut is chosen; a budget no cut meets says which came closest."""
+    from autodistil.search.verify import verify_budgets
+    truth = {4: 11.0, 3: 9.0, 2: 6.0, 6: 15.0, "teacher-first1": 5.5, "teacher-first2": 9.95}
+    calls = []
+    ver = verify_budgets(_rows(), [10.0, 5.0], _measure_fn(truth, calls=calls), top_k=2, slack=0.3,
+                         first_layers={"teacher-first1": 1, "teacher-first2": 2})
+    assert len(calls) == 1 and {"teacher-first1", "teacher-first2", "s-L3-H128-R2-A2"} <= set(calls[0])
+    b10, b5 = ver["budgets"]
+    assert b10["chosen"]["layers"] == 3 and b10["first_layers"]["chosen"]["name"] == "teacher-first1"
+    assert b10["first_layers"]["chosen"]["margin_ms"] == pytest.approx(0.055)
+    assert b5["first_layers"]["chosen"] is None
+    assert b5["first_layers"]["message"] == "none fits 5 ms: teacher-first1 measured 5.50 ms + margin 0.06 ms"
+    # without first_layers nothing extra is measured and no entry is written
+    calls.clear()
+    ver = verify_budgets(_rows(), [10.0], _measure_fn(truth, calls=calls), top_k=2)
+    assert "first_layers" not in ver["budgets"][0] and not any("teacher" in n for n in calls[0])
+
+
+def test_second_round_follows_the_machine_speed_change():
+    """The verification session runs 20% slower than profiling (its anchor's drift 1.2): every finalist
+    predicted near the 10 ms budget measures over it and only the safe fallback holds. The second round
+    times the candidates near the budget under predictions x 1.2 that could beat that fallback, and the
+    best of them that holds is chosen; without rescaling the fallback stays."""
+    from autodistil.search.run import candidate_name
+    from autodistil.search.verify import verify_budgets
+    rows = _rows() + [{"space": "s", "layers": 3, "hidden": 96, "ffn_ratio": 2.0, "heads": 2, "loss": 0.25,
+                       "latency_ms": 8.2}]
+    calls = []
+
+    def fn(cands, extra=()):
+        calls.append(sorted(candidate_name(r) for r in cands))
+        return {"models": {candidate_name(r): {"ms": 1.2 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands},
+                "noise": {"sd_pct": 1.0}, "drift": 1.2}
+    ver = verify_budgets(rows, [10.0], fn, top_k=2)
+    b = ver["budgets"][0]
+    assert len(calls) == 2 and calls[1] == ["s-L3-H96-R2-A2"]
+    assert b["chosen"]["name"] == "s-L3-H96-R2-A2" and b["chosen"]["round"] == 2
+    assert b["chosen"]["measured_ms"] == pytest.approx(9.84) and "(second round)" in b["message"]
+    assert ver["second_round"] is not None
+    calls.clear()
+    b = verify_budgets(rows, [10.0], fn, top_k=2, rescale=False)["budgets"][0]
+    assert len(calls) == 1 and b["chosen"]["layers"] == 2 and b["chosen"]["round"] == 1
+    # a machine at profiling speed: no second session
+    calls.clear()
+    verify_budgets(rows, [10.0], lambda c, e=(): {**fn(c, e), "drift": 1.0}, top_k=2)
+    assert len(calls) == 1
+
+
 def test_budget_verification_on_the_synthetic_device():
     """End to end: predictions from a table profiled on the synthetic device, finalists measured
     on it with the same protocol; the device is 15% slower at verification than at profiling, so the
@@ -181,7 +233,8 @@ def test_budget_verification_on_the_synthetic_device():
     budget = 8.0
     slow = SyntheticDevice(seed=1, drift=lambda t: 1.15)
 
-    def fn(cands):
+    def fn(cands, extra=()):
+        assert not extra
         return measure_models({candidate_name(r): ModelSpec(r["layers"], r["hidden"], r["heads"],
                                                             int(r["hidden"] * r["ffn_ratio"])) for r in cands},
                               table, st, device=slow)

@@ -6,7 +6,11 @@ chosen students land over budget systematically. Here the best few candidates ne
 (by objective, predicted latency up to `slack` above the budget) and a few safer ones (predicted
 well under it) are measured end to end with the table's protocol, and the best one whose
 *measured* latency plus a margin equal to its measured noise meets the budget is chosen.
-Predicted, measured and margin are recorded; a budget no measured candidate meets says so."""
+Predicted, measured and margin are recorded; a budget no measured candidate meets says so.
+
+Baseline (a), the teacher's first k layers, is timed in the same session and chosen per budget by
+the same rule (the largest k whose measured latency plus margin meets the budget): chosen in
+another session, on a machine running faster or slower then, it would be compared on other terms."""
 from __future__ import annotations
 
 import math
@@ -17,12 +21,13 @@ from .run import candidate_key, candidate_name
 
 
 def finalists(rows: list, budget_ms: float, top_k: int = 4, slack: float = 0.10, safe_k: int = 2,
-              safe_frac: float = 0.8, score: str = "loss") -> list:
-    """The best `top_k` candidates (lowest `score`) with predicted latency <= budget x (1 + slack),
-    plus the best `safe_k` with predicted latency <= budget x safe_frac (a fallback)."""
+              safe_frac: float = 0.8, score: str = "loss", scale: float = 1.0) -> list:
+    """The best `top_k` candidates (lowest `score`) with predicted latency x `scale` <= budget x (1 + slack),
+    plus the best `safe_k` with predicted latency x `scale` <= budget x safe_frac (a fallback). `scale`:
+    the machine's speed now relative to when the table was profiled (1: unchanged)."""
     ranked = sorted(rows, key=lambda r: (r[score], r["latency_ms"]))
-    near = [r for r in ranked if r["latency_ms"] <= budget_ms * (1 + slack)][:top_k]
-    safe = [r for r in ranked if r["latency_ms"] <= budget_ms * safe_frac][:safe_k]
+    near = [r for r in ranked if r["latency_ms"] * scale <= budget_ms * (1 + slack)][:top_k]
+    safe = [r for r in ranked if r["latency_ms"] * scale <= budget_ms * safe_frac][:safe_k]
     out, seen = [], set()
     for r in near + safe:
         k = candidate_key(r)
@@ -32,53 +37,129 @@ def finalists(rows: list, budget_ms: float, top_k: int = 4, slack: float = 0.10,
     return out
 
 
-def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list], dict], top_k: int = 4,
-                   slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss") -> dict:
-    """measure_fn(list of candidate rows) -> {"models": {candidate_name: {"ms", "noise_sd_ms"}},
-    "noise": {"sd_pct"}, ...} (one interleaved session for all finalists of all budgets).
-    Returns {"budgets": [per budget: budget_ms, met, chosen (row + predicted/measured/margin),
-    finalists, message], "measurement": what measure_fn returned less its per-model details}."""
+def _margin(m: dict, session_sd_pct: float) -> float:
+    """The noise margin of one measured model: the larger of its own spread and the session's noise
+    (sd % of the statistic) at its latency."""
+    own = m.get("noise_sd_ms", float("nan"))
+    sess = session_sd_pct / 100 * m["ms"] if math.isfinite(session_sd_pct) else float("nan")
+    return max(x for x in (own, sess, 0.0) if math.isfinite(x))
+
+
+def choose_first_layers(checked: list, budget_ms: float) -> dict:
+    """Baseline (a) for one budget: among the teacher's first-k-layer cuts measured in the same session as
+    the students' finalists ({name, layers, measured_ms, margin_ms}), the largest k whose measured latency
+    plus its margin meets the budget (the rule the students are chosen by). Returns {chosen: row or None,
+    message}."""
+    ok = [c for c in checked if c["measured_ms"] + c["margin_ms"] <= budget_ms]
+    if ok:
+        ch = max(ok, key=lambda c: c["layers"])
+        return {"chosen": ch, "message": f"{ch['name']}: measured {ch['measured_ms']:.2f} ms + margin "
+                                         f"{ch['margin_ms']:.2f} ms <= {budget_ms:g} ms"}
+    if not checked:
+        return {"chosen": None, "message": "no first-k cut measured"}
+    lo = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"])
+    return {"chosen": None, "message": f"none fits {budget_ms:g} ms: {lo['name']} measured {lo['measured_ms']:.2f} ms "
+                                       f"+ margin {lo['margin_ms']:.2f} ms"}
+
+
+def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
+                   slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
+                   first_layers: dict | None = None, rescale: bool = True) -> dict:
+    """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}}, "noise": {"sd_pct"},
+    "drift", ...}: one interleaved session for all finalists of all budgets and the extra models named (the
+    teacher's first-k-layer cuts of `first_layers` {name: k}, baseline (a), chosen per budget by the
+    students' rule in the same session: a machine slower or faster in another session moves both alike).
+
+    With `rescale`, a second session follows when the first one's anchor shows the machine running at
+    another speed than when the table was profiled (`drift`, the anchor now / then) and candidates that
+    could beat a budget's current choice lie near the budget under the predictions scaled by it: e.g. 19%
+    slower, every finalist predicted near the budget measures over it and only the safe fallbacks hold,
+    while candidates predicted near budget / 1.19 were never timed. Each candidate holds or not by its own
+    session's measurement and margin.
+
+    Returns {"budgets": [per budget: budget_ms, met, chosen (row + predicted/measured/margin), finalists,
+    message, first_layers (when asked: chosen, message, checked)], "measurement": what measure_fn
+    returned less its per-model details, "second_round" (the same for the second session, or None),
+    "measured": the per-model details}."""
+    first_layers = dict(first_layers or {})
+
+    def union_of(per_budget, skip=()):
+        u = {}
+        for fs in per_budget.values():
+            for r in fs:
+                if candidate_name(r) not in skip:
+                    u.setdefault(candidate_name(r), r)
+        return u
+
+    def check(r, m, sd, b, rnd):
+        margin = _margin(m, sd)
+        return {**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "measured_ms": m["ms"],
+                "margin_ms": margin, "holds": m["ms"] + margin <= b, "round": rnd}
+
+    def best_holding(checked):
+        ok = sorted((c for c in checked if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
+        return ok[0] if ok else None
+
     per_budget = {b: finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms}
-    union = {}
-    for fs in per_budget.values():
-        for r in fs:
-            union.setdefault(candidate_name(r), r)
-    meas = measure_fn(list(union.values())) if union else {"models": {}, "noise": {"sd_pct": float("nan")}}
+    union = union_of(per_budget)
+    if union or first_layers:
+        meas = measure_fn(list(union.values()), list(first_layers))
+    else:
+        meas = {"models": {}, "noise": {"sd_pct": float("nan")}}
     session_sd = meas.get("noise", {}).get("sd_pct", float("nan"))
+    cuts = [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
+             "margin_ms": _margin(meas["models"][n], session_sd)} for n, k in sorted(first_layers.items(),
+                                                                                    key=lambda kv: kv[1])]
+    checked = {b: [check(r, meas["models"][candidate_name(r)], session_sd, b, 1) for r in per_budget[b]]
+               for b in budgets_ms}
+    # second round: finalists under the predictions scaled by the session's measured speed change
+    drift = meas.get("drift", float("nan"))
+    meas2, scaled = None, {}
+    if rescale and union and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0:
+        for b in budgets_ms:
+            cur = best_holding(checked[b])
+            fs = finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=drift)
+            scaled[b] = [r for r in fs if candidate_name(r) not in meas["models"]
+                         and (cur is None or r[score] < cur[score])]
+        union2 = union_of(scaled)
+        if union2:
+            meas2 = measure_fn(list(union2.values()), [])
+            sd2 = meas2.get("noise", {}).get("sd_pct", float("nan"))
+            for b in budgets_ms:
+                checked[b] += [check(r, meas2["models"][candidate_name(r)], sd2, b, 2) for r in scaled[b]]
     out = []
     for b in budgets_ms:
-        checked = []
-        for r in per_budget[b]:
-            m = meas["models"][candidate_name(r)]
-            own = m.get("noise_sd_ms", float("nan"))
-            sess = session_sd / 100 * m["ms"] if math.isfinite(session_sd) else float("nan")
-            margin = max(x for x in (own, sess, 0.0) if math.isfinite(x))
-            checked.append({**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "measured_ms": m["ms"],
-                            "margin_ms": margin, "holds": m["ms"] + margin <= b})
-        ok = sorted((c for c in checked if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
-        entry = {"budget_ms": b, "met": bool(ok), "finalists": checked}
-        if ok:
-            entry["chosen"] = ok[0]
-            entry["message"] = (f"{ok[0]['name']}: predicted {ok[0]['predicted_ms']:.2f} ms, measured "
-                                f"{ok[0]['measured_ms']:.2f} ms + margin {ok[0]['margin_ms']:.2f} ms <= {b:g} ms")
-        elif checked:
-            best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the fastest of {len(checked)} finalists, "
+        ch = best_holding(checked[b])
+        entry = {"budget_ms": b, "met": ch is not None, "finalists": checked[b]}
+        if ch is not None:
+            entry["chosen"] = ch
+            entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms, measured "
+                                f"{ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms <= {b:g} ms"
+                                + (" (second round)" if ch["round"] == 2 else ""))
+        elif checked[b]:
+            best = min(checked[b], key=lambda c: c["measured_ms"] + c["margin_ms"])
+            entry["message"] = (f"no measured candidate meets {b:g} ms: the fastest of {len(checked[b])} finalists, "
                                 f"{best['name']}, measured {best['measured_ms']:.2f} ms + margin "
                                 f"{best['margin_ms']:.2f} ms")
         else:
             entry["message"] = f"no candidate predicted within {b:g} ms x {1 + slack:g}: nothing to measure"
+        if first_layers:
+            entry["first_layers"] = {**choose_first_layers(cuts, b), "checked": cuts}
         out.append(entry)
-    return {"budgets": out, "measurement": {k: v for k, v in meas.items() if k not in ("models", "timings")},
-            "measured": meas.get("models", {})}
+    summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}
+    models = {**meas.get("models", {}), **((meas2 or {}).get("models", {}))}
+    return {"budgets": out, "measurement": summ(meas), "second_round": summ(meas2) if meas2 else None,
+            "measured": models}
 
 
-def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None) -> dict:
+def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None,
+                       extra: dict | None = None, out_name: str = "verify_measure.json") -> dict:
     """Export candidate rows from their supernets and time them end to end in a fresh process
-    (`autodistil measure`, the table's protocol and anchor); the folders are removed after."""
+    (`autodistil measure`, the table's protocol and anchor), in one session with `extra` models
+    ({name: folder}, measured as they are, or a function writing the folder at a given path); the
+    exported folders are removed after."""
     import shutil
     import tempfile
-    from pathlib import Path
     from ..export import export_subnet
     from ..latency.run_measure import measure_in_subprocess
     from ..space import SubnetConfig
@@ -90,19 +171,50 @@ def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds
         for r in rows:
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
             folders[candidate_name(r)] = export_subnet(nets_by_space[r["space"]], cfg, tmp / candidate_name(r))
-        return measure_in_subprocess(table_path, folders, work / "verify_measure.json", rounds)
+        for name, src in (extra or {}).items():
+            if name in folders:
+                raise ValueError(f"extra model name {name!r} clashes with a candidate's")
+            folders[name] = src(tmp / name) if callable(src) else src
+        return measure_in_subprocess(table_path, folders, work / out_name, rounds)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4) -> dict:
+def first_layer_name(k: int) -> str:
+    """The name (and export folder) of baseline (a) with k layers."""
+    return f"teacher-first{k}"
+
+
+def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
+                  teacher=None, first_layers=()) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
     finalists of each budget end to end in a fresh process (work files in OUT/verify) and write
-    OUT/verified.json. nets: (model, spaces, meta) as the search loaded them."""
+    OUT/verified.json. nets: (model, spaces, meta) as the search loaded them. With `teacher` (a Hugging
+    Face folder) the teacher is timed in the same session (its latency recorded as `teacher_ms`), and
+    for each k in `first_layers` its first k layers, cut with export.export_first_layers, are timed
+    and chosen per budget by the students' rule (baseline (a))."""
+    from ..export import export_first_layers
     from ..io import atomic_write_json
     out_dir = Path(out_dir)
     by_space = {spaces[0].name: model for model, spaces, _ in nets}
-    ver = verify_budgets(candidates, budgets_ms,
-                         lambda rows: measure_candidates(rows, by_space, table_path, out_dir / "verify"), top_k=top_k)
+    if first_layers and teacher is None:
+        raise ValueError("first_layers needs the teacher folder they are cut from")
+    cuts = {first_layer_name(k): k for k in first_layers}
+    extra = {n: (lambda p, k=k: export_first_layers(teacher, k, p)) for n, k in cuts.items()}
+    if teacher is not None:
+        extra["teacher"] = str(teacher)
+
+    calls = []
+
+    def measure(rows, names):  # the teacher in the first session only
+        with_teacher = ["teacher"] if teacher is not None and not calls else []
+        calls.append(len(rows))
+        return measure_candidates(rows, by_space, table_path, out_dir / "verify",
+                                  extra={n: extra[n] for n in [*names, *with_teacher]},
+                                  out_name=f"verify_measure{len(calls)}.json")
+    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts)
+    if teacher is not None:
+        t = ver["measured"].get("teacher")
+        ver["teacher_ms"] = t["ms"] if t else None
     atomic_write_json(out_dir / "verified.json", ver)
     return ver
