@@ -177,6 +177,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--verify-top", type=int, default=0,
                     help="measure the best K candidates near each latency budget end to end on this device and choose "
                          "the best whose measured latency + noise margin meets it (0: predicted only)")
+    se.add_argument("--no-rescale", action="store_true",
+                    help="with --verify-top: no second session for the candidates near a budget under predictions "
+                         "scaled by the machine's measured speed change since profiling")
     se.add_argument("--out", required=True)
     se.set_defaults(fn=cmd_search)
 
@@ -387,7 +390,7 @@ def run_search_command(a):
     if a.verify_top and table is not None and any(b.latency_ms for b in budgets):
         from .search.verify import verify_search
         ver = verify_search(res["candidates"], [b.latency_ms for b in budgets if b.latency_ms], nets, a.table, a.out,
-                            top_k=a.verify_top)
+                            top_k=a.verify_top, rescale=not a.no_rescale)
         for b in ver["budgets"]:
             print(f"verified latency<={b['budget_ms']:g}ms: " + b["message"])
     print(f"Pareto front: {len(res['front'])} students -> {Path(a.out) / 'pareto_front.csv'}, plot pareto.png")

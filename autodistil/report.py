@@ -147,7 +147,8 @@ def render_markdown(res: dict) -> str:
     if v.get("drift"):
         L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x"
                  + (f"; a second session timed the candidates near each budget under predictions scaled by it "
-                    f"({v['second_round']['drift']:.3f}x then)." if v.get("second_round") else "."))
+                    f"(speed {v['second_round']['drift']:.3f}x then)." if (v.get("second_round") or {}).get("drift")
+                    else "."))
     L.append("")
     if res.get("comparison"):
         metric = models[0]["headline_metric"]

@@ -46,8 +46,9 @@ def load_run(run_dir: Path):
     return run
 
 
-def summarize(per_seed: dict, comparison: list, teacher_score: float) -> dict:
-    """per_seed: {seed: {model name: finetune result}}; comparison: results.json's 'comparison'."""
+def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_off: bool = False) -> dict:
+    """per_seed: {seed: {model name: finetune result}}; comparison: results.json's 'comparison';
+    baselines_off: the run had baselines=false (a missing baseline is then not 'none fits')."""
     seeds = sorted(per_seed)
     out = []
     for cmp in comparison:
@@ -59,6 +60,8 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float) -> dict:
             if name is None:
                 entry["roles"][role] = None
                 entry["why_none"][role] = r.get("why") or "none fits"
+                if role != "searched" and baselines_off:
+                    entry["why_none"][role] = "off (baselines=false)"
                 continue
             scores = [per_seed[s][name]["score"] for s in seeds]
             f1 = [per_seed[s][name]["metrics"].get("f1") for s in seeds]
@@ -132,7 +135,8 @@ def main(argv=None):
             per_seed[s] = run.finetune_all(s, out_root=run_dir / f"finetuned_seed{s}", only=only)
         seconds[s] = round(time.time() - t, 1)
     teacher = per_seed[a.seeds[0]]["teacher"]
-    summary = summarize(per_seed, res["comparison"], teacher["score"])
+    summary = summarize(per_seed, res["comparison"], teacher["score"],
+                        baselines_off=not res["config"].get("baselines", True))
     summary.update({"run": str(run_dir), "cpu": cpu_model(), "seconds_per_seed": seconds,
                     "recipe": {k: res["config"][k] for k in ("student_lr", "student_epochs", "kd_alpha",
                                                              "finetune_batch", "finetune_seq_len", "task")},

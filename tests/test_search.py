@@ -189,30 +189,59 @@ def test_second_round_follows_the_machine_speed_change():
     """The verification session runs 20% slower than profiling (its anchor's drift 1.2): every finalist
     predicted near the 10 ms budget measures over it and only the safe fallback holds. The second round
     times the candidates near the budget under predictions x 1.2 that could beat that fallback, and the
-    best of them that holds is chosen; without rescaling the fallback stays."""
+    best of them that holds is chosen, with a margin no smaller than session 1's noise; baseline (a) is
+    timed again there and taken from the chosen student's session. Without rescaling the fallback stays."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
     rows = _rows() + [{"space": "s", "layers": 3, "hidden": 96, "ffn_ratio": 2.0, "heads": 2, "loss": 0.25,
                        "latency_ms": 8.2}]
     calls = []
 
-    def fn(cands, extra=()):
-        calls.append(sorted(candidate_name(r) for r in cands))
-        return {"models": {candidate_name(r): {"ms": 1.2 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands},
-                "noise": {"sd_pct": 1.0}, "drift": 1.2}
-    ver = verify_budgets(rows, [10.0], fn, top_k=2)
+    def fn(cands, extra=(), drift=1.2):
+        calls.append(sorted(candidate_name(r) for r in cands) + list(extra))
+        models = {candidate_name(r): {"ms": 1.2 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands}
+        models.update({n: {"ms": 9.5 if len(calls) == 1 else 10.5, "noise_sd_ms": 0.0} for n in extra})
+        return {"models": models, "noise": {"sd_pct": 1.0 if len(calls) == 1 else 0.0}, "drift": drift}
+    ver = verify_budgets(rows, [10.0], fn, top_k=2, first_layers={"teacher-first1": 1})
     b = ver["budgets"][0]
-    assert len(calls) == 2 and calls[1] == ["s-L3-H96-R2-A2"]
+    assert len(calls) == 2 and calls[1] == ["s-L3-H96-R2-A2", "teacher-first1"]
     assert b["chosen"]["name"] == "s-L3-H96-R2-A2" and b["chosen"]["round"] == 2
     assert b["chosen"]["measured_ms"] == pytest.approx(9.84) and "(second round)" in b["message"]
-    assert ver["second_round"] is not None
+    assert b["chosen"]["margin_ms"] == pytest.approx(0.0984)  # session 1's 1 %, not session 2's 0 %
+    assert b["first_layers"]["round"] == 2 and b["first_layers"]["chosen"] is None  # 10.5 ms there
+    assert ver["second_round"] is not None and ver["measured"]["teacher-first1"]["ms"] == 9.5
     calls.clear()
-    b = verify_budgets(rows, [10.0], fn, top_k=2, rescale=False)["budgets"][0]
+    b = verify_budgets(rows, [10.0], fn, top_k=2, rescale=False, first_layers={"teacher-first1": 1})["budgets"][0]
     assert len(calls) == 1 and b["chosen"]["layers"] == 2 and b["chosen"]["round"] == 1
-    # a machine at profiling speed: no second session
-    calls.clear()
-    verify_budgets(rows, [10.0], lambda c, e=(): {**fn(c, e), "drift": 1.0}, top_k=2)
+    assert b["first_layers"]["chosen"]["name"] == "teacher-first1"  # 9.5 + 0.095 ms in session 1
+    # a machine within 3 % of its profiling speed: no second session
+    for d in (1.0, 1.02):
+        calls.clear()
+        verify_budgets(rows, [10.0], lambda c, e=(), d=d: fn(c, e, drift=d), top_k=2)
+        assert len(calls) == 1
+
+
+def test_second_round_judges_another_budgets_finalists_on_their_measurement():
+    """Machine 15% faster than at profiling, budgets 10 and 12 ms: under the scaled predictions the 12 ms
+    budget's finalists are the 10 ms budget's too; they were timed in session 1 and must be judged for
+    10 ms on that measurement (B, 9.78 ms, beats the round-1 choice C) without a second session."""
+    from autodistil.search.run import candidate_name
+    from autodistil.search.verify import verify_budgets
+    mk = lambda name, loss, pred: {"space": "s", "layers": name, "hidden": 128, "ffn_ratio": 2.0, "heads": 2,
+                                   "loss": loss, "latency_ms": pred}
+    rows = [mk(1, 0.1, 12.5), mk(2, 0.2, 11.5), mk(3, 0.3, 10.5), mk(4, 0.4, 9.5), mk(5, 0.5, 7.0)]
+    calls = []
+
+    def fn(cands, extra=()):
+        calls.append(len(cands))
+        return {"models": {candidate_name(r): {"ms": 0.85 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands},
+                "noise": {"sd_pct": 1.0}, "drift": 0.85}
+    ver = verify_budgets(rows, [10.0, 12.0], fn, top_k=2)
+    b10, b12 = ver["budgets"]
     assert len(calls) == 1
+    assert b10["chosen"]["layers"] == 2 and b10["chosen"]["round"] == 1
+    assert b12["chosen"]["layers"] == 1
+    assert not verify_budgets(rows, [10.0, 12.0], fn, top_k=2, rescale=False)["budgets"][0]["chosen"]["layers"] == 2
 
 
 def test_budget_verification_on_the_synthetic_device():

@@ -64,7 +64,7 @@ def choose_first_layers(checked: list, budget_ms: float) -> dict:
 
 def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
                    slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
-                   first_layers: dict | None = None, rescale: bool = True) -> dict:
+                   first_layers: dict | None = None, rescale: bool = True, min_drift: float = 0.03) -> dict:
     """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}}, "noise": {"sd_pct"},
     "drift", ...}: one interleaved session for all finalists of all budgets and the extra models named (the
     teacher's first-k-layer cuts of `first_layers` {name: k}, baseline (a), chosen per budget by the
@@ -74,8 +74,10 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     another speed than when the table was profiled (`drift`, the anchor now / then) and candidates that
     could beat a budget's current choice lie near the budget under the predictions scaled by it: e.g. 19%
     slower, every finalist predicted near the budget measures over it and only the safe fallbacks hold,
-    while candidates predicted near budget / 1.19 were never timed. Each candidate holds or not by its own
-    session's measurement and margin.
+    while candidates predicted near budget / 1.19 were never timed. It runs when the speed moved by more
+    than `min_drift` and such candidates exist; they hold or not by that session's measurement, with a
+    margin no smaller than session 1's noise. The first-k cuts are timed again there, and a budget whose
+    student comes from the second session takes baseline (a) from it too.
 
     Returns {"budgets": [per budget: budget_ms, met, chosen (row + predicted/measured/margin), finalists,
     message, first_layers (when asked: chosen, message, checked)], "measurement": what measure_fn
@@ -100,31 +102,43 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
         ok = sorted((c for c in checked if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
         return ok[0] if ok else None
 
+    def cuts_of(meas, sd, rnd):
+        return [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
+                 "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
+                for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
+
     per_budget = {b: finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms}
     union = union_of(per_budget)
-    if union or first_layers:
+    if budgets_ms and (union or first_layers):
         meas = measure_fn(list(union.values()), list(first_layers))
     else:
         meas = {"models": {}, "noise": {"sd_pct": float("nan")}}
     session_sd = meas.get("noise", {}).get("sd_pct", float("nan"))
-    cuts = [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
-             "margin_ms": _margin(meas["models"][n], session_sd)} for n, k in sorted(first_layers.items(),
-                                                                                    key=lambda kv: kv[1])]
+    cuts = {1: cuts_of(meas, session_sd, 1)}
     checked = {b: [check(r, meas["models"][candidate_name(r)], session_sd, b, 1) for r in per_budget[b]]
                for b in budgets_ms}
     # second round: finalists under the predictions scaled by the session's measured speed change
     drift = meas.get("drift", float("nan"))
     meas2, scaled = None, {}
-    if rescale and union and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0:
+    if (rescale and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
+            and abs(drift - 1) > min_drift):
         for b in budgets_ms:
-            cur = best_holding(checked[b])
+            seen = {c["name"] for c in checked[b]}
             fs = finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=drift)
+            # a finalist of another budget timed in session 1 is judged on that measurement
+            checked[b] += [check(r, meas["models"][candidate_name(r)], session_sd, b, 1) for r in fs
+                           if candidate_name(r) in meas["models"] and candidate_name(r) not in seen]
+            cur = best_holding(checked[b])
             scaled[b] = [r for r in fs if candidate_name(r) not in meas["models"]
                          and (cur is None or r[score] < cur[score])]
         union2 = union_of(scaled)
         if union2:
-            meas2 = measure_fn(list(union2.values()), [])
-            sd2 = meas2.get("noise", {}).get("sd_pct", float("nan"))
+            # the first-k cuts again, so that a student chosen here meets baseline (a) in its own session
+            meas2 = measure_fn(list(union2.values()), list(first_layers))
+            # margins no smaller than session 1's noise: a session of one or two models estimates it poorly
+            sd2 = max((x for x in (meas2.get("noise", {}).get("sd_pct", float("nan")), session_sd)
+                       if math.isfinite(x)), default=float("nan"))
+            cuts[2] = cuts_of(meas2, sd2, 2)
             for b in budgets_ms:
                 checked[b] += [check(r, meas2["models"][candidate_name(r)], sd2, b, 2) for r in scaled[b]]
     out = []
@@ -143,11 +157,13 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                                 f"{best['margin_ms']:.2f} ms")
         else:
             entry["message"] = f"no candidate predicted within {b:g} ms x {1 + slack:g}: nothing to measure"
-        if first_layers:
-            entry["first_layers"] = {**choose_first_layers(cuts, b), "checked": cuts}
+        if first_layers:  # from the session the chosen student was timed in
+            rnd = ch["round"] if ch is not None else 1
+            entry["first_layers"] = {**choose_first_layers(cuts[rnd], b), "checked": cuts[rnd], "round": rnd}
         out.append(entry)
     summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}
-    models = {**meas.get("models", {}), **((meas2 or {}).get("models", {}))}
+    models = {**meas.get("models", {}),
+              **{n: v for n, v in (meas2 or {}).get("models", {}).items() if n not in first_layers}}
     return {"budgets": out, "measurement": summ(meas), "second_round": summ(meas2) if meas2 else None,
             "measured": models}
 
@@ -186,7 +202,7 @@ def first_layer_name(k: int) -> str:
 
 
 def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
-                  teacher=None, first_layers=()) -> dict:
+                  teacher=None, first_layers=(), rescale: bool = True) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
     finalists of each budget end to end in a fresh process (work files in OUT/verify) and write
     OUT/verified.json. nets: (model, spaces, meta) as the search loaded them. With `teacher` (a Hugging
@@ -212,7 +228,7 @@ def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir,
         return measure_candidates(rows, by_space, table_path, out_dir / "verify",
                                   extra={n: extra[n] for n in [*names, *with_teacher]},
                                   out_name=f"verify_measure{len(calls)}.json")
-    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts)
+    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rescale=rescale)
     if teacher is not None:
         t = ver["measured"].get("teacher")
         ver["teacher_ms"] = t["ms"] if t else None
