@@ -123,9 +123,10 @@ _DEPS = {
 }
 
 # A stage's output format version: bumped when what it writes changes so that a cached marker from
-# older code would break a later stage (search 2: baseline (a) chosen at search time). A bump makes
+# older code would break a later stage (search 2: baseline (a) chosen at search time; 3: budgets from
+# the teacher timed in the verification session). A bump makes
 # that stage and all after it rerun; stages before it stay cached.
-_VERSIONS = {"search": 2}
+_VERSIONS = {"search": 3}
 
 
 class Run:
@@ -249,8 +250,10 @@ class Run:
         lo = min(table.predict(spaces[0].smallest()) for _, spaces, _ in nets)
         usable = [b for b in budgets_ms if b >= lo]
         skipped = [b for b in budgets_ms if b < lo]
+        # fractions of the teacher: final budgets from the teacher timed with the finalists (verify_budgets)
+        fractions = None if c.latency_ms else [f for f, b in zip(c.budget_fractions, budgets_ms) if b >= lo]
         if not usable:
-            usable = [round(lo * 1.05, 3)]
+            usable, fractions = [round(lo * 1.05, 3)], None
             self.log(f"[search] no budget reachable (smallest student {lo:.2f} ms); using {usable[0]} ms")
         budgets = [Budget(latency_ms=b) for b in usable]
         # baseline (b): the FLOPs-constrained search at the same fraction of the teacher's MACs
@@ -258,8 +261,8 @@ class Run:
         min_macs = min(exact_cost(spaces[0].smallest(), head_dim, c.seq_len, vocab).macs for _, spaces, _ in nets)
         flops_for = {}
         if c.baselines:
-            for b in usable:
-                m = round(b / t_ms * teacher_macs)
+            for i, b in enumerate(usable):
+                m = round((fractions[i] if fractions is not None else b / t_ms) * teacher_macs)
                 if m >= min_macs:
                     flops_for[Budget(latency_ms=b).label()] = Budget(macs=m)
                 else:
@@ -273,10 +276,17 @@ class Run:
         L = info.shape.layers
         first_ks = [k for k in range(1, L) if k == 1 or t_ms * k / L <= 1.5 * max(usable)] if c.baselines else []
         ver = verify_search(res["candidates"], usable, nets, self.state["profile"]["table"], self.out / "search",
-                            top_k=c.verify_top, teacher=info.path, first_layers=first_ks)
-        best, unmet, first_for = {}, [], {}
-        for b in ver["budgets"]:
+                            top_k=c.verify_top, teacher=info.path, first_layers=first_ks, fractions=fractions)
+        if fractions is not None:
+            shown = ", ".join(f"{f:g}x = {b['budget_ms']:g} ms" for f, b in zip(fractions, ver["budgets"]))
+            self.log(f"[search] teacher {ver['teacher_ms']:.2f} ms in the verification session (profiled "
+                     f"{t_ms:.2f} ms): budgets {shown}")
+        t_ver = ver["teacher_ms"] or t_ms
+        best, unmet, first_for, flops_final = {}, [], {}, {}
+        for b, requested in zip(ver["budgets"], usable):
             label = Budget(latency_ms=b["budget_ms"]).label()
+            if Budget(latency_ms=requested).label() in flops_for:
+                flops_final[label] = flops_for[Budget(latency_ms=requested).label()]
             self.log(f"[search] latency<={b['budget_ms']:g}ms: {b['message']}")
             if b["met"]:
                 ch = b["chosen"]
@@ -284,6 +294,7 @@ class Run:
                                                   "latency_ms", "latency_sd_ms", "macs", "params", "measured_ms",
                                                   "margin_ms")}
                 best[label]["budget_ms"] = b["budget_ms"]
+                best[label]["fraction"] = b["fraction"] if b["fraction"] is not None else b["budget_ms"] / t_ver
                 self.log("[search] " + format_choice(f"latency<={b['budget_ms']:g}ms", ch, "loss"))
                 if "first_layers" in b:
                     fl = b["first_layers"]
@@ -294,13 +305,14 @@ class Run:
             else:
                 unmet.append({"budget_ms": b["budget_ms"], "message": b["message"]})
         flops_best = {}
-        for label, fb in flops_for.items():
+        for label, fb in flops_final.items():
             r = res["best"][fb.label()]
             flops_best[label] = {**{k: r[k] for k in ("space", "layers", "hidden", "ffn_ratio", "heads", "loss",
                                                        "latency_ms", "macs", "params")},
                                  "macs_budget": fb.macs, "macs_fraction": fb.macs / teacher_macs}
             self.log("[search] baseline " + format_choice(f"{fb.label()} (for {label})", r, "loss"))
-        return {"budgets_ms": usable, "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
+        return {"budgets_ms": [b["budget_ms"] for b in ver["budgets"]], "requested_budgets_ms": usable,
+                "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
                 "flops_best": flops_best, "first_layers_for": first_for, "teacher_macs": teacher_macs,
                 "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
                 "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),

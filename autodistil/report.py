@@ -67,7 +67,7 @@ def collect_results(run) -> dict:
                          "share_of_teacher": m["score"] / teacher_row["score"] if teacher_row["score"] else None,
                          "within_budget": m["latency_ms"] <= b["budget_ms"]})
         comparison.append({"budget": label, "budget_ms": b["budget_ms"],
-                           "fraction": b["budget_ms"] / st["profile"]["teacher_ms"], "rows": rows})
+                           "fraction": b.get("fraction", b["budget_ms"] / st["profile"]["teacher_ms"]), "rows": rows})
     train = st["train"]["summary"]
     budgets = []
     for name, s in ex["students"].items():
@@ -140,9 +140,10 @@ def render_markdown(res: dict) -> str:
              f"{ms.get('drift', float('nan')):.3f}x).")
     vt = (res.get("verification") or {}).get("teacher_ms")
     if vt:
-        L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the budgets are fractions of "
-                 f"that), {vt:.2f} ms in the search-time verification session and {teacher['latency_ms']:.2f} ms "
-                 f"in this report's.")
+        L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the search's provisional "
+                 f"budgets), {vt:.2f} ms in the search-time verification session (where the students and the "
+                 f"first-k cuts were chosen; fractional budgets are fractions of this) and "
+                 f"{teacher['latency_ms']:.2f} ms in this report's.")
     v = res.get("verification") or {}
     if v.get("drift"):
         L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x"
@@ -161,7 +162,7 @@ def render_markdown(res: dict) -> str:
                  f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epoch{'' if c['student_epochs'] == 1 else 's'}, logits distillation weight "
                  f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
                  f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise.\n")
-        L.append(f"| budget (ms) | budget x teacher (profiling) | model | role | measured (ms) | x teacher (measured) "
+        L.append(f"| budget (ms) | budget x teacher (verification) | model | role | measured (ms) | x teacher (measured) "
                  f"| fits | {metric} | " + "".join(f"{k} | " for k in extra) + f"share of teacher {metric} |")
         L.append("|---|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|")
         for cmp in res["comparison"]:

@@ -221,10 +221,43 @@ def test_second_round_follows_the_machine_speed_change():
         assert len(calls) == 1
 
 
+def test_fractional_budgets_come_from_the_teacher_timed_with_the_finalists():
+    """Budgets 0.3x and 0.6x of a teacher profiled at 40 ms (12 and 24 ms) pick the first session's
+    finalists, but the teacher measures 30 ms in that session, so the budgets are 9 and 18 ms: the
+    12 ms pick (measured 11 ms) does not hold, a candidate near 9 ms is timed in a second session and
+    chosen, and the cuts are judged against the final budgets too."""
+    from autodistil.search.run import candidate_name
+    from autodistil.search.verify import verify_budgets
+    mk = lambda l, loss, pred: {"space": "s", "layers": l, "hidden": 128, "ffn_ratio": 2.0, "heads": 2,
+                                "loss": loss, "latency_ms": pred}
+    rows = [mk(1, 0.1, 23.0), mk(2, 0.2, 11.0), mk(3, 0.3, 8.5), mk(4, 0.4, 6.0), mk(5, 0.5, 4.0)]
+    calls = []
+
+    def fn(cands, extra=()):
+        calls.append(sorted(candidate_name(r) for r in cands) + sorted(extra))
+        m = {candidate_name(r): {"ms": r["latency_ms"], "noise_sd_ms": 0.0} for r in cands}
+        m.update({n: {"ms": {"teacher": 30.0, "teacher-first1": 8.0, "teacher-first2": 13.0}[n], "noise_sd_ms": 0.0}
+                  for n in extra})
+        return {"models": m, "noise": {"sd_pct": 1.0}, "drift": 1.0}
+    ver = verify_budgets(rows, [12.0, 24.0], fn, top_k=1, safe_k=0, with_teacher=True, fractions=[0.3, 0.6],
+                         first_layers={"teacher-first1": 1, "teacher-first2": 2})
+    b9, b18 = ver["budgets"]
+    assert ver["teacher_ms"] == 30.0 and (b9["budget_ms"], b18["budget_ms"]) == (9.0, 18.0)
+    assert (b9["requested_ms"], b9["fraction"]) == (12.0, 0.3)
+    assert "teacher" in calls[0] and "s-L3-H128-R2-A2" in calls[1] and "teacher" not in calls[1]
+    assert b9["chosen"]["layers"] == 3 and b9["chosen"]["round"] == 2
+    assert b18["chosen"]["layers"] == 2  # 11 ms holds 18 ms; 23 ms does not
+    assert b9["first_layers"]["chosen"]["name"] == "teacher-first1"
+    assert b18["first_layers"]["chosen"]["name"] == "teacher-first2"
+    with pytest.raises(ValueError, match="need with_teacher=True and one fraction per budget"):
+        verify_budgets(rows, [12.0], fn, fractions=[0.3])
+
+
 def test_second_round_judges_another_budgets_finalists_on_their_measurement():
     """Machine 15% faster than at profiling, budgets 10 and 12 ms: under the scaled predictions the 12 ms
     budget's finalists are the 10 ms budget's too; they were timed in session 1 and must be judged for
-    10 ms on that measurement (B, 9.78 ms, beats the round-1 choice C) without a second session."""
+    10 ms on that measurement (B, 9.78 ms, beats C, the best of the 10 ms budget's own finalists)
+    without a second session."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
     mk = lambda name, loss, pred: {"space": "s", "layers": name, "hidden": 128, "ffn_ratio": 2.0, "heads": 2,
@@ -241,7 +274,9 @@ def test_second_round_judges_another_budgets_finalists_on_their_measurement():
     assert len(calls) == 1
     assert b10["chosen"]["layers"] == 2 and b10["chosen"]["round"] == 1
     assert b12["chosen"]["layers"] == 1
-    assert not verify_budgets(rows, [10.0, 12.0], fn, top_k=2, rescale=False)["budgets"][0]["chosen"]["layers"] == 2
+    # every measured candidate is judged against every budget, with or without rescaling
+    b10 = verify_budgets(rows, [10.0, 12.0], fn, top_k=2, rescale=False)["budgets"][0]
+    assert {f["layers"] for f in b10["finalists"]} == {1, 2, 3, 4, 5} and b10["chosen"]["layers"] == 2
 
 
 def test_budget_verification_on_the_synthetic_device():

@@ -64,33 +64,43 @@ def choose_first_layers(checked: list, budget_ms: float) -> dict:
 
 def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
                    slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
-                   first_layers: dict | None = None, rescale: bool = True, min_drift: float = 0.03) -> dict:
+                   first_layers: dict | None = None, rescale: bool = True, min_drift: float = 0.03,
+                   with_teacher: bool = False, fractions: list | None = None) -> dict:
     """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}}, "noise": {"sd_pct"},
-    "drift", ...}: one interleaved session for all finalists of all budgets and the extra models named (the
-    teacher's first-k-layer cuts of `first_layers` {name: k}, baseline (a), chosen per budget by the
-    students' rule in the same session: a machine slower or faster in another session moves both alike).
+    "drift", ...}: one interleaved session for all finalists of all budgets and the extra models named:
+    "teacher" (`with_teacher`) and the teacher's first-k-layer cuts of `first_layers` {name: k}
+    (baseline (a)), chosen per budget by the students' rule in the same session: a machine slower or
+    faster in another session moves both alike. Every measured candidate is judged against every budget.
 
-    With `rescale`, a second session follows when the first one's anchor shows the machine running at
-    another speed than when the table was profiled (`drift`, the anchor now / then) and candidates that
-    could beat a budget's current choice lie near the budget under the predictions scaled by it: e.g. 19%
+    `fractions` (one per budget, with `with_teacher`): the budgets are those fractions of the teacher's
+    latency measured in this session, the one the students and cuts are timed in; `budgets_ms` only
+    picked the first session's finalists (a teacher timed once elsewhere, on a machine then slower or
+    faster, would put "0.3x the teacher" somewhere else).
+
+    A second session follows when candidates that could beat a budget's current choice lie near it
+    and were not timed: with `rescale`, under the predictions scaled by the machine's speed change
+    since profiling (`drift`, the anchor now / then, when it moved by more than `min_drift`): e.g. 19%
     slower, every finalist predicted near the budget measures over it and only the safe fallbacks hold,
-    while candidates predicted near budget / 1.19 were never timed. It runs when the speed moved by more
-    than `min_drift` and such candidates exist; they hold or not by that session's measurement, with a
-    margin no smaller than session 1's noise. The first-k cuts are timed again there, and a budget whose
-    student comes from the second session takes baseline (a) from it too.
+    while candidates predicted near budget / 1.19 were never timed; and when `fractions` moved the
+    budgets. Those candidates hold or not by that session's measurement, with a margin no smaller than
+    session 1's noise; the first-k cuts are timed again there, and a budget whose student comes from
+    the second session takes baseline (a) from it too.
 
-    Returns {"budgets": [per budget: budget_ms, met, chosen (row + predicted/measured/margin), finalists,
-    message, first_layers (when asked: chosen, message, checked)], "measurement": what measure_fn
-    returned less its per-model details, "second_round" (the same for the second session, or None),
-    "measured": the per-model details}."""
+    Returns {"budgets": [per budget: budget_ms, requested_ms, fraction, met, chosen (row + predicted/
+    measured/margin/round), finalists (every measured candidate, judged), message, first_layers (when
+    asked: chosen, message, checked, round)], "teacher_ms", "measurement": what measure_fn returned
+    less its per-model details, "second_round" (the same for the second session, or None), "measured":
+    the per-model details}."""
     first_layers = dict(first_layers or {})
+    if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
+        raise ValueError(f"fractions {fractions} need with_teacher=True and one fraction per budget "
+                         f"({len(budgets_ms)} budgets)")
 
-    def union_of(per_budget, skip=()):
+    def union_of(per_budget):
         u = {}
-        for fs in per_budget.values():
+        for fs in per_budget:
             for r in fs:
-                if candidate_name(r) not in skip:
-                    u.setdefault(candidate_name(r), r)
+                u.setdefault(candidate_name(r), r)
         return u
 
     def check(r, m, sd, b, rnd):
@@ -107,31 +117,33 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                  "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
                 for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
 
-    per_budget = {b: finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms}
-    union = union_of(per_budget)
-    if budgets_ms and (union or first_layers):
-        meas = measure_fn(list(union.values()), list(first_layers))
+    union = union_of(finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms)
+    extra1 = [*first_layers, *(["teacher"] if with_teacher else [])]
+    if budgets_ms and (union or extra1):
+        meas = measure_fn(list(union.values()), extra1)
     else:
         meas = {"models": {}, "noise": {"sd_pct": float("nan")}}
     session_sd = meas.get("noise", {}).get("sd_pct", float("nan"))
+    teacher_ms = meas["models"]["teacher"]["ms"] if "teacher" in meas["models"] else None
+    final = list(budgets_ms)
+    if fractions is not None and teacher_ms:
+        final = [round(f * teacher_ms, 3) for f in fractions]
     cuts = {1: cuts_of(meas, session_sd, 1)}
-    checked = {b: [check(r, meas["models"][candidate_name(r)], session_sd, b, 1) for r in per_budget[b]]
-               for b in budgets_ms}
-    # second round: finalists under the predictions scaled by the session's measured speed change
+    checked = [[check(r, meas["models"][n], session_sd, b, 1) for n, r in union.items()] for b in final]
+    # second round: candidates near the (final) budgets, under the predictions scaled by the session's
+    # measured speed change, that were not timed and could beat a budget's current choice
     drift = meas.get("drift", float("nan"))
-    meas2, scaled = None, {}
-    if (rescale and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
-            and abs(drift - 1) > min_drift):
-        for b in budgets_ms:
-            seen = {c["name"] for c in checked[b]}
-            fs = finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=drift)
-            # a finalist of another budget timed in session 1 is judged on that measurement
-            checked[b] += [check(r, meas["models"][candidate_name(r)], session_sd, b, 1) for r in fs
-                           if candidate_name(r) in meas["models"] and candidate_name(r) not in seen]
-            cur = best_holding(checked[b])
-            scaled[b] = [r for r in fs if candidate_name(r) not in meas["models"]
-                         and (cur is None or r[score] < cur[score])]
-        union2 = union_of(scaled)
+    moved = (rescale and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
+             and abs(drift - 1) > min_drift)
+    scale = drift if moved else 1.0
+    meas2 = None
+    if moved or final != list(budgets_ms):
+        more = []
+        for i, b in enumerate(final):
+            cur = best_holding(checked[i])
+            more.append([r for r in finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=scale)
+                         if candidate_name(r) not in union and (cur is None or r[score] < cur[score])])
+        union2 = union_of(more)
         if union2:
             # the first-k cuts again, so that a student chosen here meets baseline (a) in its own session
             meas2 = measure_fn(list(union2.values()), list(first_layers))
@@ -139,20 +151,21 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
             sd2 = max((x for x in (meas2.get("noise", {}).get("sd_pct", float("nan")), session_sd)
                        if math.isfinite(x)), default=float("nan"))
             cuts[2] = cuts_of(meas2, sd2, 2)
-            for b in budgets_ms:
-                checked[b] += [check(r, meas2["models"][candidate_name(r)], sd2, b, 2) for r in scaled[b]]
+            for i, b in enumerate(final):
+                checked[i] += [check(r, meas2["models"][n], sd2, b, 2) for n, r in union2.items()]
     out = []
-    for b in budgets_ms:
-        ch = best_holding(checked[b])
-        entry = {"budget_ms": b, "met": ch is not None, "finalists": checked[b]}
+    for i, b in enumerate(final):
+        ch = best_holding(checked[i])
+        entry = {"budget_ms": b, "requested_ms": budgets_ms[i], "fraction": None if fractions is None else fractions[i],
+                 "met": ch is not None, "finalists": checked[i]}
         if ch is not None:
             entry["chosen"] = ch
             entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms, measured "
                                 f"{ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms <= {b:g} ms"
                                 + (" (second round)" if ch["round"] == 2 else ""))
-        elif checked[b]:
-            best = min(checked[b], key=lambda c: c["measured_ms"] + c["margin_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the fastest of {len(checked[b])} finalists, "
+        elif checked[i]:
+            best = min(checked[i], key=lambda c: c["measured_ms"] + c["margin_ms"])
+            entry["message"] = (f"no measured candidate meets {b:g} ms: the fastest of {len(checked[i])} measured, "
                                 f"{best['name']}, measured {best['measured_ms']:.2f} ms + margin "
                                 f"{best['margin_ms']:.2f} ms")
         else:
@@ -164,8 +177,8 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}
     models = {**meas.get("models", {}),
               **{n: v for n, v in (meas2 or {}).get("models", {}).items() if n not in first_layers}}
-    return {"budgets": out, "measurement": summ(meas), "second_round": summ(meas2) if meas2 else None,
-            "measured": models}
+    return {"budgets": out, "teacher_ms": teacher_ms, "measurement": summ(meas),
+            "second_round": summ(meas2) if meas2 else None, "measured": models}
 
 
 def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None,
@@ -202,35 +215,30 @@ def first_layer_name(k: int) -> str:
 
 
 def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
-                  teacher=None, first_layers=(), rescale: bool = True) -> dict:
+                  teacher=None, first_layers=(), rescale: bool = True, fractions: list | None = None) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
     finalists of each budget end to end in a fresh process (work files in OUT/verify) and write
     OUT/verified.json. nets: (model, spaces, meta) as the search loaded them. With `teacher` (a Hugging
-    Face folder) the teacher is timed in the same session (its latency recorded as `teacher_ms`), and
-    for each k in `first_layers` its first k layers, cut with export.export_first_layers, are timed
-    and chosen per budget by the students' rule (baseline (a))."""
+    Face folder) the teacher is timed in the first session (`teacher_ms`; with `fractions` the budgets
+    are those fractions of it), and for each k in `first_layers` its first k layers, cut with
+    export.export_first_layers, are timed and chosen per budget by the students' rule (baseline (a))."""
     from ..export import export_first_layers
     from ..io import atomic_write_json
     out_dir = Path(out_dir)
     by_space = {spaces[0].name: model for model, spaces, _ in nets}
-    if first_layers and teacher is None:
-        raise ValueError("first_layers needs the teacher folder they are cut from")
+    if (first_layers or fractions is not None) and teacher is None:
+        raise ValueError("first_layers and fractions need the teacher folder")
     cuts = {first_layer_name(k): k for k in first_layers}
     extra = {n: (lambda p, k=k: export_first_layers(teacher, k, p)) for n, k in cuts.items()}
     if teacher is not None:
         extra["teacher"] = str(teacher)
-
     calls = []
 
-    def measure(rows, names):  # the teacher in the first session only
-        with_teacher = ["teacher"] if teacher is not None and not calls else []
+    def measure(rows, names):
         calls.append(len(rows))
-        return measure_candidates(rows, by_space, table_path, out_dir / "verify",
-                                  extra={n: extra[n] for n in [*names, *with_teacher]},
+        return measure_candidates(rows, by_space, table_path, out_dir / "verify", extra={n: extra[n] for n in names},
                                   out_name=f"verify_measure{len(calls)}.json")
-    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rescale=rescale)
-    if teacher is not None:
-        t = ver["measured"].get("teacher")
-        ver["teacher_ms"] = t["ms"] if t else None
+    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rescale=rescale,
+                         with_teacher=teacher is not None, fractions=fractions)
     atomic_write_json(out_dir / "verified.json", ver)
     return ver
