@@ -124,9 +124,9 @@ _DEPS = {
 
 # A stage's output format version: bumped when what it writes changes so that a cached marker from
 # older code would break a later stage (search 2: baseline (a) chosen at search time; 3: budgets from
-# the teacher timed in the verification session). A bump makes
+# the teacher timed in the verification session; 4: per-session budgets). A bump makes
 # that stage and all after it rerun; stages before it stay cached.
-_VERSIONS = {"search": 3}
+_VERSIONS = {"search": 4}
 
 
 class Run:
@@ -277,10 +277,13 @@ class Run:
         first_ks = [k for k in range(1, L) if k == 1 or t_ms * k / L <= 1.5 * max(usable)] if c.baselines else []
         ver = verify_search(res["candidates"], usable, nets, self.state["profile"]["table"], self.out / "search",
                             top_k=c.verify_top, teacher=info.path, first_layers=first_ks, fractions=fractions)
-        if fractions is not None:
+        if fractions is not None and ver["teacher_ms"]:
             shown = ", ".join(f"{f:g}x = {b['budget_ms']:g} ms" for f, b in zip(fractions, ver["budgets"]))
             self.log(f"[search] teacher {ver['teacher_ms']:.2f} ms in the verification session (profiled "
                      f"{t_ms:.2f} ms): budgets {shown}")
+        elif fractions is not None:
+            self.log("[search] warning: the teacher was not timed at verification; the budgets stay fractions "
+                     f"of its profiled {t_ms:.2f} ms")
         t_ver = ver["teacher_ms"] or t_ms
         best, unmet, first_for, flops_final = {}, [], {}, {}
         for b, requested in zip(ver["budgets"], usable):
@@ -312,12 +315,15 @@ class Run:
                                  "macs_budget": fb.macs, "macs_fraction": fb.macs / teacher_macs}
             self.log("[search] baseline " + format_choice(f"{fb.label()} (for {label})", r, "loss"))
         return {"budgets_ms": [b["budget_ms"] for b in ver["budgets"]], "requested_budgets_ms": usable,
-                "skipped_budgets_ms": skipped, "unmet_budgets": unmet, "best": best,
+                "skipped_budgets_ms": skipped,
+                "skipped_fractions": [f for f, b in zip(c.budget_fractions, budgets_ms) if b < lo]
+                if not c.latency_ms else None, "unmet_budgets": unmet, "best": best,
                 "flops_best": flops_best, "first_layers_for": first_for, "teacher_macs": teacher_macs,
                 "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
                 "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),
                 "verification_drift": ver["measurement"].get("drift"),
-                "verification_second_round": {k: (ver["second_round"] or {}).get(k) for k in ("drift", "noise")}
+                "verification_second_round": {k: (ver["second_round"] or {}).get(k) for k in (
+                    "drift", "noise", "scaled_by", "budgets_moved", "teacher_ms", "budgets_ms")}
                 if ver["second_round"] else None,
                 "verification_teacher_ms": ver.get("teacher_ms"), "search_dir": str(self.out / "search")}
 

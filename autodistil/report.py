@@ -93,8 +93,8 @@ def collect_results(run) -> dict:
             "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
             "machine": {"cpu": _cpu(), "python": platform.python_version(), **_versions()},
             "teacher": {"name": info.name, "shape": info.shape.__dict__, "latency_ms": t_ms},
-            "supernets": train, "search": {k: st["search"][k] for k in ("budgets_ms", "skipped_budgets_ms",
-                                                                         "front_size", "evaluations")},
+            "supernets": train, "search": {k: st["search"].get(k) for k in (
+                "budgets_ms", "skipped_budgets_ms", "skipped_fractions", "front_size", "evaluations")},
             "latency_table": st["profile"]["table"], "models": models}
 
 
@@ -119,12 +119,18 @@ def render_markdown(res: dict) -> str:
              f"supernets ({', '.join(res['supernets'])}) distilled for {c['train_steps']} sandwich steps on "
              f"`{c['corpus']}` text (seq len {c['seq_len']}, batch {c['train_batch']}, init from {c['init']}); "
              f"students chosen by held-out distillation loss under latency budgets "
-             f"{', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} (fractions of the teacher's "
-             f"measured latency); all fine-tuned on `{c['task']}`. Machine: {res['machine']['cpu']}, "
+             f"{', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} ("
+             + ("as given" if c.get("latency_ms") else f"{', '.join(f'{f:g}' for f in c['budget_fractions'])} x the "
+                f"teacher's latency timed with the students' finalists at search time")
+             + f"); all fine-tuned on `{c['task']}`. Machine: {res['machine']['cpu']}, "
              f"torch {res['machine']['torch']}, runtime `{c['runtime']}`, batch {c['batch']}, "
              f"seq len {c['seq_len']}.\n")
     if res["search"]["skipped_budgets_ms"]:
-        L.append(f"Budgets no student could meet (skipped): {res['search']['skipped_budgets_ms']} ms.\n")
+        fr = res["search"].get("skipped_fractions")
+        L.append(f"Budgets no student could meet (skipped, by the table's prediction for the smallest student): "
+                 + (f"{', '.join(f'{f:g}x' for f in fr)} the profiled teacher ("
+                    if fr else "") + f"{', '.join(f'{b:.2f}' for b in res['search']['skipped_budgets_ms'])} ms"
+                 + (")" if fr else "") + ".\n")
     L.append("## Latency budgets: predicted, verified at search time, measured for this report\n")
     L.append("| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |")
     L.append("|---|---|---|---|---|---|")
@@ -146,10 +152,14 @@ def render_markdown(res: dict) -> str:
                  f"{teacher['latency_ms']:.2f} ms in this report's.")
     v = res.get("verification") or {}
     if v.get("drift"):
-        L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x"
-                 + (f"; a second session timed the candidates near each budget under predictions scaled by it "
-                    f"(speed {v['second_round']['drift']:.3f}x then)." if (v.get("second_round") or {}).get("drift")
-                    else "."))
+        L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x.")
+    sr = v.get("second_round") or {}
+    if sr:
+        why = [w for w, on in ((f"predictions scaled by {sr.get('scaled_by', 1.0):.3f}", sr.get("scaled_by", 1.0) != 1.0),
+                               ("the budgets moved", sr.get("budgets_moved"))) if on]
+        L.append(f" A second session timed the candidates near the budgets that could beat the first one's choice "
+                 f"({' and '.join(why) or 'new candidates'}" + (f"; the teacher {sr['teacher_ms']:.2f} ms there, a "
+                 f"student chosen there is held to those fractions of it" if sr.get("teacher_ms") else "") + ").")
     L.append("")
     if res.get("comparison"):
         metric = models[0]["headline_metric"]

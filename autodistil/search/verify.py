@@ -86,11 +86,16 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     session 1's noise; the first-k cuts are timed again there, and a budget whose student comes from
     the second session takes baseline (a) from it too.
 
-    Returns {"budgets": [per budget: budget_ms, requested_ms, fraction, met, chosen (row + predicted/
-    measured/margin/round), finalists (every measured candidate, judged), message, first_layers (when
-    asked: chosen, message, checked, round)], "teacher_ms", "measurement": what measure_fn returned
-    less its per-model details, "second_round" (the same for the second session, or None), "measured":
-    the per-model details}."""
+    With fractional budgets the second session times the teacher too, and its candidates and cuts are
+    judged against the fractions of that timing; a budget's `budget_ms` is that of the session its
+    chosen student was timed in.
+
+    Returns {"budgets": [per budget: budget_ms, requested_ms, fraction, round, met, chosen (row +
+    predicted/measured/margin/budget/round), finalists (every measured candidate, judged), message,
+    first_layers (when asked: chosen, message, checked, round)], "teacher_ms", "measurement": what
+    measure_fn returned less its per-model details, "second_round" (the same for the second session
+    with scaled_by, budgets_moved, teacher_ms, budgets_ms; or None), "measured" and
+    "measured_round2": the per-model details of each session}."""
     first_layers = dict(first_layers or {})
     if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
         raise ValueError(f"fractions {fractions} need with_teacher=True and one fraction per budget "
@@ -106,7 +111,7 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     def check(r, m, sd, b, rnd):
         margin = _margin(m, sd)
         return {**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "measured_ms": m["ms"],
-                "margin_ms": margin, "holds": m["ms"] + margin <= b, "round": rnd}
+                "margin_ms": margin, "budget_ms": b, "holds": m["ms"] + margin <= b, "round": rnd}
 
     def best_holding(checked):
         ok = sorted((c for c in checked if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
@@ -117,6 +122,11 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                  "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
                 for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
 
+    def budgets_of(meas, default):
+        """The budgets of one session: the fractions of its teacher timing, else `default`."""
+        t = meas["models"].get("teacher", {}).get("ms")
+        return ([round(f * t, 3) for f in fractions] if fractions is not None and t else list(default)), t
+
     union = union_of(finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms)
     extra1 = [*first_layers, *(["teacher"] if with_teacher else [])]
     if budgets_ms and (union or extra1):
@@ -124,61 +134,65 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     else:
         meas = {"models": {}, "noise": {"sd_pct": float("nan")}}
     session_sd = meas.get("noise", {}).get("sd_pct", float("nan"))
-    teacher_ms = meas["models"]["teacher"]["ms"] if "teacher" in meas["models"] else None
-    final = list(budgets_ms)
-    if fractions is not None and teacher_ms:
-        final = [round(f * teacher_ms, 3) for f in fractions]
+    final, teacher_ms = budgets_of(meas, budgets_ms)
+    final = {1: final}
     cuts = {1: cuts_of(meas, session_sd, 1)}
-    checked = [[check(r, meas["models"][n], session_sd, b, 1) for n, r in union.items()] for b in final]
+    checked = [[check(r, meas["models"][n], session_sd, b, 1) for n, r in union.items()] for b in final[1]]
     # second round: candidates near the (final) budgets, under the predictions scaled by the session's
     # measured speed change, that were not timed and could beat a budget's current choice
     drift = meas.get("drift", float("nan"))
     moved = (rescale and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
              and abs(drift - 1) > min_drift)
     scale = drift if moved else 1.0
-    meas2 = None
-    if moved or final != list(budgets_ms):
+    meas2, teacher2 = None, None
+    if moved or final[1] != list(budgets_ms):
         more = []
-        for i, b in enumerate(final):
+        for i, b in enumerate(final[1]):
             cur = best_holding(checked[i])
             more.append([r for r in finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=scale)
                          if candidate_name(r) not in union and (cur is None or r[score] < cur[score])])
         union2 = union_of(more)
         if union2:
-            # the first-k cuts again, so that a student chosen here meets baseline (a) in its own session
-            meas2 = measure_fn(list(union2.values()), list(first_layers))
+            # the first-k cuts (and, for fractional budgets, the teacher) again, so that a student chosen
+            # here meets baseline (a) and its budget in its own session
+            meas2 = measure_fn(list(union2.values()),
+                               [*first_layers, *(["teacher"] if with_teacher and fractions is not None else [])])
             # margins no smaller than session 1's noise: a session of one or two models estimates it poorly
             sd2 = max((x for x in (meas2.get("noise", {}).get("sd_pct", float("nan")), session_sd)
                        if math.isfinite(x)), default=float("nan"))
+            final[2], teacher2 = budgets_of(meas2, final[1])
             cuts[2] = cuts_of(meas2, sd2, 2)
-            for i, b in enumerate(final):
+            for i, b in enumerate(final[2]):
                 checked[i] += [check(r, meas2["models"][n], sd2, b, 2) for n, r in union2.items()]
     out = []
-    for i, b in enumerate(final):
+    for i in range(len(budgets_ms)):
         ch = best_holding(checked[i])
+        rnd = ch["round"] if ch is not None else 1
+        b = final[rnd][i]  # the budget of the session the chosen student was timed in
         entry = {"budget_ms": b, "requested_ms": budgets_ms[i], "fraction": None if fractions is None else fractions[i],
-                 "met": ch is not None, "finalists": checked[i]}
+                 "round": rnd, "met": ch is not None, "finalists": checked[i]}
         if ch is not None:
             entry["chosen"] = ch
             entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms, measured "
                                 f"{ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms <= {b:g} ms"
-                                + (" (second round)" if ch["round"] == 2 else ""))
+                                + (" (second session)" if rnd == 2 else ""))
         elif checked[i]:
-            best = min(checked[i], key=lambda c: c["measured_ms"] + c["margin_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the fastest of {len(checked[i])} measured, "
+            best = min(checked[i], key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
+            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(checked[i])} measured, "
                                 f"{best['name']}, measured {best['measured_ms']:.2f} ms + margin "
-                                f"{best['margin_ms']:.2f} ms")
+                                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget {best['budget_ms']:g} ms)")
         else:
             entry["message"] = f"no candidate predicted within {b:g} ms x {1 + slack:g}: nothing to measure"
-        if first_layers:  # from the session the chosen student was timed in
-            rnd = ch["round"] if ch is not None else 1
+        if first_layers:  # from the session the chosen student was timed in, against that session's budget
             entry["first_layers"] = {**choose_first_layers(cuts[rnd], b), "checked": cuts[rnd], "round": rnd}
         out.append(entry)
     summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}
-    models = {**meas.get("models", {}),
-              **{n: v for n, v in (meas2 or {}).get("models", {}).items() if n not in first_layers}}
-    return {"budgets": out, "teacher_ms": teacher_ms, "measurement": summ(meas),
-            "second_round": summ(meas2) if meas2 else None, "measured": models}
+    second = None
+    if meas2 is not None:
+        second = {**summ(meas2), "scaled_by": scale, "budgets_moved": final[1] != list(budgets_ms),
+                  "teacher_ms": teacher2, "budgets_ms": final[2]}
+    return {"budgets": out, "teacher_ms": teacher_ms, "measurement": summ(meas), "second_round": second,
+            "measured": meas.get("models", {}), "measured_round2": (meas2 or {}).get("models", {})}
 
 
 def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None,
