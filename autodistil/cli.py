@@ -252,9 +252,10 @@ def _profile_args(p):
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--seq-len", type=int, default=128)
     p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores; 1: one pinned core)")
-    p.add_argument("--rounds", type=int, default=3, help="interleaved rounds (>= 2 to measure the noise)")
-    p.add_argument("--round-s", type=float, default=0.5, help="timed seconds per model per round")
-    p.add_argument("--warmup-s", type=float, default=0.1, help="warm-up seconds per model before each round")
+    p.add_argument("--rounds", type=int, default=12, help="interleaved rounds (>= 2 to measure the noise)")
+    p.add_argument("--round-s", type=float, default=0.125, help="timed seconds per model per round")
+    p.add_argument("--warmup-s", type=float, default=0.03, help="warm-up seconds per model before each round")
+    p.add_argument("--anchor-every", type=int, default=4, help="models between two anchor measurements")
     p.add_argument("--stat", default="median", help="statistic the table predicts: median | low (percentile)")
     p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 4], help="depths of the per-layer regression")
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each model from a CUDA graph")
@@ -270,7 +271,8 @@ def cmd_profile(a):
     else:
         spaces, vocab = list(_spaces_for(a).values()), 30522
     st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
-                         threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s, stat=a.stat,
+                         threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,
+                         anchor_every=a.anchor_every, stat=a.stat,
                          depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
     table = build_table(spaces, st, vocab=vocab, grid=tuple(a.grid), calibrate=a.calibrate, budget_s=a.budget_s)
     table.save(a.out)

@@ -68,11 +68,11 @@ class RunConfig:
     device: str = "cpu"
     batch: int = 1
     threads: int = 0
-    profile_rounds: int = 3
-    profile_round_s: float = 0.5         # timed seconds per model per round
+    profile_rounds: int = 12
+    profile_round_s: float = 0.125       # timed seconds per model per round (bench/protocol_noise.py)
     profile_grid: tuple[int, ...] = (3, 2, 2)  # grid points per subspace in hidden, heads, FFN width
     calibrate: int = 12
-    measure_rounds: int = 5
+    measure_rounds: int = 20             # x the table's round_s: 2.5 s per model
     verify_top: int = 4                  # candidates measured end to end per budget at search time
     # search
     latency_ms: tuple[float, ...] = ()             # explicit budgets; empty: budget_fractions x teacher latency

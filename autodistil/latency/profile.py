@@ -62,12 +62,12 @@ class ProfileSettings:
     batch: int = 1
     seq_len: int = 128
     threads: int = 0                  # 0: all cores of this process's affinity; 1: one pinned core
-    rounds: int = 3                   # interleaved rounds (>= 2 to measure the noise by split halves)
-    round_s: float = 0.5              # timed seconds per model per round
-    warmup_s: float = 0.1             # warm-up seconds per model before each of its rounds
+    rounds: int = 12                  # interleaved rounds (>= 2 to measure the noise by split halves)
+    round_s: float = 0.125            # timed seconds per model per round (12 x 0.125 s: bench/protocol_noise.py)
+    warmup_s: float = 0.03            # warm-up seconds per model before each of its rounds
     min_runs: int = 3                 # timed runs per model per round at least
     max_runs: int = 100000
-    anchor_every: int = 8             # models between two anchor measurements within a round
+    anchor_every: int = 4             # models between two anchor measurements within a round
     low_pct: float = 10.0             # the low percentile reported beside the median
     stat: str = "median"              # the statistic the table predicts: median | low
     depths: tuple = (0, 2, 4)         # student depths of the per-layer regression
