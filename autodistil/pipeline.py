@@ -37,6 +37,8 @@ from typing import Optional
 from .io import atomic_write_json, read_json
 from .teacher import DEFAULT_TEACHER
 
+MEASURE_S = 2.5   # seconds of timing per model in the report's measurement (when measure_rounds is None)
+
 STAGES = ("train", "profile", "search", "export", "measure", "finetune", "report")
 
 
@@ -72,7 +74,7 @@ class RunConfig:
     profile_round_s: float = 0.125       # timed seconds per model per round (bench/protocol_noise.py)
     profile_grid: tuple[int, ...] = (3, 2, 2)  # grid points per subspace in hidden, heads, FFN width
     calibrate: int = 12
-    measure_rounds: int = 20             # x the table's round_s: 2.5 s per model
+    measure_rounds: Optional[int] = None  # None: 2.5 s of timing per model (rounds of profile_round_s)
     verify_top: int = 4                  # candidates measured end to end per budget at search time
     # search
     latency_ms: tuple[float, ...] = ()             # explicit budgets; empty: budget_fractions x teacher latency
@@ -372,6 +374,7 @@ class Run:
     def stage_measure(self) -> dict:
         """The report's own latency column: a separate measurement in a fresh process (teacher, students
         and baselines in one interleaved session)."""
+        from .latency.profile import rounds_for
         from .latency.run_measure import measure_in_subprocess
         _, _, info, _ = self._teacher()
         ex = self.state["export"]
@@ -379,8 +382,9 @@ class Run:
         for group in ("students", "flops_students", "first_layers"):
             for name, s in ex.get(group, {}).items():
                 folders[name] = s["folder"]
+        rounds = self.cfg.measure_rounds or rounds_for(MEASURE_S, self.cfg.profile_round_s)
         res = measure_in_subprocess(self.state["profile"]["table"], folders, self.out / "latency" / "measure.json",
-                                    rounds=self.cfg.measure_rounds)
+                                    rounds=rounds)
         out = {k: {"ms": v["ms"], "spread_ms": v["noise_sd_ms"], "low_ms": v["low_ms"],
                    "round_medians_ms": v["round_medians_ms"]} for k, v in res["models"].items()}
         out["_session"] = {"drift": res["drift"], "noise": res["noise"], "threads": res["threads"],

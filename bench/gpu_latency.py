@@ -42,7 +42,7 @@ def main(argv=None) -> int:
     from autodistil.space import PAPER_SPACES
     spaces = [PAPER_SPACES[k] for k in ("tiny", "small", "base")]
     st = ProfileSettings(device="cuda", dtype="bf16", batch=32, seq_len=128, rounds=a.rounds, round_s=a.round_s,
-                         warmup_s=0.03, depths=(0, 4, 8), cuda_graphs=not a.no_graphs)
+                         warmup_s=0.03, anchor_every=8, depths=(0, 4, 8), cuda_graphs=not a.no_graphs)
     log = lambda m: print(f"[gpu_latency {time.time() - T0:5.1f}s] {m}", flush=True)
     log(f"{torch.cuda.get_device_name()} torch {torch.__version__} cuda {torch.version.cuda}; budget {a.budget_s:.0f} s")
     import warnings

@@ -32,7 +32,8 @@ SPECS = [(2, 128, 4, 256), (4, 128, 4, 512), (3, 192, 6, 576), (5, 256, 8, 768),
 
 
 def cv_pct(xs: list) -> float:
-    return 100 * statistics.pstdev(xs) / statistics.mean(xs)
+    """Sample coefficient of variation (n - 1), in %."""
+    return 100 * statistics.stdev(xs) / statistics.mean(xs)
 
 
 def summarise(sessions: list) -> list[dict]:
@@ -44,15 +45,28 @@ def summarise(sessions: list) -> list[dict]:
         if len(ss) < 2:
             continue
         cvs = {k: cv_pct([s["ratio"][k] for s in ss]) for k in ss[0]["ratio"]}
-        raw = {k: cv_pct([s["raw_ratio"][k] for s in ss]) for k in ss[0]["raw_ratio"]}
+        raw = {k: cv_pct([s["raw_ratio"][k] for s in ss]) for k in ss[0]["raw_ratio"]}  # no per-run anchor
         rows.append({"protocol": p, **PROTOCOLS[p], "sessions": len(ss),
                      "cross_session_cv_pct_mean": statistics.mean(cvs.values()),
                      "cross_session_cv_pct_max": max(cvs.values()),
-                     "cross_session_cv_pct_no_interp_mean": statistics.mean(raw.values()),
+                     "cross_session_cv_pct_unnormalised_mean": statistics.mean(raw.values()),
                      "split_half_sd_pct_mean": statistics.mean(s["noise_sd_pct"] for s in ss),
                      "anchor_spread_pct_mean": statistics.mean(s["anchor_spread_pct"] for s in ss),
                      "session_s_mean": statistics.mean(s["seconds"] for s in ss),
                      "cv_pct_per_model": {k: round(v, 2) for k, v in cvs.items()}})
+    return rows
+
+
+def write_summary(out: Path, sessions: list) -> list[dict]:
+    from autodistil.io import atomic_write_json, write_rows_csv
+    rows = summarise(sessions)
+    write_rows_csv(out / "summary.csv", [{k: v for k, v in r.items() if k != "cv_pct_per_model"} for r in rows])
+    atomic_write_json(out / "summary.json", rows)
+    for r in rows:
+        print(f"{r['protocol']:>20}: cross-session CV mean {r['cross_session_cv_pct_mean']:.2f} % (max "
+              f"{r['cross_session_cv_pct_max']:.2f}), raw runs over the session's median anchor (no per-run "
+              f"normalisation) {r['cross_session_cv_pct_unnormalised_mean']:.2f} %, split-half sd "
+              f"{r['split_half_sd_pct_mean']:.2f} %, {r['session_s_mean']:.1f} s per session")
     return rows
 
 
@@ -62,12 +76,17 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
     ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "protocol_noise"))
+    ap.add_argument("--summary-only", action="store_true", help="recompute the summary from OUT/sessions.json")
     a = ap.parse_args(argv)
     if a.sessions < 2:
         ap.error("--sessions must be >= 2 (the CV is across sessions)")
-    from autodistil.io import atomic_write_json, write_rows_csv
-    from autodistil.latency.profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, cpu_model, measure
     out = Path(a.out)
+    if a.summary_only:
+        write_summary(out, json.loads((out / "sessions.json").read_text())["sessions"])
+        return 0
+    import torch
+    from autodistil.io import atomic_write_json
+    from autodistil.latency.profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, cpu_model, measure
     out.mkdir(parents=True, exist_ok=True)
     specs = [ModelSpec(*x) for x in SPECS]
     anchor = ModelSpec(2, 256, 8, 768, "autodistil")
@@ -81,7 +100,7 @@ def main(argv=None) -> int:
         sess = measure(runners, st, dev, dev.runner(anchor), seed=i)
         a_ms = sess.anchor["ms"]
         rec = {"protocol": p, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": load,
-               "seconds": sess.seconds, "noise_sd_pct": sess.noise()["sd_pct"],
+               "threads": sess.threads, "seconds": sess.seconds, "noise_sd_pct": sess.noise()["sd_pct"],
                "anchor_ms": a_ms, "anchor_spread_pct": sess.anchor["spread_pct"],
                "ratio": {k: t.ms / a_ms for k, t in sess.timings.items()},
                "raw_ratio": {k: t.raw_median / a_ms for k, t in sess.timings.items()},
@@ -89,18 +108,11 @@ def main(argv=None) -> int:
         sessions.append(rec)
         print(f"[{i + 1}/{a.sessions * len(a.protocols)}] {p}: {rec['seconds']:.1f} s, split-half sd "
               f"{rec['noise_sd_pct']:.2f} %, anchor spread {rec['anchor_spread_pct']:.1f} %", flush=True)
-        atomic_write_json(out / "sessions.json", {"cpu": cpu_model(), "threads": a.threads, "anchor": [anchor.layers, anchor.hidden, anchor.heads,
-                                                                                 anchor.ffn],
+        atomic_write_json(out / "sessions.json", {"cpu": cpu_model(), "torch": torch.__version__, "threads": a.threads,
+                                                  "anchor": [anchor.layers, anchor.hidden, anchor.heads, anchor.ffn],
                                                   "protocols": {k: PROTOCOLS[k] for k in a.protocols},
                                                   "sessions": sessions})
-    rows = summarise(sessions)
-    write_rows_csv(out / "summary.csv", [{k: v for k, v in r.items() if k != "cv_pct_per_model"} for r in rows])
-    atomic_write_json(out / "summary.json", rows)
-    for r in rows:
-        print(f"{r['protocol']:>20}: cross-session CV mean {r['cross_session_cv_pct_mean']:.2f} % (max "
-              f"{r['cross_session_cv_pct_max']:.2f}), without time interpolation "
-              f"{r['cross_session_cv_pct_no_interp_mean']:.2f} %, split-half sd {r['split_half_sd_pct_mean']:.2f} %, "
-              f"{r['session_s_mean']:.1f} s per session")
+    write_summary(out, sessions)
     return 0
 
 

@@ -528,6 +528,14 @@ def _interp(series: list, t: float) -> float:
     return series[-1][1]
 
 
+def rounds_for(seconds: float, round_s: float, at_least: int = 2) -> int:
+    """Rounds of `round_s` giving about `seconds` of timing per model (at least 2: the split-half
+    noise needs two halves)."""
+    if round_s <= 0:
+        return at_least
+    return max(at_least, math.ceil(seconds / round_s - 1e-9))
+
+
 # --- the grid --------------------------------------------------------------------------------
 def _pick(values: list, n: int) -> list:
     """n values spread evenly over a sorted list, ends kept (all of them when n >= len)."""

@@ -44,7 +44,7 @@ def profile_in_subprocess(supernets: list, out_table, settings, grid=(3, 2, 2), 
     cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table), "--device", s.device,
            "--runtime", s.runtime, "--dtype", s.dtype, "--batch", str(s.batch), "--seq-len", str(s.seq_len),
            "--threads", str(s.threads), "--rounds", str(s.rounds), "--round-s", str(s.round_s),
-           "--warmup-s", str(s.warmup_s), "--stat", s.stat, "--depths", *map(str, s.depths),
+           "--warmup-s", str(s.warmup_s), "--anchor-every", str(s.anchor_every), "--stat", s.stat, "--depths", *map(str, s.depths),
            "--grid", *map(str, grid), "--calibrate", str(calibrate)]
     if s.cuda_graphs:
         cmd.append("--cuda-graphs")
