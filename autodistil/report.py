@@ -15,6 +15,17 @@ ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k la
 _MARKERS = {"teacher": ("*", "k"), "searched": ("o", "C0"), "first-layers": ("s", "C1"), "flops-search": ("^", "C2")}
 
 
+def budget_holds(ms: float, teacher_ms: float, budget_ms: float, fraction: float | None = None) -> bool:
+    """Whether a model timed at `ms` (teacher: `teacher_ms` in the same session) holds its budget. A
+    budget given as a fraction of the teacher is judged on the model's latency over the teacher's in
+    that session: its ms figure (`budget_ms`) was that fraction of the teacher timed in another
+    session (search-time verification), and the machine's speed moves between sessions by more than
+    the margins. An explicit budget (fraction None) is absolute: ms <= budget_ms."""
+    if fraction:
+        return ms / teacher_ms <= fraction
+    return ms <= budget_ms
+
+
 def collect_results(run) -> dict:
     st, cfg = run.state, run.cfg
     _, _, info, _ = run._teacher()
@@ -49,6 +60,8 @@ def collect_results(run) -> dict:
                           {"folder": s["folder"], "budgets": s["budgets"], "verified_ms": s["verified_ms"]}))
     by_name = {m["name"]: m for m in models}
     teacher_row = models[0]
+    fractional = not cfg.latency_ms  # budgets are fractions of the teacher timed with the students
+    holds = lambda ms, b: budget_holds(ms, t_ms, b["budget_ms"], b.get("fraction") if fractional else None)
     comparison = []
     for label, b in sorted(st["search"]["best"].items(), key=lambda kv: kv[1]["budget_ms"]):
         entries = [("searched", next(n for n, s in ex["students"].items() if label in s["budgets"]))]
@@ -65,7 +78,8 @@ def collect_results(run) -> dict:
             rows.append({"role": role, "name": name, "measured_ms": m["latency_ms"],
                          "vs_teacher": m["latency_ms"] / t_ms, "score": m["score"], "metrics": m["metrics"],
                          "share_of_teacher": m["score"] / teacher_row["score"] if teacher_row["score"] else None,
-                         "within_budget": m["latency_ms"] <= b["budget_ms"]})
+                         "within_budget": holds(m["latency_ms"], b),
+                         "within_budget_ms": m["latency_ms"] <= b["budget_ms"]})
         comparison.append({"budget": label, "budget_ms": b["budget_ms"],
                            "fraction": b.get("fraction", b["budget_ms"] / st["profile"]["teacher_ms"]), "rows": rows})
     train = st["train"]["summary"]
@@ -74,14 +88,18 @@ def collect_results(run) -> dict:
         for label in s["budgets"]:
             b = st["search"]["best"][label]
             m = meas[name]["ms"]
+            frac = b.get("fraction") if fractional else None
             budgets.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
                             "predicted_ms": s["predicted_ms"], "verified_ms": s.get("verified_ms"),
                             "verify_margin_ms": b.get("margin_ms"), "measured_ms": m,
-                            "measured_noise_sd_ms": meas[name]["spread_ms"], "holds": m <= b["budget_ms"]})
+                            "measured_noise_sd_ms": meas[name]["spread_ms"], "fraction": frac,
+                            "budget_here_ms": frac * t_ms if frac else None, "vs_teacher_here": m / t_ms,
+                            "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
     for u in st["search"].get("unmet_budgets", []):
         budgets.append({"budget": f"latency<={u['budget_ms']:g}ms", "budget_ms": u["budget_ms"], "student": None,
                         "predicted_ms": None, "verified_ms": None, "verify_margin_ms": None, "measured_ms": None,
-                        "measured_noise_sd_ms": None, "holds": False, "message": u["message"]})
+                        "measured_noise_sd_ms": None, "fraction": None, "budget_here_ms": None,
+                        "vs_teacher_here": None, "holds": False, "holds_ms": False, "message": u["message"]})
     budgets.sort(key=lambda b: b["budget_ms"])
     return {"budgets": budgets, "comparison": comparison, "objective": st["search"].get("objective"),
             "measure_session": meas.get("_session"),
@@ -132,12 +150,28 @@ def render_markdown(res: dict) -> str:
                     if fr else "") + f"{', '.join(f'{b:.2f}' for b in res['search']['skipped_budgets_ms'])} ms"
                  + (")" if fr else "") + ".\n")
     L.append("## Latency budgets: predicted, verified at search time, measured for this report\n")
-    L.append("| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |")
-    L.append("|---|---|---|---|---|---|")
+    L.append("| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |"
+             " budget here (ms) | x teacher here |")
+    L.append("|---|---|---|---|---|---|---|---|")
     f2 = lambda x: "-" if x is None else f"{x:.2f}"
+    frac_of = lambda b: f"{b['fraction']:g}x = " if b.get("fraction") else ""
     for b in res.get("budgets", []):
-        L.append(f"| {b['budget_ms']:.2f} | {b['student'] or 'none: ' + b.get('message', '')} | {f2(b['predicted_ms'])} | "
-                 f"{f2(b['verified_ms'])} | {f2(b['measured_ms'])} | {'yes' if b['holds'] else 'no'} |")
+        L.append(f"| {frac_of(b)}{b['budget_ms']:.2f} | {b['student'] or 'none: ' + b.get('message', '')} | "
+                 f"{f2(b['predicted_ms'])} | {f2(b['verified_ms'])} | {f2(b['measured_ms'])} | "
+                 f"{'yes' if b['holds'] else 'no'} | {f2(b.get('budget_here_ms'))} | "
+                 + ("-" if b.get("vs_teacher_here") is None else f"{b['vs_teacher_here']:.3f}") + " |")
+    over_ms = [b for b in res.get("budgets", []) if b.get("fraction") and b["student"] and not b["holds_ms"]]
+    if any(b.get("fraction") for b in res.get("budgets", [])):
+        over = ", ".join(f"{b['student']} {b['measured_ms']:.2f} > {b['budget_ms']:.2f}" for b in over_ms)
+        vt0 = (res.get("verification") or {}).get("teacher_ms")
+        L.append(f"\nA budget given as a fraction of the teacher is judged in the session its model is timed in: "
+                 f"the model's latency over the teacher's, both measured here, against the fraction (budget here = "
+                 f"fraction x the teacher here, {teacher['latency_ms']:.2f} ms); the budget's ms figure is that "
+                 f"fraction of the teacher timed in the verification session"
+                 + (f" ({vt0:.2f} ms)" if vt0 else "") + "."
+                 + (f" Against those ms figures: {over} (the machine ran "
+                    f"{teacher['latency_ms'] / vt0:.3f}x the verification session's teacher time here)."
+                    if over and vt0 else (f" Against those ms figures: {over}." if over else "")))
     ms = res.get("measure_session") or {}
     L.append(f"\nPredicted: the latency table; verified: the best few candidates near each budget measured end to "
              f"end at search time, the best one whose measured latency plus its noise margin meets the budget "

@@ -88,9 +88,14 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     assert res["budgets"] and all(b["student"] is None or b["verified_ms"] + b["verify_margin_ms"] <= b["budget_ms"]
                                   for b in res["budgets"])
     assert "| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |" in report
+    t_here = res["models"][0]["latency_ms"]
+    for b in res["budgets"]:   # fractional budgets: judged against the teacher timed in the report's session
+        if b["student"]:
+            assert b["fraction"] and b["budget_here_ms"] == pytest.approx(b["fraction"] * t_here)
+            assert b["holds"] == (b["measured_ms"] / t_here <= b["fraction"])
     for b in res["budgets"]:
         if b["student"]:
-            assert f"| {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
+            assert f"| {b['fraction']:g}x = {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
     assert (out / "latency" / "measure.json").is_file() and (out / "search" / "verified.json").is_file()
     # baselines at equal measured latency: per budget the searched student, the teacher's first k layers
     # (the largest k whose latency + margin, timed with the students' finalists at search time, meets the
@@ -151,6 +156,18 @@ def test_first_layers_baseline_is_the_largest_k_that_fits():
     # 11.0 measured + 0.2 margin does not meet 11.0 (the students' rule), meets 11.2
     assert [None if c is None else c["layers"] for c in got.values()] == [None, 1, 2, 3, 4]
     assert choose_first_layers(cuts, 5.0)["message"] == "none fits 5 ms: teacher-first1 measured 6.00 ms + margin 0.20 ms"
+
+
+def test_fractional_budget_is_judged_against_the_teacher_in_the_same_session():
+    """The main run's case: budget 0.15x of the teacher timed at verification (42.67 ms -> 6.40 ms); in
+    the report's session the machine ran 1.12x slower (teacher 47.66 ms) and the student 6.70 ms: over
+    the ms figure, but 0.141x of the teacher timed beside it, within 0.15x. An explicit ms budget stays
+    absolute, and a student slower than the fraction of the teacher next to it fails either way."""
+    from autodistil.report import budget_holds
+    assert budget_holds(6.70, 47.66, 6.40, fraction=0.15)
+    assert not budget_holds(6.70, 47.66, 6.40, fraction=None)
+    assert not budget_holds(7.40, 47.66, 6.40, fraction=0.15)       # 0.155x
+    assert budget_holds(6.30, 47.66, 6.40, fraction=None)
 
 
 def test_run_stage_versions_invalidate_later_markers(tmp_path, monkeypatch):
