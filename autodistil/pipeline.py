@@ -106,6 +106,9 @@ class RunConfig:
             raise ValueError(f"profile_grid {self.profile_grid} must be 3 positive counts (hidden, heads, FFN width)")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha={self.kd_alpha} must be within [0, 1]")
+        if self.measure_rounds is not None and self.measure_rounds < 2:
+            raise ValueError(f"measure_rounds={self.measure_rounds} must be >= 2 (the noise is measured by split "
+                             f"halves of the rounds) or None (2.5 s per model at the profile's round length)")
         if self.verify_top < 1:
             raise ValueError(f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)")
 
@@ -301,6 +304,7 @@ class Run:
                                                   "margin_ms")}
                 best[label]["budget_ms"] = b["budget_ms"]
                 best[label]["fraction"] = b["fraction"] if b["fraction"] is not None else b["budget_ms"] / t_ver
+                best[label]["fraction_given"] = b["fraction"] is not None  # else explicit / fallback ms budget
                 self.log("[search] " + format_choice(f"latency<={b['budget_ms']:g}ms", ch, "loss"))
                 if "first_layers" in b:
                     fl = b["first_layers"]

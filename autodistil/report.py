@@ -61,7 +61,8 @@ def collect_results(run) -> dict:
     by_name = {m["name"]: m for m in models}
     teacher_row = models[0]
     fractional = not cfg.latency_ms  # budgets are fractions of the teacher timed with the students
-    holds = lambda ms, b: budget_holds(ms, t_ms, b["budget_ms"], b.get("fraction") if fractional else None)
+    frac = lambda b: b.get("fraction") if b.get("fraction_given", fractional) else None
+    holds = lambda ms, b: budget_holds(ms, t_ms, b["budget_ms"], frac(b))
     comparison = []
     for label, b in sorted(st["search"]["best"].items(), key=lambda kv: kv[1]["budget_ms"]):
         entries = [("searched", next(n for n, s in ex["students"].items() if label in s["budgets"]))]
@@ -80,7 +81,7 @@ def collect_results(run) -> dict:
                          "share_of_teacher": m["score"] / teacher_row["score"] if teacher_row["score"] else None,
                          "within_budget": holds(m["latency_ms"], b),
                          "within_budget_ms": m["latency_ms"] <= b["budget_ms"]})
-        comparison.append({"budget": label, "budget_ms": b["budget_ms"],
+        comparison.append({"budget": label, "budget_ms": b["budget_ms"], "fraction_judged": frac(b) is not None,
                            "fraction": b.get("fraction", b["budget_ms"] / st["profile"]["teacher_ms"]), "rows": rows})
     train = st["train"]["summary"]
     budgets = []
@@ -88,12 +89,12 @@ def collect_results(run) -> dict:
         for label in s["budgets"]:
             b = st["search"]["best"][label]
             m = meas[name]["ms"]
-            frac = b.get("fraction") if fractional else None
+            fr = frac(b)
             budgets.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
                             "predicted_ms": s["predicted_ms"], "verified_ms": s.get("verified_ms"),
                             "verify_margin_ms": b.get("margin_ms"), "measured_ms": m,
-                            "measured_noise_sd_ms": meas[name]["spread_ms"], "fraction": frac,
-                            "budget_here_ms": frac * t_ms if frac else None, "vs_teacher_here": m / t_ms,
+                            "measured_noise_sd_ms": meas[name]["spread_ms"], "fraction": fr,
+                            "budget_here_ms": fr * t_ms if fr else None, "vs_teacher_here": m / t_ms,
                             "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
     for u in st["search"].get("unmet_budgets", []):
         budgets.append({"budget": f"latency<={u['budget_ms']:g}ms", "budget_ms": u["budget_ms"], "student": None,
@@ -151,7 +152,7 @@ def render_markdown(res: dict) -> str:
                  + (")" if fr else "") + ".\n")
     L.append("## Latency budgets: predicted, verified at search time, measured for this report\n")
     L.append("| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |"
-             " budget here (ms) | x teacher here |")
+             " budget here (ms) | x teacher here |")  # a fractional budget's cell reads "0.15x = 6.40"
     L.append("|---|---|---|---|---|---|---|---|")
     f2 = lambda x: "-" if x is None else f"{x:.2f}"
     frac_of = lambda b: f"{b['fraction']:g}x = " if b.get("fraction") else ""
@@ -162,16 +163,15 @@ def render_markdown(res: dict) -> str:
                  + ("-" if b.get("vs_teacher_here") is None else f"{b['vs_teacher_here']:.3f}") + " |")
     over_ms = [b for b in res.get("budgets", []) if b.get("fraction") and b["student"] and not b["holds_ms"]]
     if any(b.get("fraction") for b in res.get("budgets", [])):
-        over = ", ".join(f"{b['student']} {b['measured_ms']:.2f} > {b['budget_ms']:.2f}" for b in over_ms)
-        vt0 = (res.get("verification") or {}).get("teacher_ms")
+        # each budget's ms figure is its fraction of the teacher timed in the session its student was chosen in
+        over = ", ".join(f"{b['student']} {b['measured_ms']:.2f} > {b['budget_ms']:.2f} (the teacher ran "
+                         f"{teacher['latency_ms'] / (b['budget_ms'] / b['fraction']):.3f}x its time in that session "
+                         f"here)" for b in over_ms)
         L.append(f"\nA budget given as a fraction of the teacher is judged in the session its model is timed in: "
                  f"the model's latency over the teacher's, both measured here, against the fraction (budget here = "
                  f"fraction x the teacher here, {teacher['latency_ms']:.2f} ms); the budget's ms figure is that "
-                 f"fraction of the teacher timed in the verification session"
-                 + (f" ({vt0:.2f} ms)" if vt0 else "") + "."
-                 + (f" Against those ms figures: {over} (the machine ran "
-                    f"{teacher['latency_ms'] / vt0:.3f}x the verification session's teacher time here)."
-                    if over and vt0 else (f" Against those ms figures: {over}." if over else "")))
+                 f"fraction of the teacher timed in the verification session its student was chosen in."
+                 + (f" Against those ms figures: {over}." if over else ""))
     ms = res.get("measure_session") or {}
     L.append(f"\nPredicted: the latency table; verified: the best few candidates near each budget measured end to "
              f"end at search time, the best one whose measured latency plus its noise margin meets the budget "
@@ -205,7 +205,10 @@ def render_markdown(res: dict) -> str:
                  f"FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
                  f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epoch{'' if c['student_epochs'] == 1 else 's'}, logits distillation weight "
                  f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
-                 f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise.\n")
+                 f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise."
+                 + (" Fits: for a budget given as a fraction, x teacher (measured here) <= that fraction; "
+                    "otherwise measured ms <= budget ms." if any(cmp.get("fraction_judged") for cmp in res["comparison"])
+                    else "") + "\n")
         L.append(f"| budget (ms) | budget x teacher (verification) | model | role | measured (ms) | x teacher (measured) "
                  f"| fits | {metric} | " + "".join(f"{k} | " for k in extra) + f"share of teacher {metric} |")
         L.append("|---|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|")
@@ -217,7 +220,7 @@ def render_markdown(res: dict) -> str:
                     L.append(head + f"{why} | {ROLES[r['role']]} | - | - | - | - | " + "- | " * len(extra) + "- |")
                     continue
                 share = "-" if r["share_of_teacher"] is None else f"{100 * r['share_of_teacher']:.1f}%"
-                L.append(head + f"{r['name']} | {ROLES[r['role']]} | {r['measured_ms']:.2f} | {r['vs_teacher']:.2f} | "
+                L.append(head + f"{r['name']} | {ROLES[r['role']]} | {r['measured_ms']:.2f} | {r['vs_teacher']:.3f} | "
                          f"{'yes' if r['within_budget'] else 'no'} | {r['score']:.4f} | "
                          + "".join(f"{r['metrics'][k]:.4f} | " for k in extra) + f"{share} |")
         L.append("")

@@ -36,7 +36,7 @@ def cv_pct(xs: list) -> float:
     return 100 * statistics.stdev(xs) / statistics.mean(xs)
 
 
-def summarise(sessions: list) -> list[dict]:
+def summarise(sessions: list, protocols: dict = PROTOCOLS) -> list[dict]:
     """One row per protocol: mean / max cross-session CV of the anchor-relative latency over the
     models, mean split-half noise, mean anchor spread and session seconds."""
     rows = []
@@ -46,7 +46,7 @@ def summarise(sessions: list) -> list[dict]:
             continue
         cvs = {k: cv_pct([s["ratio"][k] for s in ss]) for k in ss[0]["ratio"]}
         raw = {k: cv_pct([s["raw_ratio"][k] for s in ss]) for k in ss[0]["raw_ratio"]}  # no per-run anchor
-        rows.append({"protocol": p, **PROTOCOLS[p], "sessions": len(ss),
+        rows.append({"protocol": p, **protocols.get(p, {}), "sessions": len(ss),
                      "cross_session_cv_pct_mean": statistics.mean(cvs.values()),
                      "cross_session_cv_pct_max": max(cvs.values()),
                      "cross_session_cv_pct_unnormalised_mean": statistics.mean(raw.values()),
@@ -57,9 +57,9 @@ def summarise(sessions: list) -> list[dict]:
     return rows
 
 
-def write_summary(out: Path, sessions: list) -> list[dict]:
+def write_summary(out: Path, sessions: list, protocols: dict = PROTOCOLS) -> list[dict]:
     from autodistil.io import atomic_write_json, write_rows_csv
-    rows = summarise(sessions)
+    rows = summarise(sessions, protocols)
     write_rows_csv(out / "summary.csv", [{k: v for k, v in r.items() if k != "cv_pct_per_model"} for r in rows])
     atomic_write_json(out / "summary.json", rows)
     for r in rows:
@@ -82,7 +82,8 @@ def main(argv=None) -> int:
         ap.error("--sessions must be >= 2 (the CV is across sessions)")
     out = Path(a.out)
     if a.summary_only:
-        write_summary(out, json.loads((out / "sessions.json").read_text())["sessions"])
+        rec = json.loads((out / "sessions.json").read_text())
+        write_summary(out, rec["sessions"], rec.get("protocols", PROTOCOLS))
         return 0
     import torch
     from autodistil.io import atomic_write_json
