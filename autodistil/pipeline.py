@@ -130,9 +130,9 @@ _DEPS = {
 # A stage's output format version: bumped when what it writes changes so that a cached marker from
 # older code would break a later stage (search 2: baseline (a) chosen at search time; 3: budgets from
 # the teacher timed in the verification session; 4: per-session budgets; report 2: fractional budgets
-# judged against the teacher timed in the report's session). A bump makes
+# judged against the teacher timed in the report's session; 3: fallback budgets judged in ms). A bump makes
 # that stage and all after it rerun; stages before it stay cached.
-_VERSIONS = {"search": 4, "report": 2}
+_VERSIONS = {"search": 4, "report": 3}
 
 
 class Run:
