@@ -25,13 +25,15 @@ def main(argv=None):
     from autodistil.export import export_subnet
     from autodistil.latency.predict import LatencyTable
     from autodistil.latency.profile import ProfileSettings, rounds_for
+    from autodistil.pipeline import MEASURE_S
     from autodistil.latency.validate import measure_models
     from autodistil.search.run import candidate_name
     from autodistil.space import SubnetConfig
     ap = argparse.ArgumentParser()
     ap.add_argument("run_dir")
     ap.add_argument("--fractions", type=float, nargs="+", default=[0.15, 0.3, 0.5])
-    ap.add_argument("--rounds", type=int, default=None, help="default: 2.5 s per model at the table's round length")
+    ap.add_argument("--rounds", type=int, default=None,
+                    help="default: the run report's seconds per model (pipeline.MEASURE_S) at the table's round length")
     a = ap.parse_args(argv)
     run = Path(a.run_dir)
     cands = json.loads((run / "search" / "search.json").read_text())["candidates"]
@@ -48,7 +50,7 @@ def main(argv=None):
             picks.append((f, min(lat_ok, key=lambda r: r["loss"]), min(flo_ok, key=lambda r: r["loss"])))
     import dataclasses
     st = ProfileSettings.from_dict(table.settings)
-    st = dataclasses.replace(st, rounds=a.rounds or rounds_for(2.5, st.round_s))
+    st = dataclasses.replace(st, rounds=a.rounds or rounds_for(MEASURE_S, st.round_s))
     from autodistil.nn import load_supernet
     nets = {}
     for p in sorted((run / "supernets").iterdir()):

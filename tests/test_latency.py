@@ -1,6 +1,8 @@
+import bisect
 import dataclasses
 import math
 import random
+import statistics
 
 import pytest
 
@@ -119,7 +121,6 @@ def _speed_states(seed: int, hold_s: float = 0.25, sd: float = 0.15, horizon_s: 
         t += rng.expovariate(1 / hold_s)
         edges.append(t)
         levels.append(math.exp(rng.gauss(0, sd)))
-    import bisect
     return lambda now: levels[min(bisect.bisect_left(edges, now), len(levels) - 1)]
 
 
@@ -143,7 +144,7 @@ def test_default_protocol_beats_few_long_rounds_on_a_machine_with_speed_states()
                            dev.runner(ModelSpec(2, 96, 3, 288, "autodistil")), seed=s)
             for i, t in sess.timings.items():
                 ratios[i].append(t.ms / sess.anchor["ms"])
-        cv = lambda xs: (sum((x - sum(xs) / len(xs)) ** 2 for x in xs) / len(xs)) ** 0.5 / (sum(xs) / len(xs))
+        cv = lambda xs: statistics.pstdev(xs) / statistics.mean(xs)
         return sum(cv(v) for v in ratios.values()) / len(ratios)
     cv_old, cv_new = cv_across_sessions(old), cv_across_sessions(new)
     assert cv_new < 0.6 * cv_old, (cv_new, cv_old)
