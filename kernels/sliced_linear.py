@@ -11,11 +11,18 @@ fp32 master parameters while the activations are bf16/fp16. The kernel casts eac
 operand tile to the activation ("compute") dtype in registers, so tl.dot runs on tensor cores;
 it accumulates in fp32 and, for dW, adds the fp32 result to the fp32 grad slice.
 
+Split-K for dW: dW's output is the slice (o x i, a few dozen tiles) while its reduction runs over
+all tokens (K = 4096 in the paper's batches), so one program per tile leaves most SMs idle. When a
+config's tiles cannot fill the device, a launch without bias or activation splits K into S chunks
+(S <= 8 and <= K / (4 BK), rounded up): S partial products go to an fp32 scratch (S, o, i) (slice-sized,
+never the full parameter), and a second kernel adds them to the grad slice in a fixed order, so
+the result is the same bit for bit on every run (no atomics).
+
 Autotuning: `_Tuner` picks one config per shape key. A launch that writes in place
 (ACCUMULATE) is never run while tuning: on a key not yet tuned, the candidates are timed on a
 scratch output of the slice's size without accumulation, then the chosen config runs once on
-the real gradient. `configure_autotune(configs, do_bench)` swaps the candidates and the timer
-(tests use it to tune several configs under the CPU interpreter).
+the real gradient. `configure_autotune(configs, do_bench, sms=...)` swaps the candidates, the timer and the SM count
+the split rule assumes (tests use it to tune several configs and to split K under the interpreter).
 """
 from __future__ import annotations
 
@@ -49,14 +56,18 @@ def _default_bench(fn):
 
 
 @triton.jit
-def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K,
-               s_am, s_ak, s_bk, s_bn, s_cm, s_cn,
+def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K, K_CHUNK,
+               s_am, s_ak, s_bk, s_bn, s_cm, s_cn, s_cs,
                HAS_BIAS: tl.constexpr, ACT: tl.constexpr, SAVE_PRE: tl.constexpr, ACCUMULATE: tl.constexpr,
                IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr):
     """C[M, N] (+)= act(A[M, K] @ B[K, N] + bias[N]); every operand by explicit strides.
     A is in the compute dtype; B (a weight, maybe fp32) is cast to it tile by tile in registers.
-    One program per (BM, BN) tile on grid axis 0, in GROUP_M-swizzled order for L2 reuse."""
+    One program per (BM, BN) tile on grid axis 0, in GROUP_M-swizzled order for L2 reuse; grid
+    axis 1 splits K into chunks of K_CHUNK (a multiple of BK), chunk s written at c_ptr + s * s_cs."""
     pid = tl.program_id(0)
+    pid_s = tl.program_id(1)
+    k_lo = pid_s * K_CHUNK
+    k_hi = tl.minimum(K, k_lo + K_CHUNK)
     n_m = tl.cdiv(M, BM)
     n_n = tl.cdiv(N, BN)
     width = GROUP_M * n_n
@@ -68,13 +79,13 @@ def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K,
     rn = pid_n * BN + tl.arange(0, BN)
     rk = tl.arange(0, BK)
     # 64-bit row/column offsets: M * s_am or N * s_bn can pass 2^31 (a long token axis)
-    a_ptrs = a_ptr + rm.to(tl.int64)[:, None] * s_am + rk[None, :] * s_ak
-    b_ptrs = b_ptr + rk[:, None] * s_bk + rn.to(tl.int64)[None, :] * s_bn
+    a_ptrs = a_ptr + rm.to(tl.int64)[:, None] * s_am + (k_lo + rk).to(tl.int64)[None, :] * s_ak
+    b_ptrs = b_ptr + (k_lo + rk).to(tl.int64)[:, None] * s_bk + rn.to(tl.int64)[None, :] * s_bn
     acc = tl.zeros((BM, BN), dtype=tl.float32)
-    for k0 in range(0, K, BK):
+    for k0 in range(k_lo, k_hi, BK):
         kk = k0 + rk
-        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < K), other=0.0)
-        b = tl.load(b_ptrs, mask=(kk[:, None] < K) & (rn[None, :] < N), other=0.0).to(a_ptr.dtype.element_ty)
+        a = tl.load(a_ptrs, mask=(rm[:, None] < M) & (kk[None, :] < k_hi), other=0.0)
+        b = tl.load(b_ptrs, mask=(kk[:, None] < k_hi) & (rn[None, :] < N), other=0.0).to(a_ptr.dtype.element_ty)
         if IEEE:  # fp32 stays fp32 (no TF32), as the contract's 1e-5 tolerance needs
             acc += tl.dot(a, b, input_precision="ieee")
         else:  # bf16/fp16 operands: tensor cores, fp32 accumulation
@@ -84,7 +95,7 @@ def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K,
     if HAS_BIAS:
         acc += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
     cmask = (rm[:, None] < M) & (rn[None, :] < N)
-    c_off = rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
+    c_off = pid_s.to(tl.int64) * s_cs + rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
     if ACT == 1:  # exact GELU: x * Phi(x)
         if SAVE_PRE:
             tl.store(pre_ptr + rm.to(tl.int64)[:, None] * N + rn[None, :], acc.to(pre_ptr.dtype.element_ty),
@@ -95,15 +106,62 @@ def _mm_kernel(a_ptr, b_ptr, c_ptr, bias_ptr, pre_ptr, M, N, K,
     tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=cmask)
 
 
+@triton.jit
+def _splitk_reduce_kernel(p_ptr, c_ptr, M, N, S, s_ps, s_cm, s_cn, ACCUMULATE: tl.constexpr,
+                          BM: tl.constexpr, BN: tl.constexpr):
+    """c[:M, :N] (+)= sum over s = 0..S-1 of p[s] (p: (S, M, N) fp32 contiguous), in that fixed
+    order: the same sum on every run."""
+    rm = tl.program_id(0) * BM + tl.arange(0, BM)
+    rn = tl.program_id(1) * BN + tl.arange(0, BN)
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    p_off = rm.to(tl.int64)[:, None] * N + rn[None, :]
+    acc = tl.zeros((BM, BN), dtype=tl.float32)
+    for s in range(0, S):
+        acc += tl.load(p_ptr + s * s_ps + p_off, mask=mask, other=0.0)
+    c_off = rm.to(tl.int64)[:, None] * s_cm + rn[None, :] * s_cn
+    if ACCUMULATE:
+        acc += tl.load(c_ptr + c_off, mask=mask, other=0.0).to(tl.float32)
+    tl.store(c_ptr + c_off, acc.to(c_ptr.dtype.element_ty), mask=mask)
+
+
+MAX_SPLIT = 8        # at most 8 K chunks (the fp32 scratch is S x the slice)
+MIN_CHUNK_STEPS = 4  # at most cdiv(K, 4 BK) chunks (about 4 BK steps or more each)
+
+
+def split_k(cfg, M: int, N: int, K: int, sms: int) -> tuple[int, int]:
+    """(S, K_CHUNK) for a launch of cfg: S = 1 (one chunk of K) when its tiles fill half the
+    device's `sms` SMs, else enough chunks to fill it, at most MAX_SPLIT and at most
+    cdiv(K, MIN_CHUNK_STEPS * BK); K_CHUNK is a multiple of BK and S = cdiv(K, K_CHUNK) (no empty chunk)."""
+    bm, bn, bk = cfg.kwargs["BM"], cfg.kwargs["BN"], cfg.kwargs["BK"]
+    tiles = triton.cdiv(M, bm) * triton.cdiv(N, bn)
+    want = min(MAX_SPLIT, sms // max(1, tiles), triton.cdiv(K, MIN_CHUNK_STEPS * bk))
+    if 2 * tiles >= sms or want <= 1:
+        return 1, K
+    chunk = triton.cdiv(triton.cdiv(K, want), bk) * bk
+    return triton.cdiv(K, chunk), chunk
+
+
+def _device_sms(device) -> int:
+    """Streaming multiprocessors of a CUDA device; 1 elsewhere (the CPU interpreter: no split
+    unless a test sets the count with configure_autotune(sms=...))."""
+    if device.type != "cuda":
+        return 1
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
 class _Tuner:
     """Picks and remembers one config per key. Candidates that fail to compile or launch (too much
-    shared memory for a tile, say) are skipped; if all fail the last error is raised."""
+    shared memory for a tile, say) are skipped; if all fail the last error is raised.
+    sms: the SM count the split-K rule assumes (None: the device's own)."""
 
-    def __init__(self, configs, fp32_configs, do_bench):
+    def __init__(self, configs, fp32_configs, do_bench, sms=None):
         if not configs or not fp32_configs:
             raise ValueError("autotune: a config list is empty")
+        if sms is not None and (not isinstance(sms, int) or sms < 1):
+            raise ValueError(f"autotune: sms must be a positive int or None, got {sms!r}")
         self.configs, self.fp32_configs = list(configs), list(fp32_configs)
         self.do_bench = do_bench
+        self.sms = sms
         self.best: dict = {}
 
     def candidates(self, dtype):
@@ -140,16 +198,17 @@ class _Tuner:
 _TUNER = _Tuner(default_configs(torch.bfloat16), default_configs(torch.float32), _default_bench)
 
 
-def configure_autotune(configs=None, do_bench=None, fp32_configs=None):
+def configure_autotune(configs=None, do_bench=None, fp32_configs=None, sms=None):
     """Replace the candidate configs (bf16/fp16; fp32_configs for fp32, default: the same as
-    `configs` when given) and/or the benchmark function (fn -> ms); forgets the tuned keys.
-    Returns the previous (configs, do_bench, fp32_configs) so a caller can restore them."""
+    `configs` when given), the benchmark function (fn -> ms) and/or the SM count the split-K rule
+    assumes (None: the device's); forgets the tuned keys. Returns the previous
+    (configs, do_bench, fp32_configs, sms) so a caller can restore them."""
     global _TUNER
-    old = (_TUNER.configs, _TUNER.do_bench, _TUNER.fp32_configs)
+    old = (_TUNER.configs, _TUNER.do_bench, _TUNER.fp32_configs, _TUNER.sms)
     lowp = configs if configs is not None else default_configs(torch.bfloat16)
     fp32 = fp32_configs if fp32_configs is not None else (configs if configs is not None
                                                           else default_configs(torch.float32))
-    _TUNER = _Tuner(lowp, fp32, do_bench or _default_bench)
+    _TUNER = _Tuner(lowp, fp32, do_bench or _default_bench, sms)
     return old
 
 
@@ -158,13 +217,23 @@ def tuned_config(key):
     return _TUNER.best.get(key)
 
 
-def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate):
+def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate, sms=1):
+    """One launch of cfg; a product with no bias and no activation (dW, dX) is split over K when
+    split_k says the tiles alone leave the device idle (partials, then the ordered reduction)."""
     kw = dict(cfg.kwargs)
-    grid = (triton.cdiv(M, kw["BM"]) * triton.cdiv(N, kw["BN"]),)
-    _mm_kernel[grid](a, b, c, bias if bias is not None else c, pre if pre is not None else c, M, N, K,
-                     *sa, *sb, *sc, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=pre is not None,
-                     ACCUMULATE=accumulate, IEEE=a.dtype == torch.float32, num_warps=cfg.num_warps,
-                     num_stages=cfg.num_stages, **kw)
+    tiles = triton.cdiv(M, kw["BM"]) * triton.cdiv(N, kw["BN"])
+    S, chunk = (1, K) if (bias is not None or act or pre is not None) else split_k(cfg, M, N, K, sms)
+    common = dict(IEEE=a.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
+    if S == 1:
+        _mm_kernel[(tiles, 1)](a, b, c, bias if bias is not None else c, pre if pre is not None else c, M, N, K, K,
+                               *sa, *sb, *sc, 0, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=pre is not None,
+                               ACCUMULATE=accumulate, **common)
+        return
+    part = torch.empty((S, M, N), device=c.device, dtype=torch.float32)  # slice-sized fp32 partials
+    _mm_kernel[(tiles, S)](a, b, part, part, part, M, N, K, chunk, *sa, *sb, N, 1, M * N,
+                           HAS_BIAS=False, ACT=0, SAVE_PRE=False, ACCUMULATE=False, **common)
+    _splitk_reduce_kernel[(triton.cdiv(M, 32), triton.cdiv(N, 64))](part, c, M, N, S, M * N, *sc,
+                                                                    ACCUMULATE=accumulate, BM=32, BN=64)
 
 
 def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, pre=None, accumulate=False):
@@ -173,18 +242,19 @@ def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, 
         raise ValueError(f"triton sliced_linear: output {M}x{N} has too many tiles for one grid axis "
                          f"(at most 2^31-1 programs)")
     tuner = _TUNER
+    sms = tuner.sms if tuner.sms is not None else _device_sms(c.device)
     key = (M, N, K, act, bias is not None, pre is not None, a.dtype, b.dtype, c.dtype,
            bias.dtype if bias is not None else None)
     if accumulate:  # never run an accumulating launch while tuning: time the candidates on a scratch output
         if key not in tuner.best:
             scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if len(tuner.candidates(a.dtype)) > 1 else c
             tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, scratch, bias, None, M, N, K, strides_a, strides_b,
-                                                (scratch.stride(0), scratch.stride(1)), act, False))
+                                                (scratch.stride(0), scratch.stride(1)), act, False, sms))
         cfg = tuner.best[key]
     else:  # a fresh output: rerunning the launch while timing it is harmless
         cfg = tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b,
-                                                  strides_c, act, False))
-    _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate)
+                                                  strides_c, act, False, sms))
+    _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate, sms)
     return c
 
 

@@ -50,6 +50,38 @@ def test_gpu_check_says_no_gpu_without_nvidia_smi(tmp_path):
     assert not out.exists()  # nothing half-written
 
 
+def test_gpu_check_refuses_an_unknown_part_before_running_anything(tmp_path):
+    env = {**os.environ, "GPU_CHECK_PARTS": "kernels bogus"}
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True, env=env,
+                       timeout=60, cwd=tmp_path)
+    assert p.returncode == 2 and "unknown part 'bogus'" in p.stderr and "kernels step latency" in p.stderr, p.stderr
+    assert not out.exists()
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
+def test_gpu_check_runs_only_the_selected_parts(tmp_path):
+    """GPU_CHECK_PARTS="facts": with a fake nvidia-smi and a Python that says CUDA is there (and runs
+    the real summary), facts runs and every other part is recorded as not run, build included."""
+    fake = tmp_path / "fakepy"
+    fake.write_text(f"#!/bin/sh\ncase \"$*\" in\n  *gpu_summary.py*) exec {sys.executable} \"$@\" ;;\n"
+                    f"esac\necho \"fake python $*\"\nexit 0\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": os.pathsep.join([str(_fake_nvidia_smi(tmp_path, 0)), "/usr/bin", "/bin"]),
+           "PYTHON": str(fake), "GPU_CHECK_PARTS": "facts", "GPU_CHECK_TOTAL_S": "60"}
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True, env=env,
+                       timeout=120, cwd=tmp_path)
+    log = (out / "gpu_check.log").read_text()
+    parts = {json.loads(line[len("@@part "):])["name"]: json.loads(line[len("@@part "):])
+             for line in log.splitlines() if line.startswith("@@part ")}
+    assert set(parts) == {"facts", "build", "imports", "tests", "kernels", "step", "latency"}, p.stdout + p.stderr
+    assert parts["facts"]["rc"] == 0 and "skipped" not in parts["facts"]
+    for name in ("build", "imports", "tests", "kernels", "step", "latency"):
+        assert "not in GPU_CHECK_PARTS" in parts[name].get("skipped", ""), parts[name]
+    assert "pip install" not in log and (out / "summary.json").is_file()
+
+
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
 def test_gpu_check_says_no_gpu_when_nvidia_smi_fails_or_torch_sees_none(tmp_path):
     p, _ = _run_check(tmp_path, [_fake_nvidia_smi(tmp_path, 9)])

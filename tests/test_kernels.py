@@ -154,6 +154,53 @@ def test_autotune_never_repeats_an_accumulating_update():
         sl.configure_autotune(*old)
 
 
+def test_split_k_rule():
+    """dW of a paper layer (576 x 544 from 4096 tokens) has 15 tiles of 128 x 256 on an H100/H200's
+    132 SMs: K splits 8 ways in chunks of 512; an FFN's 100 tiles of 128 x 128 fill the device as is."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    cfg = lambda bm, bn, bk: triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8})  # noqa: E731
+    assert sl.split_k(cfg(128, 256, 64), 576, 544, 4096, 132) == (8, 512)
+    assert sl.split_k(cfg(128, 128, 64), 2560, 640, 4096, 132) == (1, 4096)
+    assert sl.split_k(cfg(64, 64, 64), 128, 128, 300, 132) == (2, 192)   # at most cdiv(K, 4 BK) chunks
+    assert sl.split_k(cfg(128, 256, 64), 576, 544, 4096, 1) == (1, 4096)  # one SM: nothing to fill
+    for M, N, K in ((50, 37, 129), (7, 5, 1000), (1, 1, 65)):
+        S, chunk = sl.split_k(cfg(16, 16, 16), M, N, K, 64)
+        assert chunk % 16 == 0 and (S - 1) * chunk < K <= S * chunk, (M, N, K, S, chunk)
+
+
+@pytest.mark.parametrize("n", [129, 1000])
+def test_split_k_dw_is_exact_and_deterministic(n):
+    """With the SM count set so dW splits K (3 and 8 chunks here), the first call's dW added to what
+    an earlier sandwich member left in W.grad equals the reference, and a second identical backward
+    gives the same bits (partials reduced in a fixed order, no atomics)."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    cfg = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1)
+    old = sl.configure_autotune([cfg], fp32_configs=[cfg], sms=64)
+    try:
+        assert sl.split_k(cfg, 50, 37, n, 64)[0] > 1, "the case must take the split path"
+        W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
+        x, dy = _mk((n, 37), torch.float32, 3), _mk((n, 50), torch.float32, 4)
+        earlier = _mk((64, 48), torch.float32, 5)
+        grads = []
+        for _ in range(2):
+            W = W0.clone().requires_grad_()
+            W.grad = earlier.clone()
+            ops.sliced_linear(x, W, b0, 50, 37, None, backend="triton").backward(dy)
+            grads.append(W.grad.clone())
+        Wr = W0.clone().requires_grad_()
+        F.linear(x, Wr[:50, :37], b0[:50]).backward(dy)
+        _check(grads[0], earlier + Wr.grad, None, torch.float32, f"split-K dW (n={n})")
+        assert torch.equal(grads[0], grads[1]), "two identical backward passes gave different dW bits"
+    finally:
+        sl.configure_autotune(*old)
+
+
 # --- sliced LayerNorm ------------------------------------------------------------------------
 def _layernorm_case(backend, dtype, n, h, residual, mixed=False, full=128):
     """mixed=True: gamma/beta fp32 (master parameters), x and residual in `dtype` (activations)."""
