@@ -107,7 +107,7 @@ def _no_grad_params(tr, ids, mask, sub) -> dict:
             none.append(n)
         elif not bool(p.grad.ne(0).any()):
             zero.append(n)
-    return {"loss_parts": parts, "none": none, "zero": zero,
+    return {"loss_parts": {k: float(v) for k, v in parts.items()}, "none": none, "zero": zero,
             "n_params": sum(1 for _ in tr.model.parameters()), "n_without_grad": len(none) + len(zero)}
 
 

@@ -310,3 +310,14 @@ def test_summary_judges_kernels_on_gpu_time_when_every_shape_has_it(tmp_path):
             assert "eager (launch-bound) 0.20x" in t["detail"]
         else:
             assert t["value"] == pytest.approx(0.2) and t["verdict"] == "fail" and "eager time" in t["detail"]
+
+
+def test_host_overhead_bench_writes_every_case(tmp_path):
+    import host_overhead
+    out = tmp_path / "h.json"
+    assert host_overhead.main(["--layers", "2", "--rounds", "2", "--calls", "1", "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    got = {(r["autocast_bf16"], r["gelu"], r["mode"]) for r in res["rows"]}
+    assert got == {(a, g, m) for a in (False, True) for g in (False, True) for m in ("naive", "torch")}
+    assert all(r["x_naive"] == 1.0 for r in res["rows"] if r["mode"] == "naive")
+    assert all(r["us_per_layer_median"] > 0 for r in res["rows"]) and res["autodistil_commit"]

@@ -121,3 +121,33 @@ def test_layernorm_output_dtype_rule():
         y = ops.sliced_layernorm(x32, w, b, 12, 1e-12)
     assert y.dtype == torch.float32
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x32, (12,), w[:12], b[:12], 1e-12))
+
+
+@pytest.mark.parametrize("x_dt,p_dt", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
+                                       (torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize("residual", [False, True])
+def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
+    """The torch backend's LayerNorm (aten's fused kernels where the dtypes allow, plain ops for the
+    rest: fp32 activations with bf16 gamma/beta) against F.layer_norm in fp32 on the slice: output,
+    dx, d(residual), and dgamma/dbeta written into the .grad slices only."""
+    g = torch.Generator().manual_seed(0)
+    full, h = 40, 24
+    w0, b0 = 1 + 0.1 * torch.randn(full, generator=g), 0.1 * torch.randn(full, generator=g)
+    x0, r0, dy = (torch.randn(5, 3, h, generator=g) for _ in range(3))
+    w, b = w0.to(p_dt).requires_grad_(), b0.to(p_dt).requires_grad_()
+    x = x0.to(x_dt).requires_grad_()
+    r = r0.to(x_dt).requires_grad_() if residual else None
+    y = ops.sliced_layernorm(x, w, b, h, 1e-12, r, backend="torch")
+    y.backward(dy.to(y.dtype))
+    assert y.dtype == x_dt and y.shape == x.shape
+    wr, br = w0.to(p_dt).float().requires_grad_(), b0.to(p_dt).float().requires_grad_()
+    xr = x0.to(x_dt).float().requires_grad_()
+    rr = r0.to(x_dt).float().requires_grad_() if residual else None
+    yr = torch.nn.functional.layer_norm(xr + rr if residual else xr, (h,), wr[:h], br[:h], 1e-12)
+    yr.backward(dy)
+    tol = 1e-5 if x_dt == torch.float32 and p_dt == torch.float32 else 3e-2
+    for name, got, ref in (("y", y, yr), ("dx", x.grad, xr.grad), ("dgamma", w.grad, wr.grad),
+                           ("dbeta", b.grad, br.grad)) + ((("dres", r.grad, rr.grad),) if residual else ()):
+        err = (got.float() - ref.float()).abs().max().item()
+        assert err <= tol * max(1.0, ref.abs().max().item()), f"{name}: max err {err:.3g} ({x_dt}, {p_dt})"
+    assert w.grad.dtype == p_dt and not w.grad[h:].any() and not b.grad[h:].any()

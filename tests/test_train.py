@@ -3,6 +3,7 @@ import math
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import pytest
@@ -210,3 +211,30 @@ def test_bf16_autocast_step_with_every_loss_is_close_to_fp32(tiny_teacher_dir, t
     assert math.isfinite(recs["bf16"]["grad_norm"])
     with pytest.raises(ValueError, match="task-agnostic supernet training has no logits"):
         TrainConfig(loss=LossWeights(logits=1.0))
+
+
+def test_train_step_reads_the_member_losses_once(tiny_teacher_dir, tmp_path):
+    """The member losses are read from the device once, after the whole sandwich: a read per
+    member (float(loss)) makes the host wait for the GPU after each member's backward. Counts the
+    reads of device scalars (aten._local_scalar_dense: item/float/bool) and copies to the host
+    inside one step: at most the gradient norm's and one for the stacked losses."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Reads(TorchDispatchMode):
+        where: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func.overloadpacket.__name__ == "_local_scalar_dense":
+                ours = [f for f in traceback.extract_stack() if "autodistil" in f.filename]
+                Reads.where.append(f"{Path(ours[-1].filename).name}:{ours[-1].lineno}" if ours else "torch")
+            return func(*args, **(kwargs or {}))
+
+    from autodistil.data.text import TokenBlocks
+    ids = torch.randint(1000, 5000, (12, 32), generator=torch.Generator().manual_seed(0))
+    tr = _trainer(tiny_teacher_dir, tmp_path / "r", loss=LossWeights(relation=1.0, hidden=1.0))
+    tr.train_data = tr.held = TokenBlocks(ids, torch.ones_like(ids))
+    tr.train_step()  # the first step builds state
+    with Reads():
+        rec = tr.train_step()
+    assert len(rec["members"]) == 4 and all(math.isfinite(v) for v in rec["members"].values())
+    assert len(Reads.where) <= 2, f"{len(Reads.where)} device scalar reads in one step: {Reads.where}"

@@ -144,7 +144,8 @@ class LossWeights:
 def combined_loss(w: LossWeights, t_out, s_out, key_mask=None, proj: Optional[nn.Module] = None,
                   t_logits=None, s_logits=None) -> tuple[torch.Tensor, dict]:
     """t_out / s_out carry .qkv, .attentions, .hidden_states (HF-style or SuperBertOutput).
-    Returns (loss, {name: float})."""
+    Returns (loss, {name: detached scalar tensor}): the parts stay on the device, so a training
+    step that does not log them never waits for the GPU to read them (float() them to log)."""
     parts = {}
     if w.relation:
         parts["relation"] = qkv_relation_loss(t_out.qkv[w.teacher_layer], s_out.qkv[w.student_layer], key_mask,
@@ -158,4 +159,4 @@ def combined_loss(w: LossWeights, t_out, s_out, key_mask=None, proj: Optional[nn
     if w.logits:
         parts["logits"] = logits_loss(t_logits, s_logits, w.temperature)
     total = sum(getattr(w, k) * v for k, v in parts.items())
-    return total, {k: float(v.detach()) for k, v in parts.items()}
+    return total, {k: v.detach() for k, v in parts.items()}

@@ -419,7 +419,8 @@ class SupernetTrainer:
         _check_same_subnets([m for _, m in members])
         self.model.train()
         t_out = self._teacher_out(ids, mask)
-        losses = {}
+        member_loss = []  # detached device scalars, read once after the sandwich: reading each with
+        # float() would make the host wait for the GPU after every member (no launch overlap)
         if self.engine is None:
             self.opt.zero_grad(set_to_none=False)
         for k, (name, sub) in enumerate(members):
@@ -434,7 +435,8 @@ class SupernetTrainer:
             else:
                 loss, _ = self._member_loss(ids, mask, t_out, sub)
                 (loss / len(members)).backward()
-            losses[name] = _all_mean(float(loss.detach()))
+            member_loss.append(loss.detach().float())
+        losses = {name: _all_mean(v) for (name, _), v in zip(members, torch.stack(member_loss).tolist())}
         if self.engine is None:
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
             self.opt.step()

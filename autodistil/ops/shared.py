@@ -104,10 +104,13 @@ def amp_state(device_type: str) -> tuple:
 
 
 def amp_ctx(state: tuple):
-    """Re-enter a saved autocast state (what torch.amp.custom_bwd does, for any device type)."""
+    """Re-enter a saved autocast state (what torch.amp.custom_bwd does, for any device type);
+    nothing to enter when autocast was off then and is off now."""
     device_type, enabled, dtype = state
     if enabled:
         return torch.autocast(device_type, dtype=dtype)
+    if not torch.is_autocast_enabled(device_type):
+        return contextlib.nullcontext()
     return torch.autocast(device_type, enabled=False)
 
 
@@ -206,17 +209,29 @@ def operand_slice(param: torch.Tensor, dtype: torch.dtype, index) -> torch.Tenso
 
 
 # --- autograd Function templates ------------------------------------------------------------
-def layernorm_buffers(x, residual, width: int):
+def rows(t: torch.Tensor, width: int, dtype: torch.dtype) -> torch.Tensor:
+    """t as contiguous (N, width) rows in `dtype`; no op is dispatched for what already holds
+    (these templates run per layer and per sandwich member: host time counts on a GPU)."""
+    if t.dim() != 2:
+        t = t.reshape(-1, width)
+    if t.dtype != dtype:
+        t = t.to(dtype)
+    return t if t.is_contiguous() else t.contiguous()
+
+
+def layernorm_buffers(x, residual, width: int, outputs: bool = True):
     """(x2, r2, y, s, mean, rstd): rows of x (and residual) in one activation dtype
     (promote_types of the two), the output, the pre-norm sum kept for backward (x2 itself when
-    there is no residual), fp32 statistics."""
+    there is no residual), fp32 statistics; y, mean, rstd are None when not `outputs` (a launcher
+    that returns its own)."""
     dt = x.dtype if residual is None else torch.promote_types(x.dtype, residual.dtype)
-    x2 = x.reshape(-1, width).to(dt).contiguous()
-    r2 = residual.reshape(-1, width).to(dt).contiguous() if residual is not None else None
-    n = x2.shape[0]
-    y = torch.empty_like(x2)
+    x2 = rows(x, width, dt)
+    r2 = rows(residual, width, dt) if residual is not None else None
     s = torch.empty_like(x2) if r2 is not None else x2
-    mean = torch.empty(n, device=x.device, dtype=torch.float32)
+    if not outputs:
+        return x2, r2, None, s, None, None
+    y = torch.empty_like(x2)
+    mean = torch.empty(x2.shape[0], device=x.device, dtype=torch.float32)
     return x2, r2, y, s, mean, torch.empty_like(mean)
 
 
@@ -233,22 +248,26 @@ def sliced_linear_function(k, name: str):
             k.check(x, weight, bias)
             amp = amp_state(x.device.type)
             act = 1 if activation == "gelu" else 0
-            x2 = x.reshape(-1, i).to(compute_dtype(x, amp)).contiguous()  # activations, never weights
+            x2 = rows(x, i, compute_dtype(x, amp))  # activations, never weights
             y, pre = k.forward(x2, weight, bias, o, i, act)
             ctx.save_for_backward(x2, weight, bias, pre)
             ctx.o, ctx.i, ctx.act, ctx.amp = o, i, act, amp
             ctx.inplace_w, ctx.inplace_b = delivers_inplace(weight), delivers_inplace(bias)
-            return y.reshape(*x.shape[:-1], o)
+            return y if x.dim() == 2 else y.reshape(*x.shape[:-1], o)
 
         @staticmethod
         def backward(ctx, dy):
             x2, weight, bias, pre = ctx.saved_tensors
             o, i = ctx.o, ctx.i
             with amp_ctx(ctx.amp):
-                dy2 = dy.reshape(-1, o).to(x2.dtype).contiguous()  # (N, o)
+                dy2 = rows(dy, o, x2.dtype)  # (N, o)
                 if ctx.act:
                     dy2 = k.gelu_backward(dy2, pre)
-                dx = k.dx(dy2, weight, o, i).reshape(*dy.shape[:-1], i) if ctx.needs_input_grad[0] else None
+                dx = None
+                if ctx.needs_input_grad[0]:
+                    dx = k.dx(dy2, weight, o, i)
+                    if dy.dim() != 2:
+                        dx = dx.reshape(*dy.shape[:-1], i)
                 gw = gb = None
                 if ctx.needs_input_grad[1]:
                     gw = deliver_grad(weight, ctx.inplace_w, lambda dst: k.accumulate_dw(dy2, x2, dst, o, i))
@@ -263,35 +282,45 @@ def sliced_linear_function(k, name: str):
 
 def sliced_layernorm_function(k, name: str):
     """The autograd Function of LN(x + residual) over the first `width` features, over a backend's
-    launchers: k.check(...); k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps);
-    k.backward(dy2, s, weight, mean, rstd, dx, width) -> (dgamma (h,), dbeta (h,)) in fp32.
+    launchers: k.check(...); k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps) fills y,
+    mean, rstd; k.backward(dy2, s, weight, mean, rstd, dx, width) -> (dgamma (h,), dbeta (h,)) in
+    fp32 with dx filled. A launcher with ``owns_outputs = True`` (the torch one: aten's fused
+    LayerNorm allocates its results) gets None for y, mean, rstd and dx and returns
+    (y, mean, rstd) from forward and (dgamma, dbeta, dx) from backward.
     Computes in fp32; output dtype promote_types(x.dtype, residual.dtype), under autocast too."""
 
     class SlicedLayerNorm(torch.autograd.Function):
         @staticmethod
         def forward(ctx, x, weight, bias, width: int, eps: float, residual):
             k.check(x, weight, bias, residual)
-            x2, r2, y, s, mean, rstd = layernorm_buffers(x, residual, width)
-            k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps)
+            owns = getattr(k, "owns_outputs", False)
+            x2, r2, y, s, mean, rstd = layernorm_buffers(x, residual, width, outputs=not owns)
+            own = k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps)
+            if owns:
+                y, mean, rstd = own
             ctx.save_for_backward(s, weight, bias, mean, rstd)
             ctx.width, ctx.has_res, ctx.shape = width, residual is not None, x.shape
             ctx.amp = amp_state(x.device.type)
             ctx.inplace_w, ctx.inplace_b = delivers_inplace(weight), delivers_inplace(bias)
-            return y.reshape(x.shape)
+            return y if x.dim() == 2 else y.reshape(x.shape)
 
         @staticmethod
         def backward(ctx, dy):
             s, weight, bias, mean, rstd = ctx.saved_tensors
             h = ctx.width
             with amp_ctx(ctx.amp):
-                dy2 = dy.reshape(-1, h).to(s.dtype).contiguous()
-                dx = torch.empty_like(dy2)
-                dw, db = k.backward(dy2, s, weight, mean, rstd, dx, h)
+                dy2 = rows(dy, h, s.dtype)
+                if getattr(k, "owns_outputs", False):
+                    dw, db, dx = k.backward(dy2, s, weight, mean, rstd, None, h)
+                else:
+                    dx = torch.empty_like(dy2)
+                    dw, db = k.backward(dy2, s, weight, mean, rstd, dx, h)
                 gw = deliver_grad(weight, ctx.inplace_w, lambda dst: dst[:h].add_(dw)) \
                     if ctx.needs_input_grad[1] else None
                 gb = deliver_grad(bias, ctx.inplace_b, lambda dst: dst[:h].add_(db)) \
                     if ctx.needs_input_grad[2] else None
-            dx = dx.reshape(ctx.shape)
+            if len(ctx.shape) != 2:
+                dx = dx.reshape(ctx.shape)
             return dx, gw, gb, None, None, (dx if ctx.has_res else None)
 
     SlicedLayerNorm.__name__ = SlicedLayerNorm.__qualname__ = f"SlicedLayerNorm{name.capitalize()}"

@@ -56,7 +56,8 @@ class _TorchLinear:
 
     @staticmethod
     def gelu_backward(dy2, pre):
-        return (dy2.float() * gelu_grad(pre.float())).to(dy2.dtype)
+        # aten's fused exact-erf GELU backward: one kernel, fp32 math, result in dy2's dtype
+        return torch.ops.aten.gelu_backward(dy2, pre.to(dy2.dtype))
 
     @staticmethod
     def dx(dy2, weight, o, i):
@@ -64,12 +65,46 @@ class _TorchLinear:
 
     @staticmethod
     def accumulate_dw(dy2, x2, dst, o, i):
-        # in-place addmm_ (beta=1) into the fp32 slice; autocast leaves in-place ops alone
+        if dst.dtype == torch.float32 and x2.dtype != dst.dtype and mm_fp32_out_ok(x2.device, x2.dtype):
+            # bf16/fp16 operands on tensor cores with an fp32 result (torch.mm out_dtype, CUDA), added
+            # to the fp32 slice: a slice-sized temporary, no fp32 copies of the activations
+            dst[:o, :i].add_(torch.mm(dy2.t(), x2, out_dtype=torch.float32))
+            return
+        # in-place addmm_ (beta=1) into the slice in its dtype; autocast leaves in-place ops alone
         dst[:o, :i].addmm_(dy2.t().to(dst.dtype), x2.to(dst.dtype))
 
 
+_MM_FP32_OUT: dict = {}
+
+
+def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
+    """Does torch.mm(a, b, out_dtype=torch.float32) run for `dtype` operands on this device type
+    and give the fp32 product? Probed once per (device type, dtype) on a small product (CUDA in
+    torch >= 2.8: yes; the CPU has no kernel for it)."""
+    key = (device.type, dtype)
+    if key not in _MM_FP32_OUT:
+        ok = False
+        if dtype in (torch.bfloat16, torch.float16):
+            try:
+                g = torch.Generator(device="cpu").manual_seed(0)
+                a = torch.randn(24, 40, generator=g).to(device, dtype)
+                b = torch.randn(40, 16, generator=g).to(device, dtype)
+                r = torch.mm(a, b, out_dtype=torch.float32)
+                want = a.float() @ b.float()
+                ok = r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
+            except (RuntimeError, TypeError, NotImplementedError):
+                ok = False
+        _MM_FP32_OUT[key] = ok
+    return _MM_FP32_OUT[key]
+
+
 class _TorchLayerNorm:
-    """Launchers of the shared sliced-LayerNorm template: fp32 math, gamma/beta read as slices."""
+    """Launchers of the shared sliced-LayerNorm template: aten's fused LayerNorm forward and
+    backward on the gamma/beta slice views (fp32 statistics and math, activations in their own
+    dtype, fp32 gamma/beta allowed with bf16/fp16 activations): one kernel each way instead of a
+    dozen elementwise ops. Where aten cannot mix the dtypes given, the same math in plain ops.
+    They allocate their own outputs (``owns_outputs``)."""
+    owns_outputs = True
 
     @staticmethod
     def check(x, weight, bias, residual):
@@ -79,23 +114,35 @@ class _TorchLayerNorm:
     def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
         if r2 is not None:
             torch.add(x2, r2, out=s)
+        if _fused_ln_ok(s, weight, bias):
+            out, mu, r = torch.native_layer_norm(s, [width], weight[:width], bias[:width], eps)
+            return out, mu.view(-1), r.view(-1)
         sf = s.float()                                                        # (N, h)
         var, mu = torch.var_mean(sf, dim=-1, correction=0)
         r = torch.rsqrt(var + eps)
-        mean.copy_(mu)
-        rstd.copy_(r)
         # gamma/beta slices are read in their own dtype; type promotion, no copy of them
-        y.copy_((sf - mu[:, None]) * r[:, None] * weight[:width] + bias[:width])
+        y = ((sf - mu[:, None]) * r[:, None] * weight[:width] + bias[:width]).to(s.dtype)
+        return y, mu, r
 
     @staticmethod
     def backward(dy2, s, weight, mean, rstd, dx, h):
+        if _fused_ln_ok(s, weight, weight) and dy2.dtype == s.dtype:
+            gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
+                dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], weight[:h], [True, True, True])
+            return dgamma.float(), dbeta.float(), gx
         xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
         g = dy2.float()
         dbeta = g.sum(0)
         dgamma = (g * xhat).sum(0)
         wdy = g * weight[:h]
-        dx.copy_(rstd[:, None] * (wdy - wdy.mean(-1, keepdim=True) - xhat * (wdy * xhat).mean(-1, keepdim=True)))
-        return dgamma, dbeta
+        dx = rstd[:, None] * (wdy - wdy.mean(-1, keepdim=True) - xhat * (wdy * xhat).mean(-1, keepdim=True))
+        return dgamma, dbeta, dx.to(dy2.dtype)
+
+
+def _fused_ln_ok(s, weight, bias) -> bool:
+    """aten's LayerNorm takes activations in fp32, or bf16/fp16 with gamma/beta in the same dtype
+    or in fp32 (its mixed-type kernels); other mixes take the plain-ops path."""
+    return weight.dtype == bias.dtype and (weight.dtype == s.dtype or weight.dtype == torch.float32)
 
 
 SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
