@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="random full students measured end to end in the same session (block sums checked against "
                          "them; a linear correction kept only if leave-one-out error improves; 0: none)")
     pr.add_argument("--budget-s", type=float, default=None, help="stop after the round in progress past this time")
+    pr.add_argument("--settings", default=None, metavar="JSON",
+                    help="every measurement setting at once, as ProfileSettings.to_dict() JSON (replaces the "
+                         "--device ... --cuda-graphs flags; how a fresh-process profile gets all of them)")
     pr.add_argument("--out", required=True, help="table JSON path")
     pr.set_defaults(fn=cmd_profile)
 
@@ -270,10 +273,19 @@ def cmd_profile(a):
         vocab = read_meta(a.supernet[0])["model"].get("vocab_size", 30522)
     else:
         spaces, vocab = list(_spaces_for(a).values()), 30522
-    st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
-                         threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,
-                         anchor_every=a.anchor_every, stat=a.stat,
-                         depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
+    if a.settings is not None:
+        try:
+            d = json.loads(a.settings)
+        except json.JSONDecodeError as e:
+            raise SystemExit(f"profile: --settings is not JSON ({e}); expected ProfileSettings.to_dict() output")
+        if not isinstance(d, dict):
+            raise SystemExit(f"profile: --settings must be a JSON object of ProfileSettings fields, got {type(d).__name__}")
+        st = ProfileSettings.from_dict(d)
+    else:
+        st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
+                             threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,
+                             anchor_every=a.anchor_every, stat=a.stat,
+                             depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
     table = build_table(spaces, st, vocab=vocab, grid=tuple(a.grid), calibrate=a.calibrate, budget_s=a.budget_s)
     table.save(a.out)
     print(f"latency table ({len(table.rows)} entries over {len(table.meta['models'])} timed models, "

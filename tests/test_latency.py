@@ -233,3 +233,38 @@ def test_profile_settings_errors():
         ProfileSettings(depths=(2,))
     with pytest.raises(ValueError, match="stat 'mean' is not allowed"):
         ProfileSettings(stat="mean")
+
+
+def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
+    """A fresh-process profile gets every ProfileSettings field (it used to forward them flag by
+    flag and drop min_runs, max_runs and low_pct), and the CLI builds the same settings from it."""
+    import argparse
+    import json
+    from autodistil import cli
+    from autodistil.latency import run_measure
+    st = ProfileSettings(rounds=5, round_s=0.01, warmup_s=0.0, min_runs=7, max_runs=90, anchor_every=3,
+                         low_pct=20.0, stat="low", depths=(0, 3), threads=1)
+    seen = {}
+
+    def fake_run(cmd, what, timeout_s):
+        seen["cmd"] = cmd
+        return argparse.Namespace(stdout="", stderr="", returncode=0)
+    monkeypatch.setattr(run_measure, "_run_cli", fake_run)
+    run_measure.profile_in_subprocess([], tmp_path / "t.json", st, log=lambda *_: None)
+    cmd = seen["cmd"]
+    sent = json.loads(cmd[cmd.index("--settings") + 1])
+    assert ProfileSettings.from_dict(sent) == st
+
+    got = {}
+
+    def fake_build(spaces, s, **kw):
+        got["st"] = s
+        raise RuntimeError("stop after settings")
+    monkeypatch.setattr("autodistil.latency.profile.build_table", fake_build)
+    ap = cli.build_parser()
+    with pytest.raises(RuntimeError, match="stop after settings"):
+        cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+    assert got["st"] == st
+    for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON")):
+        with pytest.raises((SystemExit, ValueError), match=msg):
+            cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--settings", bad]))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import json
 import sys
 from pathlib import Path
 
@@ -39,15 +40,10 @@ def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | Non
 
 def profile_in_subprocess(supernets: list, out_table, settings, grid=(3, 2, 2), calibrate: int = 12,
                           log=print, timeout_s: float | None = None) -> Path:
-    """Build a latency table with `python -m autodistil.cli profile` in a fresh process."""
-    s = settings
-    cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table), "--device", s.device,
-           "--runtime", s.runtime, "--dtype", s.dtype, "--batch", str(s.batch), "--seq-len", str(s.seq_len),
-           "--threads", str(s.threads), "--rounds", str(s.rounds), "--round-s", str(s.round_s),
-           "--warmup-s", str(s.warmup_s), "--anchor-every", str(s.anchor_every), "--stat", s.stat, "--depths", *map(str, s.depths),
-           "--grid", *map(str, grid), "--calibrate", str(calibrate)]
-    if s.cuda_graphs:
-        cmd.append("--cuda-graphs")
+    """Build a latency table with `python -m autodistil.cli profile` in a fresh process; every
+    ProfileSettings field travels (one --settings JSON), none is left to the CLI's defaults."""
+    cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table),
+           "--settings", json.dumps(settings.to_dict()), "--grid", *map(str, grid), "--calibrate", str(calibrate)]
     for p in supernets:
         cmd += ["--supernet", str(p)]
     r = _run_cli(cmd, "profiling", timeout_s)
