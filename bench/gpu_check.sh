@@ -55,6 +55,9 @@ export TRITON_INTERPRET=0 PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 HF_DATASETS_OFFLIN
 export TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
 mkdir -p "$OUTDIR" || exit 1
 OUTDIR=$(cd "$OUTDIR" && pwd)
+# a run replaces all seven outputs, so a subset rerun into the same folder never summarises an
+# earlier run's files as its own (use a new OUTDIR to keep one)
+rm -f "$OUTDIR"/{gpu_check.log,junit.xml,kernels_gpu.csv,supernet_step_gpu.csv,latency_gpu.json,summary.json,summary.md}
 LOG="$OUTDIR/gpu_check.log"
 : > "$LOG"
 TMPD=$(mktemp -d)
@@ -131,6 +134,8 @@ echo "gpu_check: $REPO -> $OUTDIR (total budget ${TOTAL}s)"
 
 # --- facts --------------------------------------------------------------------------------
 facts() {
+    # which code ran: the commit where .git travelled, and a hash of the sources either way
+    echo "@@source $(git describe --always --dirty 2>/dev/null || echo 'no git') sha256 $(find autodistil kernels csrc bench tests scripts setup.py pyproject.toml CMakeLists.txt -type f \( -name '*.py' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.sh' -o -name '*.toml' -o -name '*.txt' \) 2>/dev/null | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
     boxed 15 nvidia-smi
     boxed 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
     boxed 60 "$PY" -c 'import json, sys; sys.path.insert(0, "bench"); from common import device_facts; print("@@facts " + json.dumps(device_facts()))'

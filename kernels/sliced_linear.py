@@ -13,10 +13,11 @@ it accumulates in fp32 and, for dW, adds the fp32 result to the fp32 grad slice.
 
 Split-K for dW: dW's output is the slice (o x i, a few dozen tiles) while its reduction runs over
 all tokens (K = 4096 in the paper's batches), so one program per tile leaves most SMs idle. When a
-config's tiles cannot fill the device, a launch without bias or activation splits K into S chunks
-(S <= 8 and <= K / (4 BK), rounded up): S partial products go to an fp32 scratch (S, o, i) (slice-sized,
-never the full parameter), and a second kernel adds them to the grad slice in a fixed order, so
-the result is the same bit for bit on every run (no atomics).
+config's tiles cannot fill the device, the dW launch splits K into S chunks (S <= 8 and
+<= K / (4 BK), rounded up): S partial products go to an fp32 scratch (S, o, i) (S times the slice,
+never the full parameter), and a second kernel adds them to the grad slice in a fixed order: no
+atomics, so for a given tuned config the result is the same bit for bit on every run. Forward and
+dX launches never split (their M is the token count; a small batch would pay a second launch).
 
 Autotuning: `_Tuner` picks one config per shape key. A launch that writes in place
 (ACCUMULATE) is never run while tuning: on a key not yet tuned, the candidates are timed on a
@@ -217,12 +218,14 @@ def tuned_config(key):
     return _TUNER.best.get(key)
 
 
-def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate, sms=1):
-    """One launch of cfg; a product with no bias and no activation (dW, dX) is split over K when
+def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate, sms=1, split=False):
+    """One launch of cfg; with `split` (the dW product: no bias, no activation) K is split when
     split_k says the tiles alone leave the device idle (partials, then the ordered reduction)."""
     kw = dict(cfg.kwargs)
     tiles = triton.cdiv(M, kw["BM"]) * triton.cdiv(N, kw["BN"])
-    S, chunk = (1, K) if (bias is not None or act or pre is not None) else split_k(cfg, M, N, K, sms)
+    if split and (bias is not None or act or pre is not None):
+        raise ValueError("triton sliced_linear: split-K is only for a product without bias or activation")
+    S, chunk = split_k(cfg, M, N, K, sms) if split else (1, K)
     common = dict(IEEE=a.dtype == torch.float32, num_warps=cfg.num_warps, num_stages=cfg.num_stages, **kw)
     if S == 1:
         _mm_kernel[(tiles, 1)](a, b, c, bias if bias is not None else c, pre if pre is not None else c, M, N, K, K,
@@ -249,12 +252,12 @@ def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, 
         if key not in tuner.best:
             scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if len(tuner.candidates(a.dtype)) > 1 else c
             tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, scratch, bias, None, M, N, K, strides_a, strides_b,
-                                                (scratch.stride(0), scratch.stride(1)), act, False, sms))
+                                                (scratch.stride(0), scratch.stride(1)), act, False, sms, True))
         cfg = tuner.best[key]
     else:  # a fresh output: rerunning the launch while timing it is harmless
         cfg = tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b,
                                                   strides_c, act, False, sms))
-    _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate, sms)
+    _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate, sms, split=accumulate)
     return c
 
 

@@ -62,7 +62,8 @@ def test_gpu_check_refuses_an_unknown_part_before_running_anything(tmp_path):
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
 def test_gpu_check_runs_only_the_selected_parts(tmp_path):
     """GPU_CHECK_PARTS="facts": with a fake nvidia-smi and a Python that says CUDA is there (and runs
-    the real summary), facts runs and every other part is recorded as not run, build included."""
+    the real summary), facts runs (recording which sources ran) and every other part is recorded as
+    not run, build included; an earlier run's output in the folder is removed first."""
     fake = tmp_path / "fakepy"
     fake.write_text(f"#!/bin/sh\ncase \"$*\" in\n  *gpu_summary.py*) exec {sys.executable} \"$@\" ;;\n"
                     f"esac\necho \"fake python $*\"\nexit 0\n")
@@ -70,9 +71,13 @@ def test_gpu_check_runs_only_the_selected_parts(tmp_path):
     env = {**os.environ, "PATH": os.pathsep.join([str(_fake_nvidia_smi(tmp_path, 0)), "/usr/bin", "/bin"]),
            "PYTHON": str(fake), "GPU_CHECK_PARTS": "facts", "GPU_CHECK_TOTAL_S": "60"}
     out = tmp_path / "out"
+    out.mkdir()
+    (out / "kernels_gpu.csv").write_text("stale,from,an,earlier,run\n")  # must not be summarised as this run's
     p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True, env=env,
                        timeout=120, cwd=tmp_path)
     log = (out / "gpu_check.log").read_text()
+    assert not (out / "kernels_gpu.csv").exists()
+    assert "@@source " in log and "sha256 " in log
     parts = {json.loads(line[len("@@part "):])["name"]: json.loads(line[len("@@part "):])
              for line in log.splitlines() if line.startswith("@@part ")}
     assert set(parts) == {"facts", "build", "imports", "tests", "kernels", "step", "latency"}, p.stdout + p.stderr

@@ -114,13 +114,25 @@ def init_distributed(use_deepspeed: bool) -> None:
         dist.init_process_group(backend)
 
 
-def _all_mean(x: float) -> float:
+def _reduce_device() -> torch.device:
+    """Where a collective's tensor must live: NCCL takes CUDA tensors only, gloo CPU ones."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _all_means(xs: torch.Tensor) -> list[float]:
+    """The mean over ranks of each entry of a 1-D tensor, in one collective and one read."""
     r, w = world()
     if w == 1:
-        return x
-    t = torch.tensor([x], dtype=torch.float64)
+        return xs.tolist()
+    t = xs.detach().to(_reduce_device(), torch.float64)
     dist.all_reduce(t)
-    return float(t.item()) / w
+    return (t / w).tolist()
+
+
+def _all_mean(x: float) -> float:
+    return _all_means(torch.tensor([x], dtype=torch.float64))[0]
 
 
 def _check_same_subnets(members: list[SubnetConfig]) -> None:
@@ -436,7 +448,7 @@ class SupernetTrainer:
                 loss, _ = self._member_loss(ids, mask, t_out, sub)
                 (loss / len(members)).backward()
             member_loss.append(loss.detach().float())
-        losses = {name: _all_mean(v) for (name, _), v in zip(members, torch.stack(member_loss).tolist())}
+        losses = dict(zip((name for name, _ in members), _all_means(torch.stack(member_loss))))
         if self.engine is None:
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
             self.opt.step()

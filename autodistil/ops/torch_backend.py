@@ -17,6 +17,7 @@ cast just the slice per call. dW accumulates in fp32 into the fp32 grad slice.
 """
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -82,6 +83,8 @@ def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
     and give the fp32 product? Probed once per (device type, dtype) on a small product (CUDA in
     torch >= 2.8: yes; the CPU has no kernel for it)."""
     key = (device.type, dtype)
+    if device.type == "cuda" and key not in _MM_FP32_OUT and torch.cuda.is_current_stream_capturing():
+        return False  # the probe reads a result back (a sync): not inside graph capture; probed later
     if key not in _MM_FP32_OUT:
         ok = False
         if dtype in (torch.bfloat16, torch.float16):
@@ -115,7 +118,10 @@ class _TorchLayerNorm:
         if r2 is not None:
             torch.add(x2, r2, out=s)
         if _fused_ln_ok(s, weight, bias):
-            out, mu, r = torch.native_layer_norm(s, [width], weight[:width], bias[:width], eps)
+            with _no_autocast(s.device.type):  # CUDA autocast would run it in fp32 and return fp32
+                out, mu, r = torch.native_layer_norm(s, [width], weight[:width], bias[:width], eps)
+            # the statistics stay in aten's own dtype (fp32, except fp16/bf16 on the CPU's same-dtype
+            # path): its backward takes them back as they came
             return out, mu.view(-1), r.view(-1)
         sf = s.float()                                                        # (N, h)
         var, mu = torch.var_mean(sf, dim=-1, correction=0)
@@ -127,8 +133,9 @@ class _TorchLayerNorm:
     @staticmethod
     def backward(dy2, s, weight, mean, rstd, dx, h):
         if _fused_ln_ok(s, weight, weight) and dy2.dtype == s.dtype:
-            gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
-                dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], weight[:h], [True, True, True])
+            with _no_autocast(s.device.type):
+                gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
+                    dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], weight[:h], [True, True, True])
             return dgamma.float(), dbeta.float(), gx
         xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
         g = dy2.float()
@@ -140,9 +147,19 @@ class _TorchLayerNorm:
 
 
 def _fused_ln_ok(s, weight, bias) -> bool:
-    """aten's LayerNorm takes activations in fp32, or bf16/fp16 with gamma/beta in the same dtype
-    or in fp32 (its mixed-type kernels); other mixes take the plain-ops path."""
-    return weight.dtype == bias.dtype and (weight.dtype == s.dtype or weight.dtype == torch.float32)
+    """aten's LayerNorm takes gamma/beta in the activations' dtype everywhere, and fp32 gamma/beta
+    with bf16/fp16 activations on the CPU only (its mixed-type kernels; CUDA's reads gamma in the
+    activation dtype); other mixes take the plain-ops path."""
+    if weight.dtype != bias.dtype:
+        return False
+    return weight.dtype == s.dtype or (weight.dtype == torch.float32 and s.device.type == "cpu")
+
+
+def _no_autocast(device_type: str):
+    """Run an op as called: no autocast cast of its inputs (a no-op context when autocast is off)."""
+    if torch.is_autocast_enabled(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
