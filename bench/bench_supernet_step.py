@@ -13,9 +13,11 @@ Modes, all on the same model, optimizer state, batches and sandwiches:
 
 Per mode: model and optimizer state are restored to one snapshot (taken after a first step, so
 the optimizer state exists), `--steps` warm-up steps run (compiles, autotuning; their first loss
-is compared across modes), then the same steps run again timed. Reported: tokens/s (sequences x
-seq x sandwich members / wall time, synchronised) and the peak memory above what is allocated
-after warm-up (model, grads, optimizer state, teacher: `base_mb`, also reported).
+is compared across modes), then the same steps run again timed, `--repeats` times (the same
+sandwiches each time, so no new shape is compiled). Reported: tokens/s of the median pass
+(sequences x seq x sandwich members / wall time, synchronised) with the slowest and fastest
+pass's, and the peak memory above what is allocated after warm-up (model, grads, optimizer
+state, teacher: `base_mb`, also reported).
 Target (issue 12/13): every backend >= 1.2x the naive tokens/s with lower extra peak memory.
 
     python bench/bench_supernet_step.py [--out CSV] [--budget-s S]       # GPU
@@ -115,12 +117,16 @@ def run_mode(tr, mode: str, snap, a, device: str) -> dict:
             base = torch.cuda.memory_allocated() if device == "cuda" else 0
             if device == "cuda":
                 torch.cuda.reset_peak_memory_stats()
-            tr.step = 0
-            t0 = time.perf_counter()
-            for _ in range(a.steps):
-                tr.train_step()
-            _sync(device)
-            dt = time.perf_counter() - t0
+            passes = []
+            for _ in range(a.repeats):
+                tr.step = 0
+                t0 = time.perf_counter()
+                for _ in range(a.steps):
+                    tr.train_step()
+                _sync(device)
+                passes.append(time.perf_counter() - t0)
+            passes.sort()
+            dt = passes[len(passes) // 2]
             if device == "cuda":
                 extra = (torch.cuda.max_memory_allocated() - base) / 2**20
             else:  # CPU: glibc heap peak of one more step above its start (a smoke-test figure)
@@ -131,7 +137,9 @@ def run_mode(tr, mode: str, snap, a, device: str) -> dict:
     finally:
         model.backend = "torch"
     first = warm[0]
-    return {"status": "ok", "tokens_per_s": round(a.steps * members * a.batch * a.seq / dt, 1),
+    tokens = a.steps * members * a.batch * a.seq
+    return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes),
+            "tokens_per_s_slowest": round(tokens / passes[-1], 1), "tokens_per_s_fastest": round(tokens / passes[0], 1),
             "step_s": round(dt / a.steps, 4), "extra_peak_mb": round(extra, 1), "base_mb": round(base / 2**20, 1),
             "warmup_s": round(t_warm, 2), "loss_step0": round(first["loss"], 6),
             "member_losses_step0": ";".join(f"{k}={v:.6f}" for k, v in first["members"].items()),
@@ -146,6 +154,7 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="warm-up steps, then as many timed steps, per mode")
+    ap.add_argument("--repeats", type=int, default=5, help="timed passes over those steps (median reported)")
     ap.add_argument("--teacher-layers", type=int, default=12)
     ap.add_argument("--vocab", type=int, default=30522, help="vocabulary size (smaller only for a quick smoke test)")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
@@ -157,8 +166,8 @@ def main(argv=None):
     ap.add_argument("--resume", action="store_true", help="keep the modes already measured in --out")
     ap.add_argument("--exclude", nargs="*", default=[], choices=MODES)
     a = ap.parse_args(argv)
-    if a.steps < 1 or a.batch < 1 or a.seq < 2:
-        ap.error("--steps and --batch must be >= 1 and --seq >= 2")
+    if a.steps < 1 or a.batch < 1 or a.seq < 2 or a.repeats < 1:
+        ap.error("--steps, --repeats and --batch must be >= 1 and --seq >= 2")
     if a.device == "cuda" and not torch.cuda.is_available():
         print("bench_supernet_step: needs a CUDA GPU (results: not measured); --device cpu runs the smoke test")
         return 2

@@ -292,7 +292,12 @@ def step_targets(rows, backends: dict) -> list:
             t["verdict"] = "pass" if ratio >= STEP_TARGET and lower else "fail"
             l0, ln = _num(r.get("loss_step0")), _num(naive.get("loss_step0"))
             agree = f"; step-0 loss {l0:.5g} vs naive {ln:.5g}" if l0 is not None and ln is not None else ""
-            t["detail"] = (f"{_num(r['tokens_per_s']):.0f} vs {_num(naive['tokens_per_s']):.0f} tokens/s; extra peak "
+            spread = ""
+            if _num(r.get("tokens_per_s_slowest")) and _num(naive.get("tokens_per_s_fastest")):
+                # the ratio's range over passes: slowest ours vs fastest naive, and the reverse
+                spread = (f" (passes: {_num(r['tokens_per_s_slowest']) / _num(naive['tokens_per_s_fastest']):.2f}-"
+                          f"{_num(r['tokens_per_s_fastest']) / _num(naive['tokens_per_s_slowest']):.2f}x)")
+            t["detail"] = (f"{_num(r['tokens_per_s']):.0f} vs {_num(naive['tokens_per_s']):.0f} tokens/s{spread}; extra peak "
                            f"{m_ours:.0f} vs {m_naive:.0f} MiB ({'lower' if lower else 'NOT lower'}){agree}")
         out.append(t)
     return out
@@ -402,9 +407,12 @@ def to_markdown(s: dict) -> str:
               f"{e.get('note', '')} |" for e in att]
     if s["supernet_step"]:
         L += ["", "## Supernet step (sandwich of 4, bf16 autocast, AdamW)", "",
-              "| mode | status | tokens/s | extra peak MiB | base MiB | step-0 loss |", "|---|---|---|---|---|---|"]
-        L += [f"| {r.get('mode')} | {r.get('status')} | {r.get('tokens_per_s', '')} | {r.get('extra_peak_mb', '')} | "
-              f"{r.get('base_mb', '')} | {r.get('loss_step0', '')} |" for r in s["supernet_step"]]
+              "| mode | status | tokens/s (median pass) | slowest-fastest pass | extra peak MiB | base MiB | step-0 loss |",
+              "|---|---|---|---|---|---|---|"]
+        L += [f"| {r.get('mode')} | {r.get('status')} | {r.get('tokens_per_s', '')} | "
+              f"{(str(r.get('tokens_per_s_slowest')) + '-' + str(r.get('tokens_per_s_fastest'))) if r.get('tokens_per_s_slowest') else '-'} | "
+              f"{r.get('extra_peak_mb', '')} | {r.get('base_mb', '')} | {r.get('loss_step0', '')} |"
+              for r in s["supernet_step"]]
     if s["not_run"]:
         L += ["", "## Not run / not measured", ""] + [f"- {x}" for x in s["not_run"]]
     return "\n".join(L) + "\n"

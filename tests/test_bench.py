@@ -263,13 +263,15 @@ def test_supernet_step_cpu_smoke(tmp_path):
     import bench_supernet_step
     out = tmp_path / "s.csv"
     rc = bench_supernet_step.main(["--device", "cpu", "--space", "tiny", "--batch", "2", "--seq", "16", "--steps", "1",
-                                   "--teacher-layers", "2", "--vocab", "2000", "--modes", "naive", "torch",
-                                   "--out", str(out)])
+                                   "--repeats", "3", "--teacher-layers", "2", "--vocab", "2000", "--modes", "naive",
+                                   "torch", "--out", str(out)])
     assert rc == 0
     rows = {r["mode"]: r for r in csv.DictReader(open(out))}
     assert set(rows) == {"naive", "torch"}
     for r in rows.values():
         assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["finite"] == "True"
+        assert r["passes"] == "3"
+        assert float(r["tokens_per_s_slowest"]) <= float(r["tokens_per_s"]) <= float(r["tokens_per_s_fastest"])
         assert r["sandwich_step0"] == rows["naive"]["sandwich_step0"]
     assert float(rows["torch"]["loss_step0"]) == pytest.approx(float(rows["naive"]["loss_step0"]), rel=1e-4)
 
