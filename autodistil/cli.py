@@ -264,8 +264,55 @@ def _profile_args(p):
     p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each model from a CUDA graph")
 
 
+_PROFILE_FLAGS = ("device", "runtime", "dtype", "batch", "seq_len", "threads", "rounds", "round_s", "warmup_s",
+                  "anchor_every", "stat", "depths", "cuda_graphs")
+
+
+def _settings_from_json(a, defaults: dict):
+    """ProfileSettings from --settings JSON; a measurement flag given beside it is refused (it would be
+    ignored), and every value must have its field's type."""
+    from .latency.profile import ProfileSettings
+    try:
+        d = json.loads(a.settings)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"profile: --settings is not JSON ({e}); expected ProfileSettings.to_dict() output")
+    if not isinstance(d, dict):
+        raise ValueError(f"profile: --settings must be a JSON object of ProfileSettings fields, got {type(d).__name__}")
+    clash = [f"--{f.replace('_', '-')}" for f in _PROFILE_FLAGS if getattr(a, f) != defaults[f]]
+    if clash:
+        raise ValueError(f"profile: {', '.join(clash)} given beside --settings, which sets every measurement "
+                         f"setting; put them in the JSON instead")
+    def typed(v, want) -> bool:
+        if want is bool:
+            return isinstance(v, bool)
+        if want is int:
+            return isinstance(v, int) and not isinstance(v, bool)
+        if want is float:
+            return isinstance(v, (int, float)) and not isinstance(v, bool)
+        if want is list:  # depths
+            return isinstance(v, list) and all(isinstance(x, int) and not isinstance(x, bool) for x in v)
+        return isinstance(v, want)
+
+    ref = ProfileSettings().to_dict()
+    for k, v in d.items():
+        if k in ref:
+            want = type(ref[k])
+            if not typed(v, want):
+                raise ValueError(f"profile: --settings field {k!r} is {v!r} ({type(v).__name__}), expected "
+                                 f"{want.__name__}")
+    return ProfileSettings.from_dict(d)
+
+
 def cmd_profile(a):
     from .latency.profile import ProfileSettings, build_table
+    if a.settings is not None:
+        defaults = vars(build_parser().parse_args(["profile", "--out", "x"]))
+        st = _settings_from_json(a, defaults)
+    else:
+        st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
+                             threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,
+                             anchor_every=a.anchor_every, stat=a.stat,
+                             depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
     if a.supernet:
         from .nn.checkpoint import read_meta
         from .space import SearchSpace
@@ -273,19 +320,6 @@ def cmd_profile(a):
         vocab = read_meta(a.supernet[0])["model"].get("vocab_size", 30522)
     else:
         spaces, vocab = list(_spaces_for(a).values()), 30522
-    if a.settings is not None:
-        try:
-            d = json.loads(a.settings)
-        except json.JSONDecodeError as e:
-            raise SystemExit(f"profile: --settings is not JSON ({e}); expected ProfileSettings.to_dict() output")
-        if not isinstance(d, dict):
-            raise SystemExit(f"profile: --settings must be a JSON object of ProfileSettings fields, got {type(d).__name__}")
-        st = ProfileSettings.from_dict(d)
-    else:
-        st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
-                             threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,
-                             anchor_every=a.anchor_every, stat=a.stat,
-                             depths=tuple(a.depths), cuda_graphs=a.cuda_graphs)
     table = build_table(spaces, st, vocab=vocab, grid=tuple(a.grid), calibrate=a.calibrate, budget_s=a.budget_s)
     table.save(a.out)
     print(f"latency table ({len(table.rows)} entries over {len(table.meta['models'])} timed models, "

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
+import statistics
 import sys
 import tempfile
 import time
@@ -126,7 +127,7 @@ def run_mode(tr, mode: str, snap, a, device: str) -> dict:
                 _sync(device)
                 passes.append(time.perf_counter() - t0)
             passes.sort()
-            dt = passes[len(passes) // 2]
+            dt = statistics.median(passes)
             if device == "cuda":
                 extra = (torch.cuda.max_memory_allocated() - base) / 2**20
             else:  # CPU: glibc heap peak of one more step above its start (a smoke-test figure)

@@ -131,11 +131,14 @@ part() {
 }
 
 echo "gpu_check: $REPO -> $OUTDIR (total budget ${TOTAL}s)"
+# which code ran, whatever parts are selected: the commit where .git travelled, and a hash of the sources
+SRC_HASH=$(find autodistil kernels csrc bench tests scripts setup.py pyproject.toml CMakeLists.txt -type f \( -name '*.py' \
+    -o -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.sh' -o -name '*.toml' -o -name '*.txt' \) -print0 2>/dev/null \
+    | LC_ALL=C sort -z | xargs -0 -r sha256sum | sha256sum | cut -c1-16)
+echo "@@source $(git -C "$REPO" describe --always --dirty 2>/dev/null || echo 'no git') sha256 $SRC_HASH" | tee -a "$LOG"
 
 # --- facts --------------------------------------------------------------------------------
 facts() {
-    # which code ran: the commit where .git travelled, and a hash of the sources either way
-    echo "@@source $(git describe --always --dirty 2>/dev/null || echo 'no git') sha256 $(find autodistil kernels csrc bench tests scripts setup.py pyproject.toml CMakeLists.txt -type f \( -name '*.py' -o -name '*.cu' -o -name '*.cuh' -o -name '*.cpp' -o -name '*.sh' -o -name '*.toml' -o -name '*.txt' \) 2>/dev/null | LC_ALL=C sort | xargs sha256sum | sha256sum | cut -c1-16)"
     boxed 15 nvidia-smi
     boxed 15 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm,power.limit --format=csv
     boxed 60 "$PY" -c 'import json, sys; sys.path.insert(0, "bench"); from common import device_facts; print("@@facts " + json.dumps(device_facts()))'
@@ -174,8 +177,8 @@ gpu_tests() {
         [ "$f" != tests/test_kernels.py ] && grep -q "mark.gpu" "$f" && extra+=("$f")
     done
     rm -f "$OUTDIR/junit.xml" "$TMPD/junit_extra.xml"
-    # pytest-xdist when present: Triton's first compiles (CPU-bound) run on 8 workers, not one
-    "$PY" -c "import xdist" 2>/dev/null && par=(-n 8)
+    # pytest-xdist when present: Triton's first compiles (CPU-bound) run on a worker per core (16 there)
+    "$PY" -c "import xdist" 2>/dev/null && par=(-n auto)
     local opts=(-q -ra --tb=short --durations=10 -p no:cacheprovider)
     # first the gpu-marked tests of the other files (quick), then tests/test_kernels.py whole (on a GPU
     # every test in it runs on the GPU) in the rest of the box; at its box pytest is interrupted and

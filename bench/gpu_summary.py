@@ -87,13 +87,16 @@ def _fmt(x, nd=3):
 # --- the log ----------------------------------------------------------------------------
 def parse_log(path: Path) -> dict:
     """{"parts": {name: record}, "facts": {...}, "backends": {...}, "imports": {...}} from @@ lines."""
-    out = {"parts": {}, "facts": {}, "backends": {}, "imports": {}}
+    out = {"parts": {}, "facts": {}, "backends": {}, "imports": {}, "source": None}
     if not path.is_file():
         return out
     for line in path.read_text(errors="replace").splitlines():
         if not line.startswith("@@"):
             continue
         tag, _, rest = line[2:].partition(" ")
+        if tag == "source":  # plain text: "<git describe or 'no git'> sha256 <hash of the sources>"
+            out["source"] = rest.strip()
+            continue
         try:
             obj = json.loads(rest)
         except json.JSONDecodeError:
@@ -352,7 +355,7 @@ def summarize(outdir) -> dict:
     overall = "fail" if bad else ("incomplete" if not_run or test_verdict != "pass" else "pass")
     b = log["parts"].get("build", {})
     return {"outdir": str(outdir), "generated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "overall": overall, "device": log["facts"], "backends": backends, "imports": log["imports"],
+            "overall": overall, "source": log["source"], "device": log["facts"], "backends": backends, "imports": log["imports"],
             "parts": parts, "build": {"seconds": b.get("seconds"), "status": part_status(b if b else None),
                                       "note": b.get("note", "")},
             "tests": {"verdict": test_verdict, **(tests or {"files": {}, "failing": []})},
@@ -370,6 +373,8 @@ def to_markdown(s: dict) -> str:
          f"Device: {d.get('device_name', 'unknown')} (driver {d.get('driver', '?')}, CUDA {d.get('cuda', '?')}, "
          f"torch {d.get('torch', '?')}, triton {d.get('triton', '?')}, nvcc {d.get('nvcc', '?')}); "
          f"generated {s['generated_utc']}.", ""]
+    if s.get("source"):
+        L += [f"Sources: {s['source']}", ""]
     if s["backends"]:
         L += ["Backends: " + ", ".join(f"{k}: {v}" for k, v in s["backends"].items()), ""]
     if s["imports"]:

@@ -247,7 +247,7 @@ def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, 
     tuner = _TUNER
     sms = tuner.sms if tuner.sms is not None else _device_sms(c.device)
     key = (M, N, K, act, bias is not None, pre is not None, a.dtype, b.dtype, c.dtype,
-           bias.dtype if bias is not None else None)
+           bias.dtype if bias is not None else None, accumulate)  # dW (split) never shares dX's config
     if accumulate:  # never run an accumulating launch while tuning: time the candidates on a scratch output
         if key not in tuner.best:
             scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if len(tuner.candidates(a.dtype)) > 1 else c

@@ -78,6 +78,7 @@ def test_gpu_check_runs_only_the_selected_parts(tmp_path):
     log = (out / "gpu_check.log").read_text()
     assert not (out / "kernels_gpu.csv").exists()
     assert "@@source " in log and "sha256 " in log
+    assert json.loads((out / "summary.json").read_text())["source"].split(" sha256 ")[1]
     parts = {json.loads(line[len("@@part "):])["name"]: json.loads(line[len("@@part "):])
              for line in log.splitlines() if line.startswith("@@part ")}
     assert set(parts) == {"facts", "build", "imports", "tests", "kernels", "step", "latency"}, p.stdout + p.stderr

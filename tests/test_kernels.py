@@ -596,3 +596,36 @@ def test_trainable_bias_with_frozen_weight_gets_its_gradient(backend):
     F.linear(x, W[:50, :37], br[:50]).pow(2).sum().backward()
     assert b.grad is not None, "the bias got no gradient"
     torch.testing.assert_close(b.grad, br.grad, rtol=1e-5, atol=1e-6)
+
+
+def test_only_dw_splits_k(monkeypatch):
+    """Forward and dX never split K (their M is the token count: a small batch would pay a second
+    launch for nothing); only the dW launch asks split_k, and then for its (o, i) output."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    cfg = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1)
+    old = sl.configure_autotune([cfg], fp32_configs=[cfg], sms=64)
+    asked = []
+    real = sl.split_k
+    monkeypatch.setattr(sl, "split_k", lambda c, M, N, K, sms: asked.append((M, N, K)) or real(c, M, N, K, sms))
+    try:
+        W = _mk((64, 48), torch.float32, 1, 0.1).requires_grad_()
+        x = _mk((3, 200, 37), torch.float32, 3).requires_grad_()   # 600 tokens: forward/dX would split if asked
+        ops.sliced_linear(x, W, None, 50, 37, None, backend="triton").backward(_mk((3, 200, 50), torch.float32, 4))
+        assert asked and set(asked) == {(50, 37, 600)}, asked
+    finally:
+        sl.configure_autotune(*old)
+
+
+def test_torch_layernorm_fused_rule_by_device():
+    """aten's mixed-dtype LayerNorm (fp32 gamma/beta, bf16 activations) exists on the CPU only: on
+    any other device that mix takes the plain-ops path; same-dtype parameters are fused anywhere."""
+    from autodistil.ops.torch_backend import _fused_ln_ok
+    for dev in ("cpu", "meta"):
+        s = torch.empty(2, 8, dtype=torch.bfloat16, device=dev)
+        w32, wbf = torch.empty(8, device=dev), torch.empty(8, dtype=torch.bfloat16, device=dev)
+        assert _fused_ln_ok(s, wbf, wbf)
+        assert _fused_ln_ok(s, w32, w32) == (dev == "cpu")
+        assert not _fused_ln_ok(s, wbf, w32)

@@ -265,6 +265,11 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     with pytest.raises(RuntimeError, match="stop after settings"):
         cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
     assert got["st"] == st
-    for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON")):
-        with pytest.raises((SystemExit, ValueError), match=msg):
+    for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON"),
+                     ('{"cuda_graphs": "false"}', "expected bool"), ('{"batch": "1"}', "expected int"),
+                     ('{"depths": [0, 2.5]}', "expected list")):
+        with pytest.raises(ValueError, match=msg):
             cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--settings", bad]))
+    with pytest.raises(ValueError, match="--rounds given beside --settings"):
+        cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--rounds", "3",
+                                       "--settings", json.dumps(st.to_dict())]))

@@ -107,6 +107,8 @@ def init_distributed(use_deepspeed: bool) -> None:
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or (dist.is_available() and dist.is_initialized()):
         return
     backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":  # one GPU per rank (NCCL refuses two ranks on one device)
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if use_deepspeed:
         import deepspeed
         deepspeed.init_distributed(dist_backend=backend)

@@ -285,8 +285,9 @@ def sliced_layernorm_function(k, name: str):
     launchers: k.check(...); k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps) fills y,
     mean, rstd; k.backward(dy2, s, weight, mean, rstd, dx, width) -> (dgamma (h,), dbeta (h,)) in
     fp32 with dx filled. A launcher with ``owns_outputs = True`` (the torch one: aten's fused
-    LayerNorm allocates its results) gets None for y, mean, rstd and dx and returns
-    (y, mean, rstd) from forward and (dgamma, dbeta, dx) from backward.
+    LayerNorm allocates its results) gets None for y, mean, rstd, returns (y, mean, rstd) from
+    forward, and is called as k.backward(dy2, s, weight, bias, mean, rstd, width) ->
+    (dgamma, dbeta, dx), so it can take the same path its forward took.
     Computes in fp32; output dtype promote_types(x.dtype, residual.dtype), under autocast too."""
 
     class SlicedLayerNorm(torch.autograd.Function):
@@ -311,7 +312,7 @@ def sliced_layernorm_function(k, name: str):
             with amp_ctx(ctx.amp):
                 dy2 = rows(dy, h, s.dtype)
                 if getattr(k, "owns_outputs", False):
-                    dw, db, dx = k.backward(dy2, s, weight, mean, rstd, None, h)
+                    dw, db, dx = k.backward(dy2, s, weight, bias, mean, rstd, h)
                 else:
                     dx = torch.empty_like(dy2)
                     dw, db = k.backward(dy2, s, weight, mean, rstd, dx, h)

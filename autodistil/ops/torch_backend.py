@@ -103,10 +103,11 @@ def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
 
 class _TorchLayerNorm:
     """Launchers of the shared sliced-LayerNorm template: aten's fused LayerNorm forward and
-    backward on the gamma/beta slice views (fp32 statistics and math, activations in their own
-    dtype, fp32 gamma/beta allowed with bf16/fp16 activations): one kernel each way instead of a
-    dozen elementwise ops. Where aten cannot mix the dtypes given, the same math in plain ops.
-    They allocate their own outputs (``owns_outputs``)."""
+    backward on the gamma/beta slice views where aten takes the dtypes (gamma/beta in the
+    activations' dtype; fp32 gamma/beta with bf16/fp16 activations on the CPU only), one kernel
+    each way, statistics in aten's dtype; otherwise (e.g. CUDA autocast with fp32 master gamma and
+    bf16 activations) fp32 math in plain ops with fp32 statistics. They allocate their own outputs
+    (``owns_outputs``)."""
     owns_outputs = True
 
     @staticmethod
@@ -131,8 +132,8 @@ class _TorchLayerNorm:
         return y, mu, r
 
     @staticmethod
-    def backward(dy2, s, weight, mean, rstd, dx, h):
-        if _fused_ln_ok(s, weight, weight) and dy2.dtype == s.dtype:
+    def backward(dy2, s, weight, bias, mean, rstd, h):
+        if _fused_ln_ok(s, weight, bias):  # the forward's own test: the statistics came from that path
             with _no_autocast(s.device.type):
                 gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
                     dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], weight[:h], [True, True, True])
