@@ -29,6 +29,7 @@ printed as "CONTEXT_LOST culprit=IMPL"; rerun with --resume --exclude IMPL)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import sys
 import traceback
@@ -216,17 +217,23 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 y = F.linear(x, W[:o, :i], b[:o])
             y.backward(dy)
 
+        def operand(be):  # "triton_shadow": the Triton backend reading the cached bf16 shadow of W
+            if be == "triton_shadow":
+                from autodistil.kernels import weight_operand
+                return weight_operand("shadow")
+            return contextlib.nullcontext()
+
         def ours(be):
             def fn():
-                with torch.autocast(DEV, dtype=dt):
-                    y = ops.sliced_linear(x, W, b, o, i, None, backend=be)
+                with operand(be), torch.autocast(DEV, dtype=dt):
+                    y = ops.sliced_linear(x, W, b, o, i, None, backend=be.split("_")[0])
                 y.backward(dy)
             return fn
 
         def diff(be):
             def fn():
-                with torch.no_grad(), torch.autocast(DEV, dtype=dt):
-                    y = ops.sliced_linear(x.detach(), W, b, o, i, None, backend=be)
+                with operand(be), torch.no_grad(), torch.autocast(DEV, dtype=dt):
+                    y = ops.sliced_linear(x.detach(), W, b, o, i, None, backend=be.split("_")[0])
                 return (y.float() - y_ref.float()).abs().max().item()
             return fn
 
@@ -235,7 +242,8 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
         for be in impls:
             if be.startswith("autodistil_"):
                 variants[be] = (ours(be.split("_", 1)[1]), diff(be.split("_", 1)[1]),
-                                "autocast bf16, fp32 master W, dW into W.grad[:o, :i]")
+                                "autocast bf16, fp32 master W, dW into W.grad[:o, :i]"
+                                + ("; forward/dX read the cached bf16 shadow of W" if be.endswith("_shadow") else ""))
         line = {}
         for v, (fn, check, note) in variants.items():
             if v not in impls or (name, str(o), str(i), v) in done:
@@ -347,7 +355,8 @@ def main(argv=None):
             ours.append(f"autodistil_{be}")
         else:
             print(f"backend {be}: not measured ({status[be]})")
-    lin = [v for v in ["cublas_contiguous", "torch_F.linear_on_slice", *ours] if v not in a.exclude]
+    shadow = ["autodistil_triton_shadow"] if "autodistil_triton" in ours else []
+    lin = [v for v in ["cublas_contiguous", "torch_F.linear_on_slice", *ours, *shadow] if v not in a.exclude]
     att = [v for v in ["torch_sdpa", *ours] if v not in a.exclude]
     for v in a.exclude:
         if v.startswith("autodistil_"):

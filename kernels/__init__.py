@@ -28,4 +28,4 @@ def unavailable_reason():
 if unavailable_reason() is None:
     from .attention import attention, attention_probs  # noqa: F401
     from .sliced_layernorm import sliced_layernorm  # noqa: F401
-    from .sliced_linear import sliced_linear  # noqa: F401
+    from .sliced_linear import sliced_linear, weight_operand  # noqa: F401

@@ -19,6 +19,14 @@ never the full parameter), and a second kernel adds them to the grad slice in a 
 atomics, so for a given tuned config the result is the same bit for bit on every run. Forward and
 dX launches never split (their M is the token count; a small batch would pay a second launch).
 
+Weight operand (forward and dX; dW never reads the weight): "cast" (default) loads the fp32
+master tiles and casts them in registers, so no copy of the weight exists; "shadow" reads the
+cached low-precision shadow of the whole parameter that the CUDA and torch backends use
+(``ops.shared.lowp_shadow``: one copy per optimizer step, 2 bytes per element, none under ZeRO-3,
+where it falls back to "cast"), so both GEMM operands are bf16/fp16 in memory. Chosen with
+``weight_operand("shadow")`` (a context) or ``AUTODISTIL_TRITON_WEIGHT=shadow``; the GPU kernel
+benchmark times both.
+
 Autotuning: `_Tuner` picks one config per shape key. A launch that writes in place
 (ACCUMULATE) is never run while tuning: on a key not yet tuned, the candidates are timed on a
 scratch output of the slice's size without accumulation, then the chosen config runs once on
@@ -31,7 +39,11 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import amp_state, compute_dtype, sliced_linear_function
+import contextlib
+import contextvars
+import os
+
+from autodistil.ops.shared import amp_state, compute_dtype, lowp_shadow, sliced_linear_function
 
 from ._common import INTERPRET, check_device
 
@@ -273,10 +285,46 @@ def _gelu_grad_kernel(dy_ptr, pre_ptr, out_ptr, n, BLOCK: tl.constexpr):
     tl.store(out_ptr + offs, (dy * (cdf + x * pdf)).to(out_ptr.dtype.element_ty), mask=m)
 
 
+WEIGHT_OPERANDS = ("cast", "shadow")
+
+
+def _env_operand() -> str:
+    v = os.environ.get("AUTODISTIL_TRITON_WEIGHT", "cast")
+    if v not in WEIGHT_OPERANDS:
+        raise ValueError(f"AUTODISTIL_TRITON_WEIGHT={v!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
+    return v
+
+
+_OPERAND: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_triton_weight", default=_env_operand())
+
+
+@contextlib.contextmanager
+def weight_operand(mode: str):
+    """Within the block, forward and dX read the weight as `mode`: "cast" (fp32 master tiles cast in
+    registers, no copy) or "shadow" (the cached low-precision shadow); restored on exit."""
+    if mode not in WEIGHT_OPERANDS:
+        raise ValueError(f"weight operand {mode!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
+    token = _OPERAND.set(mode)
+    try:
+        yield
+    finally:
+        _OPERAND.reset(token)
+
+
+def _weight_for(weight, dtype):
+    """The tensor forward/dX read the weight from: the parameter itself (cast per tile in the kernel),
+    or, in "shadow" mode with a dtype to convert to, its cached shadow (same shape and strides)."""
+    if weight.dtype == dtype or _OPERAND.get() != "shadow":
+        return weight
+    s = lowp_shadow(weight, dtype)
+    return weight if s is None else s
+
+
 def linear_forward(x2, weight, bias, o, i, act: int, save_pre: bool):
     """x2: (N, i) contiguous, compute dtype; weight: (O_max, I_max) row-major in its own dtype (read
     [:o, :i] by stride, cast per tile); y and pre in x2.dtype."""
     Nt = x2.shape[0]
+    weight = _weight_for(weight, x2.dtype)
     y = torch.empty((Nt, o), device=x2.device, dtype=x2.dtype)
     pre = torch.empty_like(y) if (act and save_pre) else None
     matmul(x2, weight, y, Nt, o, i, (x2.stride(0), 1), (weight.stride(1), weight.stride(0)), (o, 1),
@@ -303,6 +351,7 @@ class _TritonLinear:
 
     @staticmethod
     def dx(dy2, weight, o, i):  # (N, i) in dy2.dtype; the weight tile is cast to it in registers
+        weight = _weight_for(weight, dy2.dtype)
         dx = torch.empty((dy2.shape[0], i), device=dy2.device, dtype=dy2.dtype)
         return matmul(dy2, weight, dx, dy2.shape[0], i, o, (o, 1), (weight.stride(0), weight.stride(1)), (i, 1))
 

@@ -629,3 +629,33 @@ def test_torch_layernorm_fused_rule_by_device():
         assert _fused_ln_ok(s, wbf, wbf)
         assert _fused_ln_ok(s, w32, w32) == (dev == "cpu")
         assert not _fused_ln_ok(s, wbf, w32)
+
+
+def test_triton_shadow_weight_operand_gives_the_same_bits():
+    """weight_operand("shadow") makes forward and dX read the cached low-precision shadow instead of
+    casting fp32 tiles in registers: the same rounding of the same weights, so y, dX and dW are
+    bit-identical to the default under the interpreter (one config; close on a GPU, where each
+    weight dtype is tuned apart); the shadow exists only in that mode; a bad mode is refused."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    from autodistil.kernels import weight_operand
+    from autodistil.ops.shared import lowp_shadow_bytes
+    W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
+    x0, dy = _mk((9, 37), torch.float32, 3), _mk((9, 50), torch.float32, 4)
+    got = {}
+    for mode in ("cast", "shadow"):
+        W, b, x = W0.clone().requires_grad_(), b0.clone().requires_grad_(), x0.clone().requires_grad_()
+        with weight_operand(mode), _amp(LOWP):
+            y = ops.sliced_linear(x, W, b, 50, 37, "gelu", backend="triton")
+            y.backward(dy.to(y.dtype))
+        got[mode] = (y, x.grad, W.grad, lowp_shadow_bytes([W]))
+    for k, name in enumerate(("y", "dx", "dW")):
+        a, c = got["cast"][k], got["shadow"][k]
+        if GPU:  # the two weight dtypes are tuned as separate keys: the configs (sum order) may differ
+            assert (a.float() - c.float()).abs().max().item() <= 1e-2 * max(1.0, a.float().abs().max().item()), name
+        else:    # one config under the interpreter: the same rounding, the same bits
+            assert torch.equal(a, c), f"{name} differs between weight operands"
+    assert got["cast"][3] == 0 and got["shadow"][3] == 64 * 48 * 2
+    with pytest.raises(ValueError, match="not allowed"):
+        with weight_operand("copy"):
+            pass
