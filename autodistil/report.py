@@ -146,7 +146,7 @@ def render_markdown(res: dict) -> str:
              f"seq len {c['seq_len']}.\n")
     if res["search"]["skipped_budgets_ms"]:
         fr = res["search"].get("skipped_fractions")
-        L.append(f"Budgets no student could meet (skipped, by the table's prediction for the smallest student): "
+        L.append("Budgets no student could meet (skipped, by the table's prediction for the smallest student): "
                  + (f"{', '.join(f'{f:g}x' for f in fr)} the profiled teacher ("
                     if fr else "") + f"{', '.join(f'{b:.2f}' for b in res['search']['skipped_budgets_ms'])} ms"
                  + (")" if fr else "") + ".\n")

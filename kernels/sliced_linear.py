@@ -39,11 +39,10 @@ import torch
 import triton
 import triton.language as tl
 
-import contextlib
 import contextvars
 import os
 
-from autodistil.ops.shared import amp_state, compute_dtype, lowp_shadow, sliced_linear_function
+from autodistil.ops.shared import amp_state, compute_dtype, lowp_shadow, set_context, sliced_linear_function
 
 from ._common import INTERPRET, check_device
 
@@ -298,17 +297,12 @@ def _env_operand() -> str:
 _OPERAND: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_triton_weight", default=_env_operand())
 
 
-@contextlib.contextmanager
 def weight_operand(mode: str):
     """Within the block, forward and dX read the weight as `mode`: "cast" (fp32 master tiles cast in
     registers, no copy) or "shadow" (the cached low-precision shadow); restored on exit."""
     if mode not in WEIGHT_OPERANDS:
         raise ValueError(f"weight operand {mode!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
-    token = _OPERAND.set(mode)
-    try:
-        yield
-    finally:
-        _OPERAND.reset(token)
+    return set_context(_OPERAND, mode)
 
 
 def _weight_for(weight, dtype):

@@ -10,14 +10,13 @@ and clearly why (``backend_status()``).
 """
 from __future__ import annotations
 
-import contextlib
 import contextvars
 import importlib
 from types import ModuleType
 
 import torch
 
-from .shared import reference_attention
+from .shared import reference_attention, set_context
 
 BACKENDS = ("torch", "triton", "cuda")
 _MODULES = {"torch": "autodistil.ops.torch_backend", "triton": "autodistil.kernels",
@@ -72,16 +71,11 @@ def get_backend() -> str:
     return _BACKEND.get()
 
 
-@contextlib.contextmanager
 def use_backend(name: str):
     """Within the block, ops called with backend=None use `name`; the previous one is restored
     on exit (also on error, and per thread / task: a ContextVar)."""
     backend_module(name)  # unknown or unavailable: fail here, not at the first op
-    token = _BACKEND.set(name)
-    try:
-        yield
-    finally:
-        _BACKEND.reset(token)
+    return set_context(_BACKEND, name)
 
 
 # --- boundary checks (flash-attention style: name the tensor and what was expected) ----

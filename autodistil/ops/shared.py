@@ -38,17 +38,23 @@ def grad_mode() -> str:
 
 
 @contextlib.contextmanager
+def set_context(var: contextvars.ContextVar, value):
+    """Within the block, `var` holds `value`; the previous value comes back on exit (also on error,
+    and per thread / task: these switches are ContextVars, never process-wide)."""
+    token = var.set(value)
+    try:
+        yield
+    finally:
+        var.reset(token)
+
+
 def grad_mode_ctx(mode: str):
     """Within the block, sliced ops deliver weight gradients as `mode`: "inplace" (where the
     parameter allows it, see ``inplace_ok``) or "autograd" (always returned through autograd).
     Always restores the previous mode. Decided per op at forward time."""
     if mode not in GRAD_MODES:
         raise ValueError(f"grad mode {mode!r} is not allowed: use 'inplace' or 'autograd'")
-    token = _GRAD_MODE.set(mode)
-    try:
-        yield
-    finally:
-        _GRAD_MODE.reset(token)
+    return set_context(_GRAD_MODE, mode)
 
 
 _DTENSOR = None
