@@ -355,7 +355,8 @@ def main(argv=None):
             ours.append(f"autodistil_{be}")
         else:
             print(f"backend {be}: not measured ({status[be]})")
-    shadow = ["autodistil_triton_shadow"] if "autodistil_triton" in ours else []
+    # the shadow variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
+    shadow = ["autodistil_triton_shadow"] if "autodistil_triton" in ours and "autodistil_triton" not in a.exclude else []
     lin = [v for v in ["cublas_contiguous", "torch_F.linear_on_slice", *ours, *shadow] if v not in a.exclude]
     att = [v for v in ["torch_sdpa", *ours] if v not in a.exclude]
     for v in a.exclude:

@@ -35,12 +35,12 @@ the split rule assumes (tests use it to tune several configs and to split K unde
 """
 from __future__ import annotations
 
+import contextvars
+import os
+
 import torch
 import triton
 import triton.language as tl
-
-import contextvars
-import os
 
 from autodistil.ops.shared import amp_state, compute_dtype, lowp_shadow, set_context, sliced_linear_function
 
@@ -287,14 +287,20 @@ def _gelu_grad_kernel(dy_ptr, pre_ptr, out_ptr, n, BLOCK: tl.constexpr):
 WEIGHT_OPERANDS = ("cast", "shadow")
 
 
-def _env_operand() -> str:
+_OPERAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("autodistil_triton_weight", default=None)
+
+
+def current_operand() -> str:
+    """The weight operand in force: the enclosing weight_operand(...), else AUTODISTIL_TRITON_WEIGHT
+    (read at each call, checked here: a bad value fails the linear that reads it, loudly, and
+    leaves the rest of the backend usable), else "cast"."""
+    v = _OPERAND.get()
+    if v is not None:
+        return v
     v = os.environ.get("AUTODISTIL_TRITON_WEIGHT", "cast")
     if v not in WEIGHT_OPERANDS:
         raise ValueError(f"AUTODISTIL_TRITON_WEIGHT={v!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
     return v
-
-
-_OPERAND: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_triton_weight", default=_env_operand())
 
 
 def weight_operand(mode: str):
@@ -307,8 +313,10 @@ def weight_operand(mode: str):
 
 def _weight_for(weight, dtype):
     """The tensor forward/dX read the weight from: the parameter itself (cast per tile in the kernel),
-    or, in "shadow" mode with a dtype to convert to, its cached shadow (same shape and strides)."""
-    if weight.dtype == dtype or _OPERAND.get() != "shadow":
+    or, in "shadow" mode with a narrower dtype to convert to, its cached shadow (same shape and
+    strides; never a wider copy, e.g. fp32 of a bf16 weight)."""
+    if weight.dtype == dtype or current_operand() != "shadow" or \
+            torch.empty((), dtype=dtype).element_size() >= weight.element_size():
         return weight
     s = lowp_shadow(weight, dtype)
     return weight if s is None else s
@@ -334,8 +342,15 @@ def gelu_backward(dy, pre):
 
 
 class _TritonLinear:
-    """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
+    """The launchers behind the shared autograd Function (autodistil.ops.shared). The weight operand
+    in force at forward is captured and re-entered around backward (autograd may run backward on
+    another thread, where the caller's ContextVar is not set), so dX reads what forward read."""
     check = staticmethod(check_device)
+    capture = staticmethod(current_operand)
+
+    @staticmethod
+    def restore(mode):
+        return set_context(_OPERAND, mode)
 
     @staticmethod
     def forward(x2, weight, bias, o, i, act):

@@ -659,3 +659,28 @@ def test_triton_shadow_weight_operand_gives_the_same_bits():
     with pytest.raises(ValueError, match="not allowed"):
         with weight_operand("copy"):
             pass
+
+
+def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
+    """The weight operand is captured at forward and re-entered for backward: with forward under
+    weight_operand("shadow") and backward called after the block (autograd may also run it on
+    another thread), dX still reads the shadow; a bad AUTODISTIL_TRITON_WEIGHT fails the linear
+    that reads it, not the import of the backend."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    from autodistil.kernels import weight_operand
+    seen = []
+    real = sl._weight_for
+    monkeypatch.setattr(sl, "_weight_for", lambda w, dt: seen.append(sl.current_operand()) or real(w, dt))
+    W = _mk((64, 48), torch.float32, 1, 0.1).requires_grad_()
+    x = _mk((9, 37), torch.float32, 3).requires_grad_()
+    with weight_operand("shadow"), _amp(LOWP):
+        y = ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
+    assert sl.current_operand() == "cast"
+    y.backward(_mk((9, 50), torch.float32, 4).to(y.dtype))
+    assert seen == ["shadow", "shadow"], seen  # forward, then dX in backward
+    monkeypatch.setenv("AUTODISTIL_TRITON_WEIGHT", "copy")
+    with pytest.raises(ValueError, match="AUTODISTIL_TRITON_WEIGHT='copy' is not allowed"):
+        with _amp(LOWP):
+            ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")

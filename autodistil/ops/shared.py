@@ -246,7 +246,9 @@ def sliced_linear_function(k, name: str):
     k.check(x, weight, bias); k.forward(x2, weight, bias, o, i, act) -> (y, pre) in x2.dtype;
     k.gelu_backward(dy2, pre) -> dy2'; k.dx(dy2, weight, o, i) -> (N, i) in dy2.dtype;
     k.accumulate_dw(dy2, x2, dst, o, i): dst[:o, :i] += dy2^T @ x2 through dst's strides (fp32 dst).
-    x2 is in the compute dtype (autocast's, or x's own); weight and bias arrive in their own dtype."""
+    x2 is in the compute dtype (autocast's, or x's own); weight and bias arrive in their own dtype.
+    Optional: k.capture() -> state at forward, k.restore(state) -> a context entered around backward
+    (a launcher setting that backward must see as forward saw it)."""
 
     class SlicedLinear(torch.autograd.Function):
         @staticmethod
@@ -258,6 +260,7 @@ def sliced_linear_function(k, name: str):
             y, pre = k.forward(x2, weight, bias, o, i, act)
             ctx.save_for_backward(x2, weight, bias, pre)
             ctx.o, ctx.i, ctx.act, ctx.amp = o, i, act, amp
+            ctx.kstate = k.capture() if hasattr(k, "capture") else None
             ctx.inplace_w, ctx.inplace_b = delivers_inplace(weight), delivers_inplace(bias)
             return y if x.dim() == 2 else y.reshape(*x.shape[:-1], o)
 
@@ -265,7 +268,7 @@ def sliced_linear_function(k, name: str):
         def backward(ctx, dy):
             x2, weight, bias, pre = ctx.saved_tensors
             o, i = ctx.o, ctx.i
-            with amp_ctx(ctx.amp):
+            with amp_ctx(ctx.amp), (k.restore(ctx.kstate) if ctx.kstate is not None else contextlib.nullcontext()):
                 dy2 = rows(dy, o, x2.dtype)  # (N, o)
                 if ctx.act:
                     dy2 = k.gelu_backward(dy2, pre)
