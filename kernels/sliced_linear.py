@@ -243,7 +243,7 @@ def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate, sms=1
                                *sa, *sb, *sc, 0, HAS_BIAS=bias is not None, ACT=act, SAVE_PRE=pre is not None,
                                ACCUMULATE=accumulate, **common)
         return
-    part = torch.empty((S, M, N), device=c.device, dtype=torch.float32)  # slice-sized fp32 partials
+    part = torch.empty((S, M, N), device=c.device, dtype=torch.float32)  # fp32 partials: S x the slice
     _mm_kernel[(tiles, S)](a, b, part, part, part, M, N, K, chunk, *sa, *sb, N, 1, M * N,
                            HAS_BIAS=False, ACT=0, SAVE_PRE=False, ACCUMULATE=False, **common)
     _splitk_reduce_kernel[(triton.cdiv(M, 32), triton.cdiv(N, 64))](part, c, M, N, S, M * N, *sc,
@@ -315,8 +315,7 @@ def _weight_for(weight, dtype):
     """The tensor forward/dX read the weight from: the parameter itself (cast per tile in the kernel),
     or, in "shadow" mode with a narrower dtype to convert to, its cached shadow (same shape and
     strides; never a wider copy, e.g. fp32 of a bf16 weight)."""
-    if weight.dtype == dtype or current_operand() != "shadow" or \
-            torch.empty((), dtype=dtype).element_size() >= weight.element_size():
+    if weight.dtype == dtype or current_operand() != "shadow" or dtype.itemsize >= weight.element_size():
         return weight
     s = lowp_shadow(weight, dtype)
     return weight if s is None else s

@@ -133,10 +133,6 @@ def _all_means(xs: torch.Tensor) -> list[float]:
     return (t / w).tolist()
 
 
-def _all_mean(x: float) -> float:
-    return _all_means(torch.tensor([x], dtype=torch.float64))[0]
-
-
 def _check_same_subnets(members: list[SubnetConfig]) -> None:
     r, w = world()
     if w == 1:
@@ -481,7 +477,7 @@ class SupernetTrainer:
             for k, sub in subs.items():
                 res[k] += float(self._member_loss(ids, mask, t_out, sub)[0])
             nb += 1
-        return {k: _all_mean(v / nb) for k, v in res.items()}
+        return dict(zip(res, _all_means(torch.tensor([v / nb for v in res.values()], dtype=torch.float64))))
 
     def train(self) -> dict:
         cfg = self.cfg

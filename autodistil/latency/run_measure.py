@@ -6,9 +6,9 @@ torch thread setting. Every latency that a report or a budget decision rests on 
 measured by `autodistil measure` in a new interpreter, with the table's protocol and anchor."""
 from __future__ import annotations
 
+import json
 import os
 import subprocess
-import json
 import sys
 from pathlib import Path
 

@@ -17,24 +17,15 @@ cast just the slice per call. dW accumulates in fp32 into the fp32 grad slice.
 """
 from __future__ import annotations
 
-import contextlib
-import math
-
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, delivers_inplace, operand_slice, reference_attention,
+from .shared import (_grad_slot, amp_ctx, delivers_inplace, operand_slice, reference_attention,
                      sliced_layernorm_function, sliced_linear_function)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
     return F.gelu(x)  # exact erf GELU, as BERT
-
-
-def gelu_grad(x: torch.Tensor) -> torch.Tensor:
-    cdf = 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0))))
-    pdf = torch.exp(-0.5 * x * x) * (1.0 / math.sqrt(2.0 * math.pi))
-    return cdf + x * pdf
 
 
 class _TorchLinear:
@@ -119,7 +110,7 @@ class _TorchLayerNorm:
         if r2 is not None:
             torch.add(x2, r2, out=s)
         if _fused_ln_ok(s, weight, bias):
-            with _no_autocast(s.device.type):  # CUDA autocast would run it in fp32 and return fp32
+            with amp_ctx((s.device.type, False, None)):  # as called: CUDA autocast would run it in fp32
                 out, mu, r = torch.native_layer_norm(s, [width], weight[:width], bias[:width], eps)
             # the statistics stay in aten's own dtype (fp32, except fp16/bf16 on the CPU's same-dtype
             # path): its backward takes them back as they came
@@ -134,9 +125,9 @@ class _TorchLayerNorm:
     @staticmethod
     def backward(dy2, s, weight, bias, mean, rstd, h):
         if _fused_ln_ok(s, weight, bias):  # the forward's own test: the statistics came from that path
-            with _no_autocast(s.device.type):
+            with amp_ctx((s.device.type, False, None)):
                 gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
-                    dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], weight[:h], [True, True, True])
+                    dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], bias[:h], [True, True, True])
             return dgamma.float(), dbeta.float(), gx
         xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
         g = dy2.float()
@@ -154,13 +145,6 @@ def _fused_ln_ok(s, weight, bias) -> bool:
     if weight.dtype != bias.dtype:
         return False
     return weight.dtype == s.dtype or (weight.dtype == torch.float32 and s.device.type == "cpu")
-
-
-def _no_autocast(device_type: str):
-    """Run an op as called: no autocast cast of its inputs (a no-op context when autocast is off)."""
-    if torch.is_autocast_enabled(device_type):
-        return torch.autocast(device_type, enabled=False)
-    return contextlib.nullcontext()
 
 
 SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
