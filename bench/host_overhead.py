@@ -8,15 +8,21 @@ arithmetic is negligible next to it: a stack of L layers of
 
     y = sliced_linear(h, W, b, o, i [, gelu]);  h = sliced_layernorm(y, gamma, beta, residual=h)
 
-forward, then one backward, per call. Modes:
+forward, then one backward, per call (section "ops"); and (section "model") whole SuperBert
+layers - q/k/v, attention, output projections, FFN, LayerNorms, as the trainer runs them - of a
+tiny supernet (hidden 64, 4 heads of 16, FFN 128; subnet width 48, 3 heads, FFN 96; 2 x 4 tokens),
+forward with the q/k/v outputs the relation losses read, then backward. Modes:
     naive   F.linear / F.gelu / F.layer_norm on slice views (PyTorch's own autograd nodes; the slice
             backward hands autograd full-size gradients): the baseline
     torch   autodistil.ops with backend "torch" (the shared autograd Function templates, dW/db and
-            dgamma/dbeta written into the .grad slices)
+            dgamma/dbeta written into the .grad slices; in the model, whatever the layer runs: since
+            the fused Functions, q/k/v as one and each linear + residual + LayerNorm as one)
+In the model, naive is the same SuperBert under grad_mode_ctx("autograd"), where the torch backend
+runs PyTorch's own ops on the slice views.
 Modes alternate within every round (the machine's speed drifts; interleaving shares the drift);
 a mode's figure is the median over rounds of the per-layer microseconds.
 
-    python bench/host_overhead.py [--layers 24] [--rounds 15] [--out JSON]
+    python bench/host_overhead.py [--layers 24] [--rounds 15] [--section all|ops|model] [--out JSON]
 
 The JSON records which autodistil tree was measured (its path and git commit), so the same
 script run with PYTHONPATH set to an older checkout gives the before/after comparison.
@@ -69,6 +75,26 @@ def make_stack(layers: int, width: int, full: int, tokens: int, seed: int = 0):
     return run, P
 
 
+def make_model(layers: int, seed: int = 0):
+    """run(mode, gelu) over a tiny SuperBert; `gelu` is ignored (the FFN always has its GELU)."""
+    from autodistil.nn import SuperBert, SuperBertConfig
+    from autodistil.ops.shared import grad_mode_ctx
+    from autodistil.space import SubnetConfig
+    torch.manual_seed(seed)
+    c = SuperBertConfig(layers=layers, hidden=64, heads=4, ffn=128, head_dim=16, vocab_size=100, max_position=32)
+    m = SuperBert(c, backend="torch").train()
+    sub = SubnetConfig(layers=layers, hidden=48, ffn_ratio=2.0, heads=3)
+    ids = torch.randint(1, 100, (2, 4), generator=torch.Generator().manual_seed(seed))
+    mask = torch.ones(2, 4)
+
+    def run(mode: str, gelu: bool) -> None:
+        with grad_mode_ctx("autograd" if mode == "naive" else "inplace"):
+            out = m(ids, mask, subnet=sub, output_qkv=True)
+            (out.last_hidden_state.float().sum() + sum(t.float().sum() for t in out.qkv[-1])).backward()
+
+    return run
+
+
 def per_layer_us(fn, layers: int, calls: int) -> float:
     t0 = time.perf_counter()
     for _ in range(calls):
@@ -91,38 +117,46 @@ def main(argv=None) -> int:
     ap.add_argument("--tokens", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=20, help="stack calls per mode per round")
+    ap.add_argument("--section", choices=("all", "ops", "model"), default="all")
     ap.add_argument("--out", default=str(RESULTS / "host_overhead" / "host_overhead.json"))
     a = ap.parse_args(argv)
     if min(a.layers, a.width, a.tokens, a.rounds, a.calls) < 1 or a.width > 64:
         ap.error("--layers, --tokens, --rounds, --calls must be >= 1 and --width in 1..64")
     torch.set_num_threads(1)
-    run, _ = make_stack(a.layers, a.width, 64, a.tokens)
-    cases = [(amp, gelu) for amp in (False, True) for gelu in (False, True)]
-    samples = {(amp, gelu, m): [] for amp, gelu in cases for m in MODES}
-    for amp, gelu in cases:  # warm-up: allocator, dispatcher caches, lazy imports
+    runs = {}
+    if a.section in ("all", "ops"):
+        runs["ops"] = make_stack(a.layers, a.width, 64, a.tokens)[0]
+    if a.section in ("all", "model"):
+        runs["model"] = make_model(a.layers)
+    cases = [(sec, amp, gelu) for sec in runs for amp in (False, True) for gelu in ((False, True) if sec == "ops"
+                                                                                   else (True,))]
+    samples = {(sec, amp, gelu, m): [] for sec, amp, gelu in cases for m in MODES}
+    for sec, amp, gelu in cases:  # warm-up: allocator, dispatcher caches, lazy imports
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             for m in MODES:
-                per_layer_us(lambda: run(m, gelu), a.layers, 3)
+                per_layer_us(lambda: runs[sec](m, gelu), a.layers, 3)
     t_start = time.time()
     for r in range(a.rounds):
-        for amp, gelu in cases:
+        for sec, amp, gelu in cases:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
                 for m in (MODES if r % 2 == 0 else MODES[::-1]):
-                    samples[(amp, gelu, m)].append(per_layer_us(lambda: run(m, gelu), a.layers, a.calls))
+                    samples[(sec, amp, gelu, m)].append(per_layer_us(lambda: runs[sec](m, gelu), a.layers, a.calls))
         print(f"round {r + 1}/{a.rounds}", flush=True)
     rows = []
-    for amp, gelu in cases:
-        base = statistics.median(samples[(amp, gelu, "naive")])
+    for sec, amp, gelu in cases:
+        base = statistics.median(samples[(sec, amp, gelu, "naive")])
         for m in MODES:
-            xs = sorted(samples[(amp, gelu, m)])
+            xs = sorted(samples[(sec, amp, gelu, m)])
             med = statistics.median(xs)
-            rows.append({"autocast_bf16": amp, "gelu": gelu, "mode": m, "us_per_layer_median": round(med, 1),
+            rows.append({"section": sec, "autocast_bf16": amp, "gelu": gelu, "mode": m,
+                         "us_per_layer_median": round(med, 1),
                          "us_per_layer_p20": round(xs[int(0.2 * (len(xs) - 1))], 1),
                          "us_per_layer_p80": round(xs[int(0.8 * (len(xs) - 1))], 1),
                          "x_naive": round(med / base, 3)})
     tree = Path(autodistil.__file__).resolve().parent.parent
-    res = {"what": "host microseconds per layer (sliced linear [+GELU] + sliced LayerNorm with residual, forward "
-                   "and backward), CPU, 1 thread, tensors too small for the arithmetic to count",
+    res = {"what": "host microseconds per layer, forward and backward, CPU, 1 thread, tensors too small for the "
+                   "arithmetic to count; section ops: sliced linear [+GELU] + sliced LayerNorm with residual; "
+                   "section model: whole SuperBert layers",
            "config": vars(a), "autodistil_tree": str(tree), "autodistil_commit": _commit(tree),
            "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
            platform.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
@@ -133,7 +167,8 @@ def main(argv=None) -> int:
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(out)
     for r in rows:
-        print(f"amp={r['autocast_bf16']!s:5} gelu={r['gelu']!s:5} {r['mode']:6} {r['us_per_layer_median']:7.1f} us/layer "
+        print(f"{r['section']:5} amp={r['autocast_bf16']!s:5} gelu={r['gelu']!s:5} {r['mode']:6} "
+              f"{r['us_per_layer_median']:7.1f} us/layer "
               f"[{r['us_per_layer_p20']}, {r['us_per_layer_p80']}]  {r['x_naive']:.2f}x naive")
     print(out)
     return 0

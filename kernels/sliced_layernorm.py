@@ -11,9 +11,10 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import sliced_layernorm_function
+from autodistil.ops.shared import sliced_layernorm_function, sliced_linear_layernorm_function
 
 from ._common import check_device
+from .sliced_linear import _TritonLinear, needs_grad, sliced_linear
 
 
 @triton.jit
@@ -87,7 +88,16 @@ class _TritonLayerNorm:
 
 
 SlicedLayerNormTriton = sliced_layernorm_function(_TritonLayerNorm, "triton")
+SlicedLinearLayerNormTriton = sliced_linear_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
 
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):
     return SlicedLayerNormTriton.apply(x, weight, bias, width, eps, residual)
+
+
+def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
+    if needs_grad(x, weight, bias, gamma, beta, residual):
+        return SlicedLinearLayerNormTriton.apply(x, weight, bias, gamma, beta, out_features, in_features, eps,
+                                                 residual)
+    return sliced_layernorm(sliced_linear(x, weight, bias, out_features, in_features), gamma, beta, out_features,
+                            eps, residual)

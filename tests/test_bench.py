@@ -325,7 +325,8 @@ def test_host_overhead_bench_writes_every_case(tmp_path):
     out = tmp_path / "h.json"
     assert host_overhead.main(["--layers", "2", "--rounds", "2", "--calls", "1", "--out", str(out)]) == 0
     res = json.loads(out.read_text())
-    got = {(r["autocast_bf16"], r["gelu"], r["mode"]) for r in res["rows"]}
-    assert got == {(a, g, m) for a in (False, True) for g in (False, True) for m in ("naive", "torch")}
+    got = {(r["section"], r["autocast_bf16"], r["gelu"], r["mode"]) for r in res["rows"]}
+    assert got == {("ops", a, g, m) for a in (False, True) for g in (False, True) for m in ("naive", "torch")} | \
+        {("model", a, True, m) for a in (False, True) for m in ("naive", "torch")}
     assert all(r["x_naive"] == 1.0 for r in res["rows"] if r["mode"] == "naive")
     assert all(r["us_per_layer_median"] > 0 for r in res["rows"]) and res["autodistil_commit"]

@@ -684,3 +684,102 @@ def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
     with pytest.raises(ValueError, match="AUTODISTIL_TRITON_WEIGHT='copy' is not allowed"):
         with _amp(LOWP):
             ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
+
+
+# --- fused Functions (sliced_qkv, sliced_linear_layernorm): the same numbers as their parts ------
+@pytest.fixture(params=["torch", "triton", "cuda"])
+def any_backend(request):
+    if STATUS[request.param] != "ok":
+        pytest.skip(STATUS[request.param])
+    return request.param
+
+
+def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys):
+    """Run fused_fn and parts_fn on fresh copies of params/inputs under the grad mode and autocast;
+    returns (outputs, input grads, param grads) of each, to be compared bit for bit."""
+    from autodistil.ops.shared import grad_mode_ctx
+    got = []
+    for fn in (fused_fn, parts_fn):
+        ps = [p.clone().requires_grad_() if p is not None else None for p in params]
+        xs = [x.clone().requires_grad_() for x in inputs]
+        with grad_mode_ctx(mode), _amp(amp):
+            outs = fn(xs, ps)
+            sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV)).backward()
+        got.append(([o.detach() for o in outs], [x.grad for x in xs], [p.grad if p is not None else None for p in ps]))
+    return got
+
+
+def _assert_same(a, b, what, exact=True):
+    for k, (u, v) in enumerate(zip(a, b)):
+        if u is None or v is None:
+            assert u is None and v is None, f"{what}[{k}]: one side has no gradient"
+            continue
+        assert u.dtype == v.dtype and u.shape == v.shape, f"{what}[{k}]: {u.dtype}{tuple(u.shape)} vs {v.dtype}{tuple(v.shape)}"
+        if exact:
+            assert torch.equal(u, v), f"{what}[{k}]: max abs diff {(u.float() - v.float()).abs().max().item():.3g}"
+        else:
+            torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("amp", [None, LOWP])
+@pytest.mark.parametrize("mode", ["inplace", "autograd"])
+def test_fused_linear_layernorm_equals_its_parts(any_backend, amp, mode):
+    """sliced_linear_layernorm (one autograd Function) against sliced_linear then sliced_layernorm:
+    output, dx, d(residual), dW, db, dgamma, dbeta bit for bit (3-D input, odd sizes, a slice of
+    every parameter; fp32 and under autocast with fp32 master parameters; both grad modes)."""
+    o, i = 40, 37
+    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
+              1 + _mk((64,), torch.float32, 3, 0.1), _mk((64,), torch.float32, 4, 0.1)]
+    inputs = [_mk((2, 5, i), torch.float32, 5), _mk((2, 5, o), torch.float32, 6)]
+
+    def fused(xs, ps):
+        return [ops.sliced_linear_layernorm(xs[0], *ps, o, i, 1e-12, xs[1], backend=any_backend)]
+
+    def parts(xs, ps):
+        y = ops.sliced_linear(xs[0], ps[0], ps[1], o, i, None, backend=any_backend)
+        return [ops.sliced_layernorm(y, ps[2], ps[3], o, 1e-12, xs[1], backend=any_backend)]
+
+    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, o), torch.float32, 7)])
+    for k, what in enumerate(("output", "input grads", "parameter grads")):
+        _assert_same(a[k], b[k], f"{any_backend} {what}")
+
+
+@pytest.mark.parametrize("amp", [None, LOWP])
+@pytest.mark.parametrize("used", ["qkv", "qv"])
+def test_fused_qkv_equals_three_linears(any_backend, amp, used):
+    """sliced_qkv (one autograd Function) against three sliced_linear calls on the same input:
+    q, k, v, dx and every dW/db bit for bit when x has no other consumer (dX's terms summed in x's
+    dtype in autograd's order); an unused output leaves its weight without a gradient, as a
+    separate call would."""
+    o, i = 40, 37
+    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + \
+             [_mk((64,), torch.float32, 4, 0.1), None, _mk((64,), torch.float32, 6, 0.1)]
+    inputs = [_mk((2, 5, i), torch.float32, 7)]
+    dys = [_mk((2, 5, o), torch.float32, s) for s in (8, 9, 10)]
+    if used == "qv":
+        dys[1] = None
+
+    def fused(xs, ps):
+        return list(ops.sliced_qkv(xs[0], ps[:3], ps[3:], o, i, backend=any_backend))
+
+    def parts(xs, ps):
+        return [ops.sliced_linear(xs[0], w, b, o, i, None, backend=any_backend) for w, b in zip(ps[:3], ps[3:])]
+
+    a, b = _fused_vs_parts(any_backend, amp, "inplace", fused, parts, params, inputs, dys)
+    for k, what in enumerate(("q/k/v", "dx", "parameter grads")):
+        _assert_same(a[k], b[k], f"{any_backend} {what}")
+    if used == "qv":
+        assert a[2][1] is None, "the unused k projection's weight got a gradient"
+
+
+def test_fused_ops_check_their_inputs():
+    W, b, g = torch.zeros(8, 6), torch.zeros(8), torch.ones(8)
+    x = torch.zeros(2, 3, 5)
+    with pytest.raises(ValueError, match="needs 3 weights and 3 biases"):
+        ops.sliced_qkv(x, (W, W), (b, b), 4, 5)
+    with pytest.raises(ValueError, match="slice \\(9, 5\\) is outside weight"):
+        ops.sliced_qkv(x, (W, W, W), (b, b, b), 9, 5)
+    with pytest.raises(ValueError, match="residual shape \\(2, 3, 5\\) != output shape \\(2, 3, 4\\)"):
+        ops.sliced_linear_layernorm(x, W, b, g, b, 4, 5, 1e-12, torch.zeros(2, 3, 5))
+    with pytest.raises(ValueError, match="width 9 outside gamma/beta"):
+        ops.sliced_linear_layernorm(x, torch.zeros(9, 6), None, g, b, 9, 5)

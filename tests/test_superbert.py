@@ -131,6 +131,57 @@ def test_inplace_grads_equal_autograd_and_skip_full_size_temporaries(small_space
     assert {len(s) for s in backward_shapes("autograd")} == {1, 2}
 
 
+def _grad_fn_names(t) -> set:
+    seen, todo, names = set(), [t.grad_fn], set()
+    while todo:
+        f = todo.pop()
+        if f is None or f in seen:
+            continue
+        seen.add(f)
+        names.add(type(f).__name__)
+        todo.extend(g for g, _ in f.next_functions)
+    return names
+
+
+@pytest.mark.parametrize("amp", [False, True])
+def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, amp):
+    """In training the layer runs q/k/v as one autograd Function and each linear + residual +
+    LayerNorm as one (host time per op is what a GPU step waits on); its loss and every gradient
+    equal the module-by-module path, which a hook on any of those modules selects (DeepSpeed
+    ZeRO-3 gathers parameters in forward pre-hooks; rewire reads forward hooks), so the hook fires."""
+    torch.manual_seed(0)
+    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=500)))
+    ids = torch.randint(0, 500, (2, 5))
+    cfg = SubnetConfig(2, 48, 2.5, 3)
+
+    def run(hook):
+        sb.zero_grad(set_to_none=True)
+        calls, handles = [], []
+        if hook:
+            for layer in sb.encoder.layer:
+                for m in (layer.attention.self.key, layer.attention.output.dense, layer.output.LayerNorm):
+                    handles.append(m.register_forward_hook(lambda *a: calls.append(1)))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            out = sb(ids, subnet=cfg, output_qkv=True)
+            loss = out.last_hidden_state.float().pow(2).mean() + sum(
+                t.float().pow(2).mean() for qkv in out.qkv for t in qkv)
+        names = _grad_fn_names(loss)
+        loss.backward()
+        for h in handles:
+            h.remove()
+        return loss.detach(), {n: p.grad.clone() for n, p in sb.named_parameters() if p.grad is not None}, names, calls
+
+    fused, parts = run(False), run(True)
+    fused_fns = ("SlicedQKVBackward", "SlicedLinearLayerNormBackward")
+    assert all(any(n.startswith(f) for n in fused[2]) for f in fused_fns), fused[2]
+    assert not any(n.startswith(fused_fns) for n in parts[2]), "a hooked module was bypassed"
+    assert len(parts[3]) == 3 * 2, "the hooks did not fire once per module and layer"
+    assert torch.equal(fused[0], parts[0])
+    assert set(fused[1]) == set(parts[1])
+    for n, g in parts[1].items():  # dX of q/k/v is summed before, not after, the residual's gradient
+        torch.testing.assert_close(fused[1][n], g, rtol=1e-5, atol=1e-7, msg=n)
+
+
 def test_backend_dispatch_errors():
     with pytest.raises(ValueError, match="backend 'tpu' is not allowed"):
         with ops.use_backend("tpu"):

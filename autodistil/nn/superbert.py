@@ -135,6 +135,18 @@ class _SelfAttn(nn.Module):
         self.query, self.key, self.value = (SlicedLinear(c.hidden, w) for _ in range(3))
 
 
+def _plain(*modules) -> bool:
+    """May these modules' ops run fused, without calling each module's forward? Only when no hook
+    would miss its call: none on the modules (DeepSpeed ZeRO-3 gathers parameters in forward
+    pre-hooks; rewire's importance scores read a forward hook) and no global module hook."""
+    from torch.nn.modules import module as m
+    if m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks \
+            or m._global_backward_pre_hooks:
+        return False
+    return not any(x._forward_hooks or x._forward_pre_hooks or x._backward_hooks or x._backward_pre_hooks
+                   for x in modules)
+
+
 class _Out(nn.Module):
     def __init__(self, i, o, eps, p):
         super().__init__()
@@ -143,7 +155,12 @@ class _Out(nn.Module):
         self.dropout = nn.Dropout(p)
 
     def forward(self, y, residual, o, i, backend):
-        return self.LayerNorm(self.dropout(self.dense(y, o, i, backend=backend)), o, residual, backend)
+        ln = self.LayerNorm
+        if (self.dropout.p == 0 or not self.training) and _plain(self.dense, ln, self.dropout):
+            # one autograd Function for linear + residual + LayerNorm (host time; same numbers)
+            return ops.sliced_linear_layernorm(y, self.dense.weight, self.dense.bias, ln.weight, ln.bias, o, i,
+                                               ln.eps, residual, backend)
+        return ln(self.dropout(self.dense(y, o, i, backend=backend)), o, residual, backend)
 
 
 class _Attention(nn.Module):
@@ -172,9 +189,11 @@ class SuperLayer(nn.Module):
         d = self.c.head_dim
         w = a * d
         sa = self.attention.self
-        q = sa.query(x, w, h, backend=backend)                                            # (B, T, A*d)
-        k = sa.key(x, w, h, backend=backend)
-        v = sa.value(x, w, h, backend=backend)
+        if _plain(sa.query, sa.key, sa.value):  # one autograd Function for the three (host time)
+            q, k, v = ops.sliced_qkv(x, (sa.query.weight, sa.key.weight, sa.value.weight),
+                                     (sa.query.bias, sa.key.bias, sa.value.bias), w, h, backend)  # (B, T, A*d)
+        else:
+            q, k, v = (m(x, w, h, backend=backend) for m in (sa.query, sa.key, sa.value))
         split = lambda t: t.view(B, T, a, d).transpose(1, 2)                              # (B, A, T, d)
         p_drop = self.c.attention_dropout if self.training else 0.0
         ctx, probs = ops.sliced_attention(split(q), split(k), split(v), key_mask, need_probs, p_drop, backend)

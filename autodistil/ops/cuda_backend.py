@@ -28,7 +28,8 @@ import os
 import torch
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
-from .shared import amp_state, compute_dtype, lowp_shadow, sliced_layernorm_function, sliced_linear_function
+from .shared import (amp_state, compute_dtype, lowp_shadow, sliced_layernorm_function, sliced_linear_function,
+                     sliced_linear_layernorm_function, sliced_qkv_function)
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -264,11 +265,16 @@ class _CudaLayerNorm:
 
 SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
 SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
+SlicedQKVCUDA = sliced_qkv_function(_CudaLinear, "cuda")
+SlicedLinearLayerNormCUDA = sliced_linear_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
+
+
+def _needs_grad(*ts) -> bool:
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    needs_grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (x, weight, bias))
-    if needs_grad:
+    if _needs_grad(x, weight, bias):
         return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
     # inference: same compute dtype rule as the template, GELU in place (no pre-activation kept)
     _CudaLinear.check(x, weight, bias)
@@ -279,6 +285,19 @@ def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):
     return SlicedLayerNormCUDA.apply(x, weight, bias, width, eps, residual)
+
+
+def sliced_qkv(x, weights, biases, out_features, in_features):
+    if _needs_grad(x, *weights, *biases):
+        return SlicedQKVCUDA.apply(x, *weights, *biases, out_features, in_features)
+    return tuple(sliced_linear(x, w, b, out_features, in_features) for w, b in zip(weights, biases))
+
+
+def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
+    if _needs_grad(x, weight, bias, gamma, beta, residual):
+        return SlicedLinearLayerNormCUDA.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
+    y = sliced_linear(x, weight, bias, out_features, in_features)
+    return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
 
 
 def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):

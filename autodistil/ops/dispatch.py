@@ -103,6 +103,45 @@ def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return backend_module(backend).sliced_linear(x, weight, bias, out_features, in_features, activation)
 
 
+def sliced_qkv(x: torch.Tensor, weights, biases, out_features: int, in_features: int,
+               backend: str | None = None) -> tuple:
+    """(x @ W[:o, :i].T + b[:o] for (W, b) in zip(weights, biases)): the three projections of
+    self-attention from one input, as one autograd Function where the backend has it (a third of
+    three separate calls' host work; the same numbers). weights, biases: 3 each (a bias may be None)."""
+    weights, biases = tuple(weights), tuple(biases)
+    if len(weights) != 3 or len(biases) != 3:
+        raise ValueError(f"sliced_qkv: needs 3 weights and 3 biases (None allowed), got {len(weights)} and "
+                         f"{len(biases)}")
+    for w, b in zip(weights, biases):
+        _check_linear(x, w, b, out_features, in_features)
+    mod = backend_module(backend)
+    fn = getattr(mod, "sliced_qkv", None)
+    if fn is None:
+        return tuple(mod.sliced_linear(x, w, b, out_features, in_features, None) for w, b in zip(weights, biases))
+    return fn(x, weights, biases, out_features, in_features)
+
+
+def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
+                            beta: torch.Tensor, out_features: int, in_features: int, eps: float = 1e-12,
+                            residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm(x @ weight[:o, :i].T + bias[:o] + residual) over o features with gamma[:o], beta[:o]:
+    a BERT layer's attention-output and FFN-output blocks, as one autograd Function where the
+    backend has it (half the host work of the two ops; the same numbers)."""
+    _check_linear(x, weight, bias, out_features, in_features)
+    if not 0 < out_features <= gamma.shape[0] or beta.shape[0] < out_features:
+        raise ValueError(f"sliced_linear_layernorm: width {out_features} outside gamma/beta of sizes "
+                         f"{gamma.shape[0]}/{beta.shape[0]}")
+    want = (*x.shape[:-1], out_features)
+    if residual is not None and tuple(residual.shape) != want:
+        raise ValueError(f"sliced_linear_layernorm: residual shape {tuple(residual.shape)} != output shape {want}")
+    mod = backend_module(backend)
+    fn = getattr(mod, "sliced_linear_layernorm", None)
+    if fn is None:
+        y = mod.sliced_linear(x, weight, bias, out_features, in_features, None)
+        return mod.sliced_layernorm(y, gamma, beta, out_features, eps, residual)
+    return fn(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
+
+
 def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None) -> torch.Tensor:
     """weight[ids, :width]; ids: (...) int -> (..., width)."""
     if ids.dtype not in (torch.int32, torch.int64):

@@ -207,11 +207,18 @@ def lowp_shadow_bytes(params) -> int:
     return n
 
 
-def operand_slice(param: torch.Tensor, dtype: torch.dtype, index) -> torch.Tensor:
-    """param[index] in `dtype`: a view of the parameter (same dtype) or of its cached shadow;
-    a per-call cast of just that slice where no shadow may be kept (ZeRO-3)."""
+def prefix(t: torch.Tensor, *sizes: int) -> torch.Tensor:
+    """The leading block t[:sizes[0], :sizes[1], ...] as a view through t's own strides: what
+    slicing gives, for a third of slicing's host time (as_strided skips Python's indexing). Only
+    where autograd does not record (inside the Functions' forward/backward, under no_grad)."""
+    return t.as_strided(sizes, t.stride()[:len(sizes)], t.storage_offset())
+
+
+def operand_slice(param: torch.Tensor, dtype: torch.dtype, *sizes: int) -> torch.Tensor:
+    """param's leading block of `sizes` in `dtype`: a view of the parameter (same dtype) or of its
+    cached shadow; a per-call cast of just that block where no shadow may be kept (ZeRO-3)."""
     s = lowp_shadow(param, dtype)
-    return s[index] if s is not None else param[index].to(dtype)
+    return prefix(s, *sizes) if s is not None else prefix(param, *sizes).to(dtype)
 
 
 # --- autograd Function templates ------------------------------------------------------------
@@ -241,6 +248,53 @@ def layernorm_buffers(x, residual, width: int, outputs: bool = True):
     return x2, r2, y, s, mean, torch.empty_like(mean)
 
 
+def _restore(k, state):
+    """The launcher's saved setting re-entered around backward (k.capture/k.restore), or nothing."""
+    return k.restore(state) if state is not None else contextlib.nullcontext()
+
+
+def _capture(k):
+    return k.capture() if hasattr(k, "capture") else None
+
+
+def _linear_grads(k, dy2, x2, weight, bias, o: int, i: int, want_x: bool, want_w: bool, want_b: bool,
+                  inplace_w: bool, inplace_b: bool):
+    """(dx (N, i) or None, grad of weight, grad of bias) of y = x2 @ W[:o, :i]^T + b[:o] from dy2
+    (N, o) in x2's dtype; weight/bias gradients delivered as ``deliver_grad`` says."""
+    dx = k.dx(dy2, weight, o, i) if want_x else None
+    gw = deliver_grad(weight, inplace_w, lambda dst: k.accumulate_dw(dy2, x2, dst, o, i)) if want_w else None
+    gb = None
+    if bias is not None and want_b:
+        db = dy2.sum(0, dtype=torch.float32)
+        gb = deliver_grad(bias, inplace_b, lambda dst: prefix(dst, o).add_(db))
+    return dx, gw, gb
+
+
+def _layernorm_forward(k, x, weight, bias, width: int, eps: float, residual):
+    """(y (N, width), s, mean, rstd) of LN(x + residual) through a backend's LayerNorm launchers
+    (see sliced_layernorm_function); s is the pre-norm sum backward needs."""
+    owns = getattr(k, "owns_outputs", False)
+    x2, r2, y, s, mean, rstd = layernorm_buffers(x, residual, width, outputs=not owns)
+    own = k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps)
+    if owns:
+        y, mean, rstd = own
+    return y, s, mean, rstd
+
+
+def _layernorm_grads(k, dy, s, weight, bias, mean, rstd, h: int, want_w: bool, want_b: bool,
+                     inplace_w: bool, inplace_b: bool):
+    """(dx (N, h) in s's dtype: the gradient of the pre-norm sum, grad of gamma, grad of beta)."""
+    dy2 = rows(dy, h, s.dtype)
+    if getattr(k, "owns_outputs", False):
+        dw, db, dx = k.backward(dy2, s, weight, bias, mean, rstd, h)
+    else:
+        dx = torch.empty_like(dy2)
+        dw, db = k.backward(dy2, s, weight, mean, rstd, dx, h)
+    gw = deliver_grad(weight, inplace_w, lambda dst: prefix(dst, h).add_(dw)) if want_w else None
+    gb = deliver_grad(bias, inplace_b, lambda dst: prefix(dst, h).add_(db)) if want_b else None
+    return dx, gw, gb
+
+
 def sliced_linear_function(k, name: str):
     """The autograd Function of y = act(x @ W[:o, :i]^T + b[:o]) over a backend's launchers:
     k.check(x, weight, bias); k.forward(x2, weight, bias, o, i, act) -> (y, pre) in x2.dtype;
@@ -260,7 +314,7 @@ def sliced_linear_function(k, name: str):
             y, pre = k.forward(x2, weight, bias, o, i, act)
             ctx.save_for_backward(x2, weight, bias, pre)
             ctx.o, ctx.i, ctx.act, ctx.amp = o, i, act, amp
-            ctx.kstate = k.capture() if hasattr(k, "capture") else None
+            ctx.kstate = _capture(k)
             ctx.inplace_w, ctx.inplace_b = delivers_inplace(weight), delivers_inplace(bias)
             return y if x.dim() == 2 else y.reshape(*x.shape[:-1], o)
 
@@ -268,25 +322,75 @@ def sliced_linear_function(k, name: str):
         def backward(ctx, dy):
             x2, weight, bias, pre = ctx.saved_tensors
             o, i = ctx.o, ctx.i
-            with amp_ctx(ctx.amp), (k.restore(ctx.kstate) if ctx.kstate is not None else contextlib.nullcontext()):
+            need = ctx.needs_input_grad
+            with amp_ctx(ctx.amp), _restore(k, ctx.kstate):
                 dy2 = rows(dy, o, x2.dtype)  # (N, o)
                 if ctx.act:
                     dy2 = k.gelu_backward(dy2, pre)
-                dx = None
-                if ctx.needs_input_grad[0]:
-                    dx = k.dx(dy2, weight, o, i)
-                    if dy.dim() != 2:
-                        dx = dx.reshape(*dy.shape[:-1], i)
-                gw = gb = None
-                if ctx.needs_input_grad[1]:
-                    gw = deliver_grad(weight, ctx.inplace_w, lambda dst: k.accumulate_dw(dy2, x2, dst, o, i))
-                if bias is not None and ctx.needs_input_grad[2]:
-                    db = dy2.sum(0, dtype=torch.float32)
-                    gb = deliver_grad(bias, ctx.inplace_b, lambda dst: dst[:o].add_(db))
+                dx, gw, gb = _linear_grads(k, dy2, x2, weight, bias, o, i, need[0], need[1], need[2],
+                                           ctx.inplace_w, ctx.inplace_b)
+            if dx is not None and dy.dim() != 2:
+                dx = dx.reshape(*dy.shape[:-1], i)
             return dx, gw, gb, None, None, None
 
     SlicedLinear.__name__ = SlicedLinear.__qualname__ = f"SlicedLinear{name.capitalize()}"
     return SlicedLinear
+
+
+def sliced_qkv_function(k, name: str):
+    """One autograd Function for the three sliced linears of self-attention, which read the same
+    input: (x @ Wq[:o, :i]^T + bq[:o], the same with Wk, bk and Wv, bv), over the sliced-linear
+    launchers (see sliced_linear_function). The same numbers as three SlicedLinear calls (the same
+    launcher calls) except for the order of one sum: dX's three terms are added in x's dtype as
+    autograd adds them, but before, not after, any other gradient x receives (float addition is not
+    associative: fp32 differences of an ulp or so). For about a third of three calls' host work: one
+    Function, one cast of x, one backward call; host work is what a training step at the paper's
+    batch sizes waits on (bench/host_overhead.py)."""
+
+    class SlicedQKV(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, wq, wk, wv, bq, bk, bv, o: int, i: int):
+            ws, bs = (wq, wk, wv), (bq, bk, bv)
+            for w, b in zip(ws, bs):
+                k.check(x, w, b)
+            amp = amp_state(x.device.type)
+            x2 = rows(x, i, compute_dtype(x, amp))
+            ys = [k.forward(x2, w, b, o, i, 0)[0] for w, b in zip(ws, bs)]
+            ctx.save_for_backward(x2, *ws, *bs)
+            ctx.o, ctx.i, ctx.amp, ctx.shape, ctx.x_dtype = o, i, amp, x.shape, x.dtype
+            ctx.kstate = _capture(k)
+            ctx.inplace = [(delivers_inplace(w), delivers_inplace(b)) for w, b in zip(ws, bs)]
+            ctx.set_materialize_grads(False)  # an unused output's gradient is None, not zeros
+            if x.dim() != 2:
+                ys = [y.reshape(*x.shape[:-1], o) for y in ys]
+            return tuple(ys)
+
+        @staticmethod
+        def backward(ctx, *dys):
+            x2, *p = ctx.saved_tensors
+            o, i = ctx.o, ctx.i
+            need = ctx.needs_input_grad
+            dx, gws, gbs = None, [None] * 3, [None] * 3
+            with amp_ctx(ctx.amp), _restore(k, ctx.kstate):
+                for j in (2, 1, 0):  # v, k, q: the order autograd runs three separate linears' backward
+                    if dys[j] is None:
+                        continue
+                    dy2 = rows(dys[j], o, x2.dtype)
+                    d, gws[j], gbs[j] = _linear_grads(k, dy2, x2, p[j], p[3 + j], o, i, need[0], need[1 + j],
+                                                      need[4 + j], *ctx.inplace[j])
+                    if d is None:
+                        continue
+                    # summed in x's dtype (fp32 under autocast), as autograd sums the three gradients
+                    if dx is None:
+                        dx = d if d.dtype == ctx.x_dtype else d.to(ctx.x_dtype)
+                    else:
+                        dx.add_(d)
+            if dx is not None and len(ctx.shape) != 2:
+                dx = dx.reshape(*ctx.shape[:-1], i)
+            return (dx, *gws, *gbs, None, None)
+
+    SlicedQKV.__name__ = SlicedQKV.__qualname__ = f"SlicedQKV{name.capitalize()}"
+    return SlicedQKV
 
 
 def sliced_layernorm_function(k, name: str):
@@ -303,11 +407,7 @@ def sliced_layernorm_function(k, name: str):
         @staticmethod
         def forward(ctx, x, weight, bias, width: int, eps: float, residual):
             k.check(x, weight, bias, residual)
-            owns = getattr(k, "owns_outputs", False)
-            x2, r2, y, s, mean, rstd = layernorm_buffers(x, residual, width, outputs=not owns)
-            own = k.forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps)
-            if owns:
-                y, mean, rstd = own
+            y, s, mean, rstd = _layernorm_forward(k, x, weight, bias, width, eps, residual)
             ctx.save_for_backward(s, weight, bias, mean, rstd)
             ctx.width, ctx.has_res, ctx.shape = width, residual is not None, x.shape
             ctx.amp = amp_state(x.device.type)
@@ -317,24 +417,64 @@ def sliced_layernorm_function(k, name: str):
         @staticmethod
         def backward(ctx, dy):
             s, weight, bias, mean, rstd = ctx.saved_tensors
-            h = ctx.width
+            need = ctx.needs_input_grad
             with amp_ctx(ctx.amp):
-                dy2 = rows(dy, h, s.dtype)
-                if getattr(k, "owns_outputs", False):
-                    dw, db, dx = k.backward(dy2, s, weight, bias, mean, rstd, h)
-                else:
-                    dx = torch.empty_like(dy2)
-                    dw, db = k.backward(dy2, s, weight, mean, rstd, dx, h)
-                gw = deliver_grad(weight, ctx.inplace_w, lambda dst: dst[:h].add_(dw)) \
-                    if ctx.needs_input_grad[1] else None
-                gb = deliver_grad(bias, ctx.inplace_b, lambda dst: dst[:h].add_(db)) \
-                    if ctx.needs_input_grad[2] else None
+                dx, gw, gb = _layernorm_grads(k, dy, s, weight, bias, mean, rstd, ctx.width, need[1], need[2],
+                                              ctx.inplace_w, ctx.inplace_b)
             if len(ctx.shape) != 2:
                 dx = dx.reshape(ctx.shape)
             return dx, gw, gb, None, None, (dx if ctx.has_res else None)
 
     SlicedLayerNorm.__name__ = SlicedLayerNorm.__qualname__ = f"SlicedLayerNorm{name.capitalize()}"
     return SlicedLayerNorm
+
+
+def sliced_linear_layernorm_function(kl, kn, name: str):
+    """One autograd Function for a sliced linear followed by the sliced LayerNorm of its output plus
+    a residual, LN(x @ W[:o, :i]^T + b[:o] + residual) over o features with gamma[:o], beta[:o] (the
+    attention-output and FFN-output blocks of a BERT layer), over the sliced-linear launchers `kl`
+    and the LayerNorm launchers `kn` (see the two templates above). Same numbers as SlicedLinear
+    then SlicedLayerNorm (the same launcher calls; the LayerNorm's input gradient cast to the
+    linear's compute dtype once, as autograd casts it between the two), for half their host work."""
+
+    class SlicedLinearLayerNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, weight, bias, gamma, beta, o: int, i: int, eps: float, residual):
+            kl.check(x, weight, bias)
+            amp = amp_state(x.device.type)
+            x2 = rows(x, i, compute_dtype(x, amp))
+            y, _ = kl.forward(x2, weight, bias, o, i, 0)                              # (N, o)
+            kn.check(y, gamma, beta, residual)
+            out, s, mean, rstd = _layernorm_forward(kn, y, gamma, beta, o, eps, residual)
+            ctx.save_for_backward(x2, weight, bias, s, gamma, beta, mean, rstd)
+            ctx.o, ctx.i, ctx.amp, ctx.shape = o, i, amp, x.shape
+            ctx.has_res = residual is not None
+            ctx.kstate = _capture(kl)
+            ctx.inplace = (delivers_inplace(weight), delivers_inplace(bias), delivers_inplace(gamma),
+                           delivers_inplace(beta))
+            return out if x.dim() == 2 else out.reshape(*x.shape[:-1], o)
+
+        @staticmethod
+        def backward(ctx, dout):
+            x2, weight, bias, s, gamma, beta, mean, rstd = ctx.saved_tensors
+            o, i = ctx.o, ctx.i
+            need = ctx.needs_input_grad
+            iw, ib, ig, ie = ctx.inplace
+            with amp_ctx(ctx.amp), _restore(kl, ctx.kstate):
+                dsum, gg, ge = _layernorm_grads(kn, dout, s, gamma, beta, mean, rstd, o, need[3], need[4], ig, ie)
+                dy2 = rows(dsum, o, x2.dtype)
+                dx, gw, gb = _linear_grads(kl, dy2, x2, weight, bias, o, i, need[0], need[1], need[2], iw, ib)
+            lead = ctx.shape[:-1]
+            if dx is not None and len(ctx.shape) != 2:
+                dx = dx.reshape(*lead, i)
+            dres = None
+            if ctx.has_res and need[8]:
+                dres = dsum if len(ctx.shape) == 2 else dsum.reshape(*lead, o)
+            return dx, gw, gb, gg, ge, None, None, None, dres
+
+    SlicedLinearLayerNorm.__name__ = SlicedLinearLayerNorm.__qualname__ = \
+        f"SlicedLinearLayerNorm{name.capitalize()}"
+    return SlicedLinearLayerNorm
 
 
 def reference_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):

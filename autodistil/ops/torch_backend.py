@@ -20,8 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, amp_ctx, delivers_inplace, operand_slice, reference_attention,
-                     sliced_layernorm_function, sliced_linear_function)
+from .shared import (_grad_slot, amp_ctx, delivers_inplace, operand_slice, prefix, reference_attention,
+                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
+                     sliced_qkv_function)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -37,9 +38,9 @@ class _TorchLinear:
 
     @staticmethod
     def forward(x2, weight, bias, o, i, act):
-        w = operand_slice(weight, x2.dtype, (slice(0, o), slice(0, i)))  # (o, i) view: row stride I_max
+        w = operand_slice(weight, x2.dtype, o, i)  # (o, i) view: row stride I_max
         if bias is not None:
-            y = torch.addmm(operand_slice(bias, x2.dtype, slice(0, o)), x2, w.t())  # (N, o)
+            y = torch.addmm(operand_slice(bias, x2.dtype, o), x2, w.t())  # (N, o)
         else:
             y = x2 @ w.t()
         if not act:
@@ -49,21 +50,22 @@ class _TorchLinear:
     @staticmethod
     def gelu_backward(dy2, pre):
         # aten's fused exact-erf GELU backward: one kernel, fp32 math, result in dy2's dtype
-        return torch.ops.aten.gelu_backward(dy2, pre.to(dy2.dtype))
+        return torch.ops.aten.gelu_backward(dy2, pre if pre.dtype == dy2.dtype else pre.to(dy2.dtype))
 
     @staticmethod
     def dx(dy2, weight, o, i):
-        return dy2 @ operand_slice(weight, dy2.dtype, (slice(0, o), slice(0, i)))  # (N, i)
+        return dy2 @ operand_slice(weight, dy2.dtype, o, i)  # (N, i)
 
     @staticmethod
     def accumulate_dw(dy2, x2, dst, o, i):
         if dst.dtype == torch.float32 and x2.dtype != dst.dtype and mm_fp32_out_ok(x2.device, x2.dtype):
             # bf16/fp16 operands on tensor cores with an fp32 result (torch.mm out_dtype, CUDA), added
             # to the fp32 slice: a slice-sized temporary, no fp32 copies of the activations
-            dst[:o, :i].add_(torch.mm(dy2.t(), x2, out_dtype=torch.float32))
+            prefix(dst, o, i).add_(torch.mm(dy2.t(), x2, out_dtype=torch.float32))
             return
         # in-place addmm_ (beta=1) into the slice in its dtype; autocast leaves in-place ops alone
-        dst[:o, :i].addmm_(dy2.t().to(dst.dtype), x2.to(dst.dtype))
+        dt = dst.dtype
+        prefix(dst, o, i).addmm_((dy2 if dy2.dtype == dt else dy2.to(dt)).t(), x2 if x2.dtype == dt else x2.to(dt))
 
 
 _MM_FP32_OUT: dict = {}
@@ -111,10 +113,10 @@ class _TorchLayerNorm:
             torch.add(x2, r2, out=s)
         if _fused_ln_ok(s, weight, bias):
             with amp_ctx((s.device.type, False, None)):  # as called: CUDA autocast would run it in fp32
-                out, mu, r = torch.native_layer_norm(s, [width], weight[:width], bias[:width], eps)
-            # the statistics stay in aten's own dtype (fp32, except fp16/bf16 on the CPU's same-dtype
-            # path): its backward takes them back as they came
-            return out, mu.view(-1), r.view(-1)
+                out, mu, r = torch.native_layer_norm(s, [width], prefix(weight, width), prefix(bias, width), eps)
+            # the statistics stay as aten returns them ((N, 1), in its own dtype: fp32, except fp16/bf16
+            # on the CPU's same-dtype path): its backward takes them back as they came
+            return out, mu, r
         sf = s.float()                                                        # (N, h)
         var, mu = torch.var_mean(sf, dim=-1, correction=0)
         r = torch.rsqrt(var + eps)
@@ -127,8 +129,10 @@ class _TorchLayerNorm:
         if _fused_ln_ok(s, weight, bias):  # the forward's own test: the statistics came from that path
             with amp_ctx((s.device.type, False, None)):
                 gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
-                    dy2, s, [h], mean.view(-1, 1), rstd.view(-1, 1), weight[:h], bias[:h], [True, True, True])
-            return dgamma.float(), dbeta.float(), gx
+                    dy2, s, [h], mean, rstd, prefix(weight, h), prefix(bias, h), [True, True, True])
+            if dgamma.dtype != torch.float32:
+                dgamma, dbeta = dgamma.float(), dbeta.float()
+            return dgamma, dbeta, gx
         xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
         g = dy2.float()
         dbeta = g.sum(0)
@@ -149,6 +153,8 @@ def _fused_ln_ok(s, weight, bias) -> bool:
 
 SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
 SlicedLayerNormTorch = sliced_layernorm_function(_TorchLayerNorm, "torch")
+SlicedQKVTorch = sliced_qkv_function(_TorchLinear, "torch")
+SlicedLinearLayerNormTorch = sliced_linear_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
 
 
 class SlicedEmbeddingFn(torch.autograd.Function):
@@ -197,6 +203,19 @@ def sliced_layernorm(x, weight, bias, width, eps, residual=None):
             x = x + residual
         return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
     return SlicedLayerNormTorch.apply(x, weight, bias, width, eps, residual)
+
+
+def sliced_qkv(x, weights, biases, out_features, in_features):
+    if _autograd_only(*weights, *biases):
+        return tuple(sliced_linear(x, w, b, out_features, in_features) for w, b in zip(weights, biases))
+    return SlicedQKVTorch.apply(x, *weights, *biases, out_features, in_features)
+
+
+def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
+    if _autograd_only(weight, bias, gamma, beta):
+        y = sliced_linear(x, weight, bias, out_features, in_features)
+        return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
+    return SlicedLinearLayerNormTorch.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
 
 
 def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
