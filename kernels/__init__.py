@@ -4,7 +4,9 @@ One file per op, each holding its kernels, launcher and autograd Function:
   sliced_linear.py     y = act(x @ W[:o, :i]^T + b[:o]); dX; dW into W.grad[:o, :i]; the q/k/v
                        triple as one autograd Function (sliced_qkv)
   sliced_layernorm.py  LN(x + residual) over the first h features; dgamma/dbeta into the slices;
-                       linear + residual + LN as one autograd Function (sliced_linear_layernorm)
+                       linear + residual + LN, and the whole FFN block (linear, GELU, linear,
+                       residual, LN), each as one autograd Function (sliced_linear_layernorm,
+                       sliced_ffn_layernorm)
   attention.py         flash-style attention, any head count, head dim <= 128, T <= 65536, padding mask
 Mixed precision: weights/bias/LN parameters may stay fp32 (master weights) while activations are
 bf16/fp16; tiles are cast to the activation dtype in registers (tensor cores), fp32 accumulation,
@@ -29,5 +31,5 @@ def unavailable_reason():
 
 if unavailable_reason() is None:
     from .attention import attention, attention_probs  # noqa: F401
-    from .sliced_layernorm import sliced_layernorm, sliced_linear_layernorm  # noqa: F401
+    from .sliced_layernorm import sliced_ffn_layernorm, sliced_layernorm, sliced_linear_layernorm  # noqa: F401
     from .sliced_linear import sliced_linear, sliced_qkv, weight_operand  # noqa: F401

@@ -11,7 +11,8 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import sliced_layernorm_function, sliced_linear_layernorm_function
+from autodistil.ops.shared import (sliced_ffn_layernorm_function, sliced_layernorm_function,
+                                   sliced_linear_layernorm_function)
 
 from ._common import check_device
 from .sliced_linear import _TritonLinear, needs_grad, sliced_linear
@@ -89,6 +90,7 @@ class _TritonLayerNorm:
 
 SlicedLayerNormTriton = sliced_layernorm_function(_TritonLayerNorm, "triton")
 SlicedLinearLayerNormTriton = sliced_linear_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
+SlicedFFNLayerNormTriton = sliced_ffn_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
 
 
 def sliced_layernorm(x, weight, bias, width, eps, residual=None):
@@ -101,3 +103,10 @@ def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_featu
                                                  residual)
     return sliced_layernorm(sliced_linear(x, weight, bias, out_features, in_features), gamma, beta, out_features,
                             eps, residual)
+
+
+def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
+    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
+        return SlicedFFNLayerNormTriton.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+    z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
+    return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)

@@ -704,7 +704,8 @@ def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys)
         xs = [x.clone().requires_grad_() for x in inputs]
         with grad_mode_ctx(mode), _amp(amp):
             outs = fn(xs, ps)
-            sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV)).backward()
+            loss = sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV))
+            loss.backward()
         got.append(([o.detach() for o in outs], [x.grad for x in xs], [p.grad if p is not None else None for p in ps]))
     return got
 
@@ -714,7 +715,8 @@ def _assert_same(a, b, what, exact=True):
         if u is None or v is None:
             assert u is None and v is None, f"{what}[{k}]: one side has no gradient"
             continue
-        assert u.dtype == v.dtype and u.shape == v.shape, f"{what}[{k}]: {u.dtype}{tuple(u.shape)} vs {v.dtype}{tuple(v.shape)}"
+        assert u.dtype == v.dtype and u.shape == v.shape, \
+            f"{what}[{k}]: {u.dtype}{tuple(u.shape)} vs {v.dtype}{tuple(v.shape)}"
         if exact:
             assert torch.equal(u, v), f"{what}[{k}]: max abs diff {(u.float() - v.float()).abs().max().item():.3g}"
         else:
@@ -741,6 +743,31 @@ def test_fused_linear_layernorm_equals_its_parts(any_backend, amp, mode):
 
     a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, o), torch.float32, 7)])
     for k, what in enumerate(("output", "input grads", "parameter grads")):
+        _assert_same(a[k], b[k], f"{any_backend} {what}")
+
+
+@pytest.mark.parametrize("amp", [None, LOWP])
+@pytest.mark.parametrize("mode", ["inplace", "autograd"])
+def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode):
+    """sliced_ffn_layernorm (one autograd Function for linear + GELU, linear, residual x, LayerNorm)
+    against the three ops: output, dx (two terms: the FFN path and the residual) and all six
+    parameter gradients bit for bit."""
+    f, h = 50, 37
+    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
+              _mk((48, 64), torch.float32, 3, 0.1), _mk((48,), torch.float32, 4, 0.1),
+              1 + _mk((48,), torch.float32, 5, 0.1), _mk((48,), torch.float32, 6, 0.1)]
+    inputs = [_mk((2, 5, h), torch.float32, 7)]
+
+    def fused(xs, ps):
+        return [ops.sliced_ffn_layernorm(xs[0], *ps, f, h, 1e-12, backend=any_backend)]
+
+    def parts(xs, ps):
+        z = ops.sliced_linear(xs[0], ps[0], ps[1], f, h, "gelu", backend=any_backend)
+        y = ops.sliced_linear(z, ps[2], ps[3], h, f, None, backend=any_backend)
+        return [ops.sliced_layernorm(y, ps[4], ps[5], h, 1e-12, xs[0], backend=any_backend)]
+
+    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, h), torch.float32, 8)])
+    for k, what in enumerate(("output", "dx", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
 
 
@@ -783,3 +810,7 @@ def test_fused_ops_check_their_inputs():
         ops.sliced_linear_layernorm(x, W, b, g, b, 4, 5, 1e-12, torch.zeros(2, 3, 5))
     with pytest.raises(ValueError, match="width 9 outside gamma/beta"):
         ops.sliced_linear_layernorm(x, torch.zeros(9, 6), None, g, b, 9, 5)
+    with pytest.raises(ValueError, match="w2 must be 2-D with a \\(5, 7\\) slice"):
+        ops.sliced_ffn_layernorm(x, W, b, torch.zeros(8, 6), b, g, b, 7, 5)
+    with pytest.raises(ValueError, match="x has last dim 5, expected in_features=4"):
+        ops.sliced_ffn_layernorm(x, W, b, W, b, g, b, 6, 4)

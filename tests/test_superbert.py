@@ -145,8 +145,9 @@ def _grad_fn_names(t) -> set:
 
 @pytest.mark.parametrize("amp", [False, True])
 def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, amp):
-    """In training the layer runs q/k/v as one autograd Function and each linear + residual +
-    LayerNorm as one (host time per op is what a GPU step waits on); its loss and every gradient
+    """In training the layer runs q/k/v as one autograd Function, the attention output projection +
+    residual + LayerNorm as one and the whole FFN block as one (host time per op is what a GPU step
+    waits on); its loss and every gradient
     equal the module-by-module path, which a hook on any of those modules selects (DeepSpeed
     ZeRO-3 gathers parameters in forward pre-hooks; rewire reads forward hooks), so the hook fires."""
     torch.manual_seed(0)
@@ -172,7 +173,7 @@ def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, a
         return loss.detach(), {n: p.grad.clone() for n, p in sb.named_parameters() if p.grad is not None}, names, calls
 
     fused, parts = run(False), run(True)
-    fused_fns = ("SlicedQKVBackward", "SlicedLinearLayerNormBackward")
+    fused_fns = ("SlicedQKVBackward", "SlicedLinearLayerNormBackward", "SlicedFFNLayerNormBackward")
     assert all(any(n.startswith(f) for n in fused[2]) for f in fused_fns), fused[2]
     assert not any(n.startswith(fused_fns) for n in parts[2]), "a hooked module was bypassed"
     assert len(parts[3]) == 3 * 2, "the hooks did not fire once per module and layer"

@@ -199,8 +199,14 @@ class SuperLayer(nn.Module):
         ctx, probs = ops.sliced_attention(split(q), split(k), split(v), key_mask, need_probs, p_drop, backend)
         ctx = ctx.transpose(1, 2).reshape(B, T, w)                                       # (B, T, A*d)
         x = self.attention.output(ctx, x, h, w, backend)                                  # (B, T, h)
-        z = self.intermediate.dense(x, f, h, activation="gelu", backend=backend)         # (B, T, f)
-        x = self.output(z, x, h, f, backend)                                              # (B, T, h)
+        out, dense = self.output, self.intermediate.dense
+        if (out.dropout.p == 0 or not self.training) and _plain(dense, out.dense, out.LayerNorm, out.dropout):
+            # the whole FFN block as one autograd Function (host time; same numbers)
+            x = ops.sliced_ffn_layernorm(x, dense.weight, dense.bias, out.dense.weight, out.dense.bias,
+                                         out.LayerNorm.weight, out.LayerNorm.bias, f, h, out.LayerNorm.eps, backend)
+        else:
+            z = dense(x, f, h, activation="gelu", backend=backend)                        # (B, T, f)
+            x = out(z, x, h, f, backend)                                                  # (B, T, h)
         return x, (q, k, v), probs
 
 

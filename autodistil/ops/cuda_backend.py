@@ -28,8 +28,9 @@ import os
 import torch
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
-from .shared import (amp_state, compute_dtype, lowp_shadow, sliced_layernorm_function, sliced_linear_function,
-                     sliced_linear_layernorm_function, sliced_qkv_function)
+from .shared import (amp_state, compute_dtype, lowp_shadow, sliced_ffn_layernorm_function,
+                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
+                     sliced_qkv_function)
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -267,6 +268,7 @@ SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
 SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
 SlicedQKVCUDA = sliced_qkv_function(_CudaLinear, "cuda")
 SlicedLinearLayerNormCUDA = sliced_linear_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
+SlicedFFNLayerNormCUDA = sliced_ffn_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
 
 
 def _needs_grad(*ts) -> bool:
@@ -298,6 +300,13 @@ def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_featu
         return SlicedLinearLayerNormCUDA.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
     y = sliced_linear(x, weight, bias, out_features, in_features)
     return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
+
+
+def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
+    if _needs_grad(x, w1, b1, w2, b2, gamma, beta):
+        return SlicedFFNLayerNormCUDA.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+    z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
+    return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)
 
 
 def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):

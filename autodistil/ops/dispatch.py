@@ -142,6 +142,31 @@ def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     return fn(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
 
 
+def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
+                         b2: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor, ffn: int, hidden: int,
+                         eps: float = 1e-12, backend: str | None = None) -> torch.Tensor:
+    """LayerNorm(GELU(x @ w1[:f, :h].T + b1[:f]) @ w2[:h, :f].T + b2[:h] + x) over h = `hidden`
+    features with gamma[:h], beta[:h], f = `ffn`: a BERT layer's feed-forward block, as one
+    autograd Function where the backend has it (a third of the three ops' host work; the same numbers)."""
+    _check_linear(x, w1, b1, ffn, hidden)
+    if w2.dim() != 2 or not (0 < hidden <= w2.shape[0] and 0 < ffn <= w2.shape[1]):
+        raise ValueError(f"sliced_ffn_layernorm: w2 must be 2-D with a ({hidden}, {ffn}) slice, got shape "
+                         f"{tuple(w2.shape)}")
+    if w2.stride(1) != 1:
+        raise ValueError("sliced_ffn_layernorm: w2 must be row-major (stride 1 on its last dim)")
+    if b2 is not None and (b2.dim() != 1 or b2.shape[0] < hidden):
+        raise ValueError(f"sliced_ffn_layernorm: b2 must be 1-D with >= {hidden} entries, got shape {tuple(b2.shape)}")
+    if gamma.shape[0] < hidden or beta.shape[0] < hidden:
+        raise ValueError(f"sliced_ffn_layernorm: width {hidden} outside gamma/beta of sizes "
+                         f"{gamma.shape[0]}/{beta.shape[0]}")
+    mod = backend_module(backend)
+    fn = getattr(mod, "sliced_ffn_layernorm", None)
+    if fn is None:
+        z = mod.sliced_linear(x, w1, b1, ffn, hidden, "gelu")
+        return mod.sliced_layernorm(mod.sliced_linear(z, w2, b2, hidden, ffn, None), gamma, beta, hidden, eps, x)
+    return fn(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+
+
 def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None) -> torch.Tensor:
     """weight[ids, :width]; ids: (...) int -> (..., width)."""
     if ids.dtype not in (torch.int32, torch.int64):

@@ -477,6 +477,58 @@ def sliced_linear_layernorm_function(kl, kn, name: str):
     return SlicedLinearLayerNorm
 
 
+def sliced_ffn_layernorm_function(kl, kn, name: str):
+    """One autograd Function for a BERT layer's whole feed-forward block,
+    LN(GELU(x @ W1[:f, :h]^T + b1[:f]) @ W2[:h, :f]^T + b2[:h] + x) over h features with
+    gamma[:h], beta[:h], over the sliced-linear launchers `kl` and the LayerNorm launchers `kn`.
+    The same numbers as SlicedLinear (GELU), SlicedLinear, SlicedLayerNorm with x as the residual
+    (the same launcher calls; x's two gradient terms added in x's dtype, as autograd adds them), for
+    a third of their host work."""
+
+    class SlicedFFNLayerNorm(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x, w1, b1, w2, b2, gamma, beta, f: int, h: int, eps: float):
+            kl.check(x, w1, b1)
+            kl.check(x, w2, b2)
+            amp = amp_state(x.device.type)
+            x2 = rows(x, h, compute_dtype(x, amp))
+            z, pre = kl.forward(x2, w1, b1, f, h, 1)                                  # (N, f), GELU'd
+            y, _ = kl.forward(z, w2, b2, h, f, 0)                                     # (N, h)
+            kn.check(y, gamma, beta, x)
+            out, s, mean, rstd = _layernorm_forward(kn, y, gamma, beta, h, eps, x)
+            ctx.save_for_backward(x2, w1, b1, pre, z, w2, b2, s, gamma, beta, mean, rstd)
+            ctx.f, ctx.h, ctx.amp, ctx.shape, ctx.x_dtype = f, h, amp, x.shape, x.dtype
+            ctx.kstate = _capture(kl)
+            ctx.inplace = tuple(delivers_inplace(p) for p in (w1, b1, w2, b2, gamma, beta))
+            return out if x.dim() == 2 else out.reshape(x.shape[:-1] + (h,))
+
+        @staticmethod
+        def backward(ctx, dout):
+            x2, w1, b1, pre, z, w2, b2, s, gamma, beta, mean, rstd = ctx.saved_tensors
+            f, h = ctx.f, ctx.h
+            need = ctx.needs_input_grad
+            i1, ib1, i2, ib2, ig, ie = ctx.inplace
+            with amp_ctx(ctx.amp), _restore(kl, ctx.kstate):
+                dsum, gg, ge = _layernorm_grads(kn, dout, s, gamma, beta, mean, rstd, h, need[5], need[6], ig, ie)
+                dy2 = rows(dsum, h, z.dtype)
+                dz, gw2, gb2 = _linear_grads(kl, dy2, z, w2, b2, h, f, need[0] or need[1] or need[2], need[3],
+                                             need[4], i2, ib2)
+                gw1 = gb1 = dx = None
+                if dz is not None:
+                    dz = kl.gelu_backward(rows(dz, f, x2.dtype), pre)
+                    dx, gw1, gb1 = _linear_grads(kl, dz, x2, w1, b1, f, h, need[0], need[1], need[2], i1, ib1)
+            if need[0]:
+                # x is also the residual: its two terms added in x's dtype, as autograd adds them
+                r = dsum if dsum.dtype == ctx.x_dtype else dsum.to(ctx.x_dtype)
+                dx = r + dx if dx is not None else r
+                if len(ctx.shape) != 2:
+                    dx = dx.reshape(ctx.shape)
+            return dx, gw1, gb1, gw2, gb2, gg, ge, None, None, None
+
+    SlicedFFNLayerNorm.__name__ = SlicedFFNLayerNorm.__qualname__ = f"SlicedFFNLayerNorm{name.capitalize()}"
+    return SlicedFFNLayerNorm
+
+
 def reference_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
     """q, k, v: (B, A, T, d); key_mask: (B, T) with 1 = attend, or None.
     Returns (context (B, A, T, d), probs (B, A, T, T) or None). A sequence whose mask is all

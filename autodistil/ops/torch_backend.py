@@ -21,8 +21,8 @@ import torch
 import torch.nn.functional as F
 
 from .shared import (_grad_slot, amp_ctx, delivers_inplace, operand_slice, prefix, reference_attention,
-                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
-                     sliced_qkv_function)
+                     sliced_ffn_layernorm_function, sliced_layernorm_function, sliced_linear_function,
+                     sliced_linear_layernorm_function, sliced_qkv_function)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -155,6 +155,7 @@ SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
 SlicedLayerNormTorch = sliced_layernorm_function(_TorchLayerNorm, "torch")
 SlicedQKVTorch = sliced_qkv_function(_TorchLinear, "torch")
 SlicedLinearLayerNormTorch = sliced_linear_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
+SlicedFFNLayerNormTorch = sliced_ffn_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
 
 
 class SlicedEmbeddingFn(torch.autograd.Function):
@@ -216,6 +217,13 @@ def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_featu
         y = sliced_linear(x, weight, bias, out_features, in_features)
         return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
     return SlicedLinearLayerNormTorch.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
+
+
+def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
+    if _autograd_only(w1, b1, w2, b2, gamma, beta):
+        z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
+        return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)
+    return SlicedFFNLayerNormTorch.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
 def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
