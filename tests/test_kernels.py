@@ -694,19 +694,24 @@ def any_backend(request):
     return request.param
 
 
-def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys):
+def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys, frozen=(), no_grad_inputs=(),
+                    nonleaf=()):
     """Run fused_fn and parts_fn on fresh copies of params/inputs under the grad mode and autocast;
-    returns (outputs, input grads, param grads) of each, to be compared bit for bit."""
+    returns (outputs, input grads, param grads) of each, to be compared bit for bit. frozen: indices
+    of parameters without grad; no_grad_inputs: inputs without grad; nonleaf: parameters used as a
+    computed (non-leaf) tensor, whose gradient goes through autograd (mixed delivery), compared on
+    the leaf they come from."""
     from autodistil.ops.shared import grad_mode_ctx
     got = []
     for fn in (fused_fn, parts_fn):
-        ps = [p.clone().requires_grad_() if p is not None else None for p in params]
-        xs = [x.clone().requires_grad_() for x in inputs]
+        leaves = [None if p is None else p.clone().requires_grad_(k not in frozen) for k, p in enumerate(params)]
+        ps = [p * 1.0 if k in nonleaf else p for k, p in enumerate(leaves)]
+        xs = [x.clone().requires_grad_(k not in no_grad_inputs) for k, x in enumerate(inputs)]
         with grad_mode_ctx(mode), _amp(amp):
             outs = fn(xs, ps)
             loss = sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV))
             loss.backward()
-        got.append(([o.detach() for o in outs], [x.grad for x in xs], [p.grad if p is not None else None for p in ps]))
+        got.append(([o.detach() for o in outs], [x.grad for x in xs], [None if p is None else p.grad for p in leaves]))
     return got
 
 
@@ -723,38 +728,51 @@ def _assert_same(a, b, what, exact=True):
             torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
 
 
+# (name, frozen parameter indices, inputs without grad, non-leaf parameters, bias/residual dropped)
+VARIANTS = [("all", (), (), (), False), ("frozen-W-no-bias-no-residual", (0,), (), (), True),
+            ("x-without-grad", (), (0,), (), False), ("mixed-delivery", (), (), (0,), False)]
+
+
 @pytest.mark.parametrize("amp", [None, LOWP])
 @pytest.mark.parametrize("mode", ["inplace", "autograd"])
-def test_fused_linear_layernorm_equals_its_parts(any_backend, amp, mode):
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_fused_linear_layernorm_equals_its_parts(any_backend, amp, mode, variant):
     """sliced_linear_layernorm (one autograd Function) against sliced_linear then sliced_layernorm:
     output, dx, d(residual), dW, db, dgamma, dbeta bit for bit (3-D input, odd sizes, a slice of
-    every parameter; fp32 and under autocast with fp32 master parameters; both grad modes)."""
+    every parameter; fp32 and under autocast with fp32 master parameters; both grad modes; a frozen
+    weight, no bias and no residual, x without grad, a non-leaf weight beside leaf ones)."""
+    _, frozen, no_grad, nonleaf, drop = variant
     o, i = 40, 37
-    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
+    params = [_mk((64, 48), torch.float32, 1, 0.1), None if drop else _mk((64,), torch.float32, 2, 0.1),
               1 + _mk((64,), torch.float32, 3, 0.1), _mk((64,), torch.float32, 4, 0.1)]
-    inputs = [_mk((2, 5, i), torch.float32, 5), _mk((2, 5, o), torch.float32, 6)]
+    inputs = [_mk((2, 5, i), torch.float32, 5)] + ([] if drop else [_mk((2, 5, o), torch.float32, 6)])
 
     def fused(xs, ps):
-        return [ops.sliced_linear_layernorm(xs[0], *ps, o, i, 1e-12, xs[1], backend=any_backend)]
+        return [ops.sliced_linear_layernorm(xs[0], *ps, o, i, 1e-12, xs[1] if len(xs) > 1 else None,
+                                            backend=any_backend)]
 
     def parts(xs, ps):
         y = ops.sliced_linear(xs[0], ps[0], ps[1], o, i, None, backend=any_backend)
-        return [ops.sliced_layernorm(y, ps[2], ps[3], o, 1e-12, xs[1], backend=any_backend)]
+        return [ops.sliced_layernorm(y, ps[2], ps[3], o, 1e-12, xs[1] if len(xs) > 1 else None, backend=any_backend)]
 
-    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, o), torch.float32, 7)])
+    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, o), torch.float32, 7)],
+                           frozen, no_grad, nonleaf)
     for k, what in enumerate(("output", "input grads", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
+    assert (a[2][0] is None) == (0 in frozen)
 
 
 @pytest.mark.parametrize("amp", [None, LOWP])
 @pytest.mark.parametrize("mode", ["inplace", "autograd"])
-def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode):
+@pytest.mark.parametrize("variant", VARIANTS, ids=[v[0] for v in VARIANTS])
+def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode, variant):
     """sliced_ffn_layernorm (one autograd Function for linear + GELU, linear, residual x, LayerNorm)
     against the three ops: output, dx (two terms: the FFN path and the residual) and all six
-    parameter gradients bit for bit."""
+    parameter gradients bit for bit, in the same variants as above (no bias in either linear)."""
+    _, frozen, no_grad, nonleaf, drop = variant
     f, h = 50, 37
-    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
-              _mk((48, 64), torch.float32, 3, 0.1), _mk((48,), torch.float32, 4, 0.1),
+    params = [_mk((64, 48), torch.float32, 1, 0.1), None if drop else _mk((64,), torch.float32, 2, 0.1),
+              _mk((48, 64), torch.float32, 3, 0.1), None if drop else _mk((48,), torch.float32, 4, 0.1),
               1 + _mk((48,), torch.float32, 5, 0.1), _mk((48,), torch.float32, 6, 0.1)]
     inputs = [_mk((2, 5, h), torch.float32, 7)]
 
@@ -766,14 +784,16 @@ def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode):
         y = ops.sliced_linear(z, ps[2], ps[3], h, f, None, backend=any_backend)
         return [ops.sliced_layernorm(y, ps[4], ps[5], h, 1e-12, xs[0], backend=any_backend)]
 
-    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, h), torch.float32, 8)])
+    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, h), torch.float32, 8)],
+                           frozen, no_grad, nonleaf)
     for k, what in enumerate(("output", "dx", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
 
 
 @pytest.mark.parametrize("amp", [None, LOWP])
+@pytest.mark.parametrize("mode", ["inplace", "autograd"])
 @pytest.mark.parametrize("used", ["qkv", "qv"])
-def test_fused_qkv_equals_three_linears(any_backend, amp, used):
+def test_fused_qkv_equals_three_linears(any_backend, amp, mode, used):
     """sliced_qkv (one autograd Function) against three sliced_linear calls on the same input:
     q, k, v, dx and every dW/db bit for bit when x has no other consumer (dX's terms summed in x's
     dtype in autograd's order); an unused output leaves its weight without a gradient, as a
@@ -792,7 +812,7 @@ def test_fused_qkv_equals_three_linears(any_backend, amp, used):
     def parts(xs, ps):
         return [ops.sliced_linear(xs[0], w, b, o, i, None, backend=any_backend) for w, b in zip(ps[:3], ps[3:])]
 
-    a, b = _fused_vs_parts(any_backend, amp, "inplace", fused, parts, params, inputs, dys)
+    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, dys)
     for k, what in enumerate(("q/k/v", "dx", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
     if used == "qv":
@@ -808,8 +828,10 @@ def test_fused_ops_check_their_inputs():
         ops.sliced_qkv(x, (W, W, W), (b, b, b), 9, 5)
     with pytest.raises(ValueError, match="residual shape \\(2, 3, 5\\) != output shape \\(2, 3, 4\\)"):
         ops.sliced_linear_layernorm(x, W, b, g, b, 4, 5, 1e-12, torch.zeros(2, 3, 5))
-    with pytest.raises(ValueError, match="width 9 outside gamma/beta"):
+    with pytest.raises(ValueError, match="width 9 outside gamma of size 8"):
         ops.sliced_linear_layernorm(x, torch.zeros(9, 6), None, g, b, 9, 5)
+    with pytest.raises(ValueError, match="beta must be 1-D with unit stride"):
+        ops.sliced_linear_layernorm(x, W, b, g, torch.zeros(8, 2), 4, 5)
     with pytest.raises(ValueError, match="w2 must be 2-D with a \\(5, 7\\) slice"):
         ops.sliced_ffn_layernorm(x, W, b, torch.zeros(8, 6), b, g, b, 7, 5)
     with pytest.raises(ValueError, match="x has last dim 5, expected in_features=4"):

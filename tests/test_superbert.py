@@ -183,6 +183,46 @@ def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, a
         torch.testing.assert_close(fused[1][n], g, rtol=1e-5, atol=1e-7, msg=n)
 
 
+def test_fused_path_keeps_container_hooks_and_foreign_modules(small_space):
+    """A hook on a block's container module (layer.output, whose forward the module path calls) still
+    fires, a module
+    replaced by another class (a wrapper, a LoRA linear) or a patched forward is still called, and
+    dropout switched on in a module takes the module path even when the model is in eval mode."""
+    torch.manual_seed(0)
+    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=500)))
+    ids = torch.randint(0, 500, (2, 5))
+    cfg = SubnetConfig(2, 48, 2.5, 3)
+    layer = sb.encoder.layer[sb.layer_indices(cfg)[0]]
+    calls = []
+    layer.output.register_forward_hook(lambda *a: calls.append("_Out"))
+    sb(ids, subnet=cfg)
+    assert calls == ["_Out"], calls
+
+    class Counting(type(layer.attention.self.query)):
+        def forward(self, *a, **k):
+            calls.append("query")
+            return super().forward(*a, **k)
+
+    q = layer.attention.self.query
+    swapped = Counting(q.in_features, q.out_features)
+    swapped.load_state_dict(q.state_dict())
+    layer.attention.self.query = swapped
+    calls.clear()
+    sb(ids, subnet=cfg)
+    assert "query" in calls, "a module of another class was bypassed by the fused q/k/v"
+    layer.attention.output.dense.forward = lambda *a, **k: calls.append("patched") or \
+        type(layer.attention.output.dense).forward(layer.attention.output.dense, *a, **k)
+    sb(ids, subnet=cfg)
+    assert "patched" in calls, "a patched forward was bypassed"
+    del layer.attention.output.dense.forward
+    sb.eval()
+    for lay in sb.encoder.layer:
+        lay.output.dropout.p = 0.5
+        lay.output.dropout.train()
+    out = sb(ids, subnet=cfg).last_hidden_state
+    assert _grad_fn_names(out) and "SlicedFFNLayerNormBackward" not in _grad_fn_names(out)
+
+
 def test_backend_dispatch_errors():
     with pytest.raises(ValueError, match="backend 'tpu' is not allowed"):
         with ops.use_backend("tpu"):

@@ -103,11 +103,20 @@ def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | No
     return backend_module(backend).sliced_linear(x, weight, bias, out_features, in_features, activation)
 
 
+def _check_norm_params(op: str, gamma, beta, width: int) -> None:
+    for name, t in (("gamma", gamma), ("beta", beta)):
+        if t.dim() != 1 or t.stride(0) != 1:
+            raise ValueError(f"{op}: {name} must be 1-D with unit stride, got shape {tuple(t.shape)}")
+        if not 0 < width <= t.shape[0]:
+            raise ValueError(f"{op}: width {width} outside {name} of size {t.shape[0]}")
+
+
 def sliced_qkv(x: torch.Tensor, weights, biases, out_features: int, in_features: int,
                backend: str | None = None) -> tuple:
     """(x @ W[:o, :i].T + b[:o] for (W, b) in zip(weights, biases)): the three projections of
-    self-attention from one input, as one autograd Function where the backend has it (a third of
-    three separate calls' host work; the same numbers). weights, biases: 3 each (a bias may be None)."""
+    self-attention from one input, as one autograd Function where the backend has it (one Function's
+    host work instead of three; the same numbers up to the order of dX's sum, see
+    ``shared.sliced_qkv_function``). weights, biases: 3 each (a bias may be None)."""
     weights, biases = tuple(weights), tuple(biases)
     if len(weights) != 3 or len(biases) != 3:
         raise ValueError(f"sliced_qkv: needs 3 weights and 3 biases (None allowed), got {len(weights)} and "
@@ -126,11 +135,9 @@ def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
                             residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """LayerNorm(x @ weight[:o, :i].T + bias[:o] + residual) over o features with gamma[:o], beta[:o]:
     a BERT layer's attention-output and FFN-output blocks, as one autograd Function where the
-    backend has it (half the host work of the two ops; the same numbers)."""
+    backend has it (one Function's host work instead of two; the same numbers)."""
     _check_linear(x, weight, bias, out_features, in_features)
-    if not 0 < out_features <= gamma.shape[0] or beta.shape[0] < out_features:
-        raise ValueError(f"sliced_linear_layernorm: width {out_features} outside gamma/beta of sizes "
-                         f"{gamma.shape[0]}/{beta.shape[0]}")
+    _check_norm_params("sliced_linear_layernorm", gamma, beta, out_features)
     want = (*x.shape[:-1], out_features)
     if residual is not None and tuple(residual.shape) != want:
         raise ValueError(f"sliced_linear_layernorm: residual shape {tuple(residual.shape)} != output shape {want}")
@@ -147,7 +154,8 @@ def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | N
                          eps: float = 1e-12, backend: str | None = None) -> torch.Tensor:
     """LayerNorm(GELU(x @ w1[:f, :h].T + b1[:f]) @ w2[:h, :f].T + b2[:h] + x) over h = `hidden`
     features with gamma[:h], beta[:h], f = `ffn`: a BERT layer's feed-forward block, as one
-    autograd Function where the backend has it (a third of the three ops' host work; the same numbers)."""
+    autograd Function where the backend has it (one Function's host work instead of three; the same
+    numbers)."""
     _check_linear(x, w1, b1, ffn, hidden)
     if w2.dim() != 2 or not (0 < hidden <= w2.shape[0] and 0 < ffn <= w2.shape[1]):
         raise ValueError(f"sliced_ffn_layernorm: w2 must be 2-D with a ({hidden}, {ffn}) slice, got shape "
@@ -156,9 +164,7 @@ def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | N
         raise ValueError("sliced_ffn_layernorm: w2 must be row-major (stride 1 on its last dim)")
     if b2 is not None and (b2.dim() != 1 or b2.shape[0] < hidden):
         raise ValueError(f"sliced_ffn_layernorm: b2 must be 1-D with >= {hidden} entries, got shape {tuple(b2.shape)}")
-    if gamma.shape[0] < hidden or beta.shape[0] < hidden:
-        raise ValueError(f"sliced_ffn_layernorm: width {hidden} outside gamma/beta of sizes "
-                         f"{gamma.shape[0]}/{beta.shape[0]}")
+    _check_norm_params("sliced_ffn_layernorm", gamma, beta, hidden)
     mod = backend_module(backend)
     fn = getattr(mod, "sliced_ffn_layernorm", None)
     if fn is None:

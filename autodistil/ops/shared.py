@@ -208,10 +208,16 @@ def lowp_shadow_bytes(params) -> int:
 
 
 def prefix(t: torch.Tensor, *sizes: int) -> torch.Tensor:
-    """The leading block t[:sizes[0], :sizes[1], ...] as a view through t's own strides: what
-    slicing gives, for a third of slicing's host time (as_strided skips Python's indexing). Only
-    where autograd does not record (inside the Functions' forward/backward, under no_grad)."""
-    return t.as_strided(sizes, t.stride()[:len(sizes)], t.storage_offset())
+    """The leading block t[:sizes[0], :sizes[1], ...] (one size per dimension of t) as a view through
+    t's own strides: what slicing gives, for about a third of slicing's host time on this project's
+    CPU (as_strided skips Python's indexing). Only where autograd does not record (inside the
+    Functions' forward/backward, under no_grad). Tensor subclasses (DTensor, ...) are sliced: they
+    may have no as_strided rule."""
+    if len(sizes) != t.dim():
+        raise ValueError(f"prefix: {len(sizes)} sizes for a {t.dim()}-D tensor")
+    if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
+        return t[tuple(slice(0, n) for n in sizes)]
+    return t.as_strided(sizes, t.stride(), t.storage_offset())
 
 
 def operand_slice(param: torch.Tensor, dtype: torch.dtype, *sizes: int) -> torch.Tensor:
@@ -343,9 +349,13 @@ def sliced_qkv_function(k, name: str):
     launchers (see sliced_linear_function). The same numbers as three SlicedLinear calls (the same
     launcher calls) except for the order of one sum: dX's three terms are added in x's dtype as
     autograd adds them, but before, not after, any other gradient x receives (float addition is not
-    associative: fp32 differences of an ulp or so). For about a third of three calls' host work: one
-    Function, one cast of x, one backward call; host work is what a training step at the paper's
-    batch sizes waits on (bench/host_overhead.py)."""
+    associative: fp32 differences of an ulp or so). One Function, one cast of x and one backward call
+    instead of three: host work is what a training step at the paper's batch sizes waits on
+    (bench/host_overhead.py times whole layers). Where some of the six parameters are delivered in
+    place and others not (``shared.inplace_ok``), all go through this Function, each with its own
+    delivery; three separate torch-backend calls would have run PyTorch's own F.linear for a linear
+    whose two parameters both need autograd delivery (the same values, up to the rounding of dW under
+    autocast: fp32 accumulation here, the autocast dtype there)."""
 
     class SlicedQKV(torch.autograd.Function):
         @staticmethod
@@ -380,11 +390,9 @@ def sliced_qkv_function(k, name: str):
                                                       need[4 + j], *ctx.inplace[j])
                     if d is None:
                         continue
-                    # summed in x's dtype (fp32 under autocast), as autograd sums the three gradients
-                    if dx is None:
-                        dx = d if d.dtype == ctx.x_dtype else d.to(ctx.x_dtype)
-                    else:
-                        dx.add_(d)
+                    # each term cast to x's dtype (fp32 under autocast), then summed, as autograd does
+                    d = d if d.dtype == ctx.x_dtype else d.to(ctx.x_dtype)
+                    dx = d if dx is None else dx.add_(d)
             if dx is not None and len(ctx.shape) != 2:
                 dx = dx.reshape(*ctx.shape[:-1], i)
             return (dx, *gws, *gbs, None, None)
@@ -435,7 +443,8 @@ def sliced_linear_layernorm_function(kl, kn, name: str):
     attention-output and FFN-output blocks of a BERT layer), over the sliced-linear launchers `kl`
     and the LayerNorm launchers `kn` (see the two templates above). Same numbers as SlicedLinear
     then SlicedLayerNorm (the same launcher calls; the LayerNorm's input gradient cast to the
-    linear's compute dtype once, as autograd casts it between the two), for half their host work."""
+    linear's compute dtype once, as autograd casts it between the two), in one Function instead of two.
+    As with sliced_qkv_function, mixed in-place / autograd delivery takes this Function for all."""
 
     class SlicedLinearLayerNorm(torch.autograd.Function):
         @staticmethod
@@ -482,8 +491,9 @@ def sliced_ffn_layernorm_function(kl, kn, name: str):
     LN(GELU(x @ W1[:f, :h]^T + b1[:f]) @ W2[:h, :f]^T + b2[:h] + x) over h features with
     gamma[:h], beta[:h], over the sliced-linear launchers `kl` and the LayerNorm launchers `kn`.
     The same numbers as SlicedLinear (GELU), SlicedLinear, SlicedLayerNorm with x as the residual
-    (the same launcher calls; x's two gradient terms added in x's dtype, as autograd adds them), for
-    a third of their host work."""
+    (the same launcher calls; x's two gradient terms added in x's dtype, as autograd adds them), in
+    one Function instead of three. As with sliced_qkv_function, mixed in-place / autograd delivery
+    takes this Function for all."""
 
     class SlicedFFNLayerNorm(torch.autograd.Function):
         @staticmethod
@@ -520,7 +530,7 @@ def sliced_ffn_layernorm_function(kl, kn, name: str):
             if need[0]:
                 # x is also the residual: its two terms added in x's dtype, as autograd adds them
                 r = dsum if dsum.dtype == ctx.x_dtype else dsum.to(ctx.x_dtype)
-                dx = r + dx if dx is not None else r
+                dx = r if dx is None else r + (dx if dx.dtype == ctx.x_dtype else dx.to(ctx.x_dtype))
                 if len(ctx.shape) != 2:
                     dx = dx.reshape(ctx.shape)
             return dx, gw1, gb1, gw2, gb2, gg, ge, None, None, None
