@@ -16,7 +16,8 @@ forward with the q/k/v outputs the relation losses read, then backward. Modes:
             backward hands autograd full-size gradients): the baseline
     torch   autodistil.ops with backend "torch" (the shared autograd Function templates, dW/db and
             dgamma/dbeta written into the .grad slices; in the model, whatever the layer runs: since
-            the fused Functions, q/k/v as one and each linear + residual + LayerNorm as one)
+            the fused Functions: q/k/v as one, the attention output projection + residual +
+            LayerNorm as one, the whole FFN block as one)
 In the model, naive is the same SuperBert under grad_mode_ctx("autograd"), where the torch backend
 runs PyTorch's own ops on the slice views.
 Modes alternate within every round (the machine's speed drifts; interleaving shares the drift);

@@ -311,3 +311,18 @@ def test_layernorm_bf16_activations_fp32_params(h):
     assert _report("ln dx", dx, sr.grad) <= 2e-2 * max(1.0, sr.grad.abs().max().item())
     assert _report("ln dgamma", dg, wr.grad) <= 1e-3 * max(1.0, wr.grad.abs().max().item())
     assert _report("ln dbeta", db, br.grad) <= 1e-3 * max(1.0, br.grad.abs().max().item())
+
+
+@pytest.mark.gpu
+@GPU
+@pytest.mark.parametrize("variant", ["all", "mixed-delivery"])
+def test_fused_functions_equal_their_parts_on_cuda(variant):
+    """The fused q/k/v, linear + LayerNorm and FFN-block Functions on the cuBLASLt launchers, bf16
+    autocast with fp32 masters, against the separate ops: the same bits (tests/test_kernels.py runs
+    the full matrix; this quick copy runs early in bench/gpu_check.sh's test box)."""
+    import test_kernels as tk
+    v = next(x for x in tk.VARIANTS if x[0] == variant)
+    tk.test_fused_qkv_equals_three_linears("cuda", torch.bfloat16, "inplace", "qkv")
+    tk.test_fused_linear_layernorm_equals_its_parts("cuda", torch.bfloat16, "inplace", v)
+    tk.test_fused_ffn_block_equals_its_parts("cuda", torch.bfloat16, "inplace", v)
+    tk.test_fused_ops_sum_dx_terms_in_x_dtype("cuda")

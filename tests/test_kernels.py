@@ -686,7 +686,7 @@ def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
             ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
 
 
-# --- fused Functions (sliced_qkv, sliced_linear_layernorm): the same numbers as their parts ------
+# --- fused Functions (sliced_qkv, sliced_linear_layernorm, sliced_ffn_layernorm): the same numbers as their parts
 @pytest.fixture(params=["torch", "triton", "cuda"])
 def any_backend(request):
     if STATUS[request.param] != "ok":
@@ -695,7 +695,7 @@ def any_backend(request):
 
 
 def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys, frozen=(), no_grad_inputs=(),
-                    nonleaf=()):
+                    nonleaf=(), x_dtype=torch.float32):
     """Run fused_fn and parts_fn on fresh copies of params/inputs under the grad mode and autocast;
     returns (outputs, input grads, param grads) of each, to be compared bit for bit. frozen: indices
     of parameters without grad; no_grad_inputs: inputs without grad; nonleaf: parameters used as a
@@ -706,7 +706,7 @@ def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys,
     for fn in (fused_fn, parts_fn):
         leaves = [None if p is None else p.clone().requires_grad_(k not in frozen) for k, p in enumerate(params)]
         ps = [p * 1.0 if k in nonleaf else p for k, p in enumerate(leaves)]
-        xs = [x.clone().requires_grad_(k not in no_grad_inputs) for k, x in enumerate(inputs)]
+        xs = [x.to(x_dtype).requires_grad_(k not in no_grad_inputs) for k, x in enumerate(inputs)]
         with grad_mode_ctx(mode), _amp(amp):
             outs = fn(xs, ps)
             loss = sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV))
@@ -828,6 +828,57 @@ def test_fused_qkv_equals_three_linears(any_backend, amp, mode, used):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
     if used == "qv":
         assert a[2][1] is None, "the unused k projection's weight got a gradient"
+
+
+def test_fused_ops_sum_dx_terms_in_x_dtype(any_backend):
+    """x in one low-precision dtype, autocast to the other: every dX term is cast to x's dtype
+    before the sum, as autograd casts each gradient to its input's dtype (summing first and casting
+    once rounds differently)."""
+    other = torch.bfloat16 if LOWP == torch.float16 else torch.float16
+    o, i = 40, 37
+    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + [_mk((64,), torch.float32, s, 0.1)
+                                                                           for s in (4, 5, 6)]
+    a, b = _fused_vs_parts(any_backend, LOWP, "inplace",
+                           lambda xs, ps: list(ops.sliced_qkv(xs[0], ps[:3], ps[3:], o, i, backend=any_backend)),
+                           lambda xs, ps: [ops.sliced_linear(xs[0], w, c, o, i, None, backend=any_backend)
+                                           for w, c in zip(ps[:3], ps[3:])],
+                           params, [_mk((2, 5, i), torch.float32, 7)], [_mk((2, 5, o), torch.float32, s) for s in (8, 9, 10)],
+                           x_dtype=other)
+    _assert_same(a[1], b[1], f"{any_backend} q/k/v dx ({other} x under {LOWP} autocast)")
+    f, h = 50, 37
+    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
+              _mk((48, 64), torch.float32, 3, 0.1), _mk((48,), torch.float32, 4, 0.1),
+              1 + _mk((48,), torch.float32, 5, 0.1), _mk((48,), torch.float32, 6, 0.1)]
+
+    def parts(xs, ps):
+        z = ops.sliced_linear(xs[0], ps[0], ps[1], f, h, "gelu", backend=any_backend)
+        y = ops.sliced_linear(z, ps[2], ps[3], h, f, None, backend=any_backend)
+        return [ops.sliced_layernorm(y, ps[4], ps[5], h, 1e-12, xs[0], backend=any_backend)]
+
+    a, b = _fused_vs_parts(any_backend, LOWP, "inplace",
+                           lambda xs, ps: [ops.sliced_ffn_layernorm(xs[0], *ps, f, h, 1e-12, backend=any_backend)],
+                           parts, params, [_mk((2, 5, h), torch.float32, 7)], [_mk((2, 5, h), torch.float32, 8)],
+                           x_dtype=other)
+    for k, what in enumerate(("output", "dx", "parameter grads")):
+        _assert_same(a[k], b[k], f"{any_backend} FFN {what} ({other} x under {LOWP} autocast)")
+
+
+def test_prefix_is_a_checked_leading_block():
+    from autodistil.ops.shared import prefix
+    W = torch.arange(24.0).reshape(4, 6)
+    assert torch.equal(prefix(W, 3, 2), W[:3, :2]) and prefix(W, 3, 2).data_ptr() == W.data_ptr()
+    assert torch.equal(prefix(W[1:], 2, 5), W[1:3, :5])   # storage offset kept
+    with pytest.raises(ValueError, match="not inside a tensor of shape \\(4, 6\\)"):
+        prefix(W, 3)
+    with pytest.raises(ValueError, match="not inside"):
+        prefix(W, 5, 2)
+
+    class Sub(torch.Tensor):
+        pass
+
+    S = W.as_subclass(Sub)
+    got = prefix(S, 2, 3)
+    assert type(got) is Sub and torch.equal(got.as_subclass(torch.Tensor), W[:2, :3])
 
 
 def test_fused_ops_check_their_inputs():

@@ -137,15 +137,15 @@ class _SelfAttn(nn.Module):
 
 def _plain(*modules) -> bool:
     """May these modules' ops run fused, without calling each module's forward? Only when nothing
-    would miss its call: each is exactly one of this file's module classes (or nn.Dropout) with its
-    class's own forward (not a wrapper such as an FSDP1 unit, a LoRA or quantised linear, nor a
-    patched instance), none has a hook (DeepSpeed ZeRO-3 gathers parameters in forward pre-hooks;
+    would miss its call: each is exactly one of this file's module classes (or nn.Dropout) with the
+    forward its class had at import (not a wrapper such as an FSDP1 unit, a LoRA or quantised
+    linear, nor a patched class or instance), none has a hook (DeepSpeed ZeRO-3 gathers parameters in forward pre-hooks;
     rewire's importance scores read a forward hook), and no global module hook is registered."""
     from torch.nn.modules import module as m
     if m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks \
             or m._global_backward_pre_hooks:
         return False
-    return all(type(x) in _FUSIBLE and "forward" not in x.__dict__ and not (
+    return all(_OWN_FORWARD.get(type(x)) is type(x).forward and "forward" not in x.__dict__ and not (
         x._forward_hooks or x._forward_pre_hooks or x._backward_hooks or x._backward_pre_hooks) for x in modules)
 
 
@@ -162,7 +162,7 @@ class _Out(nn.Module):
 
     def forward(self, y, residual, o, i, backend):
         ln = self.LayerNorm
-        if _no_dropout(self.dropout) and _plain(self.dense, ln, self.dropout):
+        if _plain(self.dense, ln, self.dropout) and _no_dropout(self.dropout):
             # one autograd Function for linear + residual + LayerNorm (host time; same numbers)
             return ops.sliced_linear_layernorm(y, self.dense.weight, self.dense.bias, ln.weight, ln.bias, o, i,
                                                ln.eps, residual, backend)
@@ -182,7 +182,8 @@ class _Intermediate(nn.Module):
         self.dense = SlicedLinear(c.hidden, c.ffn)
 
 
-_FUSIBLE = (SlicedLinear, SlicedLayerNorm, nn.Dropout, _Out, _Intermediate)
+# the module classes a layer may fuse past, with the forward each had at import
+_OWN_FORWARD = {c: c.forward for c in (SlicedLinear, SlicedLayerNorm, nn.Dropout, _Out, _Intermediate)}
 
 
 class SuperLayer(nn.Module):
@@ -209,7 +210,7 @@ class SuperLayer(nn.Module):
         ctx = ctx.transpose(1, 2).reshape(B, T, w)                                       # (B, T, A*d)
         x = self.attention.output(ctx, x, h, w, backend)                                  # (B, T, h)
         out, dense = self.output, self.intermediate.dense
-        if _no_dropout(out.dropout) and _plain(self.intermediate, dense, out, out.dense, out.LayerNorm, out.dropout):
+        if _plain(self.intermediate, dense, out, out.dense, out.LayerNorm, out.dropout) and _no_dropout(out.dropout):
             # the whole FFN block as one autograd Function (host time; same numbers)
             x = ops.sliced_ffn_layernorm(x, dense.weight, dense.bias, out.dense.weight, out.dense.bias,
                                          out.LayerNorm.weight, out.LayerNorm.bias, f, h, out.LayerNorm.eps, backend)

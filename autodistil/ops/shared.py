@@ -213,8 +213,8 @@ def prefix(t: torch.Tensor, *sizes: int) -> torch.Tensor:
     CPU (as_strided skips Python's indexing). Only where autograd does not record (inside the
     Functions' forward/backward, under no_grad). Tensor subclasses (DTensor, ...) are sliced: they
     may have no as_strided rule."""
-    if len(sizes) != t.dim():
-        raise ValueError(f"prefix: {len(sizes)} sizes for a {t.dim()}-D tensor")
+    if len(sizes) != t.dim() or any(n > m for n, m in zip(sizes, t.shape)):
+        raise ValueError(f"prefix: block {sizes} is not inside a tensor of shape {tuple(t.shape)}")
     if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
         return t[tuple(slice(0, n) for n in sizes)]
     return t.as_strided(sizes, t.stride(), t.storage_offset())
