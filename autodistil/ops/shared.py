@@ -208,15 +208,16 @@ def lowp_shadow_bytes(params) -> int:
 
 
 def prefix(t: torch.Tensor, *sizes: int) -> torch.Tensor:
-    """The leading block t[:sizes[0], :sizes[1], ...] (one size per dimension of t) as a view through
-    t's own strides: what slicing gives, for about a third of slicing's host time on this project's
-    CPU (as_strided skips Python's indexing). Only where autograd does not record (inside the
-    Functions' forward/backward, under no_grad). Tensor subclasses (DTensor, ...) are sliced: they
-    may have no as_strided rule."""
-    if len(sizes) != t.dim() or any(n > m for n, m in zip(sizes, t.shape)):
-        raise ValueError(f"prefix: block {sizes} is not inside a tensor of shape {tuple(t.shape)}")
+    """The leading block t[:sizes[0]] or t[:sizes[0], :sizes[1]] (one size per dimension of a 1-D or
+    2-D t, checked against its shape) as a view through t's own strides: what slicing gives, for
+    about a third of slicing's host time on this project's CPU (as_strided skips Python's
+    indexing). Only where autograd does not record (inside the Functions' forward/backward, under
+    no_grad). Tensor subclasses (DTensor, ...) are sliced: they may have no as_strided rule."""
+    n, shape = len(sizes), t.shape
+    if n != len(shape) or n > 2 or sizes[0] > shape[0] or (n == 2 and sizes[1] > shape[1]):
+        raise ValueError(f"prefix: block {sizes} is not inside a tensor of shape {tuple(shape)} (1-D or 2-D)")
     if type(t) is not torch.Tensor and type(t) is not torch.nn.Parameter:
-        return t[tuple(slice(0, n) for n in sizes)]
+        return t[tuple(slice(0, k) for k in sizes)]
     return t.as_strided(sizes, t.stride(), t.storage_offset())
 
 
