@@ -11,11 +11,12 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import (sliced_ffn_layernorm_function, sliced_layernorm_function,
+from autodistil.ops.shared import (ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
+                                   sliced_ffn_layernorm_function, sliced_layernorm_function,
                                    sliced_linear_layernorm_function)
 
 from ._common import check_device
-from .sliced_linear import _TritonLinear, needs_grad, sliced_linear
+from .sliced_linear import _TritonLinear, sliced_linear
 
 
 @triton.jit
@@ -101,12 +102,11 @@ def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_featu
     if needs_grad(x, weight, bias, gamma, beta, residual):
         return SlicedLinearLayerNormTriton.apply(x, weight, bias, gamma, beta, out_features, in_features, eps,
                                                  residual)
-    return sliced_layernorm(sliced_linear(x, weight, bias, out_features, in_features), gamma, beta, out_features,
-                            eps, residual)
+    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
+                                  in_features, eps, residual)
 
 
 def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
     if needs_grad(x, w1, b1, w2, b2, gamma, beta):
         return SlicedFFNLayerNormTriton.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
-    return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)
+    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)

@@ -42,8 +42,8 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import (amp_state, compute_dtype, lowp_shadow, set_context, sliced_linear_function,
-                                   sliced_qkv_function)
+from autodistil.ops.shared import (amp_state, compute_dtype, lowp_shadow, needs_grad, qkv_parts, set_context,
+                                   sliced_linear_function, sliced_qkv_function)
 
 from ._common import INTERPRET, check_device
 
@@ -376,14 +376,10 @@ SlicedLinearTriton = sliced_linear_function(_TritonLinear, "triton")
 SlicedQKVTriton = sliced_qkv_function(_TritonLinear, "triton")
 
 
-def needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def sliced_qkv(x, weights, biases, out_features, in_features):
     if needs_grad(x, *weights, *biases):
         return SlicedQKVTriton.apply(x, *weights, *biases, out_features, in_features)
-    return tuple(sliced_linear(x, w, b, out_features, in_features) for w, b in zip(weights, biases))
+    return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):

@@ -28,9 +28,9 @@ import os
 import torch
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
-from .shared import (amp_state, compute_dtype, lowp_shadow, sliced_ffn_layernorm_function,
-                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
-                     sliced_qkv_function)
+from .shared import (amp_state, compute_dtype, ffn_layernorm_parts, linear_layernorm_parts, lowp_shadow, needs_grad,
+                     qkv_parts, sliced_ffn_layernorm_function, sliced_layernorm_function, sliced_linear_function,
+                     sliced_linear_layernorm_function, sliced_qkv_function)
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -271,12 +271,8 @@ SlicedLinearLayerNormCUDA = sliced_linear_layernorm_function(_CudaLinear, _CudaL
 SlicedFFNLayerNormCUDA = sliced_ffn_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
 
 
-def _needs_grad(*ts) -> bool:
-    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
-
-
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if _needs_grad(x, weight, bias):
+    if needs_grad(x, weight, bias):
         return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
     # inference: same compute dtype rule as the template, GELU in place (no pre-activation kept)
     _CudaLinear.check(x, weight, bias)
@@ -290,23 +286,22 @@ def sliced_layernorm(x, weight, bias, width, eps, residual=None):
 
 
 def sliced_qkv(x, weights, biases, out_features, in_features):
-    if _needs_grad(x, *weights, *biases):
+    if needs_grad(x, *weights, *biases):
         return SlicedQKVCUDA.apply(x, *weights, *biases, out_features, in_features)
-    return tuple(sliced_linear(x, w, b, out_features, in_features) for w, b in zip(weights, biases))
+    return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
 
 
 def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if _needs_grad(x, weight, bias, gamma, beta, residual):
+    if needs_grad(x, weight, bias, gamma, beta, residual):
         return SlicedLinearLayerNormCUDA.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
-    y = sliced_linear(x, weight, bias, out_features, in_features)
-    return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
+    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
+                                  in_features, eps, residual)
 
 
 def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if _needs_grad(x, w1, b1, w2, b2, gamma, beta):
+    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
         return SlicedFFNLayerNormCUDA.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
-    return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)
+    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
 def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):

@@ -114,7 +114,7 @@ def _check_norm_params(op: str, gamma, beta, width: int) -> None:
 def sliced_qkv(x: torch.Tensor, weights, biases, out_features: int, in_features: int,
                backend: str | None = None) -> tuple:
     """(x @ W[:o, :i].T + b[:o] for (W, b) in zip(weights, biases)): the three projections of
-    self-attention from one input, as one autograd Function where the backend has it (one Function's
+    self-attention from one input, as one autograd Function where the backend takes one (one Function's
     host work instead of three; the same numbers up to the order of dX's sum, see
     ``shared.sliced_qkv_function``). weights, biases: 3 each (a bias may be None)."""
     weights, biases = tuple(weights), tuple(biases)
@@ -123,30 +123,22 @@ def sliced_qkv(x: torch.Tensor, weights, biases, out_features: int, in_features:
                          f"{len(biases)}")
     for w, b in zip(weights, biases):
         _check_linear(x, w, b, out_features, in_features)
-    mod = backend_module(backend)
-    fn = getattr(mod, "sliced_qkv", None)
-    if fn is None:
-        return tuple(mod.sliced_linear(x, w, b, out_features, in_features, None) for w, b in zip(weights, biases))
-    return fn(x, weights, biases, out_features, in_features)
+    return backend_module(backend).sliced_qkv(x, weights, biases, out_features, in_features)
 
 
 def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
                             beta: torch.Tensor, out_features: int, in_features: int, eps: float = 1e-12,
                             residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
     """LayerNorm(x @ weight[:o, :i].T + bias[:o] + residual) over o features with gamma[:o], beta[:o]:
-    a BERT layer's attention-output and FFN-output blocks, as one autograd Function where the
-    backend has it (one Function's host work instead of two; the same numbers)."""
+    a BERT layer's attention-output block (and an FFN output on the module path), as one autograd
+    Function where the backend takes one (one Function's host work instead of two; the same numbers)."""
     _check_linear(x, weight, bias, out_features, in_features)
     _check_norm_params("sliced_linear_layernorm", gamma, beta, out_features)
     want = (*x.shape[:-1], out_features)
     if residual is not None and tuple(residual.shape) != want:
         raise ValueError(f"sliced_linear_layernorm: residual shape {tuple(residual.shape)} != output shape {want}")
-    mod = backend_module(backend)
-    fn = getattr(mod, "sliced_linear_layernorm", None)
-    if fn is None:
-        y = mod.sliced_linear(x, weight, bias, out_features, in_features, None)
-        return mod.sliced_layernorm(y, gamma, beta, out_features, eps, residual)
-    return fn(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
+    return backend_module(backend).sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features,
+                                                           eps, residual)
 
 
 def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
@@ -154,7 +146,7 @@ def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | N
                          eps: float = 1e-12, backend: str | None = None) -> torch.Tensor:
     """LayerNorm(GELU(x @ w1[:f, :h].T + b1[:f]) @ w2[:h, :f].T + b2[:h] + x) over h = `hidden`
     features with gamma[:h], beta[:h], f = `ffn`: a BERT layer's feed-forward block, as one
-    autograd Function where the backend has it (one Function's host work instead of three; the same
+    autograd Function where the backend takes one (one Function's host work instead of three; the same
     numbers)."""
     _check_linear(x, w1, b1, ffn, hidden)
     if w2.dim() != 2 or not (0 < hidden <= w2.shape[0] and 0 < ffn <= w2.shape[1]):
@@ -165,12 +157,7 @@ def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | N
     if b2 is not None and (b2.dim() != 1 or b2.shape[0] < hidden):
         raise ValueError(f"sliced_ffn_layernorm: b2 must be 1-D with >= {hidden} entries, got shape {tuple(b2.shape)}")
     _check_norm_params("sliced_ffn_layernorm", gamma, beta, hidden)
-    mod = backend_module(backend)
-    fn = getattr(mod, "sliced_ffn_layernorm", None)
-    if fn is None:
-        z = mod.sliced_linear(x, w1, b1, ffn, hidden, "gelu")
-        return mod.sliced_layernorm(mod.sliced_linear(z, w2, b2, hidden, ffn, None), gamma, beta, hidden, eps, x)
-    return fn(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+    return backend_module(backend).sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
 def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None) -> torch.Tensor:

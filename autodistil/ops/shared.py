@@ -540,6 +540,29 @@ def sliced_ffn_layernorm_function(kl, kn, name: str):
     return SlicedFFNLayerNorm
 
 
+def needs_grad(*ts) -> bool:
+    """Will autograd record an op on these tensors (None allowed)? The kernel backends' test for
+    taking their autograd Function rather than the inference path."""
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in ts)
+
+
+# --- the fused ops as their parts: what a backend runs where it does not take the fused Function --
+def qkv_parts(linear, x, weights, biases, o: int, i: int) -> tuple:
+    """sliced_qkv as three calls of a backend's sliced_linear."""
+    return tuple(linear(x, w, b, o, i) for w, b in zip(weights, biases))
+
+
+def linear_layernorm_parts(linear, layernorm, x, weight, bias, gamma, beta, o: int, i: int, eps: float, residual):
+    """sliced_linear_layernorm as a backend's sliced_linear, then its sliced_layernorm."""
+    return layernorm(linear(x, weight, bias, o, i), gamma, beta, o, eps, residual)
+
+
+def ffn_layernorm_parts(linear, layernorm, x, w1, b1, w2, b2, gamma, beta, f: int, h: int, eps: float):
+    """sliced_ffn_layernorm as a backend's sliced_linear (GELU), sliced_linear, sliced_layernorm (x the
+    residual)."""
+    return layernorm(linear(linear(x, w1, b1, f, h, "gelu"), w2, b2, h, f), gamma, beta, h, eps, x)
+
+
 def reference_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
     """q, k, v: (B, A, T, d); key_mask: (B, T) with 1 = attend, or None.
     Returns (context (B, A, T, d), probs (B, A, T, T) or None). A sequence whose mask is all

@@ -20,9 +20,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, amp_ctx, delivers_inplace, operand_slice, prefix, reference_attention,
-                     sliced_ffn_layernorm_function, sliced_layernorm_function, sliced_linear_function,
-                     sliced_linear_layernorm_function, sliced_qkv_function)
+from .shared import (_grad_slot, amp_ctx, delivers_inplace, ffn_layernorm_parts, linear_layernorm_parts, operand_slice,
+                     prefix, qkv_parts, reference_attention, sliced_ffn_layernorm_function, sliced_layernorm_function,
+                     sliced_linear_function, sliced_linear_layernorm_function, sliced_qkv_function)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -79,19 +79,22 @@ def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type == "cuda" and key not in _MM_FP32_OUT and torch.cuda.is_current_stream_capturing():
         return False  # the probe reads a result back (a sync): not inside graph capture; probed later
     if key not in _MM_FP32_OUT:
-        ok = False
-        if dtype in (torch.bfloat16, torch.float16):
-            try:
-                g = torch.Generator(device="cpu").manual_seed(0)
-                a = torch.randn(24, 40, generator=g).to(device, dtype)
-                b = torch.randn(40, 16, generator=g).to(device, dtype)
-                r = torch.mm(a, b, out_dtype=torch.float32)
-                want = a.float() @ b.float()
-                ok = r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
-            except (RuntimeError, TypeError, NotImplementedError):
-                ok = False
-        _MM_FP32_OUT[key] = ok
+        _MM_FP32_OUT[key] = dtype in (torch.bfloat16, torch.float16) and _probe_mm_fp32_out(device, dtype)
     return _MM_FP32_OUT[key]
+
+
+def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool:
+    g = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(24, 40, generator=g).to(device, dtype)
+    b = torch.randn(40, 16, generator=g).to(device, dtype)
+    try:
+        r = torch.mm(a, b, out_dtype=torch.float32)
+    except (RuntimeError, TypeError, NotImplementedError):
+        # no such kernel here (the CPU in torch 2.13 raises NotImplementedError; older torch has no
+        # out_dtype): the answer is "no", and dW takes the addmm_ path in the slice's dtype
+        return False
+    want = a.float() @ b.float()
+    return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
 
 
 class _TorchLayerNorm:
@@ -208,21 +211,20 @@ def sliced_layernorm(x, weight, bias, width, eps, residual=None):
 
 def sliced_qkv(x, weights, biases, out_features, in_features):
     if _autograd_only(*weights, *biases):
-        return tuple(sliced_linear(x, w, b, out_features, in_features) for w, b in zip(weights, biases))
+        return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
     return SlicedQKVTorch.apply(x, *weights, *biases, out_features, in_features)
 
 
 def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
     if _autograd_only(weight, bias, gamma, beta):
-        y = sliced_linear(x, weight, bias, out_features, in_features)
-        return sliced_layernorm(y, gamma, beta, out_features, eps, residual)
+        return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
+                                      in_features, eps, residual)
     return SlicedLinearLayerNormTorch.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
 
 
 def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
     if _autograd_only(w1, b1, w2, b2, gamma, beta):
-        z = sliced_linear(x, w1, b1, ffn, hidden, "gelu")
-        return sliced_layernorm(sliced_linear(z, w2, b2, hidden, ffn), gamma, beta, hidden, eps, x)
+        return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
     return SlicedFFNLayerNormTorch.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
