@@ -151,3 +151,23 @@ def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
         err = (got.float() - ref.float()).abs().max().item()
         assert err <= tol * max(1.0, ref.abs().max().item()), f"{name}: max err {err:.3g} ({x_dt}, {p_dt})"
     assert w.grad.dtype == p_dt and not w.grad[h:].any() and not b.grad[h:].any()
+
+
+def test_mm_fp32_out_probe_is_not_fooled_by_autocast(monkeypatch):
+    """The probe for torch.mm(out_dtype=fp32) runs inside a backward re-entered under autocast: its
+    fp32 reference product must be computed with autocast off (under bf16 autocast it came out in
+    bf16, off by more than the tolerance, and the probe said no on every GPU trained that way). A
+    stand-in mm with an exact fp32 result must be accepted under CPU bf16 autocast."""
+    from autodistil.ops import torch_backend as tb
+
+    def exact_mm(a, b, out_dtype=None):
+        with torch.autocast("cpu", enabled=False):
+            return (a.double() @ b.double()).to(out_dtype or a.dtype)
+
+    monkeypatch.setattr(tb, "_MM_FP32_OUT", {})
+    monkeypatch.setattr(torch, "mm", exact_mm)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert tb.mm_fp32_out_ok(torch.device("cpu"), torch.bfloat16)
+    monkeypatch.setattr(tb, "_MM_FP32_OUT", {})
+    monkeypatch.setattr(torch, "mm", lambda a, b, out_dtype=None: (a.float() @ b.float()).to(a.dtype))
+    assert not tb.mm_fp32_out_ok(torch.device("cpu"), torch.bfloat16)  # a low-precision result is refused

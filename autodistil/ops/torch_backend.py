@@ -84,17 +84,21 @@ def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
 
 
 def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool:
-    g = torch.Generator(device="cpu").manual_seed(0)
-    a = torch.randn(24, 40, generator=g).to(device, dtype)
-    b = torch.randn(40, 16, generator=g).to(device, dtype)
+    """The probe itself, with autocast off: it runs from a backward re-entered under the forward's
+    autocast, where the fp32 reference product would otherwise be computed in bf16/fp16 (an error
+    above the tolerance, so the probe would say no on every GPU trained under autocast)."""
     try:
-        r = torch.mm(a, b, out_dtype=torch.float32)
+        with amp_ctx((device.type, False, None)):
+            g = torch.Generator(device="cpu").manual_seed(0)
+            a = torch.randn(24, 40, generator=g).to(device, dtype)
+            b = torch.randn(40, 16, generator=g).to(device, dtype)
+            r = torch.mm(a, b, out_dtype=torch.float32)
+            want = a.float() @ b.float()
+            return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
     except (RuntimeError, TypeError, NotImplementedError):
         # no such kernel here (the CPU in torch 2.13 raises NotImplementedError; older torch has no
         # out_dtype): the answer is "no", and dW takes the addmm_ path in the slice's dtype
         return False
-    want = a.float() @ b.float()
-    return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
 
 
 class _TorchLayerNorm:
