@@ -299,7 +299,7 @@ def step_targets(rows, backends: dict) -> list:
             l0, ln = _num(r.get("loss_step0")), _num(naive.get("loss_step0"))
             agree = f"; step-0 loss {l0:.5g} vs naive {ln:.5g}" if l0 is not None and ln is not None else ""
             spread = ""
-            if _num(r.get("tokens_per_s_slowest")) and _num(naive.get("tokens_per_s_fastest")):
+            if all(_num(d.get(k)) for d in (r, naive) for k in ("tokens_per_s_slowest", "tokens_per_s_fastest")):
                 # the ratio's range over passes: slowest ours vs fastest naive, and the reverse
                 spread = (f" (passes: {_num(r['tokens_per_s_slowest']) / _num(naive['tokens_per_s_fastest']):.2f}-"
                           f"{_num(r['tokens_per_s_fastest']) / _num(naive['tokens_per_s_slowest']):.2f}x)")

@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 
 
-def unavailable_reason():
+def _why_not():
     try:
         import triton  # noqa: F401
     except ImportError:
@@ -29,7 +29,16 @@ def unavailable_reason():
     return None
 
 
-if unavailable_reason() is None:
+_WHY_NOT = _why_not()  # decided once, at import: it also decides what this module exports below
+
+
+def unavailable_reason():
+    """Why this backend cannot run (None: it can), as decided when the module was imported (setting
+    TRITON_INTERPRET later changes neither the answer nor the exported ops)."""
+    return _WHY_NOT
+
+
+if _WHY_NOT is None:
     from .attention import attention, attention_probs  # noqa: F401
     from .sliced_layernorm import sliced_ffn_layernorm, sliced_layernorm, sliced_linear_layernorm  # noqa: F401
     from .sliced_linear import sliced_linear, sliced_qkv, weight_operand  # noqa: F401

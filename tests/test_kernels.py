@@ -4,6 +4,7 @@ Tests marked `gpu` (bench/gpu_check.sh runs them with TRITON_INTERPRET=0) cover 
 paper's layer sizes, head dims 32/64/128/24, first-call exactness of the autotuned kernels,
 bit-identical backward passes and offsets past 2^31; every failure prints its max errors."""
 import importlib
+import os
 import math
 
 import pytest
@@ -898,3 +899,25 @@ def test_fused_ops_check_their_inputs():
         ops.sliced_ffn_layernorm(x, W, b, torch.zeros(8, 6), b, g, b, 7, 5)
     with pytest.raises(ValueError, match="x has last dim 5, expected in_features=4"):
         ops.sliced_ffn_layernorm(x, W, b, W, b, g, b, 6, 4)
+
+
+def test_triton_availability_is_decided_once_at_import():
+    """autodistil.kernels decides at import what it exports; its reason must be that same decision.
+    On a machine without a GPU, imported without TRITON_INTERPRET and the variable set afterwards,
+    the backend stays unavailable with the import-time reason (it used to report "ok" and then fail
+    with AttributeError on the first op)."""
+    import subprocess
+    import sys
+    if GPU:
+        pytest.skip("a GPU is present: Triton is available either way")
+    code = ("import os, torch; import autodistil.kernels; os.environ['TRITON_INTERPRET'] = '1'\n"
+            "from autodistil import ops\n"
+            "print(ops.backend_status()['triton'])\n"
+            "try:\n"
+            "    ops.sliced_linear(torch.zeros(2, 4), torch.zeros(4, 4), None, 4, 4, backend='triton')\n"
+            "except ops.BackendUnavailable as e:\n"
+            "    print('refused:', type(e).__name__)\n")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "needs a CUDA GPU" in r.stdout and "refused: BackendUnavailable" in r.stdout, r.stdout

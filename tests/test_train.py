@@ -238,3 +238,21 @@ def test_train_step_reads_the_member_losses_once(tiny_teacher_dir, tmp_path):
         rec = tr.train_step()
     assert len(rec["members"]) == 4 and all(math.isfinite(v) for v in rec["members"].values())
     assert len(Reads.where) <= 2, f"{len(Reads.where)} device scalar reads in one step: {Reads.where}"
+
+
+def test_loss_collective_runs_on_the_trainers_device(monkeypatch):
+    """Under NCCL the member-loss all-reduce must run on the trainer's own device (NCCL takes CUDA
+    tensors only), not on whatever device is current: a process group set up outside
+    init_distributed may never have called set_device. Under gloo it runs on the CPU."""
+    import autodistil.distill.train as tr
+    seen = []
+    monkeypatch.setattr(tr, "world", lambda: (0, 2))
+    monkeypatch.setattr(tr.dist, "all_reduce", lambda t: seen.append(t.device) or t.mul_(2))
+    dev = torch.device("meta")  # stands in for cuda:LOCAL_RANK: the collective is only recorded here
+    monkeypatch.setattr(tr.dist, "get_backend", lambda: "nccl")
+    with pytest.raises(NotImplementedError):  # a meta tensor has no values to read back
+        tr._all_means(torch.tensor([1.0, 3.0]), dev)
+    assert seen == [dev]
+    monkeypatch.setattr(tr.dist, "get_backend", lambda: "gloo")
+    assert tr._all_means(torch.tensor([1.0, 3.0]), dev) == [1.0, 3.0]
+    assert seen[-1] == torch.device("cpu")

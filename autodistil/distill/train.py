@@ -116,19 +116,15 @@ def init_distributed(use_deepspeed: bool) -> None:
         dist.init_process_group(backend)
 
 
-def _reduce_device() -> torch.device:
-    """Where a collective's tensor must live: NCCL takes CUDA tensors only, gloo CPU ones."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def _all_means(xs: torch.Tensor) -> list[float]:
-    """The mean over ranks of each entry of a 1-D tensor, in one collective and one read."""
+def _all_means(xs: torch.Tensor, device: torch.device) -> list[float]:
+    """The mean over ranks of each entry of a 1-D tensor, in one collective and one read. The
+    collective runs on `device` (the trainer's own GPU) under NCCL, which takes CUDA tensors only
+    (not the current device: a process group set up outside init_distributed may never have set
+    it), and on the CPU under gloo."""
     r, w = world()
     if w == 1:
         return xs.tolist()
-    t = xs.detach().to(_reduce_device(), torch.float64)
+    t = xs.detach().to(device if dist.get_backend() == "nccl" else torch.device("cpu"), torch.float64)
     dist.all_reduce(t)
     return (t / w).tolist()
 
@@ -446,7 +442,7 @@ class SupernetTrainer:
                 loss, _ = self._member_loss(ids, mask, t_out, sub)
                 (loss / len(members)).backward()
             member_loss.append(loss.detach().float())
-        losses = dict(zip((name for name, _ in members), _all_means(torch.stack(member_loss))))
+        losses = dict(zip((name for name, _ in members), _all_means(torch.stack(member_loss), self.device)))
         if self.engine is None:
             gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
             self.opt.step()
@@ -477,7 +473,8 @@ class SupernetTrainer:
             for k, sub in subs.items():
                 res[k] += float(self._member_loss(ids, mask, t_out, sub)[0])
             nb += 1
-        return dict(zip(res, _all_means(torch.tensor([v / nb for v in res.values()], dtype=torch.float64))))
+        return dict(zip(res, _all_means(torch.tensor([v / nb for v in res.values()], dtype=torch.float64),
+                                        self.device)))
 
     def train(self) -> dict:
         cfg = self.cfg
