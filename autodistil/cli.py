@@ -248,29 +248,44 @@ def _space_source_args(p):
     p.add_argument("--space", action="append", help="tiny | small | base (repeatable; default all)")
 
 
+class _Given(argparse.Action):
+    """A store action that also records its dest in ``namespace._given``: which measurement flags the
+    user typed, whatever their value (a flag given at its default value is still given)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+        given = set(getattr(namespace, "_given", ()))
+        given.add(self.dest)
+        namespace._given = given
+
+
 def _profile_args(p):
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--runtime", default="torch", help="torch | torch-compile | onnxruntime")
-    p.add_argument("--dtype", default="fp32")
-    p.add_argument("--batch", type=int, default=1)
-    p.add_argument("--seq-len", type=int, default=128)
-    p.add_argument("--threads", type=int, default=0, help="CPU threads (0: all cores; 1: one pinned core)")
-    p.add_argument("--rounds", type=int, default=12, help="interleaved rounds (>= 2 to measure the noise)")
-    p.add_argument("--round-s", type=float, default=0.125, help="timed seconds per model per round")
-    p.add_argument("--warmup-s", type=float, default=0.03, help="warm-up seconds per model before each round")
-    p.add_argument("--anchor-every", type=int, default=4, help="models between two anchor measurements")
-    p.add_argument("--stat", default="median", help="statistic the table predicts: median | low (percentile)")
-    p.add_argument("--depths", type=int, nargs="+", default=[0, 2, 4], help="depths of the per-layer regression")
-    p.add_argument("--cuda-graphs", action="store_true", help="CUDA: replay each model from a CUDA graph")
+    def add(*a, **kw):
+        if kw.pop("action", None) == "store_true":
+            kw.update(nargs=0, const=True, default=False)
+        p.add_argument(*a, action=_Given, **kw)
+    add("--device", default="cpu")
+    add("--runtime", default="torch", help="torch | torch-compile | onnxruntime")
+    add("--dtype", default="fp32")
+    add("--batch", type=int, default=1)
+    add("--seq-len", type=int, default=128)
+    add("--threads", type=int, default=0, help="CPU threads (0: all cores; 1: one pinned core)")
+    add("--rounds", type=int, default=12, help="interleaved rounds (>= 2 to measure the noise)")
+    add("--round-s", type=float, default=0.125, help="timed seconds per model per round")
+    add("--warmup-s", type=float, default=0.03, help="warm-up seconds per model before each round")
+    add("--anchor-every", type=int, default=4, help="models between two anchor measurements")
+    add("--stat", default="median", help="statistic the table predicts: median | low (percentile)")
+    add("--depths", type=int, nargs="+", default=[0, 2, 4], help="depths of the per-layer regression")
+    add("--cuda-graphs", action="store_true", help="CUDA: replay each model from a CUDA graph")
 
 
 _PROFILE_FLAGS = ("device", "runtime", "dtype", "batch", "seq_len", "threads", "rounds", "round_s", "warmup_s",
                   "anchor_every", "stat", "depths", "cuda_graphs")
 
 
-def _settings_from_json(a, defaults: dict):
+def _settings_from_json(a):
     """ProfileSettings from --settings JSON; a measurement flag given beside it is refused (it would be
-    ignored), and every value must have its field's type."""
+    ignored), also one given at its default value, and every value must have its field's type."""
     from .latency.profile import ProfileSettings
     try:
         d = json.loads(a.settings)
@@ -278,7 +293,8 @@ def _settings_from_json(a, defaults: dict):
         raise ValueError(f"profile: --settings is not JSON ({e}); expected ProfileSettings.to_dict() output")
     if not isinstance(d, dict):
         raise ValueError(f"profile: --settings must be a JSON object of ProfileSettings fields, got {type(d).__name__}")
-    clash = [f"--{f.replace('_', '-')}" for f in _PROFILE_FLAGS if getattr(a, f) != defaults[f]]
+    given = getattr(a, "_given", set())
+    clash = [f"--{f.replace('_', '-')}" for f in _PROFILE_FLAGS if f in given]
     if clash:
         raise ValueError(f"profile: {', '.join(clash)} given beside --settings, which sets every measurement "
                          f"setting; put them in the JSON instead")
@@ -306,8 +322,7 @@ def _settings_from_json(a, defaults: dict):
 def cmd_profile(a):
     from .latency.profile import ProfileSettings, build_table
     if a.settings is not None:
-        defaults = vars(build_parser().parse_args(["profile", "--out", "x"]))
-        st = _settings_from_json(a, defaults)
+        st = _settings_from_json(a)
     else:
         st = ProfileSettings(device=a.device, runtime=a.runtime, dtype=a.dtype, batch=a.batch, seq_len=a.seq_len,
                              threads=a.threads, rounds=a.rounds, round_s=a.round_s, warmup_s=a.warmup_s,

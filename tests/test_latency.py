@@ -273,3 +273,10 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     with pytest.raises(ValueError, match="--rounds given beside --settings"):
         cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--rounds", "3",
                                        "--settings", json.dumps(st.to_dict())]))
+    # a flag typed at its default value would be ignored just the same: refused too
+    for flag in (["--threads", "0"], ["--rounds", "12"], ["--cuda-graphs"], ["--depths", "0", "2", "4"]):
+        with pytest.raises(ValueError, match=f"{flag[0]} given beside --settings"):
+            cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), *flag,
+                                           "--settings", json.dumps(st.to_dict())]))
+    a = ap.parse_args(["profile", "--out", "x", "--batch", "4", "--cuda-graphs"])
+    assert (a.batch, a.cuda_graphs, a.rounds, a.depths) == (4, True, 12, [0, 2, 4])
