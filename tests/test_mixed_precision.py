@@ -171,3 +171,25 @@ def test_mm_fp32_out_probe_is_not_fooled_by_autocast(monkeypatch):
     monkeypatch.setattr(tb, "_MM_FP32_OUT", {})
     monkeypatch.setattr(torch, "mm", lambda a, b, out_dtype=None: (a.float() @ b.float()).to(a.dtype))
     assert not tb.mm_fp32_out_ok(torch.device("cpu"), torch.bfloat16)  # a low-precision result is refused
+
+
+def test_mm_fp32_out_probe_does_not_keep_an_out_of_memory_answer(monkeypatch):
+    """A probe that runs out of memory (a full GPU mid-backward) learns nothing about the kernel: that
+    call takes the addmm_ path, and the next call probes again (the old code cached "no" for the rest
+    of the process: every later dW in fp32 copies of the activations)."""
+    from autodistil.ops import torch_backend as tb
+
+    def oom(a, b, out_dtype=None):
+        raise torch.OutOfMemoryError("stand-in: out of memory")
+
+    def exact_mm(a, b, out_dtype=None):
+        with torch.autocast("cpu", enabled=False):
+            return (a.double() @ b.double()).to(out_dtype or a.dtype)
+
+    monkeypatch.setattr(tb, "_MM_FP32_OUT", {})
+    monkeypatch.setattr(torch, "mm", oom)
+    assert not tb.mm_fp32_out_ok(torch.device("cpu"), torch.bfloat16)
+    assert (("cpu", torch.bfloat16)) not in tb._MM_FP32_OUT
+    monkeypatch.setattr(torch, "mm", exact_mm)
+    assert tb.mm_fp32_out_ok(torch.device("cpu"), torch.bfloat16)
+    assert tb._MM_FP32_OUT[("cpu", torch.bfloat16)] is True

@@ -79,14 +79,19 @@ def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
     if device.type == "cuda" and key not in _MM_FP32_OUT and torch.cuda.is_current_stream_capturing():
         return False  # the probe reads a result back (a sync): not inside graph capture; probed later
     if key not in _MM_FP32_OUT:
-        _MM_FP32_OUT[key] = dtype in (torch.bfloat16, torch.float16) and _probe_mm_fp32_out(device, dtype)
+        ok = dtype in (torch.bfloat16, torch.float16) and _probe_mm_fp32_out(device, dtype)
+        if ok is None:
+            return False  # out of memory while probing: no answer, asked again at the next call
+        _MM_FP32_OUT[key] = ok
     return _MM_FP32_OUT[key]
 
 
-def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool:
+def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool | None:
     """The probe itself, with autocast off: it runs from a backward re-entered under the forward's
     autocast, where the fp32 reference product would otherwise be computed in bf16/fp16 (an error
-    above the tolerance, so the probe would say no on every GPU trained under autocast)."""
+    above the tolerance, so the probe would say no on every GPU trained under autocast). None when
+    the device ran out of memory for the probe's few tensors (a full GPU mid-backward): that says
+    nothing about the kernel, so the caller does not keep it."""
     try:
         with amp_ctx((device.type, False, None)):
             g = torch.Generator(device="cpu").manual_seed(0)
@@ -95,6 +100,8 @@ def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool:
             r = torch.mm(a, b, out_dtype=torch.float32)
             want = a.float() @ b.float()
             return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
+    except torch.OutOfMemoryError:
+        return None
     except (RuntimeError, TypeError, NotImplementedError):
         # no such kernel here (the CPU in torch 2.13 raises NotImplementedError; older torch has no
         # out_dtype): the answer is "no", and dW takes the addmm_ path in the slice's dtype
