@@ -103,13 +103,14 @@ def _code(t):
 
 
 def _workspace(device):
-    """(pointer, bytes) of the cuBLASLt workspace of the device's current stream."""
-    s = torch.cuda.current_stream(device)
-    key = (device.index, s.cuda_stream)
+    """(pointer, bytes, stream): the cuBLASLt workspace of the device's current stream and that
+    stream's raw handle (looked up once per GEMM: host time counts in a host-bound step)."""
+    stream = _stream(device)
+    key = (device.index, stream)
     ws = _workspaces.get(key)
     if ws is None:
         ws = _workspaces[key] = torch.empty(WORKSPACE_BYTES, dtype=torch.uint8, device=device)
-    return ws.data_ptr(), WORKSPACE_BYTES
+    return ws.data_ptr(), WORKSPACE_BYTES, stream
 
 
 def _check_tensors(op, named, vectors=()):
@@ -157,8 +158,7 @@ def _linear_forward(x2, weight, bias, o, i, act, keep_pre):
     _check_vector("sliced_linear", "bias", b)
     pre = torch.empty((n, o), device=x2.device, dtype=dt)  # (N, o)
     with _on(x2.device):
-        stream = _stream(x2.device)
-        ws, wsz = _workspace(x2.device)
+        ws, wsz, stream = _workspace(x2.device)
         _C.gemm_forward(_code(x2), x2.data_ptr(), w.data_ptr(), w.stride(0), _p(b), pre.data_ptr(), n, o, i,
                         ws, wsz, stream)
         if not act:
@@ -193,9 +193,9 @@ class _CudaLinear:
         w = _operand(weight, dt, (slice(0, o), slice(0, i)))
         dx = torch.empty((n, i), device=dy2.device, dtype=dt)  # (N, i)
         with _on(dy2.device):
-            ws, wsz = _workspace(dy2.device)
+            ws, wsz, stream = _workspace(dy2.device)
             _C.gemm_dx(_code(dy2), dy2.data_ptr(), w.data_ptr(), w.stride(0), dx.data_ptr(), n, o, i, ws, wsz,
-                       _stream(dy2.device))
+                       stream)
         return dx
 
     @staticmethod
@@ -209,8 +209,7 @@ class _CudaLinear:
                              f"its last dim, got {dst.dtype} with strides {dst.stride()}")
         n = dy2.shape[0]
         with _on(dy2.device):
-            ws, wsz = _workspace(dy2.device)
-            stream = _stream(dy2.device)
+            ws, wsz, stream = _workspace(dy2.device)
             if dst.dtype in (torch.float32, dy2.dtype):
                 _C.gemm_dw(_code(dy2), _code(dst), dy2.data_ptr(), x2.data_ptr(), dst.data_ptr(), dst.stride(0), n,
                            o, i, ws, wsz, stream)
