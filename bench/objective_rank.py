@@ -2,7 +2,7 @@
 
     python bench/objective_rank.py --supernet RUN/supernets/small [--teacher-ft RUN/finetuned/teacher]
         [--n 12] [--seeds 1] [--epochs 1] [--lr 3e-4] [--batch 32] [--max-seq-len 64]
-        [--max-train-examples N] [--out bench/results/objective_rank]
+        [--max-train-examples N] [--subnets-from EARLIER/objective_rank.json] [--out bench/results/objective_rank]
 
 The search ranks the subnets of a trained supernet by their held-out distillation loss
 (autodistil.search.run.HeldoutLoss.for_supernet: the loss weights the supernet was trained with,
@@ -12,7 +12,9 @@ the fine-tuned task accuracy of the exported subnet.
 1. Choice: a seeded pool of distinct random subnets of the supernet's space(s) (the whole space
    when it is smaller than --pool) is sorted by held-out loss (or by MACs, --stratify macs), and
    --n evenly spaced quantiles of that order are taken (smallest and largest key included), so the
-   losses spread over the range the search sees.
+   losses spread over the range the search sees. --subnets-from takes the subnets of an earlier run
+   instead (its objective_rank.json): the same architectures under another supernet (a paired
+   comparison of two training defaults; each subnet keeps its place in the earlier run's order).
 2. Per subnet: held-out loss (the same blocks for all), export (autodistil.export.export_subnet),
    fine-tune (autodistil.finetune.train.finetune; logits KD from --teacher-ft with --kd-alpha when
    given), accuracy and F1 on the dev split, MACs and parameters (autodistil.cost.exact_cost at the
@@ -82,6 +84,7 @@ class BenchConfig:
     boot: int = 2000
     perm: int = 10000
     keep_models: bool = False
+    subnets_from: Optional[str] = None   # an earlier objective_rank.json: fine-tune the same subnets
 
     def __post_init__(self):
         if self.n < MIN_SUBNETS:
@@ -149,6 +152,36 @@ def choose_subnets(spaces: Sequence, n: int, key: Callable, pool: int = 200, see
     step = (len(rows) - 1) / (n - 1)  # >= 1, so the indices are distinct
     idx = [int(math.floor(i * step + 0.5)) for i in range(n)]
     return [rows[i] for i in idx], rows
+
+
+def subnets_from(path, spaces: Sequence) -> list[dict]:
+    """The subnets of an earlier run's objective_rank.json as chooser rows ({"space", "cfg", "key",
+    "rank"}; rank = position in that run, key None), each checked to lie in one of `spaces` (by
+    name): the same architectures under another supernet."""
+    from autodistil.io import read_json
+    from autodistil.space import SubnetConfig
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"--subnets-from {path}: no such file (an objective_rank.json of an earlier run)")
+    rows = read_json(path, "objective_rank result").get("subnets")
+    if not isinstance(rows, list) or not rows:
+        raise ValueError(f"--subnets-from {path}: no 'subnets' list; expected the objective_rank.json of an earlier run")
+    by_name = {s.name: s for s in spaces}
+    out = []
+    for i, r in enumerate(rows):
+        c = SubnetConfig.from_dict(r)
+        sp = by_name.get(r.get("space"))
+        if sp is None:
+            raise ValueError(f"--subnets-from {path}: subnet {i} is from space {r.get('space')!r}; this supernet has "
+                             f"{sorted(by_name)}")
+        if c not in sp:
+            raise ValueError(f"--subnets-from {path}: {c.short()} is outside this supernet's {sp.describe()}")
+        out.append({"space": sp.name, "cfg": c, "key": None, "rank": i})
+    if len({(r["space"], r["cfg"]) for r in out}) != len(out):
+        raise ValueError(f"--subnets-from {path}: a subnet is listed twice")
+    if len(out) < MIN_SUBNETS:
+        raise ValueError(f"--subnets-from {path}: {len(out)} subnets; at least {MIN_SUBNETS} are needed")
+    return out
 
 
 # --- statistics -------------------------------------------------------------------------------
@@ -364,7 +397,13 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
 
     key = (lambda _s, c: loss(c)) if cfg.stratify == "loss" else (lambda _s, c: cost(c).macs)
     t_pool = time.time()
-    chosen, pool = choose_subnets(spaces, cfg.n, key, cfg.pool, cfg.seed, progress=True)
+    if cfg.subnets_from:
+        chosen = subnets_from(cfg.subnets_from, spaces)
+        for r in chosen:
+            r["key"] = float(key(r["space"], r["cfg"]))
+        pool = sorted(chosen, key=lambda r: (r["key"], r["space"], r["cfg"]))
+    else:
+        chosen, pool = choose_subnets(spaces, cfg.n, key, cfg.pool, cfg.seed, progress=True)
     pool_s = time.time() - t_pool
     subs = []
     for r in chosen:
@@ -372,8 +411,8 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         d = {"space": r["space"], **c.as_dict()}
         subs.append({"name": candidate_name(d), "space": r["space"], "cfg": c, "pool_rank": r["rank"],
                      "heldout_loss": loss(c), "macs": cost(c).macs, "params": cost(c).params})
-    log(f"chosen by {cfg.stratify} quantiles of a pool of {len(pool)} ({pool_s:.0f} s): "
-        + ", ".join(s["name"] for s in subs))
+    how = f"from {cfg.subnets_from}" if cfg.subnets_from else f"by {cfg.stratify} quantiles of a pool of {len(pool)}"
+    log(f"chosen {how} ({pool_s:.0f} s): " + ", ".join(s["name"] for s in subs))
     want = {"identity": ident, "recipe": cfg.recipe()}
     runs = []
     bar = tqdm([(s, cfg.seed + k) for s in subs for k in range(cfg.seeds)], desc="fine-tuning subnets")
@@ -489,6 +528,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=d.out)
     ap.add_argument("--work", default=None, help="model weights (default runs/objective_rank/<out folder name>)")
     ap.add_argument("--keep-models", action="store_true")
+    ap.add_argument("--subnets-from", default=None, metavar="JSON",
+                    help="fine-tune the subnets of an earlier run (its objective_rank.json) instead of choosing")
     a = ap.parse_args(argv)
     try:
         cfg = BenchConfig(**{k.replace("-", "_"): v for k, v in vars(a).items()})

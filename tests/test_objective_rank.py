@@ -148,3 +148,30 @@ def test_one_distinct_score_is_no_evidence():
     assert "no evidence" in orank.verdict(st)[-1]
     assert "9 of 10 subnets have the same score 0.5813" in orank.ties_note(acc)
     assert orank.ties_note([0.5, 0.6, 0.7]) is None
+
+
+def test_subnets_from_an_earlier_run(tmp_path):
+    """--subnets-from: the same architectures (space, cfg, in the earlier run's order) under another
+    supernet; subnets outside this supernet's spaces, repeated ones and too few are refused."""
+    a = SearchSpace("a", Range(1, 4, 1), Range(32, 64, 16), Range(2.0, 3.0, 1.0), Range(2, 3, 1), 16)  # 48 subnets
+    chosen, _ = orank.choose_subnets([a], 10, _macs, pool=30, seed=3)
+    rows = [{"name": f"n{i}", "space": r["space"], **r["cfg"].as_dict(), "score": 0.5} for i, r in enumerate(chosen)]
+    p = tmp_path / "objective_rank.json"
+    p.write_text(json.dumps({"subnets": rows}))
+    got = orank.subnets_from(p, [a])
+    assert [(r["space"], r["cfg"], r["rank"]) for r in got] == [(r["space"], r["cfg"], i) for i, r in enumerate(chosen)]
+    b = SearchSpace("b", Range(1, 2, 1), Range(32, 48, 16), Range(2.0, 3.0, 1.0), Range(2, 3, 1), 16)
+    with pytest.raises(ValueError, match="from space 'a'"):
+        orank.subnets_from(p, [b])
+    small = SearchSpace("a", Range(1, 2, 1), Range(32, 64, 16), Range(2.0, 3.0, 1.0), Range(2, 3, 1), 16)
+    assert any(r["cfg"].layers > 2 for r in chosen)            # the largest-MACs quantile has 4 layers
+    with pytest.raises(ValueError, match="outside"):
+        orank.subnets_from(p, [small])
+    p.write_text(json.dumps({"subnets": rows[:9]}))
+    with pytest.raises(ValueError, match="at least 10"):
+        orank.subnets_from(p, [a])
+    p.write_text(json.dumps({"subnets": rows + rows[:1]}))
+    with pytest.raises(ValueError, match="twice"):
+        orank.subnets_from(p, [a])
+    with pytest.raises(FileNotFoundError, match="no such file"):
+        orank.subnets_from(tmp_path / "none.json", [a])
