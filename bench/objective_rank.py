@@ -260,6 +260,47 @@ def objective_rank_stats(losses: Sequence[float], macs: Sequence[float], scores:
             "loss_vs_macs_tau": kendall_tau(neg, [float(m) for m in macs])}
 
 
+def compare_runs(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, ci: float = 0.95) -> dict:
+    """Two runs of this bench over the same subnets under two supernets (two training defaults,
+    --subnets-from): per run tau(-loss, score) (the objective's ranking) and the mean score; paired
+    over the subnets, with the same bootstrap resamples for both: the difference of the taus
+    tau(b) - tau(a) and the mean score difference b - a, each with a percentile CI. The subnets are
+    matched by (space, layers, hidden, ffn_ratio, heads) and must be the same set."""
+    from autodistil.latency.validate import kendall_tau
+    key = lambda r: (r["space"], int(r["layers"]), int(r["hidden"]), float(r["ffn_ratio"]), int(r["heads"]))
+    ra, rb = {key(r): r for r in a["subnets"]}, {key(r): r for r in b["subnets"]}
+    if set(ra) != set(rb):
+        only = sorted(set(ra) ^ set(rb))
+        raise ValueError(f"the two runs hold different subnets ({len(only)} in one only, e.g. {only[:2]}); run the "
+                         f"second with --subnets-from the first's objective_rank.json")
+    keys = sorted(ra)
+    n = len(keys)
+    la, lb = [-ra[k]["heldout_loss"] for k in keys], [-rb[k]["heldout_loss"] for k in keys]
+    sa, sb = [ra[k]["score"] for k in keys], [rb[k]["score"] for k in keys]
+    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    tau = lambda x, y, ii: kendall_tau([x[i] for i in ii], [y[i] for i in ii])
+    z = lambda t: t if math.isfinite(t) else 0.0  # an undefined resample ranks nothing (as rank_stats)
+    ta, tb = [z(tau(la, sa, ii)) for ii in idx], [z(tau(lb, sb, ii)) for ii in idx]
+    dtau = [y - x for x, y in zip(ta, tb)]
+    dmean = [float(np.mean([sb[i] - sa[i] for i in ii])) for ii in idx]
+    q = lambda xs: _quantiles(xs, ci)
+    out = {"n": n, "ci": ci, "boot": n_boot}
+    for name, r, l, sc, boots in (("a", a, la, sa, ta), ("b", b, lb, sb, tb)):
+        lo, hi = q(boots)
+        out[name] = {"supernet": r["identity"]["supernet"], "train_loss": r.get("objective_weights"),
+                     "tau": kendall_tau(l, sc), "ci_low": lo, "ci_high": hi, "mean_score": float(np.mean(sc)),
+                     "seed_noise_sd": r.get("seed_noise_sd")}
+    lo, hi = q(dtau)
+    out["tau_difference"] = {"tau": out["b"]["tau"] - out["a"]["tau"], "ci_low": lo, "ci_high": hi}
+    lo, hi = q(dmean)
+    out["mean_score_difference"] = {"diff": out["b"]["mean_score"] - out["a"]["mean_score"], "ci_low": lo, "ci_high": hi,
+                                    "subnets_b_higher": int(sum(y > x for x, y in zip(sa, sb)))}
+    out["subnets"] = [{"space": k[0], "subnet": f"L{k[1]}-H{k[2]}-R{k[3]:g}-A{k[4]}", "loss_a": ra[k]["heldout_loss"],
+                       "loss_b": rb[k]["heldout_loss"], "score_a": ra[k]["score"], "score_b": rb[k]["score"]}
+                      for k in keys]
+    return out
+
+
 def json_safe(o):
     """NaN / inf -> None (strict JSON), recursively."""
     if isinstance(o, float) and not math.isfinite(o):
@@ -506,7 +547,10 @@ def plot(res: dict, path: Path) -> Path:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     d = BenchConfig(supernet="")
-    ap.add_argument("--supernet", required=True, help="a trained supernet folder (supernet.json + .safetensors)")
+    ap.add_argument("--supernet", help="a trained supernet folder (supernet.json + .safetensors)")
+    ap.add_argument("--compare", nargs=2, metavar=("A_JSON", "B_JSON"), default=None,
+                    help="no fine-tuning: compare two runs over the same subnets (paired taus and scores) -> "
+                         "OUT/compare.json")
     ap.add_argument("--teacher-ft", default=None, help="fine-tuned teacher folder: logits KD while fine-tuning")
     ap.add_argument("--kd-alpha", type=float, default=d.kd_alpha, help="KD weight with --teacher-ft")
     ap.add_argument("--n", type=int, default=d.n, help=f"subnets to fine-tune (at least {MIN_SUBNETS})")
@@ -531,8 +575,24 @@ def main(argv=None) -> int:
     ap.add_argument("--subnets-from", default=None, metavar="JSON",
                     help="fine-tune the subnets of an earlier run (its objective_rank.json) instead of choosing")
     a = ap.parse_args(argv)
+    if a.compare:
+        from autodistil.io import atomic_write_json, read_json
+        c = compare_runs(*(read_json(p, "objective_rank result") for p in a.compare), n_boot=a.boot, seed=a.seed)
+        c["runs"] = list(a.compare)
+        atomic_write_json(Path(a.out) / "compare.json", json_safe(c))
+        for k in ("a", "b"):
+            r = c[k]
+            print(f"{k}: {r['supernet']}: tau {r['tau']:+.3f} [{r['ci_low']:+.3f}, {r['ci_high']:+.3f}], mean score "
+                  f"{r['mean_score']:.4f}")
+        d, m = c["tau_difference"], c["mean_score_difference"]
+        print(f"tau(b) - tau(a) {d['tau']:+.3f} [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}]; mean score b - a "
+              f"{m['diff']:+.4f} [{m['ci_low']:+.4f}, {m['ci_high']:+.4f}], b higher on {m['subnets_b_higher']} of {c['n']}")
+        print(f"-> {Path(a.out) / 'compare.json'}")
+        return 0
+    if not a.supernet:
+        ap.error("--supernet is required (unless --compare)")
     try:
-        cfg = BenchConfig(**{k.replace("-", "_"): v for k, v in vars(a).items()})
+        cfg = BenchConfig(**{k.replace("-", "_"): v for k, v in vars(a).items() if k != "compare"})
     except ValueError as e:
         ap.error(str(e))
     res = run_bench(cfg)

@@ -175,3 +175,33 @@ def test_subnets_from_an_earlier_run(tmp_path):
         orank.subnets_from(p, [a])
     with pytest.raises(FileNotFoundError, match="no such file"):
         orank.subnets_from(tmp_path / "none.json", [a])
+
+
+def test_compare_runs_pairs_subnets_and_sees_a_better_ranker(tmp_path):
+    """--compare: run b's loss orders its scores, run a's does not; the paired tau difference is
+    positive with a CI above 0, scores b - a are paired per subnet, and a different subnet set is
+    refused."""
+    cfgs = [SubnetConfig(layers=1 + i % 4, hidden=32 + 16 * (i % 3), ffn_ratio=2.0, heads=2 + i % 2) for i in range(12)]
+    assert len(set(cfgs)) == 12
+    sc = [0.60 + 0.01 * i for i in range(12)]
+
+    def run(losses, scores, name):
+        return {"identity": {"supernet": name}, "objective_weights": {}, "seed_noise_sd": 0.002,
+                "subnets": [{"space": "u", **c.as_dict(), "heldout_loss": l, "score": s}
+                            for c, l, s in zip(cfgs, losses, scores)]}
+    a = run([0.5 + 0.01 * v for v in NO_ORDER], sc, "A")               # tau 0: the loss does not order the scores
+    b = run([1.0 - 0.01 * i for i in range(12)], [s + 0.01 for s in sc], "B")  # tau 1, every score 1 point higher
+    c = orank.compare_runs(a, b, n_boot=300)
+    assert c["a"]["tau"] == pytest.approx(0.0) and c["b"]["tau"] == pytest.approx(1.0)
+    assert c["tau_difference"]["tau"] == pytest.approx(1.0) and c["tau_difference"]["ci_low"] > 0
+    m = c["mean_score_difference"]
+    assert m["diff"] == pytest.approx(0.01) and m["ci_low"] == pytest.approx(0.01) and m["subnets_b_higher"] == 12
+    b["subnets"][0]["hidden"] = 96
+    with pytest.raises(ValueError, match="different subnets"):
+        orank.compare_runs(a, b)
+    pa, pb = tmp_path / "a.json", tmp_path / "b.json"
+    pa.write_text(json.dumps(a))
+    pb.write_text(json.dumps(run([1.0 - 0.01 * i for i in range(12)], sc, "B")))
+    assert orank.main(["--compare", str(pa), str(pb), "--out", str(tmp_path / "cmp"), "--boot", "200"]) == 0
+    got = json.loads((tmp_path / "cmp" / "compare.json").read_text())
+    assert got["b"]["tau"] == pytest.approx(1.0) and got["runs"] == [str(pa), str(pb)]
