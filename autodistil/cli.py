@@ -261,8 +261,11 @@ class _Given(argparse.Action):
 
 def _profile_args(p):
     def add(*a, **kw):
-        if kw.pop("action", None) == "store_true":
+        act = kw.pop("action", None)
+        if act == "store_true":
             kw.update(nargs=0, const=True, default=False)
+        elif act is not None:
+            raise TypeError(f"_profile_args: action {act!r} is not supported by _Given (store or store_true)")
         p.add_argument(*a, action=_Given, **kw)
     add("--device", default="cpu")
     add("--runtime", default="torch", help="torch | torch-compile | onnxruntime")

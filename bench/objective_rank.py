@@ -3,6 +3,7 @@
     python bench/objective_rank.py --supernet RUN/supernets/small [--teacher-ft RUN/finetuned/teacher]
         [--n 12] [--seeds 1] [--epochs 1] [--lr 3e-4] [--batch 32] [--max-seq-len 64]
         [--max-train-examples N] [--subnets-from EARLIER/objective_rank.json] [--out bench/results/objective_rank]
+    python bench/objective_rank.py --compare A/objective_rank.json B/objective_rank.json --out DIR
 
 The search ranks the subnets of a trained supernet by their held-out distillation loss
 (autodistil.search.run.HeldoutLoss.for_supernet: the loss weights the supernet was trained with,
@@ -14,7 +15,8 @@ the fine-tuned task accuracy of the exported subnet.
    --n evenly spaced quantiles of that order are taken (smallest and largest key included), so the
    losses spread over the range the search sees. --subnets-from takes the subnets of an earlier run
    instead (its objective_rank.json): the same architectures under another supernet (a paired
-   comparison of two training defaults; each subnet keeps its place in the earlier run's order).
+   comparison of two training defaults; --n, --pool and --stratify do not apply; each subnet's
+   earlier pool rank is kept as from_pool_rank, and no pool.csv is written).
 2. Per subnet: held-out loss (the same blocks for all), export (autodistil.export.export_subnet),
    fine-tune (autodistil.finetune.train.finetune; logits KD from --teacher-ft with --kd-alpha when
    given), accuracy and F1 on the dev split, MACs and parameters (autodistil.cost.exact_cost at the
@@ -35,8 +37,14 @@ the fine-tuned task accuracy of the exported subnet.
 Outputs in --out: objective_rank.json (everything), objective_rank.csv (one row per subnet),
 objective_rank.png (loss vs score and MACs vs score, labelled), pool.csv (the pool the subnets were
 drawn from), subnets/*.json (per fine-tuning run, the resume units). Exported and fine-tuned model
-weights go to --work (default runs/objective_rank/<out folder name>, git-ignored) and are deleted
+weights go to --work (default runs/objective_rank/<out folder name>, git-ignored; exports under a
+folder named by the supernet's weights hash, so two supernets never share one) and are deleted
 after each run unless --keep-models.
+
+--compare A B (no fine-tuning): two runs over the same subnets under two supernets, made with the same
+recipe and seeds (refused otherwise): each run's tau(-loss, score) with its bootstrap CI (the same
+resamples as its own run, in run A's subnet order), and paired over the subnets, the CI of
+tau(B) - tau(A) and of the mean score difference B - A -> OUT/compare.json.
 """
 from __future__ import annotations
 
@@ -163,20 +171,25 @@ def subnets_from(path, spaces: Sequence) -> list[dict]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--subnets-from {path}: no such file (an objective_rank.json of an earlier run)")
-    rows = read_json(path, "objective_rank result").get("subnets")
-    if not isinstance(rows, list) or not rows:
+    d = read_json(path, "objective_rank result")
+    rows = d.get("subnets") if isinstance(d, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"--subnets-from {path}: no 'subnets' list; expected the objective_rank.json of an earlier run")
     by_name = {s.name: s for s in spaces}
     out = []
     for i, r in enumerate(rows):
-        c = SubnetConfig.from_dict(r)
+        try:
+            c = SubnetConfig.from_dict(r)
+        except (ValueError, TypeError) as e:
+            raise ValueError(f"--subnets-from {path}: subnet {i}: {e}; expected the objective_rank.json of an "
+                             f"earlier run") from None
         sp = by_name.get(r.get("space"))
         if sp is None:
             raise ValueError(f"--subnets-from {path}: subnet {i} is from space {r.get('space')!r}; this supernet has "
                              f"{sorted(by_name)}")
         if c not in sp:
             raise ValueError(f"--subnets-from {path}: {c.short()} is outside this supernet's {sp.describe()}")
-        out.append({"space": sp.name, "cfg": c, "key": None, "rank": i})
+        out.append({"space": sp.name, "cfg": c, "key": None, "rank": i, "from_pool_rank": r.get("pool_rank")})
     if len({(r["space"], r["cfg"]) for r in out}) != len(out):
         raise ValueError(f"--subnets-from {path}: a subnet is listed twice")
     if len(out) < MIN_SUBNETS:
@@ -264,35 +277,56 @@ def compare_runs(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, ci: float 
     """Two runs of this bench over the same subnets under two supernets (two training defaults,
     --subnets-from): per run tau(-loss, score) (the objective's ranking) and the mean score; paired
     over the subnets, with the same bootstrap resamples for both: the difference of the taus
-    tau(b) - tau(a) and the mean score difference b - a, each with a percentile CI. The subnets are
-    matched by (space, layers, hidden, ffn_ratio, heads) and must be the same set."""
+    tau(b) - tau(a) and the mean score difference b - a, each with a percentile CI. Subnets are
+    matched by (space, layers, hidden, ffn_ratio, heads) and taken in run a's order (so each run's
+    CI is the one its own run reports, for the same seed and resample count). Refused: different
+    subnet sets, recipes, score metrics or fine-tuning seeds, and two runs of the same supernet
+    weights. A run whose tau is undefined (all its scores equal) gets NaN for its CI and the difference's."""
     from autodistil.latency.validate import kendall_tau
     key = lambda r: (r["space"], int(r["layers"]), int(r["hidden"]), float(r["ffn_ratio"]), int(r["heads"]))
     ra, rb = {key(r): r for r in a["subnets"]}, {key(r): r for r in b["subnets"]}
+    if len(ra) != len(a["subnets"]) or len(rb) != len(b["subnets"]):
+        raise ValueError("a run lists one subnet twice")
     if set(ra) != set(rb):
         only = sorted(set(ra) ^ set(rb))
         raise ValueError(f"the two runs hold different subnets ({len(only)} in one only, e.g. {only[:2]}); run the "
                          f"second with --subnets-from the first's objective_rank.json")
-    keys = sorted(ra)
+    same = lambda f: (f(a), f(b))
+    for what, f in (("recipe", lambda r: r.get("recipe")), ("score metric", lambda r: r.get("score_metric")),
+                    ("fine-tuning seeds", lambda r: ((r.get("config") or {}).get("seeds"),
+                                                     (r.get("config") or {}).get("seed")))):
+        x, y = same(f)
+        if x != y:
+            raise ValueError(f"the two runs differ in {what} ({x} against {y}): their scores are not paired")
+    sha = same(lambda r: r["identity"].get("supernet_sha256"))
+    if sha[0] is not None and sha[0] == sha[1]:
+        raise ValueError("the two runs fine-tuned the same supernet weights: nothing to compare")
+    keys = [key(r) for r in a["subnets"]]
     n = len(keys)
+    for r in list(ra.values()) + list(rb.values()):
+        if not (isinstance(r.get("score"), (int, float)) and isinstance(r.get("heldout_loss"), (int, float))):
+            raise ValueError(f"subnet {r.get('name')} has no finite score or loss ({r.get('score')}, "
+                             f"{r.get('heldout_loss')})")
     la, lb = [-ra[k]["heldout_loss"] for k in keys], [-rb[k]["heldout_loss"] for k in keys]
     sa, sb = [ra[k]["score"] for k in keys], [rb[k]["score"] for k in keys]
     idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
     tau = lambda x, y, ii: kendall_tau([x[i] for i in ii], [y[i] for i in ii])
     z = lambda t: t if math.isfinite(t) else 0.0  # an undefined resample ranks nothing (as rank_stats)
     ta, tb = [z(tau(la, sa, ii)) for ii in idx], [z(tau(lb, sb, ii)) for ii in idx]
-    dtau = [y - x for x, y in zip(ta, tb)]
-    dmean = [float(np.mean([sb[i] - sa[i] for i in ii])) for ii in idx]
     q = lambda xs: _quantiles(xs, ci)
+    nan = float("nan")
     out = {"n": n, "ci": ci, "boot": n_boot}
     for name, r, l, sc, boots in (("a", a, la, sa, ta), ("b", b, lb, sb, tb)):
-        lo, hi = q(boots)
-        out[name] = {"supernet": r["identity"]["supernet"], "train_loss": r.get("objective_weights"),
-                     "tau": kendall_tau(l, sc), "ci_low": lo, "ci_high": hi, "mean_score": float(np.mean(sc)),
-                     "seed_noise_sd": r.get("seed_noise_sd")}
-    lo, hi = q(dtau)
-    out["tau_difference"] = {"tau": out["b"]["tau"] - out["a"]["tau"], "ci_low": lo, "ci_high": hi}
-    lo, hi = q(dmean)
+        t = kendall_tau(l, sc)
+        lo, hi = q(boots) if math.isfinite(t) else (nan, nan)
+        out[name] = {"supernet": r["identity"]["supernet"], "supernet_sha256": r["identity"].get("supernet_sha256"),
+                     "train_loss": r.get("train_loss"), "objective_weights": r.get("objective_weights"),
+                     "objective_note": r.get("objective_note"), "tau": t, "ci_low": lo, "ci_high": hi,
+                     "mean_score": float(np.mean(sc)), "seed_noise_sd": r.get("seed_noise_sd")}
+    d = out["b"]["tau"] - out["a"]["tau"]
+    lo, hi = q([y - x for x, y in zip(ta, tb)]) if math.isfinite(d) else (nan, nan)
+    out["tau_difference"] = {"tau": d, "ci_low": lo, "ci_high": hi}
+    lo, hi = q([float(np.mean([sb[i] - sa[i] for i in ii])) for ii in idx])
     out["mean_score_difference"] = {"diff": out["b"]["mean_score"] - out["a"]["mean_score"], "ci_low": lo, "ci_high": hi,
                                     "subnets_b_higher": int(sum(y > x for x, y in zip(sa, sb)))}
     out["subnets"] = [{"space": k[0], "subnet": f"L{k[1]}-H{k[2]}-R{k[3]:g}-A{k[4]}", "loss_a": ra[k]["heldout_loss"],
@@ -374,11 +408,11 @@ def _load(cfg: BenchConfig):
     return model, spaces, meta, obj, tok, head_dim, ident
 
 
-def _finetune_one(cfg: BenchConfig, model, sub, tok, seq_len: int, work: Path, ft_seed: int) -> dict:
+def _finetune_one(cfg: BenchConfig, model, sub, tok, seq_len: int, work: Path, ft_seed: int, sha: str) -> dict:
     from autodistil.export import export_subnet
     from autodistil.finetune.train import FinetuneConfig, finetune
     name = sub["name"]
-    folder = work / "students" / name
+    folder = work / "students" / sha[:16] / name  # a reused export is this supernet's
     if not (folder / "config.json").is_file():  # atomic: a folder that exists is complete
         export_subnet(model, sub["cfg"], folder, tok, seq_len, extra={"space": sub["space"], "bench": "objective_rank"})
     kd = dict(teacher=str(cfg.teacher_ft), kd_alpha=cfg.kd_alpha) if cfg.teacher_ft and cfg.kd_alpha > 0 else {}
@@ -440,9 +474,16 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     t_pool = time.time()
     if cfg.subnets_from:
         chosen = subnets_from(cfg.subnets_from, spaces)
+        earlier = read_json(Path(cfg.subnets_from), "objective_rank result")
+        if earlier.get("recipe") != cfg.recipe() or (earlier.get("config") or {}).get("seeds") != cfg.seeds \
+                or (earlier.get("config") or {}).get("seed") != cfg.seed:
+            log(f"warning: {cfg.subnets_from} was fine-tuned with another recipe or seeds; --compare will refuse "
+                f"to pair the two runs")
         for r in chosen:
             r["key"] = float(key(r["space"], r["cfg"]))
-        pool = sorted(chosen, key=lambda r: (r["key"], r["space"], r["cfg"]))
+            if not math.isfinite(r["key"]):
+                raise ValueError(f"key of {r['space']} {r['cfg'].short()} is {r['key']}: a finite number is needed")
+        pool = chosen
     else:
         chosen, pool = choose_subnets(spaces, cfg.n, key, cfg.pool, cfg.seed, progress=True)
     pool_s = time.time() - t_pool
@@ -451,6 +492,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         c = r["cfg"]
         d = {"space": r["space"], **c.as_dict()}
         subs.append({"name": candidate_name(d), "space": r["space"], "cfg": c, "pool_rank": r["rank"],
+                     "from_pool_rank": r.get("from_pool_rank"),
                      "heldout_loss": loss(c), "macs": cost(c).macs, "params": cost(c).params})
     how = f"from {cfg.subnets_from}" if cfg.subnets_from else f"by {cfg.stratify} quantiles of a pool of {len(pool)}"
     log(f"chosen {how} ({pool_s:.0f} s): " + ", ".join(s["name"] for s in subs))
@@ -466,7 +508,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
             log(f"{sub['name']} seed {ft_seed}: reused {path}")
         else:
             t = time.time()
-            res = _finetune_one(cfg, model, sub, tok, seq_len, work, ft_seed)
+            res = _finetune_one(cfg, model, sub, tok, seq_len, work, ft_seed, ident["supernet_sha256"])
             rec = {"name": sub["name"], "space": sub["space"], "subnet": sub["cfg"].as_dict(), "seed": ft_seed,
                    "heldout_loss": sub["heldout_loss"], "macs": sub["macs"], "params": sub["params"], **want,
                    "result": res, "seconds": round(time.time() - t, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
@@ -483,6 +525,7 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         sc = [r["result"]["score"] for r in rs]
         m = {k: float(np.mean([r["result"]["metrics"][k] for r in rs])) for k in rs[0]["result"]["metrics"]}
         rows.append({"name": sub["name"], "space": sub["space"], **sub["cfg"].as_dict(), "pool_rank": sub["pool_rank"],
+                     **({"from_pool_rank": sub["from_pool_rank"]} if cfg.subnets_from else {}),
                      "heldout_loss": sub["heldout_loss"], "gmacs": sub["macs"] / 1e9, "mparams": sub["params"] / 1e6,
                      "score": float(np.mean(sc)), "score_sd": float(np.std(sc, ddof=1)) if len(sc) > 1 else None,
                      **m, "seeds": len(sc), "scores": " ".join(f"{s:.4f}" for s in sc),
@@ -496,7 +539,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
            "score_metric": headline, "objective_weights": obj.w.__dict__, "objective_note": obj.note,
            "spaces": [s.to_dict() for s in spaces], "stats": st, "verdict": verdict(st),
            "seed_noise_sd": float(math.sqrt(np.mean(np.square(sds)))) if sds else None,
-           "pool": {"size": len(pool), "stratify": cfg.stratify, "seconds": round(pool_s, 1),
+           "train_loss": ((meta.get("extra") or {}).get("train") or {}).get("loss"),  # what trained the supernet
+           "pool": {"source": "subnets_from", "file": cfg.subnets_from, "size": len(pool)} if cfg.subnets_from else
+                   {"size": len(pool), "stratify": cfg.stratify, "seconds": round(pool_s, 1),
                     "key_min": pool[0]["key"], "key_max": pool[-1]["key"],
                     "loss_min": min(pool_losses) if pool_losses else None,
                     "loss_max": max(pool_losses) if pool_losses else None},
@@ -504,8 +549,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
            "seconds": round(time.time() - t0, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(out / "objective_rank.json", json_safe(res))
     write_csv(out / "objective_rank.csv", rows)
-    write_csv(out / "pool.csv", [{"space": p["space"], **p["cfg"].as_dict(), "rank": p["rank"], cfg.stratify: p["key"],
-                                  "chosen": any(p is c for c in chosen)} for p in pool])
+    if not cfg.subnets_from:  # with --subnets-from there is no pool: the earlier run's pool.csv holds it
+        write_csv(out / "pool.csv", [{"space": p["space"], **p["cfg"].as_dict(), "rank": p["rank"],
+                                      cfg.stratify: p["key"], "chosen": any(p is c for c in chosen)} for p in pool])
     plot(res, out / "objective_rank.png")
     return res
 
@@ -577,6 +623,10 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     if a.compare:
         from autodistil.io import atomic_write_json, read_json
+        if a.supernet or a.subnets_from:
+            ap.error("--compare fine-tunes nothing: leave out --supernet and --subnets-from")
+        if a.boot < 2:
+            ap.error(f"--boot {a.boot}: at least 2 resamples are needed for a CI")
         c = compare_runs(*(read_json(p, "objective_rank result") for p in a.compare), n_boot=a.boot, seed=a.seed)
         c["runs"] = list(a.compare)
         atomic_write_json(Path(a.out) / "compare.json", json_safe(c))

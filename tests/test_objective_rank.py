@@ -191,11 +191,28 @@ def test_compare_runs_pairs_subnets_and_sees_a_better_ranker(tmp_path):
                             for c, l, s in zip(cfgs, losses, scores)]}
     a = run([0.5 + 0.01 * v for v in NO_ORDER], sc, "A")               # tau 0: the loss does not order the scores
     b = run([1.0 - 0.01 * i for i in range(12)], [s + 0.01 for s in sc], "B")  # tau 1, every score 1 point higher
+    b["subnets"].reverse()                                              # matched by architecture, not position
     c = orank.compare_runs(a, b, n_boot=300)
     assert c["a"]["tau"] == pytest.approx(0.0) and c["b"]["tau"] == pytest.approx(1.0)
     assert c["tau_difference"]["tau"] == pytest.approx(1.0) and c["tau_difference"]["ci_low"] > 0
     m = c["mean_score_difference"]
     assert m["diff"] == pytest.approx(0.01) and m["ci_low"] == pytest.approx(0.01) and m["subnets_b_higher"] == 12
+    # run a's CI is the one its own run reports (same seed and resamples, its own subnet order)
+    own = orank.objective_rank_stats([r["heldout_loss"] for r in a["subnets"]], [0.0] * 12,
+                                     [r["score"] for r in a["subnets"]], n_boot=300, n_perm=10)["objective"]
+    assert (c["a"]["ci_low"], c["a"]["ci_high"]) == (own["ci_low"], own["ci_high"])
+    flat = run([1.0 - 0.01 * i for i in range(12)], [0.5968] * 12, "F")   # every score equal: tau undefined
+    cf = orank.compare_runs(a, flat, n_boot=100)
+    assert cf["b"]["ci_low"] != cf["b"]["ci_low"] and cf["tau_difference"]["ci_high"] != cf["tau_difference"]["ci_high"]
+    for field, val, msg in (("recipe", {"lr": 1e-4}, "differ in recipe"), ("config", {"seeds": 1, "seed": 0}, "seeds"),
+                            ("identity", {"supernet": "A", "supernet_sha256": "x"}, "same supernet weights")):
+        a2, b2 = dict(a), dict(b)
+        if field == "identity":
+            a2[field] = b2[field] = val
+        else:
+            b2[field] = val
+        with pytest.raises(ValueError, match=msg):
+            orank.compare_runs(a2, b2)
     b["subnets"][0]["hidden"] = 96
     with pytest.raises(ValueError, match="different subnets"):
         orank.compare_runs(a, b)

@@ -69,6 +69,7 @@ class _TorchLinear:
 
 
 _MM_FP32_OUT: dict = {}
+_OOM = getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError)  # torch.OutOfMemoryError: torch >= 2.5
 
 
 def mm_fp32_out_ok(device: torch.device, dtype: torch.dtype) -> bool:
@@ -100,7 +101,7 @@ def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool | None:
             r = torch.mm(a, b, out_dtype=torch.float32)
             want = a.float() @ b.float()
             return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
-    except torch.OutOfMemoryError:
+    except _OOM:
         return None
     except (RuntimeError, TypeError, NotImplementedError):
         # no such kernel here (the CPU in torch 2.13 raises NotImplementedError; older torch has no
