@@ -16,7 +16,7 @@ from types import ModuleType
 
 import torch
 
-from .shared import reference_attention, set_context
+from .shared import needs_grad, reference_attention, set_context
 
 BACKENDS = ("torch", "triton", "cuda")
 _MODULES = {"torch": "autodistil.ops.torch_backend", "triton": "autodistil.kernels",
@@ -194,7 +194,7 @@ def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask
         raise ValueError(f"sliced_attention: key_mask must be (B, T)={(q.shape[0], q.shape[2])}, "
                          f"got {tuple(key_mask.shape)}")
     mod = backend_module(backend)
-    if dropout_p > 0 or (need_probs and torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v))):
+    if dropout_p > 0 or (need_probs and needs_grad(q, k, v)):
         # attention dropout, or probabilities that carry gradient (attention-map distillation):
         # the one torch fallback; backends implement only the kernel path
         return reference_attention(q, k, v, key_mask, need_probs, dropout_p)

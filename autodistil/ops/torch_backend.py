@@ -20,9 +20,10 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, amp_ctx, delivers_inplace, ffn_layernorm_parts, linear_layernorm_parts, operand_slice,
-                     prefix, qkv_parts, reference_attention, sliced_ffn_layernorm_function, sliced_layernorm_function,
-                     sliced_linear_function, sliced_linear_layernorm_function, sliced_qkv_function)
+from .shared import (_grad_slot, amp_ctx, delivers_inplace, ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
+                     operand_slice, prefix, qkv_parts, reference_attention, sliced_ffn_layernorm_function,
+                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
+                     sliced_qkv_function)
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -103,9 +104,9 @@ def _probe_mm_fp32_out(device: torch.device, dtype: torch.dtype) -> bool | None:
             return r.dtype == torch.float32 and bool((r - want).abs().max() <= 1e-3 * want.abs().max())
     except _OOM:
         return None
-    except (RuntimeError, TypeError, NotImplementedError):
-        # no such kernel here (the CPU in torch 2.13 raises NotImplementedError; older torch has no
-        # out_dtype): the answer is "no", and dW takes the addmm_ path in the slice's dtype
+    except (RuntimeError, TypeError):
+        # no such kernel here (the CPU in torch 2.13 raises NotImplementedError, a RuntimeError; older
+        # torch has no out_dtype, a TypeError): the answer is "no", and dW takes the addmm_ path
         return False
 
 
@@ -195,9 +196,7 @@ def _autograd_only(*params) -> bool:
     parameters such as ZeRO-3 partitions): then PyTorch's own ops on the slice views are exactly
     that delivery (their slice backward hands autograd full-size gradients) - the "naive eager
     slicing" of the benchmarks. Without gradients, or with any in-place parameter: our Functions."""
-    ps = [p for p in params if p is not None]
-    return (torch.is_grad_enabled() and any(p.requires_grad for p in ps)
-            and not any(delivers_inplace(p) for p in ps))
+    return needs_grad(*params) and not any(delivers_inplace(p) for p in params)
 
 
 def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
