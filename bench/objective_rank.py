@@ -162,16 +162,29 @@ def choose_subnets(spaces: Sequence, n: int, key: Callable, pool: int = 200, see
     return [rows[i] for i in idx], rows
 
 
-def subnets_from(path, spaces: Sequence) -> list[dict]:
-    """The subnets of an earlier run's objective_rank.json as chooser rows ({"space", "cfg", "key",
-    "rank"}; rank = position in that run, key None), each checked to lie in one of `spaces` (by
-    name): the same architectures under another supernet."""
+def read_earlier(path) -> dict:
+    """An earlier run's objective_rank.json (--subnets-from), with a clear error when it is missing."""
     from autodistil.io import read_json
-    from autodistil.space import SubnetConfig
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--subnets-from {path}: no such file (an objective_rank.json of an earlier run)")
-    d = read_json(path, "objective_rank result")
+    return read_json(path, "objective_rank result")
+
+
+def pairing(run: dict) -> dict:
+    """What two runs must share for their scores to pair up subnet by subnet: the fine-tuning recipe
+    and seeds (a run's JSON, or {"recipe": ..., "config": {"seeds": ..., "seed": ...}})."""
+    c = run.get("config") or {}
+    return {"recipe": run.get("recipe"), "fine-tuning seeds": (c.get("seeds"), c.get("seed"))}
+
+
+def subnets_from(path, spaces: Sequence, doc: Optional[dict] = None) -> list[dict]:
+    """The subnets of an earlier run's objective_rank.json (`doc`, read from `path` when not given)
+    as chooser rows ({"space", "cfg", "key", "rank"}; rank = position in that run, key None), each
+    checked to lie in one of `spaces` (by name): the same architectures under another supernet."""
+    from autodistil.space import SubnetConfig
+    path = Path(path)
+    d = read_earlier(path) if doc is None else doc
     rows = d.get("subnets") if isinstance(d, dict) else None
     if not isinstance(rows, list) or not rows or not all(isinstance(r, dict) for r in rows):
         raise ValueError(f"--subnets-from {path}: no 'subnets' list; expected the objective_rank.json of an earlier run")
@@ -292,10 +305,8 @@ def compare_runs(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, ci: float 
         raise ValueError(f"the two runs hold different subnets ({len(only)} in one only, e.g. {only[:2]}); run the "
                          f"second with --subnets-from the first's objective_rank.json")
     same = lambda f: (f(a), f(b))
-    for what, f in (("recipe", lambda r: r.get("recipe")), ("score metric", lambda r: r.get("score_metric")),
-                    ("fine-tuning seeds", lambda r: ((r.get("config") or {}).get("seeds"),
-                                                     (r.get("config") or {}).get("seed")))):
-        x, y = same(f)
+    pa, pb = pairing(a), pairing(b)
+    for what, (x, y) in [(k, (pa[k], pb[k])) for k in pa] + [("score metric", same(lambda r: r.get("score_metric")))]:
         if x != y:
             raise ValueError(f"the two runs differ in {what} ({x} against {y}): their scores are not paired")
     sha = same(lambda r: r["identity"].get("supernet_sha256"))
@@ -452,8 +463,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
         if not (tf / "config.json").is_file():
             raise FileNotFoundError(f"--teacher-ft {tf} is not a fine-tuned model folder (no config.json)")
         fr = tf / "finetune_results.json"
-        if fr.is_file() and read_json(fr).get("task") not in (None, cfg.task):
-            raise ValueError(f"--teacher-ft {tf} was fine-tuned on '{read_json(fr)['task']}', not on --task {cfg.task}")
+        done = read_json(fr).get("task") if fr.is_file() else None
+        if done not in (None, cfg.task):
+            raise ValueError(f"--teacher-ft {tf} was fine-tuned on '{done}', not on --task {cfg.task}")
     model, spaces, meta, obj, tok, head_dim, ident = _load(cfg)
     vocab, seq_len = model.config.vocab_size, ident["seq_len"]
     log(f"supernet {cfg.supernet}: {', '.join(s.describe() for s in spaces)}")
@@ -473,10 +485,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
     key = (lambda _s, c: loss(c)) if cfg.stratify == "loss" else (lambda _s, c: cost(c).macs)
     t_pool = time.time()
     if cfg.subnets_from:
-        chosen = subnets_from(cfg.subnets_from, spaces)
-        earlier = read_json(Path(cfg.subnets_from), "objective_rank result")
-        if earlier.get("recipe") != cfg.recipe() or (earlier.get("config") or {}).get("seeds") != cfg.seeds \
-                or (earlier.get("config") or {}).get("seed") != cfg.seed:
+        earlier = read_earlier(cfg.subnets_from)
+        chosen = subnets_from(cfg.subnets_from, spaces, earlier)
+        if pairing(earlier) != pairing({"recipe": cfg.recipe(), "config": asdict(cfg)}):
             log(f"warning: {cfg.subnets_from} was fine-tuned with another recipe or seeds; --compare will refuse "
                 f"to pair the two runs")
         for r in chosen:
