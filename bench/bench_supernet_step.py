@@ -17,7 +17,11 @@ is compared across modes), then the same steps run again timed, `--repeats` time
 sandwiches each time, so no new shape is compiled). Reported: tokens/s of the median pass
 (sequences x seq x sandwich members / wall time, synchronised) with the slowest and fastest
 pass's, and the peak memory above what is allocated after warm-up (model, grads, optimizer
-state, teacher: `base_mb`, also reported).
+state, teacher: `base_mb`, also reported). On CUDA one more pass over the same steps runs under
+torch.profiler (CUDA activity) for the GPU's busy time per step: the union of its kernel, memcpy
+and memset intervals (`gpu_busy_ms_per_step`), and that time's share of the median step's wall
+time (`gpu_busy_share`): well under 1 means the step waits on the host (Python, autograd,
+launches), not on the GPU, and a backend beats naive slicing only by spending less host time.
 Target (issue 12/13): every backend >= 1.2x the naive tokens/s with lower extra peak memory.
 
     python bench/bench_supernet_step.py [--out CSV] [--budget-s S]       # GPU
@@ -100,7 +104,42 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def run_mode(tr, mode: str, snap, a, device: str) -> dict:
+def busy_us(intervals) -> float:
+    """Total length of the union of (start, end) intervals: overlapping ones (kernels on other
+    streams, a memcpy beside a kernel) are counted once."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if e < s:
+            raise ValueError(f"busy_us: interval ({s}, {e}) ends before it starts")
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (cur_e - cur_s if cur_e is not None else 0.0)
+
+
+def device_intervals(events) -> list:
+    """(start, end) in us of the profiler's device-side events (kernels, memcpy, memset): those
+    whose device_type is CUDA; the host-side ops that launched them are left out."""
+    cuda = torch.autograd.DeviceType.CUDA
+    return [(e.time_range.start, e.time_range.end) for e in events if e.device_type == cuda]
+
+
+def gpu_busy_ms(tr, steps: int) -> float:
+    """GPU busy ms per step over one profiled pass of `steps` steps from step 0 (the timed
+    sandwiches again: nothing new compiles)."""
+    from torch.profiler import ProfilerActivity, profile
+    tr.step = 0
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            tr.train_step()
+        torch.cuda.synchronize()
+    return busy_us(device_intervals(prof.events())) / 1000.0 / steps
+
+
+def run_mode(tr, mode: str, snap, a, device: str, busy: bool = False) -> dict:
     """Warm-up steps 0..n-1 from the snapshot, then the same steps timed; tokens/s and memory."""
     model = tr.model
     ctx = naive_slicing(model) if mode == "naive" else grad_mode_ctx("inplace")
@@ -135,11 +174,21 @@ def run_mode(tr, mode: str, snap, a, device: str) -> dict:
                 with PeakCPUMemory() as pm:
                     tr.train_step()
                 extra = pm.peak_mb
+            busy_ms, busy_err = None, None
+            if busy:
+                try:
+                    busy_ms = gpu_busy_ms(tr, a.steps)
+                except Exception as e:  # noqa: BLE001  (no CUPTI, ...: the timing above still stands)
+                    busy_err = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     finally:
         model.backend = "torch"
     first = warm[0]
     tokens = a.steps * members * a.batch * a.seq
-    return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes),
+    extra_cols = {"gpu_busy_error": busy_err} if busy_err else {}
+    if busy_ms is not None:
+        extra_cols = {"gpu_busy_ms_per_step": round(busy_ms, 3),
+                      "gpu_busy_share": round(busy_ms / (1000.0 * dt / a.steps), 3)}
+    return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes), **extra_cols,
             "tokens_per_s_slowest": round(tokens / passes[-1], 1), "tokens_per_s_fastest": round(tokens / passes[0], 1),
             "step_s": round(dt / a.steps, 4), "extra_peak_mb": round(extra, 1), "base_mb": round(base / 2**20, 1),
             "warmup_s": round(t_warm, 2), "loss_step0": round(first["loss"], 6),
@@ -162,6 +211,8 @@ def main(argv=None):
                     help="auto: bf16 autocast on CUDA, fp32 on CPU (the trainer's rule)")
     ap.add_argument("--modes", nargs="+", default=None, choices=MODES,
                     help="default: all four on CUDA, naive and torch on CPU")
+    ap.add_argument("--no-gpu-busy", action="store_true",
+                    help="CUDA: skip the profiled pass that measures the GPU's busy time per step")
     ap.add_argument("--out", default=None, help="CSV path (default bench/results/supernet_step_<device>.csv)")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new mode after this many seconds")
     ap.add_argument("--resume", action="store_true", help="keep the modes already measured in --out")
@@ -213,7 +264,7 @@ def main(argv=None):
                 continue
             t = time.perf_counter()
             try:
-                row.update(run_mode(tr, mode, snap, a, a.device))
+                row.update(run_mode(tr, mode, snap, a, a.device, busy=a.device == "cuda" and not a.no_gpu_busy))
             except Exception as e:  # noqa: BLE001  (recorded; the other modes still run)
                 traceback.print_exc()
                 row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"

@@ -273,6 +273,19 @@ def kernel_targets(rows, backends: dict) -> tuple[list, dict]:
     return targets, tables
 
 
+def _busy(r) -> str:
+    """'B of S ms (share)': the GPU's busy time per step against the step's wall time, or ''."""
+    b, st, sh = _num(r.get("gpu_busy_ms_per_step")), _num(r.get("step_s")), _num(r.get("gpu_busy_share"))
+    if b is None or st is None or sh is None:
+        return ""
+    return f"{b:.1f} of {1000 * st:.1f} ms ({sh:.2f})"
+
+
+def _busy_detail(r, naive) -> str:
+    ours, base = _busy(r), _busy(naive)
+    return f"; GPU busy per step {ours} vs naive {base}" if ours and base else ""
+
+
 def step_targets(rows, backends: dict) -> list:
     out = []
     ok = {r["mode"]: r for r in rows or [] if r.get("status") == "ok"}
@@ -304,7 +317,8 @@ def step_targets(rows, backends: dict) -> list:
                 spread = (f" (passes: {_num(r['tokens_per_s_slowest']) / _num(naive['tokens_per_s_fastest']):.2f}-"
                           f"{_num(r['tokens_per_s_fastest']) / _num(naive['tokens_per_s_slowest']):.2f}x)")
             t["detail"] = (f"{_num(r['tokens_per_s']):.0f} vs {_num(naive['tokens_per_s']):.0f} tokens/s{spread}; extra peak "
-                           f"{m_ours:.0f} vs {m_naive:.0f} MiB ({'lower' if lower else 'NOT lower'}){agree}")
+                           f"{m_ours:.0f} vs {m_naive:.0f} MiB ({'lower' if lower else 'NOT lower'}){agree}"
+                           f"{_busy_detail(r, naive)}")
         out.append(t)
     return out
 
@@ -417,11 +431,12 @@ def to_markdown(s: dict) -> str:
               f"{e.get('note', '')} |" for e in att]
     if s["supernet_step"]:
         L += ["", "## Supernet step (sandwich of 4, bf16 autocast, AdamW)", "",
-              "| mode | status | tokens/s (median pass) | slowest-fastest pass | extra peak MiB | base MiB | step-0 loss |",
-              "|---|---|---|---|---|---|---|"]
+              "| mode | status | tokens/s (median pass) | slowest-fastest pass | GPU busy per step of wall (share) | "
+              "extra peak MiB | base MiB | step-0 loss |",
+              "|---|---|---|---|---|---|---|---|"]
         L += [f"| {r.get('mode')} | {r.get('status')} | {r.get('tokens_per_s', '')} | "
               f"{(str(r.get('tokens_per_s_slowest')) + '-' + str(r.get('tokens_per_s_fastest'))) if r.get('tokens_per_s_slowest') else '-'} | "
-              f"{r.get('extra_peak_mb', '')} | {r.get('base_mb', '')} | {r.get('loss_step0', '')} |"
+              f"{_busy(r) or r.get('gpu_busy_error') or '-'} | {r.get('extra_peak_mb', '')} | {r.get('base_mb', '')} | {r.get('loss_step0', '')} |"
               for r in s["supernet_step"]]
     if s["not_run"]:
         L += ["", "## Not run / not measured", ""] + [f"- {x}" for x in s["not_run"]]

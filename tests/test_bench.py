@@ -344,3 +344,41 @@ def test_step_summary_with_partial_pass_columns():
     rows[0]["tokens_per_s_slowest"] = "90"
     t = next(x for x in gpu_summary.step_targets(rows, {}) if x["name"] == "step_triton")
     assert "(passes: 1.09-1.56x)" in t["detail"]
+
+
+def test_gpu_busy_counts_overlapping_device_intervals_once():
+    """The step's GPU busy time is the union of its device intervals: a plain sum counts a memcpy
+    beside a kernel (or kernels on two streams) twice."""
+    import bench_supernet_step as b
+    assert b.busy_us([]) == 0.0
+    assert b.busy_us([(0, 10), (20, 25)]) == 15.0
+    assert b.busy_us([(20, 25), (0, 10), (5, 12), (6, 7), (25, 30)]) == 22.0  # unsorted, nested, touching
+    with pytest.raises(ValueError, match="ends before it starts"):
+        b.busy_us([(5, 1)])
+
+    class Ev:  # the two fields of torch.autograd.profiler_util.FunctionEvent the bench reads
+        def __init__(self, dev, s, e):
+            self.device_type, self.time_range = dev, type("R", (), {"start": s, "end": e})()
+
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    evs = [Ev(cpu, 0, 100), Ev(gpu, 10, 30), Ev(gpu, 20, 40), Ev(cpu, 50, 60), Ev(gpu, 70, 75)]
+    assert b.device_intervals(evs) == [(10, 30), (20, 40), (70, 75)]
+    assert b.busy_us(b.device_intervals(evs)) == 35.0  # the launching host ops (CPU) are not GPU time
+
+
+def test_step_summary_reports_gpu_busy_share(tmp_path):
+    rows = [{"mode": "naive", "status": "ok", "tokens_per_s": "100", "extra_peak_mb": "20", "step_s": "0.2",
+             "gpu_busy_ms_per_step": "40", "gpu_busy_share": "0.2"},
+            {"mode": "triton", "status": "ok", "tokens_per_s": "130", "extra_peak_mb": "10", "step_s": "0.154",
+             "gpu_busy_ms_per_step": "41.5", "gpu_busy_share": "0.269"},
+            {"mode": "cuda", "status": "ok", "tokens_per_s": "90", "extra_peak_mb": "10", "step_s": "0.22",
+             "gpu_busy_error": "RuntimeError: CUPTI unavailable"}]
+    t = {x["name"]: x for x in gpu_summary.step_targets(rows, {})}
+    assert "GPU busy per step 41.5 of 154.0 ms (0.27) vs naive 40.0 of 200.0 ms (0.20)" in t["step_triton"]["detail"]
+    assert "GPU busy" not in t["step_cuda"]["detail"]
+    with open(tmp_path / "supernet_step_gpu.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+        w.writeheader()
+        w.writerows(rows)
+    md = gpu_summary.to_markdown(gpu_summary.summarize(tmp_path))
+    assert "| 41.5 of 154.0 ms (0.27) |" in md and "| RuntimeError: CUPTI unavailable |" in md
