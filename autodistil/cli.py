@@ -132,8 +132,9 @@ def build_parser() -> argparse.ArgumentParser:
     _space_source_args(pr)
     pr.add_argument("--supernet", action="append", help="take the spaces from these supernet folders (repeatable)")
     _profile_args(pr)
-    pr.add_argument("--grid", type=int, nargs=3, default=[3, 2, 2], metavar=("H", "A", "F"),
-                    help="grid points per subspace in hidden, heads, FFN width (trilinear interpolation between)")
+    pr.add_argument("--grid", type=int, nargs=3, default=None, metavar=("H", "A", "F"),
+                    help="grid points per subspace in hidden, heads, FFN width (trilinear interpolation between; "
+                         "default 3 2 2 on CPU, 3 4 2 on CUDA, where latency is not linear in heads)")
     pr.add_argument("--calibrate", type=int, default=12,
                     help="random full students measured end to end in the same session (block sums checked against "
                          "them; a linear correction kept only if leave-one-out error improves; 0: none)")
@@ -338,7 +339,7 @@ def cmd_profile(a):
         vocab = read_meta(a.supernet[0])["model"].get("vocab_size", 30522)
     else:
         spaces, vocab = list(_spaces_for(a).values()), 30522
-    table = build_table(spaces, st, vocab=vocab, grid=tuple(a.grid), calibrate=a.calibrate, budget_s=a.budget_s)
+    table = build_table(spaces, st, vocab=vocab, grid=a.grid, calibrate=a.calibrate, budget_s=a.budget_s)
     table.save(a.out)
     print(f"latency table ({len(table.rows)} entries over {len(table.meta['models'])} timed models, "
           f"{table.meta['profile_seconds']} s, threads {table.meta['threads'].get('threads')}, affinity "

@@ -72,7 +72,9 @@ class RunConfig:
     threads: int = 0
     profile_rounds: int = 12
     profile_round_s: float = 0.125       # timed seconds per model per round (bench/protocol_noise.py)
-    profile_grid: tuple[int, ...] = (3, 2, 2)  # grid points per subspace in hidden, heads, FFN width
+    # grid points per subspace in hidden, heads, FFN width; None: the device's default
+    # (latency.profile.default_grid: 3 2 2 on CPU, 3 4 2 on CUDA)
+    profile_grid: Optional[tuple[int, ...]] = None
     calibrate: int = 12
     measure_rounds: Optional[int] = None  # None: 2.5 s of timing per model (rounds of profile_round_s)
     verify_top: int = 4                  # candidates measured end to end per budget at search time
@@ -102,7 +104,7 @@ class RunConfig:
             raise ValueError(f"stop_after={self.stop_after!r} is not a stage: {list(STAGES)}")
         if any(f <= 0 or f > 1.5 for f in self.budget_fractions):
             raise ValueError(f"budget_fractions {self.budget_fractions} must be in (0, 1.5]")
-        if len(self.profile_grid) != 3 or min(self.profile_grid) < 1:
+        if self.profile_grid is not None and (len(self.profile_grid) != 3 or min(self.profile_grid) < 1):
             raise ValueError(f"profile_grid {self.profile_grid} must be 3 positive counts (hidden, heads, FFN width)")
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha={self.kd_alpha} must be within [0, 1]")
@@ -221,7 +223,7 @@ class Run:
         from .latency.run_measure import measure_in_subprocess, profile_in_subprocess
         c = self.cfg
         path = profile_in_subprocess(self.state["train"]["supernets"], self.out / "latency_table.json",
-                                     self._settings(), tuple(c.profile_grid), c.calibrate, log=self.log)
+                                     self._settings(), c.profile_grid, c.calibrate, log=self.log)
         table = LatencyTable.load(path)
         _, _, info, _ = self._teacher()
         t = measure_in_subprocess(path, {"teacher": info.path}, self.out / "latency" / "teacher.json")

@@ -258,13 +258,19 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     got = {}
 
     def fake_build(spaces, s, **kw):
-        got["st"] = s
+        got["st"], got["grid"] = s, kw.get("grid")
         raise RuntimeError("stop after settings")
     monkeypatch.setattr("autodistil.latency.profile.build_table", fake_build)
     ap = cli.build_parser()
     with pytest.raises(RuntimeError, match="stop after settings"):
         cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
     assert got["st"] == st
+    assert "--grid" not in cmd and got["grid"] is None  # no grid asked: build_table takes the device's default
+    run_measure.profile_in_subprocess([], tmp_path / "t.json", st, grid=(2, 4, 2), log=lambda *_: None)
+    cmd = seen["cmd"]
+    with pytest.raises(RuntimeError, match="stop after settings"):
+        cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+    assert list(got["grid"]) == [2, 4, 2]
     for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON"),
                      ('{"cuda_graphs": "false"}', "expected bool"), ('{"batch": "1"}', "expected int"),
                      ('{"depths": [0, 2.5]}', "expected list")):
@@ -280,3 +286,33 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
                                            "--settings", json.dumps(st.to_dict())]))
     a = ap.parse_args(["profile", "--out", "x", "--batch", "4", "--cuda-graphs"])
     assert (a.batch, a.cuda_graphs, a.rounds, a.depths) == (4, True, 12, [0, 2, 4])
+
+
+class StepInHeadsDevice(SyntheticDevice):
+    """A device whose per-layer cost jumps between 3 and 4 heads (as GPU tiling does), so latency is
+    not linear in heads: a grid with only the ends of the heads range mispredicts 3 and 4 heads."""
+
+    def runner(self, spec):
+        ms = true_ms(spec) + (0.4 * spec.layers if spec.heads >= 4 else 0.0)
+
+        def run():
+            self.t += ms * math.exp(self.rng.gauss(0, self.noise)) / 1e3
+        return run
+
+
+def test_default_grid_covers_every_heads_value_on_cuda(synth_space):
+    """Without a grid, build_table profiles the device's default: on CUDA every heads value of the
+    space (4 here), so a cost that is not linear in heads is still predicted within 2 %; the CPU
+    default (2 heads points: the ends) is off by more at the jump."""
+    from autodistil.latency.profile import default_grid
+    assert default_grid("cpu") == (3, 2, 2) and default_grid("cuda:1") == (3, 4, 2)
+    studs = [c for c in _students(synth_space, n=60) if c.heads in (3, 4)]
+    truth = lambda c: true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) + (0.4 * c.layers if c.heads >= 4 else 0)
+    err = lambda t: max(abs(t.predict(c) / truth(c) - 1) for c in studs)
+    gpu = build_table([synth_space], dataclasses.replace(SYN, device="cuda"), calibrate=0,
+                      device=StepInHeadsDevice(seed=11, stall_p=0.0))
+    cpu = build_table([synth_space], SYN, calibrate=0, device=StepInHeadsDevice(seed=11, stall_p=0.0))
+    assert gpu.meta["grid_points"] == [3, 4, 2] and cpu.meta["grid_points"] == [3, 2, 2]
+    assert gpu.grids[0]["heads"] == [2, 3, 4, 5] and cpu.grids[0]["heads"] == [2, 5]
+    assert err(gpu) < 0.02, err(gpu)
+    assert err(cpu) > 0.05, err(cpu)

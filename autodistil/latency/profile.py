@@ -548,6 +548,18 @@ def _pick(values: list, n: int) -> list:
     return [values[i] for i in idx]
 
 
+# Grid points per subspace (hidden, heads, FFN width) when none is asked for. On CUDA every heads
+# value of the paper spaces (4): on the H200 latency is not linear in heads (2026-11-26/27 runs:
+# students with 9 heads, interpolated between the grid's 7 and 10, ran 8-14 % slower than
+# predicted in both runs, while students on grid points averaged about 0 % signed error).
+DEFAULT_GRID = {"cpu": (3, 2, 2), "cuda": (3, 4, 2)}
+
+
+def default_grid(device: str) -> tuple:
+    """The grid `build_table` profiles when none is given, for a device string ('cpu', 'cuda:1')."""
+    return DEFAULT_GRID["cuda" if device.startswith("cuda") else "cpu"]
+
+
 def space_grid(space, grid: tuple = (3, 2, 2)) -> dict:
     """A rectangular (hidden, heads, FFN width) grid covering the space: `grid` points per
     dimension (hidden and heads among the space's values, FFN widths evenly over its range)."""
@@ -591,15 +603,17 @@ def ols(xs: list, ys: list) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: tuple = (3, 2, 2),
+def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Optional[tuple] = None,
                 seed: int = 0, calibrate: int = 12, max_bert_pairs: int = 8, device=None,
                 budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None):
     """Profile the grid of every space (depth regression per grid point), the BertModel-shaped
     (hidden, heads) pairs, and `calibrate` random full students measured end to end in the same
     session (block sums validated against them; a linear correction kept only if leave-one-out
     error improves). `device`: a TorchDevice by default (tests pass a synthetic one).
-    `budget_s`: stop after the round in progress once this many seconds have passed."""
+    `budget_s`: stop after the round in progress once this many seconds have passed.
+    `grid`: points per subspace in (hidden, heads, FFN width); None: ``default_grid(settings.device)``."""
     from .predict import LatencyTable
+    grid = tuple(grid) if grid is not None else default_grid(settings.device)
     head_dims = {s.head_dim for s in spaces}
     if len(head_dims) != 1:
         raise ValueError(f"spaces disagree on head dim {sorted(head_dims)}: profile them separately")

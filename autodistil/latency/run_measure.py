@@ -38,12 +38,15 @@ def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | Non
     return read_json(out_json, "latency measurement")
 
 
-def profile_in_subprocess(supernets: list, out_table, settings, grid=(3, 2, 2), calibrate: int = 12,
+def profile_in_subprocess(supernets: list, out_table, settings, grid=None, calibrate: int = 12,
                           log=print, timeout_s: float | None = None) -> Path:
     """Build a latency table with `python -m autodistil.cli profile` in a fresh process; every
-    ProfileSettings field travels (one --settings JSON), none is left to the CLI's defaults."""
+    ProfileSettings field travels (one --settings JSON), none is left to the CLI's defaults.
+    grid None: the device's default grid (latency.profile.default_grid)."""
     cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table),
-           "--settings", json.dumps(settings.to_dict()), "--grid", *map(str, grid), "--calibrate", str(calibrate)]
+           "--settings", json.dumps(settings.to_dict()), "--calibrate", str(calibrate)]
+    if grid is not None:
+        cmd += ["--grid", *map(str, grid)]
     for p in supernets:
         cmd += ["--supernet", str(p)]
     r = _run_cli(cmd, "profiling", timeout_s)
