@@ -22,7 +22,10 @@ Times: triton.testing.do_bench median and p20/p80 (ms, eager: includes the CPU l
 of Python and autograd, which bounds these small shapes) after one warm-up call (which also does
 Triton's bounded autotuning of a new shape), and the GPU time of the same call replayed from a
 CUDA graph (triton.testing.do_bench_cudagraph; gpu_ms_*; a capture failure is noted in
-graph_note); peak memory of one call above what was allocated before it. Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
+graph_note); peak memory of one call above what was allocated before it; for the first 4
+base-space linear shapes and every attention shape (--breakdown-shapes), one more call under
+torch.profiler, once everything is timed, gives each kernel's device time (`kernels`: label,
+launches, us per call, then the busy total), so a ratio below target says which kernel to work on. Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
 rewritten after every shape, so a run cut off by its time box keeps what it measured.
 Exit status: 0 done, 2 no GPU ("not measured"), 3 the CUDA context was lost (the culprit is
 printed as "CONTEXT_LOST culprit=IMPL"; rerun with --resume --exclude IMPL)."""
@@ -41,7 +44,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import (RESULTS, Budget, context_lost, cuda_context_ok, cuda_graph_time, cuda_peak_mb,  # noqa: E402
-                    cuda_time, device_info, median_time, write_csv)
+                    cuda_time, device_events, device_info, kernel_breakdown, median_time, profile_cuda,
+                    write_csv)
 
 from autodistil import ops  # noqa: E402
 from autodistil.space import PAPER_SPACES  # noqa: E402
@@ -50,6 +54,7 @@ HEAD_DIM = 64
 ATTN_HEADS = (7, 9, 12)
 GRAPHS = True  # also time CUDA-graph replays (GPU time); --no-graphs turns it off
 DEV = "cuda"  # "cpu" only for --device cpu: a dry run of every code path (small sizes; not a measurement)
+PENDING: list = []  # (row, fn) to profile once everything is timed (--breakdown-shapes)
 
 
 def linear_shapes():
@@ -139,7 +144,7 @@ def _row(info, a, op, shape, o, i, impl, note=""):
     return {**info, "op": op, "shape": shape, "o": o, "i": i, "tokens": a.batch * a.seq, "dtype": a.dtype,
             "impl": impl, "status": "ok", "ms_median": "", "ms_p20": "", "ms_p80": "", "peak_mem_mb": "",
             "max_abs_diff_vs_ref": "", "gpu_ms_median": "", "gpu_ms_p20": "", "gpu_ms_p80": "", "graph_note": "",
-            "note": note}
+            "note": note, "kernels": ""}
 
 
 def _skip_rows(info, a, op, shape, o, i, impls, done, emit):
@@ -149,9 +154,10 @@ def _skip_rows(info, a, op, shape, o, i, impls, done, emit):
             emit({**_row(info, a, op, shape, o, i, v), "status": "skipped: time budget"})
 
 
-def _measure(row, fn, grad_to_none, check=None):
+def _measure(row, fn, grad_to_none, check=None, breakdown=False):
     """Fill row with times and memory of fn; on an error record it and return False.
-    On the CPU (a dry run of the code paths, not a measurement) the time of one call."""
+    On the CPU (a dry run of the code paths, not a measurement) the time of one call.
+    breakdown (CUDA): one more call under torch.profiler, each kernel's device time in `kernels`."""
     try:
         if DEV == "cuda":
             ms, lo, hi = cuda_time(fn, grad_to_none=grad_to_none)
@@ -176,7 +182,33 @@ def _measure(row, fn, grad_to_none, check=None):
             if not cuda_context_ok():
                 row["status"] = "error: CUDA context lost in graph capture"
                 return False
+    if DEV == "cuda" and breakdown:
+        PENDING.append((row, fn))  # profiled after every timing (profile_pending)
     return True
+
+
+def _breakdowns_wanted(a) -> bool:
+    return DEV == "cuda" and a.breakdown_shapes > 0
+
+
+def profile_pending(budget, save) -> None:
+    """Where each pending call's GPU time goes, kernel by kernel (what to work on next): one
+    profiled call each, after all timing, since a profiler session may leave CUPTI attached and
+    slow down what is timed after it. No device event recorded is reported, not an empty row."""
+    while PENDING:
+        row, fn = PENDING.pop(0)
+        if not budget.allows(2.0):
+            row["kernels"] = "not profiled: time budget"
+        else:
+            try:
+                evs = profile_cuda(fn)
+                row["kernels"] = kernel_breakdown(evs) if device_events(evs) else "profile failed: no device events"
+            except Exception as e:  # noqa: BLE001  (no CUPTI, ...: the times stand)
+                row["kernels"] = f"profile failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                if not cuda_context_ok():
+                    print(f"the CUDA context was lost while profiling {row['impl']} {row['shape']}: no further profiling")
+                    PENDING.clear()
+        save()
 
 
 def bench_linear(a, info, impls, dt, budget, done, emit):
@@ -184,6 +216,9 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
     dw_update, dw_note = _dw_accumulate(dt)
     print(dw_note)
     shapes = [sh for sh in _round_robin(_shapes_in_order()) if a.shapes is None or sh[0] in a.shapes][:a.max_shapes]
+    # a kernel breakdown for the first --breakdown-shapes shapes of the base space (the largest layers)
+    profiled = {sh for sh in shapes if sh[0].startswith("base-")}
+    profiled = set(sorted(profiled, key=shapes.index)[:a.breakdown_shapes])
     for k, (name, o, i) in enumerate(shapes):
         if not budget.allows():
             print(f"time budget reached: {len(shapes) - k} linear shapes not measured")
@@ -250,7 +285,7 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 continue
             W.grad = b.grad = None
             r = _row(info, a, "sliced_linear_fwd_bwd", name, o, i, v, note)
-            ok = _measure(r, fn, [x], check)
+            ok = _measure(r, fn, [x], check, breakdown=(name, o, i) in profiled)
             emit(r)
             line[v] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -304,7 +339,7 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
             if vname not in impls or (shape, str(heads), str(HEAD_DIM), vname) in done:
                 continue
             r = _row(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, vname, note)
-            ok = _measure(r, fn, [q, k, v], check)
+            ok = _measure(r, fn, [q, k, v], check, breakdown=a.breakdown_shapes > 0)
             emit(r)
             line[vname] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -329,6 +364,10 @@ def main(argv=None):
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph (GPU time) measurement")
     ap.add_argument("--shapes", nargs="+", default=None, help="measure only these linear shapes (names, e.g. tiny-qkv)")
     ap.add_argument("--heads", type=int, nargs="+", default=list(ATTN_HEADS), help="attention head counts")
+    ap.add_argument("--breakdown-shapes", type=int, default=4,
+                    help="CUDA: profile one more call of every implementation on the first N base-space linear "
+                         "shapes and every attention shape: each kernel's device time in the `kernels` column "
+                         "(0: none)")
     a = ap.parse_args(argv)
     global DEV, GRAPHS
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -370,12 +409,16 @@ def main(argv=None):
     rc = 0
     try:
         if a.section in ("all", "linear"):
-            # with both sections under one budget, the linear shapes stop at 70 % of it so the
+            # with both sections under one budget, the linear shapes stop at 65 % of it so the
             # attention rows (compiled and timed after them) are measured too
-            lin_budget = Budget(0.7 * a.budget_s) if (a.section == "all" and a.budget_s) else budget
+            lin_budget = Budget(0.65 * a.budget_s) if (a.section == "all" and a.budget_s) else budget
             rc = bench_linear(a, info, lin, dt, lin_budget, done, emit)
         if rc == 0 and a.section in ("all", "attention"):
-            rc = bench_attention(a, info, att, dt, budget, done, emit)
+            # the last 10 % is left to the kernel breakdowns (profile_pending)
+            att_budget = Budget(0.9 * a.budget_s) if (a.budget_s and _breakdowns_wanted(a)) else budget
+            rc = bench_attention(a, info, att, dt, att_budget, done, emit)
+        if rc == 0:
+            profile_pending(budget, lambda: write_csv(out, rows))
     except KeyboardInterrupt:  # the time box's SIGINT: what was measured is already written
         print("interrupted by the time box; rows so far are in", out)
         return 124

@@ -17,11 +17,13 @@ is compared across modes), then the same steps run again timed, `--repeats` time
 sandwiches each time, so no new shape is compiled). Reported: tokens/s of the median pass
 (sequences x seq x sandwich members / wall time, synchronised) with the slowest and fastest
 pass's, and the peak memory above what is allocated after warm-up (model, grads, optimizer
-state, teacher: `base_mb`, also reported). On CUDA one more pass over the same steps runs under
-torch.profiler (CUDA activity) for the GPU's busy time per step: the union of its kernel, memcpy
-and memset intervals (`gpu_busy_ms_per_step`), and that time's share of the median step's wall
-time (`gpu_busy_share`): well under 1 means the step waits on the host (Python, autograd,
-launches), not on the GPU, and a backend beats naive slicing only by spending less host time.
+state, teacher: `base_mb`, also reported). On CUDA, once every mode is timed (a profiler session
+may leave CUPTI attached and slow down what is timed after it), one more pass per mode over the
+same steps runs under torch.profiler (CUDA activity) for the GPU's busy time per step: the union
+of its kernel, memcpy and memset intervals (`gpu_busy_ms_per_step`), and that time's share of the
+mode's median step (`gpu_busy_share`): well under 1 means the step waits on the host (Python,
+autograd, launches), not on the GPU, and a backend beats naive slicing only by spending less host
+time. A pass that records no device event is reported as an error (`gpu_busy_error`).
 Target (issue 12/13): every backend >= 1.2x the naive tokens/s with lower extra peak memory.
 
     python bench/bench_supernet_step.py [--out CSV] [--budget-s S]       # GPU
@@ -45,8 +47,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (RESULTS, Budget, PeakCPUMemory, context_lost, cuda_context_ok, device_info,  # noqa: E402
-                    naive_slicing, write_csv)
+from common import (RESULTS, Budget, PeakCPUMemory, busy_us, context_lost, cuda_context_ok,  # noqa: E402
+                    device_info, device_intervals, naive_slicing, profile_cuda, write_csv)
 
 from autodistil import ops  # noqa: E402
 from autodistil.data.text import TokenBlocks  # noqa: E402
@@ -104,42 +106,28 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def busy_us(intervals) -> float:
-    """Total length of the union of (start, end) intervals: overlapping ones (kernels on other
-    streams, a memcpy beside a kernel) are counted once."""
-    total, cur_s, cur_e = 0.0, None, None
-    for s, e in sorted(intervals):
-        if e < s:
-            raise ValueError(f"busy_us: interval ({s}, {e}) ends before it starts")
-        if cur_e is None or s > cur_e:
-            if cur_e is not None:
-                total += cur_e - cur_s
-            cur_s, cur_e = s, e
-        else:
-            cur_e = max(cur_e, e)
-    return total + (cur_e - cur_s if cur_e is not None else 0.0)
+def gpu_busy(tr, mode: str, snap, a) -> dict:
+    """The GPU's busy time per step in one profiled pass over the timed steps of `mode` (from the
+    snapshot again, the same sandwiches: nothing new compiles), and its share of that mode's median
+    step. Run after every mode is timed: a profiler session can leave CUPTI attached and slow down
+    what is timed after it. No device event recorded is an error, not an idle GPU."""
+    model = tr.model
+    ctx = naive_slicing(model) if mode == "naive" else grad_mode_ctx("inplace")
+    if mode != "naive":
+        model.backend = mode
+    try:
+        with ctx:
+            _restore(tr, snap)
+            tr.step = 0
+            iv = device_intervals(profile_cuda(tr.train_step, a.steps))
+    finally:
+        model.backend = "torch"
+    if not iv:
+        raise RuntimeError("the profiler recorded no device events")
+    return {"gpu_busy_ms_per_step": round(busy_us(iv) / 1000.0 / a.steps, 3)}
 
 
-def device_intervals(events) -> list:
-    """(start, end) in us of the profiler's device-side events (kernels, memcpy, memset): those
-    whose device_type is CUDA; the host-side ops that launched them are left out."""
-    cuda = torch.autograd.DeviceType.CUDA
-    return [(e.time_range.start, e.time_range.end) for e in events if e.device_type == cuda]
-
-
-def gpu_busy_ms(tr, steps: int) -> float:
-    """GPU busy ms per step over one profiled pass of `steps` steps from step 0 (the timed
-    sandwiches again: nothing new compiles)."""
-    from torch.profiler import ProfilerActivity, profile
-    tr.step = 0
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(steps):
-            tr.train_step()
-        torch.cuda.synchronize()
-    return busy_us(device_intervals(prof.events())) / 1000.0 / steps
-
-
-def run_mode(tr, mode: str, snap, a, device: str, busy: bool = False) -> dict:
+def run_mode(tr, mode: str, snap, a, device: str) -> dict:
     """Warm-up steps 0..n-1 from the snapshot, then the same steps timed; tokens/s and memory."""
     model = tr.model
     ctx = naive_slicing(model) if mode == "naive" else grad_mode_ctx("inplace")
@@ -174,27 +162,40 @@ def run_mode(tr, mode: str, snap, a, device: str, busy: bool = False) -> dict:
                 with PeakCPUMemory() as pm:
                     tr.train_step()
                 extra = pm.peak_mb
-            busy_ms, busy_err = None, None
-            if busy:
-                try:
-                    busy_ms = gpu_busy_ms(tr, a.steps)
-                except Exception as e:  # noqa: BLE001  (no CUPTI, ...: the timing above still stands)
-                    busy_err = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
     finally:
         model.backend = "torch"
     first = warm[0]
     tokens = a.steps * members * a.batch * a.seq
-    extra_cols = {"gpu_busy_error": busy_err} if busy_err else {}
-    if busy_ms is not None:
-        extra_cols = {"gpu_busy_ms_per_step": round(busy_ms, 3),
-                      "gpu_busy_share": round(busy_ms / (1000.0 * dt / a.steps), 3)}
-    return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes), **extra_cols,
+    return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes),
             "tokens_per_s_slowest": round(tokens / passes[-1], 1), "tokens_per_s_fastest": round(tokens / passes[0], 1),
             "step_s": round(dt / a.steps, 4), "extra_peak_mb": round(extra, 1), "base_mb": round(base / 2**20, 1),
             "warmup_s": round(t_warm, 2), "loss_step0": round(first["loss"], 6),
             "member_losses_step0": ";".join(f"{k}={v:.6f}" for k, v in first["members"].items()),
             "sandwich_step0": ";".join(first["subnets"].values()), "finite": all(
                 torch.isfinite(torch.tensor(w["loss"])).item() for w in warm)}
+
+
+def profile_modes(tr, snap, a, rows, budget, save) -> None:
+    """After all timing: each measured mode's profiled pass (gpu_busy) into its row, while the
+    budget allows (a pass costs about one timed pass plus the profiler's post-processing)."""
+    for r in rows:
+        if not budget.allows(3 * float(r["step_s"]) * a.steps + 2.0):
+            r["gpu_busy_error"] = "not profiled: time budget"
+            save()
+            continue
+        try:
+            r.update(gpu_busy(tr, r["mode"], snap, a))
+            r["gpu_busy_share"] = round(r["gpu_busy_ms_per_step"] / (1000.0 * float(r["step_s"])), 3)
+        except Exception as e:  # noqa: BLE001  (no CUPTI, ...: the timings stand)
+            traceback.print_exc()
+            r["gpu_busy_error"] = f"{type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+            if not cuda_context_ok():
+                print(f"the CUDA context was lost while profiling {r['mode']}: no further profiling")
+                save()
+                return
+        save()
+        print(f"{r['mode']}: GPU busy {r.get('gpu_busy_ms_per_step', '-')} ms per step of "
+              f"{1000 * float(r['step_s']):.1f} ({r.get('gpu_busy_share', r.get('gpu_busy_error'))})", flush=True)
 
 
 def main(argv=None):
@@ -250,6 +251,7 @@ def main(argv=None):
     snap = _snapshot(tr)
     print(f"trainer ready in {time.perf_counter() - t_build:.1f}s: supernet {tr.model.config}", flush=True)
     est = 0.0
+    timed = []  # the rows this process measured
     try:
         for mode in modes:
             if mode in done:
@@ -264,16 +266,19 @@ def main(argv=None):
                 continue
             t = time.perf_counter()
             try:
-                row.update(run_mode(tr, mode, snap, a, a.device, busy=a.device == "cuda" and not a.no_gpu_busy))
+                row.update(run_mode(tr, mode, snap, a, a.device))
             except Exception as e:  # noqa: BLE001  (recorded; the other modes still run)
                 traceback.print_exc()
                 row["status"] = f"error: {type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
             est = time.perf_counter() - t
             emit(row)
+            timed.append(row)
             print({k: row.get(k) for k in ("mode", "status", "tokens_per_s", "extra_peak_mb", "base_mb", "loss_step0",
                                             "warmup_s")}, flush=True)
             if row["status"] != "ok" and a.device == "cuda" and not cuda_context_ok():
                 return context_lost(mode)
+        if a.device == "cuda" and not a.no_gpu_busy:
+            profile_modes(tr, snap, a, [r for r in timed if r.get("status") == "ok"], budget, lambda: write_csv(out, rows))
     except KeyboardInterrupt:
         print("interrupted by the time box; rows so far are in", out)
         return 124

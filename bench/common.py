@@ -161,6 +161,69 @@ def cuda_peak_mb(fn) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def busy_us(intervals) -> float:
+    """Total length of the union of (start, end) intervals: overlapping ones (kernels on other
+    streams, a memcpy beside a kernel) are counted once."""
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if e < s:
+            raise ValueError(f"busy_us: interval ({s}, {e}) ends before it starts")
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    return total + (cur_e - cur_s if cur_e is not None else 0.0)
+
+
+def device_events(events) -> list:
+    """The profiler's device-side events (kernels, memcpy, memset: device_type CUDA), without
+    the host-side ops and runtime calls that launched them."""
+    cuda = torch.autograd.DeviceType.CUDA
+    return [e for e in events if e.device_type == cuda]
+
+
+def device_intervals(events) -> list:
+    """(start, end) in us of the device-side events."""
+    return [(e.time_range.start, e.time_range.end) for e in device_events(events)]
+
+
+def profile_cuda(fn, calls: int = 1) -> list:
+    """The torch.profiler events (CUDA activity) of `calls` calls of fn, synchronised."""
+    from torch.profiler import ProfilerActivity, profile
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return list(prof.events())
+
+
+def _kernel_label(name: str, width: int = 48) -> str:
+    """A kernel's name without the return type and template / argument lists, cut to `width`."""
+    n = name[5:] if name.startswith("void ") else name
+    for ch in "<(":
+        n = n.split(ch, 1)[0]
+    n = n.replace(",", " ").replace(";", " ").strip() or name[:width]
+    return n if len(n) <= width else n[:width - 1] + "~"
+
+
+def kernel_breakdown(events, calls: int = 1, top: int = 8) -> str:
+    """'label xN us; ...': device time per call of each kernel (grouped by label, largest first;
+    N launches per call), then the busy total: where a call's GPU time goes."""
+    groups: dict = {}
+    for e in device_events(events):
+        g = groups.setdefault(_kernel_label(e.name), [0.0, 0])
+        g[0] += e.time_range.end - e.time_range.start
+        g[1] += 1
+    items = sorted(groups.items(), key=lambda kv: -kv[1][0])
+    parts = [f"{k} x{n / calls:g} {us / calls:.1f}us" for k, (us, n) in items[:top]]
+    if len(items) > top:
+        parts.append(f"+{len(items) - top} more {sum(v[0] for _, v in items[top:]) / calls:.1f}us")
+    parts.append(f"busy {busy_us(device_intervals(events)) / calls:.1f}us")
+    return "; ".join(parts)
+
+
 def cuda_context_ok() -> bool:
     """False once a kernel has left the CUDA context unusable (illegal address, say): every later
     call would fail, so the benchmark stops and says which implementation broke it."""

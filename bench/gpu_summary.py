@@ -273,6 +273,11 @@ def kernel_targets(rows, backends: dict) -> tuple[list, dict]:
     return targets, tables
 
 
+def _cell(x) -> str:
+    """Text for a Markdown table cell (a '|' in an error message would split the row)."""
+    return str(x).replace("|", "\\|").replace("\n", " ")
+
+
 def _busy(r) -> str:
     """'B of S ms (share)': the GPU's busy time per step against the step's wall time, or ''."""
     b, st, sh = _num(r.get("gpu_busy_ms_per_step")), _num(r.get("step_s")), _num(r.get("gpu_busy_share"))
@@ -377,7 +382,9 @@ def summarize(outdir) -> dict:
                                       "note": b.get("note", "")},
             "tests": {"verdict": test_verdict, **(tests or {"files": {}, "failing": []})},
             "targets": targets, "kernel_tables": tables,
-            "supernet_step": [r for r in srows or []], "latency": lat_obj, "not_run": not_run}
+            "supernet_step": [r for r in srows or []], "latency": lat_obj, "not_run": not_run,
+            "kernel_rows": [{k: r.get(k) for k in ("op", "shape", "o", "i", "impl", "kernels")}
+                            for r in krows or [] if r.get("kernels")]}
 
 
 def _pair(e, k, nd=4):
@@ -429,6 +436,11 @@ def to_markdown(s: dict) -> str:
         L += [f"| {e['shape']} | {_pair(e, 'torch_sdpa')} | {_pair(e, 'autodistil_triton')} | "
               f"{_pair(e, 'autodistil_cuda')} | {_pair(e, 'ratio_triton', 2)} | {_pair(e, 'ratio_cuda', 2)} | "
               f"{e.get('note', '')} |" for e in att]
+    broken = [e for e in s.get("kernel_rows") or [] if e.get("kernels")]
+    if broken:
+        L += ["", "## Where the GPU time goes (one profiled call: kernel x launches, device us per call)", "",
+              "| op | shape | impl | kernels |", "|---|---|---|---|"]
+        L += [f"| {e.get('op')} | {e.get('shape')} | {e.get('impl')} | {_cell(e.get('kernels'))} |" for e in broken]
     if s["supernet_step"]:
         L += ["", "## Supernet step (sandwich of 4, bf16 autocast, AdamW)", "",
               "| mode | status | tokens/s (median pass) | slowest-fastest pass | GPU busy per step of wall (share) | "
@@ -436,7 +448,7 @@ def to_markdown(s: dict) -> str:
               "|---|---|---|---|---|---|---|---|"]
         L += [f"| {r.get('mode')} | {r.get('status')} | {r.get('tokens_per_s', '')} | "
               f"{(str(r.get('tokens_per_s_slowest')) + '-' + str(r.get('tokens_per_s_fastest'))) if r.get('tokens_per_s_slowest') else '-'} | "
-              f"{_busy(r) or r.get('gpu_busy_error') or '-'} | {r.get('extra_peak_mb', '')} | {r.get('base_mb', '')} | {r.get('loss_step0', '')} |"
+              f"{_cell(_busy(r) or r.get('gpu_busy_error') or '-')} | {r.get('extra_peak_mb', '')} | {r.get('base_mb', '')} | {r.get('loss_step0', '')} |"
               for r in s["supernet_step"]]
     if s["not_run"]:
         L += ["", "## Not run / not measured", ""] + [f"- {x}" for x in s["not_run"]]

@@ -349,21 +349,51 @@ def test_step_summary_with_partial_pass_columns():
 def test_gpu_busy_counts_overlapping_device_intervals_once():
     """The step's GPU busy time is the union of its device intervals: a plain sum counts a memcpy
     beside a kernel (or kernels on two streams) twice."""
-    import bench_supernet_step as b
+    import common as b
     assert b.busy_us([]) == 0.0
     assert b.busy_us([(0, 10), (20, 25)]) == 15.0
     assert b.busy_us([(20, 25), (0, 10), (5, 12), (6, 7), (25, 30)]) == 22.0  # unsorted, nested, touching
     with pytest.raises(ValueError, match="ends before it starts"):
         b.busy_us([(5, 1)])
 
-    class Ev:  # the two fields of torch.autograd.profiler_util.FunctionEvent the bench reads
-        def __init__(self, dev, s, e):
-            self.device_type, self.time_range = dev, type("R", (), {"start": s, "end": e})()
-
     cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
-    evs = [Ev(cpu, 0, 100), Ev(gpu, 10, 30), Ev(gpu, 20, 40), Ev(cpu, 50, 60), Ev(gpu, 70, 75)]
+    evs = [_Ev(cpu, 0, 100), _Ev(gpu, 10, 30), _Ev(gpu, 20, 40), _Ev(cpu, 50, 60), _Ev(gpu, 70, 75)]
     assert b.device_intervals(evs) == [(10, 30), (20, 40), (70, 75)]
     assert b.busy_us(b.device_intervals(evs)) == 35.0  # the launching host ops (CPU) are not GPU time
+
+
+class _Ev:  # the fields of torch.autograd.profiler_util.FunctionEvent the benches read
+    def __init__(self, dev, s, e, name="k"):
+        self.device_type, self.name = dev, name
+        self.time_range = type("R", (), {"start": s, "end": e})()
+
+
+def test_kernel_breakdown_groups_device_time_per_kernel_and_call():
+    """Two profiled calls: each kernel's device time and launches per call, largest first, names
+    without return type / template arguments; host events and their time are left out."""
+    import common
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    mm = "void cutlass::Kernel2<cutlass_80_wmma_tensorop_bf16_s161616gemm_bf16_32x32_128x2_tn_align8>(T1::Params)"
+    evs = [_Ev(cpu, 0, 500, "aten::addmm"), _Ev(gpu, 0, 30, mm), _Ev(gpu, 40, 50, "_mm_kernel"),
+           _Ev(gpu, 100, 130, mm), _Ev(gpu, 140, 150, "_mm_kernel"), _Ev(gpu, 145, 147, "Memset (Device)")]
+    got = common.kernel_breakdown(evs, calls=2)
+    assert got == "cutlass::Kernel2 x1 30.0us; _mm_kernel x1 10.0us; Memset x0.5 1.0us; busy 40.0us", got
+    assert common.kernel_breakdown(evs, calls=2, top=1).startswith("cutlass::Kernel2 x1 30.0us; +2 more 11.0us;")
+    assert common._kernel_label("x" * 80).endswith("~") and len(common._kernel_label("x" * 80)) == 48
+
+
+def test_summary_lists_the_kernel_breakdowns(tmp_path):
+    d = _write_outdir(tmp_path / "k")
+    rows = list(csv.DictReader(open(d / "kernels_gpu.csv")))
+    rows[0]["kernels"] = "_mm_kernel x3 40.0us; busy 40.0us"
+    with open(d / "kernels_gpu.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    gpu_summary.write_summary(d)
+    md = (d / "summary.md").read_text()
+    assert "## Where the GPU time goes" in md
+    assert f"| {rows[0]['impl']} | _mm_kernel x3 40.0us; busy 40.0us |" in md
 
 
 def test_step_summary_reports_gpu_busy_share(tmp_path):
@@ -382,3 +412,57 @@ def test_step_summary_reports_gpu_busy_share(tmp_path):
         w.writerows(rows)
     md = gpu_summary.to_markdown(gpu_summary.summarize(tmp_path))
     assert "| 41.5 of 154.0 ms (0.27) |" in md and "| RuntimeError: CUPTI unavailable |" in md
+
+
+def test_step_profiled_passes_fill_rows_and_report_failures(monkeypatch):
+    """The profiled passes (run once every mode is timed) put the GPU's busy time and its share of
+    the mode's step into each row; a pass with no device event is an error, not an idle GPU; past
+    the budget a row says it was not profiled."""
+    import argparse
+    import types
+    import bench_supernet_step as b
+    cpu, gpu = torch.autograd.DeviceType.CPU, torch.autograd.DeviceType.CUDA
+    traces = {"naive": [_Ev(cpu, 0, 900), _Ev(gpu, 0, 30_000), _Ev(gpu, 40_000, 90_000)], "cuda": [_Ev(cpu, 0, 900)]}
+    seen = []
+
+    def fake_profile(fn, calls):
+        fn()
+        return traces[seen[-1]]
+    monkeypatch.setattr(b, "profile_cuda", fake_profile)
+    monkeypatch.setattr(b, "_restore", lambda tr, snap: None)
+    monkeypatch.setattr(b, "cuda_context_ok", lambda: True)
+    model = types.SimpleNamespace(backend="torch")
+    tr = types.SimpleNamespace(model=model, step=7, train_step=lambda: None)
+    a = argparse.Namespace(steps=2)
+    rows = [{"mode": "naive", "step_s": "0.2"}, {"mode": "cuda", "step_s": "0.25"}]
+    real = b.gpu_busy
+    monkeypatch.setattr(b, "gpu_busy", lambda tr, mode, snap, a: (seen.append(mode), real(tr, mode, snap, a))[1])
+    monkeypatch.setattr(b, "naive_slicing", lambda m: __import__("contextlib").nullcontext())
+    saves = []
+    b.profile_modes(tr, None, a, rows, b.Budget(None), lambda: saves.append(1))
+    assert rows[0]["gpu_busy_ms_per_step"] == 40.0 and rows[0]["gpu_busy_share"] == 0.2  # 80 ms over 2 steps
+    assert "no device events" in rows[1]["gpu_busy_error"] and "gpu_busy_share" not in rows[1]
+    assert len(saves) == 2 and model.backend == "torch" and tr.step == 0
+    late = [{"mode": "naive", "step_s": "0.2"}]
+    b.profile_modes(tr, None, a, late, types.SimpleNamespace(allows=lambda est: False), lambda: None)
+    assert late[0]["gpu_busy_error"] == "not profiled: time budget"
+
+
+def test_kernel_breakdowns_run_after_timing_and_say_when_empty(monkeypatch):
+    """Rows queued by _measure get their `kernels` breakdown from profile_pending (after all timing):
+    a trace without device events says so; past the budget, 'not profiled'."""
+    import types
+    import bench_kernels as bk
+    gpu = torch.autograd.DeviceType.CUDA
+    traces = iter([[_Ev(gpu, 0, 12, "void _mm_kernel<1>(int)")], []])
+    ran = []
+    monkeypatch.setattr(bk, "profile_cuda", lambda fn: (fn(), next(traces))[1])
+    r1, r2, r3 = {"impl": "a", "shape": "s"}, {"impl": "b", "shape": "s"}, {"impl": "c", "shape": "s"}
+    bk.PENDING[:] = [(r1, lambda: ran.append(1)), (r2, lambda: ran.append(2))]
+    saves = []
+    bk.profile_pending(bk.Budget(None), lambda: saves.append(1))
+    assert r1["kernels"] == "_mm_kernel x1 12.0us; busy 12.0us" and r2["kernels"] == "profile failed: no device events"
+    assert ran == [1, 2] and len(saves) == 2 and not bk.PENDING
+    bk.PENDING[:] = [(r3, lambda: ran.append(3))]
+    bk.profile_pending(types.SimpleNamespace(allows=lambda est: False), lambda: None)
+    assert r3["kernels"] == "not profiled: time budget" and ran == [1, 2] and not bk.PENDING
