@@ -150,6 +150,9 @@ class Run:
         upto = STAGES[: STAGES.index(stage) + 1]
         keys = [k for s in upto for k in _DEPS[s]]
         vals = {k: d[k] for k in keys}
+        if "profile_grid" in vals and vals["profile_grid"] is None:  # the grid it stands for: an explicit
+            from .latency.profile import default_grid                 # equal grid keeps the cached stages
+            vals["profile_grid"] = default_grid(self.cfg.device)
         vals.update({f"version:{s}": _VERSIONS[s] for s in upto if s in _VERSIONS})
         return hashlib.sha256(json.dumps(vals, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

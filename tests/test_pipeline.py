@@ -190,6 +190,15 @@ def test_run_stage_versions_invalidate_later_markers(tmp_path, monkeypatch):
     assert all(before[s] != after[s] for s in pl.STAGES[i:])
 
 
+def test_default_profile_grid_keeps_the_cached_stages_of_its_explicit_grid(tmp_path):
+    """profile_grid None stands for the device's default grid: a run folder made with that grid
+    written out (the old default, 3 2 2 on CPU) keeps its cached stages; another grid reruns them."""
+    import autodistil.pipeline as pl
+    h = lambda **kw: pl.Run(RunConfig(out_dir=str(tmp_path), **kw))._hash("report")  # noqa: E731
+    assert h() == h(profile_grid=(3, 2, 2))
+    assert h() != h(profile_grid=(3, 4, 2)) and h(device="cuda") == h(device="cuda", profile_grid=(3, 4, 2))
+
+
 def test_run_config_errors():
     with pytest.raises(ValueError, match="stop_after='nope' is not a stage"):
         RunConfig(stop_after="nope")
