@@ -154,6 +154,22 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--out", required=True)
     v.set_defaults(fn=cmd_validate)
 
+    pd = sub.add_parser("predict", help="predicted latency of subnets from a latency table (optionally at the "
+                                        "machine's speed now)")
+    pd.add_argument("--table", required=True, help="latency table JSON (from `autodistil profile`)")
+    add_subnet_args(pd, required=False)
+    pd.add_argument("--subnet", action="append", default=[], metavar="L6-H384-R4-A12",
+                    help="more subnets, each as layers-hidden-MLP ratio-heads (repeatable)")
+    pd.add_argument("--reanchor", action="store_true",
+                    help="time the table's anchor now (its protocol, about rounds x round_s seconds, on the device "
+                         "the table was built on) and scale every prediction by the anchor's time now over its time "
+                         "at profiling: the machine's speed change since then")
+    pd.add_argument("--rounds", type=int, default=None, help="with --reanchor: rounds (default: the table's)")
+    pd.add_argument("--allow-outside-space", action="store_true",
+                    help="predict subnets in none of the table's spaces too (extrapolated from its grid)")
+    pd.add_argument("--out", default=None, help="also write the predictions as JSON here")
+    pd.set_defaults(fn=cmd_predict)
+
     me = sub.add_parser("measure", help="end-to-end latency of exported folders with a table's protocol and anchor")
     me.add_argument("--table", required=True, help="latency table whose settings and anchor to use")
     me.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER",
@@ -377,6 +393,50 @@ def cmd_validate(a):
     spaces = [SearchSpace.from_dict(d) for d in table.spaces]
     rep = validate_table(table, spaces, st, a.n, a.seed, a.out)
     print(format_validation(rep))
+
+
+def cmd_predict(a):
+    from .io import atomic_write_json
+    from .latency.predict import LatencyTable
+    from .space import SearchSpace
+    table = LatencyTable.load(a.table)
+    spaces = [SearchSpace.from_dict(d) for d in table.spaces]
+    flags = [a.layers, a.hidden, a.ffn_ratio, a.heads]
+    if any(v is not None for v in flags) and not all(v is not None for v in flags):
+        raise ValueError("give all four of --layers --hidden --ffn-ratio --heads, or none (and --subnet)")
+    cfgs = ([subnet_from_args(a)] if flags[0] is not None else []) + [SubnetConfig.parse(t) for t in a.subnet]
+    if not cfgs:
+        raise ValueError("no subnet: give --layers --hidden --ffn-ratio --heads and/or --subnet L6-H384-R4-A12")
+    rows = []
+    for c in cfgs:
+        inside = [s.name for s in spaces if c in s]
+        if not inside and not a.allow_outside_space:
+            raise ValueError(f"subnet {c.short()} is in none of the table's spaces "
+                             f"({'; '.join(s.describe() for s in spaces)}); pass --allow-outside-space to "
+                             f"extrapolate anyway")
+        rows.append({"subnet": c.short(), "space": inside[0] if inside else None,
+                     "class": "BertModel" if c.heads * table.head_dim == c.hidden else "AutoDistilBertModel"})
+    speed = None
+    if a.reanchor:
+        from .latency.validate import speed_now
+        speed = speed_now(table, _table_settings(table, a.rounds))
+        table = table.rescaled(speed["factor"])
+    for r, c in zip(rows, cfgs):
+        ms, sd = table.predict_with_uncertainty(c)
+        r.update(ms=ms, sd_ms=sd, low_ms=table.predict_low(c))
+    print(f"latency table for {table.describe_key()}")
+    if speed:
+        print(f"anchor now {speed['anchor_ms']:.3f} ms, at profiling {speed['table_anchor_ms']:.3f} ms: predictions "
+              f"scaled by {speed['factor']:.3f} (timed over {speed['seconds']:.1f} s; anchor spread "
+              f"{speed['anchor_spread_pct']:.0f} % within this session)")
+    else:
+        print("predictions at the machine's speed when it was profiled (--reanchor: at its speed now)")
+    for r in rows:
+        where = f"space {r['space']}" if r["space"] else "outside the table's spaces"
+        print(f"{r['subnet']}: {r['ms']:.3f} ms +- {r['sd_ms']:.3f} (low percentile {r['low_ms']:.3f} ms; "
+              f"{where}, exports as {r['class']})")
+    if a.out:
+        atomic_write_json(a.out, {"table": str(a.table), "key": table.key, "speed": speed, "predictions": rows})
 
 
 def cmd_measure(a):

@@ -54,6 +54,16 @@ class SubnetConfig:
             raise ValueError(f"subnet description lacks {missing}; it needs {list(_FIELDS)}")
         return cls(int(d["layers"]), int(d["hidden"]), float(d["ffn_ratio"]), int(d["heads"]))
 
+    @classmethod
+    def parse(cls, text: str) -> "SubnetConfig":
+        """The inverse of ``short``: 'L6-H384-R4-A12' (layers, hidden, MLP ratio, heads)."""
+        import re
+        m = re.fullmatch(r"\s*L(\d+)-H(\d+)-R(\d+(?:\.\d+)?)-A(\d+)\s*", text or "")
+        if not m:
+            raise ValueError(f"subnet {text!r} is not of the form L<layers>-H<hidden>-R<MLP ratio>-A<heads>, "
+                             f"e.g. L6-H384-R4-A12")
+        return cls(int(m[1]), int(m[2]), float(m[3]), int(m[4]))
+
     def short(self) -> str:
         return f"L{self.layers}-H{self.hidden}-R{self.ffn_ratio:g}-A{self.heads}"
 

@@ -316,3 +316,63 @@ def test_default_grid_covers_every_heads_value_on_cuda(synth_space):
     assert gpu.grids[0]["heads"] == [2, 3, 4, 5] and cpu.grids[0]["heads"] == [2, 5]
     assert err(gpu) < 0.02, err(gpu)
     assert err(cpu) > 0.05, err(cpu)
+
+
+def test_reanchor_at_use_recovers_a_machine_that_slowed_down(synth_space):
+    """The table is profiled at one speed, used when the machine runs 12 % slower: its predictions
+    come out ~11 % low; the anchor timed at use (speed_now) gives the factor, and the rescaled
+    table predicts within 2 %. The factor is a use-time setting: the table itself is unchanged."""
+    from autodistil.latency.validate import speed_now
+    table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=21))
+    slow = SyntheticDevice(seed=22, drift=lambda t: 1.12)
+    sp = speed_now(table, SYN, device=slow)
+    assert sp["factor"] == pytest.approx(1.12, rel=0.02) and sp["table_anchor_ms"] == table.anchor_ms
+    truth = lambda c: 1.12 * true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))  # noqa: E731
+    studs = _students(synth_space)
+    as_is = max(abs(table.predict(c) / truth(c) - 1) for c in studs)
+    now = table.rescaled(sp["factor"])
+    assert as_is > 0.08, as_is
+    assert max(abs(now.predict(c) / truth(c) - 1) for c in studs) < 0.02
+    c = studs[0]
+    assert now.predict_low(c) == pytest.approx(sp["factor"] * table.predict_low(c))
+    assert now.predict_with_uncertainty(c)[1] == pytest.approx(sp["factor"] * table.predict_with_uncertainty(c)[1])
+    assert table.speed == 1.0
+    for bad in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="speed factor must be a positive finite number"):
+            table.rescaled(bad)
+
+
+def test_predict_command(synth_space, tmp_path, capsys):
+    """`autodistil predict`: predictions of named subnets from a table (JSON too); a subnet outside
+    the table's spaces and a malformed one are refused; --reanchor refuses a table from another
+    device (the anchor here says nothing about it)."""
+    import json
+    from autodistil import cli
+    from autodistil.space import SubnetConfig
+    table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=23))
+    path = table.save(tmp_path / "t.json")
+    c = SubnetConfig(4, 96, 3.0, 3)  # 3 heads x 32 == 96: exports as BertModel
+    assert SubnetConfig.parse(c.short()) == c and SubnetConfig.parse("L2-H64-R2.5-A2") == SubnetConfig(2, 64, 2.5, 2)
+    for bad in ("L2-H64-A2", "2-64-2-2", "", "L2-H64-R2-A2-x"):
+        with pytest.raises(ValueError, match="is not of the form L<layers>"):
+            SubnetConfig.parse(bad)
+    out = tmp_path / "p.json"
+    assert cli.main(["predict", "--table", str(path), "--layers", "4", "--hidden", "96", "--ffn-ratio", "3",
+                     "--heads", "3", "--subnet", "L2-H64-R2-A5", "--out", str(out)]) == 0
+    got = json.loads(out.read_text())
+    assert [p["subnet"] for p in got["predictions"]] == [c.short(), "L2-H64-R2-A5"] and got["speed"] is None
+    assert got["predictions"][0]["ms"] == pytest.approx(table.predict(c))
+    assert got["predictions"][0]["class"] == "BertModel" and got["predictions"][1]["class"] == "AutoDistilBertModel"
+    assert f"{c.short()}: {table.predict(c):.3f} ms" in capsys.readouterr().out
+    assert cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2"]) == 2
+    assert "in none of the table's spaces" in capsys.readouterr().err
+    assert cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2", "--allow-outside-space"]) == 0
+    assert "outside the table's spaces" in capsys.readouterr().out
+    assert cli.main(["predict", "--table", str(path), "--subnet", "L2-H64-A2"]) == 2
+    assert "is not of the form" in capsys.readouterr().err
+    assert cli.main(["predict", "--table", str(path), "--layers", "2"]) == 2
+    assert "give all four of --layers" in capsys.readouterr().err
+    assert cli.main(["predict", "--table", str(path)]) == 2
+    assert "no subnet" in capsys.readouterr().err
+    assert cli.main(["predict", "--table", str(path), "--subnet", c.short(), "--reanchor"]) == 2
+    assert "cannot time the anchor for this table here" in capsys.readouterr().err

@@ -33,8 +33,13 @@ class LatencyTable:
     rows: list            # [{kind: grid|bert, space, hidden, heads, ffn, cls, slope_ms, intercept_ms, ...}]
     meta: dict = field(default_factory=dict)
     correction: dict | None = None  # {"a": slope, "b": intercept_ms, "rel_sd": residual sd}
+    # the machine's speed at use over its speed at profiling (the anchor now / then; 1: as profiled):
+    # every prediction is multiplied by it (``rescaled``); a use-time setting, never saved
+    speed: float = 1.0
 
     def __post_init__(self):
+        if not (isinstance(self.speed, (int, float)) and math.isfinite(self.speed) and self.speed > 0):
+            raise ValueError(f"latency table speed factor must be a positive finite number, got {self.speed!r}")
         if not self.rows:
             raise ValueError("latency table has no entries")
         self._grid = {}
@@ -159,14 +164,20 @@ class LatencyTable:
 
     def predict_low(self, cfg: SubnetConfig) -> float:
         """The low percentile of the latency (blocks alone, no correction)."""
-        return self.raw(cfg, low=True)[0]
+        return self.raw(cfg, low=True)[0] * self.speed
 
     def predict_with_uncertainty(self, cfg: SubnetConfig) -> tuple[float, float]:
         ms, sd = self.raw(cfg)
         if self.correction:
             ms = self.correction["a"] * ms + self.correction["b"]
             sd = math.sqrt(sd ** 2 + (self.correction.get("rel_sd", 0.0) * ms) ** 2)
-        return ms, sd
+        return ms * self.speed, sd * self.speed
+
+    def rescaled(self, speed: float) -> "LatencyTable":
+        """This table predicting at another machine speed (the anchor timed at use over the anchor at
+        profiling: ``latency.validate.speed_now``); the table itself is left as it is."""
+        return LatencyTable(self.key, self.settings, self.head_dim, self.vocab, self.spaces, self.grids, self.rows,
+                            self.meta, self.correction, speed)
 
     def fit_correction(self, cfgs: list, measured_ms: list) -> dict:
         """Fit ms_true ~ a * ms_raw + b on calibration students; keep it only if leave-one-out

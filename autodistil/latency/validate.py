@@ -112,6 +112,26 @@ def measure_models(models: dict, table: LatencyTable, settings: ProfileSettings,
             "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def speed_now(table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None) -> dict:
+    """The machine's speed now against when the table was profiled: the table's anchor alone, timed
+    with the table's protocol (its rounds: about rounds x round_s seconds), over the anchor then.
+    `factor` goes to ``table.rescaled``. On this 2-core CPU the machine's speed moved by 5-10 % between
+    a profile and a use minutes later (README, "Validation on this CPU"). Refuses another device or
+    settings (the anchor there says nothing about the table's) and a table without an anchor."""
+    if not table.anchor_ms:
+        raise ValueError("the latency table records no anchor timing: profile again with `autodistil profile`")
+    if device is None:
+        key = machine_key(settings)
+        diff = table.same_device(key)
+        if diff:
+            raise ValueError(f"cannot time the anchor for this table here: it was measured on {table.describe_key()}, "
+                             f"this machine is {key.get('device_name')} (differs in {diff})")
+    res = measure_models({}, table, settings, seed, device=device)
+    return {"factor": res["drift"], "anchor_ms": res["anchor_ms"], "table_anchor_ms": table.anchor_ms,
+            "anchor_spread_pct": res["anchor_spread_pct"], "seconds": res["seconds"], "when": res["when"],
+            "threads": res["threads"]}
+
+
 def measure_folders(folders: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0) -> dict:
     """Load exported folders with AutoModel.from_pretrained and time them (measure_models)."""
     from transformers import AutoModel
