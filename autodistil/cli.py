@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--verify-top", type=int, default=0,
                     help="measure the best K candidates near each latency budget end to end on this device and choose "
                          "the best whose measured latency + noise margin meets it (0: predicted only)")
+    se.add_argument("--reanchor", action="store_true",
+                    help="without --verify-top: time the table's anchor now and search under predictions scaled by "
+                         "the machine's speed change since profiling (recorded as table_speed in search.json)")
     se.add_argument("--no-rescale", action="store_true",
                     help="with --verify-top: no second session for the candidates near a budget under predictions "
                          "scaled by the machine's measured speed change since profiling")
@@ -490,11 +493,15 @@ def budgets_from_args(a) -> list:
 
 def run_search_command(a):
     from .search.run import HeldoutLoss, SearchSpec, format_choice, load_search_inputs, metrics_fn, search
+    if a.reanchor and (a.table is None or a.verify_top):
+        raise ValueError("--reanchor needs --table and no --verify-top (verification times the anchor itself and "
+                         "rescales its second session by the speed change it measures)")
     if a.objective == "proxy":
         return run_proxy_search_command(a)
     budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, head_dim = load_search_inputs(a.supernet, a.table, a.corpus,
                                                                     a.heldout_blocks, a.seq_len)
+    table = _reanchored(a, table)
     vocab = nets[0][0].config.vocab_size
     pairs = []
     for model, spaces, meta in nets:
@@ -524,11 +531,23 @@ def run_search_command(a):
     return res
 
 
+def _reanchored(a, table):
+    """With --reanchor, the table predicting at the machine's speed now (its anchor timed here)."""
+    if not getattr(a, "reanchor", False):
+        return table
+    from .latency.validate import speed_now
+    sp = speed_now(table, _table_settings(table))
+    print(f"anchor now {sp['anchor_ms']:.3f} ms, at profiling {sp['table_anchor_ms']:.3f} ms: searching under "
+          f"predictions scaled by {sp['factor']:.3f}")
+    return table.rescaled(sp["factor"])
+
+
 def run_proxy_search_command(a):
     from .search.proxy import proxy_search
     from .search.run import format_choice, load_search_inputs
     budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
+    table = _reanchored(a, table)
     res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
                        method=a.method)
     for label, r in res["best"].items():

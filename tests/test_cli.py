@@ -32,6 +32,10 @@ def test_space_and_cost(capsys):
     (["measure", "--table", "/nonexistent.json", "--model", "a=/x", "--out", "o.json"], "/nonexistent.json"),
     (["profile", "--stat", "mean", "--out", "t.json"], "stat 'mean' is not allowed"),
     (["profile", "--depths", "3", "--out", "t.json"], "depths (3,) must hold at least two distinct depths"),
+    (["search", "--supernet", "x", "--reanchor", "--latency-ms", "5", "--out", "o"], "--reanchor needs --table"),
+    (["search", "--supernet", "x", "--table", "t.json", "--reanchor", "--verify-top", "2", "--latency-ms", "5",
+      "--out", "o"], "--reanchor needs --table and no --verify-top"),
+    (["search", "--supernet", "x", "--objective", "proxy", "--reanchor", "--out", "o"], "--reanchor needs --table"),
 ])
 def test_bad_arguments_one_line_exit_2(args, msg, capsys):
     rc, _, err = run(args, capsys)

@@ -312,3 +312,29 @@ def test_budget_verification_on_the_synthetic_device():
     truth = lambda r: 1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])))
     assert truth(predicted_best) > budget  # the search alone would break the budget
     assert truth(b["chosen"]) <= budget and b["chosen"]["measured_ms"] + b["chosen"]["margin_ms"] <= budget
+
+
+def test_search_under_a_reanchored_table(tmp_path):
+    """The machine runs 15 % slower than when the table was profiled: the search under the table as
+    is picks a student that breaks the budget; with the anchor timed now (speed_now) and the table
+    rescaled by it, the pick is within the predictor's error of the budget, and search.json records
+    the factor the predictions were scaled by."""
+    import json
+    from autodistil.latency.profile import ModelSpec
+    from autodistil.latency.validate import speed_now
+    from autodistil.space import Range, SearchSpace
+    from test_latency import true_ms
+    sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
+    st = ProfileSettings(rounds=2, round_s=0.1)
+    table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
+    slow = SyntheticDevice(seed=3, drift=lambda t: 1.15)
+    factor = speed_now(table, st, device=slow)["factor"]
+    assert factor == pytest.approx(1.15, rel=0.03)
+    truth = lambda r: 1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"],  # noqa: E731
+                                               int(r["hidden"] * r["ffn_ratio"])))
+    spec = SearchSpec(budgets=[Budget(latency_ms=8.0)], method="exhaustive")
+    as_is = search([(sp, _loss)], table, spec, head_dim=32)["best"]["latency<=8ms"]
+    now = search([(sp, _loss)], table.rescaled(factor), spec, head_dim=32, out_dir=tmp_path)["best"]["latency<=8ms"]
+    assert truth(as_is) > 8.0 * 1.05
+    assert truth(now) <= 8.0 * 1.03 and now["latency_ms"] <= 8.0
+    assert json.loads((tmp_path / "search.json").read_text())["table_speed"] == pytest.approx(factor)

@@ -52,7 +52,8 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
             best[label] = top
     uniq = {candidate_key(r): r for r in rows}
     front = pareto_front(list(uniq.values()), ("neg_score", "latency_ms" if table is not None else "macs"))
-    result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": task}
+    result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": task,
+              "table": agn["table"], "table_speed": agn["table_speed"]}
     if out_dir is not None:
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

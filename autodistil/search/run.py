@@ -196,7 +196,8 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
         r["pareto"] = candidate_key(r) in front_ids
     result = {"candidates": rows, "front": front, "best": best,
               "evaluations": {s.name: o.evaluations for s, o in objectives},
-              "table": table.key if table is not None else None}
+              "table": table.key if table is not None else None,
+              "table_speed": table.speed if table is not None else None}  # predictions x this (1: as profiled)
     if out_dir is not None:
         write_search_outputs(result, Path(out_dir), has_latency=table is not None)
     return result
