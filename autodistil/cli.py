@@ -433,7 +433,9 @@ def cmd_predict(a):
               f"scaled by {speed['factor']:.3f} (timed over {speed['seconds']:.1f} s; anchor spread "
               f"{speed['anchor_spread_pct']:.0f} % within this session)")
     else:
-        print("predictions at the machine's speed when it was profiled (--reanchor: at its speed now)")
+        print(f"predictions at the machine's speed when it was profiled ({table.meta.get('created', 'time unknown')}; "
+              f"--reanchor: at its speed now, which on this project's CPU moved by 5-10 % within minutes and by "
+              f"1.35-1.8x between sessions)")
     for r in rows:
         where = f"space {r['space']}" if r["space"] else "outside the table's spaces"
         print(f"{r['subnet']}: {r['ms']:.3f} ms +- {r['sd_ms']:.3f} (low percentile {r['low_ms']:.3f} ms; "
