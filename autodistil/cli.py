@@ -402,6 +402,9 @@ def cmd_predict(a):
     from .io import atomic_write_json
     from .latency.predict import LatencyTable
     from .space import SearchSpace
+    if a.rounds is not None and (not a.reanchor or a.rounds < 2):
+        raise ValueError(f"--rounds {a.rounds}: it sets the rounds of --reanchor's anchor timing and must be >= 2 "
+                         f"(default: the table's)")
     table = LatencyTable.load(a.table)
     spaces = [SearchSpace.from_dict(d) for d in table.spaces]
     flags = [a.layers, a.hidden, a.ffn_ratio, a.heads]
@@ -434,8 +437,7 @@ def cmd_predict(a):
               f"{speed['anchor_spread_pct']:.0f} % within this session)")
     else:
         print(f"predictions at the machine's speed when it was profiled ({table.meta.get('created', 'time unknown')}; "
-              f"--reanchor: at its speed now, which on this project's CPU moved by 5-10 % within minutes and by "
-              f"1.35-1.8x between sessions)")
+              f"--reanchor: at its speed now)")
     for r in rows:
         where = f"space {r['space']}" if r["space"] else "outside the table's spaces"
         print(f"{r['subnet']}: {r['ms']:.3f} ms +- {r['sd_ms']:.3f} (low percentile {r['low_ms']:.3f} ms; "
@@ -498,6 +500,11 @@ def run_search_command(a):
     if a.reanchor and (a.table is None or a.verify_top):
         raise ValueError("--reanchor needs --table and no --verify-top (verification times the anchor itself and "
                          "rescales its second session by the speed change it measures)")
+    if a.reanchor:  # before the supernets, teacher and corpus load: a table from elsewhere fails fast
+        from .latency.predict import LatencyTable
+        from .latency.validate import check_same_device
+        t = LatencyTable.load(a.table)
+        check_same_device(t, _table_settings(t), "--reanchor cannot time the anchor for this table here")
     if a.objective == "proxy":
         return run_proxy_search_command(a)
     budgets = budgets_from_args(a)

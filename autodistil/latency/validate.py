@@ -112,6 +112,17 @@ def measure_models(models: dict, table: LatencyTable, settings: ProfileSettings,
             "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
 
 
+def check_same_device(table: LatencyTable, settings: ProfileSettings, what: str, hint: str = "") -> dict:
+    """This machine's key under `settings`; raises ValueError (`what`: ...) when the table was
+    measured on another device or with other settings."""
+    key = machine_key(settings)
+    diff = table.same_device(key)
+    if diff:
+        raise ValueError(f"{what}: the table was measured on {table.describe_key()}, this machine is "
+                         f"{key.get('device_name')} (differs in {diff})" + (f"; {hint}" if hint else ""))
+    return key
+
+
 def speed_now(table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None) -> dict:
     """The machine's speed now against when the table was profiled: the table's anchor alone, timed
     with the table's protocol (its rounds: about rounds x round_s seconds), over the anchor then.
@@ -121,11 +132,7 @@ def speed_now(table: LatencyTable, settings: ProfileSettings, seed: int = 0, dev
     if not table.anchor_ms:
         raise ValueError("the latency table records no anchor timing: profile again with `autodistil profile`")
     if device is None:
-        key = machine_key(settings)
-        diff = table.same_device(key)
-        if diff:
-            raise ValueError(f"cannot time the anchor for this table here: it was measured on {table.describe_key()}, "
-                             f"this machine is {key.get('device_name')} (differs in {diff})")
+        check_same_device(table, settings, "cannot time the anchor for this table here")
     res = measure_models({}, table, settings, seed, device=device)
     return {"factor": res["drift"], "anchor_ms": res["anchor_ms"], "table_anchor_ms": table.anchor_ms,
             "anchor_spread_pct": res["anchor_spread_pct"], "seconds": res["seconds"], "when": res["when"],
@@ -167,11 +174,10 @@ def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: Pro
     """Export n random students, load them back with AutoModel, time them end to end with the
     table's protocol, compare with the predictions."""
     from transformers import AutoModel
-    key = machine_key(settings)
-    diff = table.same_device(key)
-    if diff:
-        raise ValueError(f"refusing to validate: the table was measured on {table.describe_key()}, this run is "
-                         f"{key.get('device_name')} (differs in {diff}); validate on the device the table was built on")
+    if table.speed != 1.0:
+        raise ValueError(f"validate the table as profiled, not rescaled by {table.speed:g} (the report scales by the "
+                         f"anchor it times itself)")
+    key = check_same_device(table, settings, "refusing to validate", "validate on the device the table was built on")
     students = random_students(spaces, n, seed)
     tmp = Path(tempfile.mkdtemp(prefix="autodistil-validate-"))
     try:
