@@ -405,3 +405,22 @@ def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypat
     got = cli._reanchored(argparse.Namespace(reanchor=True), table)
     assert got.speed == 1.2 and table.speed == 1.0 and seen["settings"].to_dict() == table.settings
     assert "scaled by 1.200" in capsys.readouterr().out
+
+
+def test_cpu_id_tells_apart_hosts_behind_one_cpu_name(synth_space):
+    """A VM may report only "AMD EPYC": the key also records family/model/stepping (x86) or
+    implementer/part (ARM), compared only where both keys have it (older tables stay usable)."""
+    from autodistil.latency.predict import LatencyTable
+    from autodistil.latency.profile import cpu_id
+    zen1 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n" \
+           "stepping\t: 2\ncache size\t: 512 KB\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 99\n"
+    assert cpu_id(zen1) == "AuthenticAMD family 23 model 1 stepping 2 cache 512 KB"  # the first processor's
+    assert cpu_id("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n") == "arm implementer 0x41 part 0xd0c"
+    assert cpu_id("") is None and cpu_id("model name\t: X\n") is None
+    key = {"device_type": "cpu", "device_name": "AMD EPYC", "threads": 1, "cpu_id": cpu_id(zen1)}
+    t = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=41))
+    assert isinstance(t, LatencyTable)
+    t.key = key
+    assert t.same_device({**key, "cpu_id": "AuthenticAMD family 25 model 1 stepping 1"}) == ["cpu_id"]
+    assert t.same_device({k: v for k, v in key.items() if k != "cpu_id"}) == []  # an older table's key
+    assert t.same_device({**key, "threads": 2}) == ["threads"]

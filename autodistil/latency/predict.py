@@ -19,7 +19,9 @@ from ..space import SubnetConfig
 
 TABLE_FORMAT, TABLE_VERSION = "autodistil-latency-table", 2
 COMPARE_KEYS = ("device_type", "device_name", "driver", "torch", "runtime", "dtype", "batch", "seq_len", "threads",
-                "onnxruntime", "cuda_graphs")
+                "onnxruntime", "cuda_graphs", "cpu_id")
+# compared only when both keys record them (tables profiled before a field was added stay usable)
+OPTIONAL_KEYS = ("cpu_id",)
 
 
 @dataclass
@@ -94,8 +96,10 @@ class LatencyTable:
                 f"batch {k.get('batch')}, seq {k.get('seq_len')}, threads {k.get('threads', '-')}, torch {k.get('torch')})")
 
     def same_device(self, other_key: dict) -> list[str]:
-        """Fields in which another measurement key differs (empty: same device and settings)."""
-        return [k for k in COMPARE_KEYS if self.key.get(k) != other_key.get(k)]
+        """Fields in which another measurement key differs (empty: same device and settings); an
+        OPTIONAL_KEYS field counts only where both keys record it."""
+        return [k for k in COMPARE_KEYS if self.key.get(k) != other_key.get(k)
+                and not (k in OPTIONAL_KEYS and (self.key.get(k) is None or other_key.get(k) is None))]
 
     @property
     def anchor_ms(self) -> float | None:

@@ -54,6 +54,30 @@ def cpu_model() -> str:
     return platform.processor() or "unknown-cpu"
 
 
+def cpu_id(cpuinfo: str | None = None) -> str | None:
+    """The processor's identity below its marketing name, which a VM may mask ("AMD EPYC" on this
+    project's machines, from hosts of different speed): x86 family/model/stepping and L2 size, or
+    the ARM implementer/part. None where /proc/cpuinfo says neither."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo") as fh:
+                cpuinfo = fh.read()
+        except OSError:
+            return None
+    first = {}
+    for line in cpuinfo.splitlines():
+        k, sep, v = line.partition(":")
+        if sep:
+            first.setdefault(k.strip(), v.strip())
+    x86 = [first.get(k) for k in ("vendor_id", "cpu family", "model", "stepping")]
+    if first.get("cpu family") is not None and first.get("model") is not None:
+        return "{} family {} model {} stepping {}".format(*x86) + (f" cache {first['cache size']}"
+                                                                   if first.get("cache size") else "")
+    if first.get("CPU implementer") and first.get("CPU part"):
+        return f"arm implementer {first['CPU implementer']} part {first['CPU part']}"
+    return None
+
+
 @dataclass(frozen=True)
 class ProfileSettings:
     device: str = "cpu"
@@ -172,6 +196,9 @@ def machine_key(s: ProfileSettings) -> dict:
         key["cuda_graphs"] = s.cuda_graphs
     else:
         key["device_name"] = cpu_model()
+        cid = cpu_id()
+        if cid:
+            key["cpu_id"] = cid
         key["threads"] = s.n_threads
         key["cores"] = len(_available_cpus())
     if s.runtime == "onnxruntime":

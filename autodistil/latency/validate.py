@@ -118,8 +118,9 @@ def check_same_device(table: LatencyTable, settings: ProfileSettings, what: str,
     key = machine_key(settings)
     diff = table.same_device(key)
     if diff:
+        detail = ", ".join(f"{k}: table {table.key.get(k)!r}, here {key.get(k)!r}" for k in diff)
         raise ValueError(f"{what}: the table was measured on {table.describe_key()}, this machine is "
-                         f"{key.get('device_name')} (differs in {diff})" + (f"; {hint}" if hint else ""))
+                         f"{key.get('device_name')} (differs in {detail})" + (f"; {hint}" if hint else ""))
     return key
 
 
