@@ -35,6 +35,7 @@ Exit status: 0 done, 2 no GPU ("not measured"), 3 the CUDA context was lost (cul
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import statistics
@@ -106,11 +107,10 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def gpu_busy(tr, mode: str, snap, a) -> dict:
-    """The GPU's busy time per step in one profiled pass over the timed steps of `mode` (from the
-    snapshot again, the same sandwiches: nothing new compiles), and its share of that mode's median
-    step. Run after every mode is timed: a profiler session can leave CUPTI attached and slow down
-    what is timed after it. No device event recorded is an error, not an idle GPU."""
+@contextlib.contextmanager
+def _in_mode(tr, mode: str, snap):
+    """The trainer set up for `mode` (naive slicing, or a backend with in-place gradients), model and
+    optimizer restored to the snapshot, step 0; the model's backend back to torch on exit."""
     model = tr.model
     ctx = naive_slicing(model) if mode == "naive" else grad_mode_ctx("inplace")
     if mode != "naive":
@@ -119,9 +119,18 @@ def gpu_busy(tr, mode: str, snap, a) -> dict:
         with ctx:
             _restore(tr, snap)
             tr.step = 0
-            iv = device_intervals(profile_cuda(tr.train_step, a.steps))
+            yield
     finally:
         model.backend = "torch"
+
+
+def gpu_busy(tr, mode: str, snap, a) -> dict:
+    """The GPU's busy time per step in one profiled pass over the timed steps of `mode` (from the
+    snapshot again, the same sandwiches: nothing new compiles). Run after every mode is timed: a
+    profiler session can leave CUPTI attached and slow down what is timed after it. No device
+    event recorded is an error, not an idle GPU."""
+    with _in_mode(tr, mode, snap):
+        iv = device_intervals(profile_cuda(tr.train_step, a.steps))
     if not iv:
         raise RuntimeError("the profiler recorded no device events")
     return {"gpu_busy_ms_per_step": round(busy_us(iv) / 1000.0 / a.steps, 3)}
@@ -129,41 +138,32 @@ def gpu_busy(tr, mode: str, snap, a) -> dict:
 
 def run_mode(tr, mode: str, snap, a, device: str) -> dict:
     """Warm-up steps 0..n-1 from the snapshot, then the same steps timed; tokens/s and memory."""
-    model = tr.model
-    ctx = naive_slicing(model) if mode == "naive" else grad_mode_ctx("inplace")
-    if mode != "naive":
-        model.backend = mode
     members = 2 + tr.cfg.n_random
-    try:
-        with ctx:
-            _restore(tr, snap)
+    with _in_mode(tr, mode, snap):
+        t_warm = time.perf_counter()
+        warm = [tr.train_step() for _ in range(a.steps)]
+        _sync(device)
+        t_warm = time.perf_counter() - t_warm
+        base = torch.cuda.memory_allocated() if device == "cuda" else 0
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        passes = []
+        for _ in range(a.repeats):
             tr.step = 0
-            t_warm = time.perf_counter()
-            warm = [tr.train_step() for _ in range(a.steps)]
+            t0 = time.perf_counter()
+            for _ in range(a.steps):
+                tr.train_step()
             _sync(device)
-            t_warm = time.perf_counter() - t_warm
-            base = torch.cuda.memory_allocated() if device == "cuda" else 0
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            passes = []
-            for _ in range(a.repeats):
-                tr.step = 0
-                t0 = time.perf_counter()
-                for _ in range(a.steps):
-                    tr.train_step()
-                _sync(device)
-                passes.append(time.perf_counter() - t0)
-            passes.sort()
-            dt = statistics.median(passes)
-            if device == "cuda":
-                extra = (torch.cuda.max_memory_allocated() - base) / 2**20
-            else:  # CPU: glibc heap peak of one more step above its start (a smoke-test figure)
-                tr.step = 0
-                with PeakCPUMemory() as pm:
-                    tr.train_step()
-                extra = pm.peak_mb
-    finally:
-        model.backend = "torch"
+            passes.append(time.perf_counter() - t0)
+        passes.sort()
+        dt = statistics.median(passes)
+        if device == "cuda":
+            extra = (torch.cuda.max_memory_allocated() - base) / 2**20
+        else:  # CPU: glibc heap peak of one more step above its start (a smoke-test figure)
+            tr.step = 0
+            with PeakCPUMemory() as pm:
+                tr.train_step()
+            extra = pm.peak_mb
     first = warm[0]
     tokens = a.steps * members * a.batch * a.seq
     return {"status": "ok", "tokens_per_s": round(tokens / dt, 1), "passes": len(passes),
