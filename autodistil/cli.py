@@ -497,20 +497,13 @@ def budgets_from_args(a) -> list:
 
 def run_search_command(a):
     from .search.run import HeldoutLoss, SearchSpec, format_choice, load_search_inputs, metrics_fn, search
-    if a.reanchor and (a.table is None or a.verify_top):
-        raise ValueError("--reanchor needs --table and no --verify-top (verification times the anchor itself and "
-                         "rescales its second session by the speed change it measures)")
-    if a.reanchor:  # before the supernets, teacher and corpus load: a table from elsewhere fails fast
-        from .latency.predict import LatencyTable
-        from .latency.validate import check_same_device
-        t = LatencyTable.load(a.table)
-        check_same_device(t, _table_settings(t), "--reanchor cannot time the anchor for this table here")
+    speed = _reanchor_speed(a)
     if a.objective == "proxy":
-        return run_proxy_search_command(a)
+        return run_proxy_search_command(a, speed)
     budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, head_dim = load_search_inputs(a.supernet, a.table, a.corpus,
                                                                     a.heldout_blocks, a.seq_len)
-    table = _reanchored(a, table)
+    table = table.rescaled(speed) if speed is not None else table
     vocab = nets[0][0].config.vocab_size
     pairs = []
     for model, spaces, meta in nets:
@@ -540,23 +533,30 @@ def run_search_command(a):
     return res
 
 
-def _reanchored(a, table):
-    """With --reanchor, the table predicting at the machine's speed now (its anchor timed here)."""
-    if not getattr(a, "reanchor", False):
-        return table
+def _reanchor_speed(a):
+    """With --reanchor, the machine's speed now over its speed at profiling (the table's anchor timed
+    here, which also checks the table is from this device), before the supernets, teacher and corpus
+    load: a table from elsewhere fails fast. None without the flag."""
+    if not a.reanchor:
+        return None
+    if a.table is None or a.verify_top:
+        raise ValueError("--reanchor needs --table and no --verify-top (verification times the anchor itself and "
+                         "rescales its second session by the speed change it measures)")
+    from .latency.predict import LatencyTable
     from .latency.validate import speed_now
+    table = LatencyTable.load(a.table)
     sp = speed_now(table, _table_settings(table))
     print(f"anchor now {sp['anchor_ms']:.3f} ms, at profiling {sp['table_anchor_ms']:.3f} ms: searching under "
           f"predictions scaled by {sp['factor']:.3f}")
-    return table.rescaled(sp["factor"])
+    return sp["factor"]
 
 
-def run_proxy_search_command(a):
+def run_proxy_search_command(a, speed=None):
     from .search.proxy import proxy_search
     from .search.run import format_choice, load_search_inputs
     budgets = budgets_from_args(a)
     nets, table, teacher, held, tok, _ = load_search_inputs(a.supernet, a.table, a.corpus, a.heldout_blocks, a.seq_len)
-    table = _reanchored(a, table)
+    table = table.rescaled(speed) if speed is not None else table
     res = proxy_search(nets, table, teacher, held, tok, budgets, a.task, a.top_k, a.proxy_steps, a.out, a.seed,
                        method=a.method)
     for label, r in res["best"].items():

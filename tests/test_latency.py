@@ -388,22 +388,25 @@ def test_predict_command(synth_space, tmp_path, capsys):
     assert "cannot time the anchor for this table here" in capsys.readouterr().err
 
 
-def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypatch, capsys):
-    """search --reanchor's step: the table comes back scaled by speed_now's factor (timed with the
-    table's own settings), and without the flag it is the table as loaded."""
+def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypatch, capsys, tmp_path):
+    """search --reanchor's step: speed_now's factor (timed with the table's own settings, read from
+    --table) scales the table the search uses, and without the flag the table is used as loaded."""
     import argparse
     from autodistil import cli
     from autodistil.latency import validate
     table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=31))
+    path = table.save(tmp_path / "t.json")
     seen = {}
 
     def fake(t, st):
-        seen["settings"] = st
+        seen["settings"], seen["anchor"] = st, t.anchor_ms
         return {"factor": 1.2, "anchor_ms": 1.2 * t.anchor_ms, "table_anchor_ms": t.anchor_ms}
     monkeypatch.setattr(validate, "speed_now", fake)
-    assert cli._reanchored(argparse.Namespace(reanchor=False), table) is table
-    got = cli._reanchored(argparse.Namespace(reanchor=True), table)
+    ns = lambda on: argparse.Namespace(reanchor=on, table=str(path), verify_top=0)  # noqa: E731
+    assert cli._reanchor_speed(ns(False)) is None and not seen
+    got = table.rescaled(cli._reanchor_speed(ns(True)))
     assert got.speed == 1.2 and table.speed == 1.0 and seen["settings"].to_dict() == table.settings
+    assert seen["anchor"] == table.anchor_ms
     assert "scaled by 1.200" in capsys.readouterr().out
 
 
