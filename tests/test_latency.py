@@ -420,6 +420,9 @@ def test_cpu_id_tells_apart_hosts_behind_one_cpu_name(synth_space):
     assert cpu_id(zen1) == "AuthenticAMD family 23 model 1 stepping 2 cache 512 KB"  # the first processor's
     assert cpu_id("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n") == "arm implementer 0x41 part 0xd0c"
     assert cpu_id("") is None and cpu_id("model name\t: X\n") is None
+    # fields missing from the first block are left out, not taken from another processor or written as None
+    assert cpu_id("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n\nstepping\t: 7\n") == \
+        "GenuineIntel family 6 model 85"
     key = {"device_type": "cpu", "device_name": "AMD EPYC", "threads": 1, "cpu_id": cpu_id(zen1)}
     t = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=41))
     assert isinstance(t, LatencyTable)

@@ -56,8 +56,9 @@ def cpu_model() -> str:
 
 def cpu_id(cpuinfo: str | None = None) -> str | None:
     """The processor's identity below its marketing name, which a VM may mask ("AMD EPYC" on this
-    project's machines, from hosts of different speed): x86 family/model/stepping and L2 size, or
-    the ARM implementer/part. None where /proc/cpuinfo says neither."""
+    project's machines, from hosts of different speed), read from the first processor's block of
+    /proc/cpuinfo: x86 vendor, family, model, stepping and cache size (the fields present), or the
+    ARM implementer/part. None where it says neither."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo") as fh:
@@ -65,14 +66,17 @@ def cpu_id(cpuinfo: str | None = None) -> str | None:
         except OSError:
             return None
     first = {}
-    for line in cpuinfo.splitlines():
+    for line in cpuinfo.strip().splitlines():
+        if not line.strip():
+            break  # the end of the first processor's block
         k, sep, v = line.partition(":")
         if sep:
             first.setdefault(k.strip(), v.strip())
-    x86 = [first.get(k) for k in ("vendor_id", "cpu family", "model", "stepping")]
     if first.get("cpu family") is not None and first.get("model") is not None:
-        return "{} family {} model {} stepping {}".format(*x86) + (f" cache {first['cache size']}"
-                                                                   if first.get("cache size") else "")
+        parts = [first.get("vendor_id"), f"family {first['cpu family']}", f"model {first['model']}",
+                 f"stepping {first['stepping']}" if first.get("stepping") else None,
+                 f"cache {first['cache size']}" if first.get("cache size") else None]
+        return " ".join(p for p in parts if p)
     if first.get("CPU implementer") and first.get("CPU part"):
         return f"arm implementer {first['CPU implementer']} part {first['CPU part']}"
     return None
