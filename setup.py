@@ -87,7 +87,7 @@ setup(
     version="0.1.0",
     description="AutoDistil: few-shot task-agnostic NAS for distilling BERT, with sliced-weight kernels",
     python_requires=">=3.9",
-    packages=["autodistil", "autodistil.ops", "autodistil.nn", "autodistil.distill", "autodistil.latency",
+    packages=["autodistil", "autodistil.cli", "autodistil.ops", "autodistil.nn", "autodistil.distill", "autodistil.latency",
               "autodistil.search", "autodistil.data", "autodistil.finetune", "autodistil.kernels"],
     package_dir={"autodistil": "autodistil", "autodistil.kernels": "kernels"},
     install_requires=["torch>=2.4", "transformers>=4.40", "datasets>=2.18", "safetensors", "numpy", "tqdm",

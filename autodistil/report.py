@@ -1,5 +1,5 @@
-"""The run report: results.json (every number), report.md (the seed's two tables for this
-run, in our words, generated from results.json) and PNG plots."""
+"""The run report: results.json (every number), report.md (generated from results.json, one function
+per section) and PNG plots. The report opens with what to ship: per budget, the fine-tuned folder."""
 from __future__ import annotations
 
 import platform
@@ -9,7 +9,7 @@ from .cost import exact_cost, paper_cost
 from .io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from .space import SubnetConfig
 
-# the compared models of one budget: role -> label (report table, plots, bench/students_vs_baselines.py)
+# the compared models of one budget: role -> label (report table, plots, the students-vs-baselines experiment)
 ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k layers",
          "flops-search": "FLOPs-constrained search"}
 _MARKERS = {"teacher": ("*", "k"), "searched": ("o", "C0"), "first-layers": ("s", "C1"), "flops-search": ("^", "C2")}
@@ -26,47 +26,60 @@ def budget_holds(ms: float, teacher_ms: float, budget_ms: float, fraction: float
     return ms <= budget_ms
 
 
-def collect_results(run) -> dict:
-    st, cfg = run.state, run.cfg
-    _, _, info, _ = run._teacher()
-    head_dim = info.shape.head_dim
-    teacher_cfg = info.shape.as_subnet()
-    meas, ft = st["measure"], st["finetune"]
-    t_ms = meas["teacher"]["ms"]
+# --- results.json -------------------------------------------------------------------------------
+def _latencies(run) -> tuple[dict, bool]:
+    """({name: {"ms", "spread_ms"}}, measured): the report's measurement on this machine, or with a
+    table from another device the table's predictions (the teacher: its latency in the table)."""
+    st = run.state
+    meas = st["measure"]
+    if not meas.get("skipped"):
+        return {k: v for k, v in meas.items() if not k.startswith("_")}, True
+    out = {"teacher": {"ms": st["profile"]["teacher_ms"], "spread_ms": st["profile"].get("teacher_noise_sd_ms")}}
+    for group in ("students", "flops_students"):
+        for name, s in st["export"].get(group, {}).items():
+            out[name] = {"ms": s["predicted_ms"], "spread_ms": None}
+    return out, False
+
+
+def _model_rows(run, lat, head_dim, seq) -> list:
+    st, info = run.state, run._teacher()[2]
+    ft, ex = st["finetune"], st["export"]
+    t_ms = lat["teacher"]["ms"]
 
     def row(name, sub: SubnetConfig, kind, extra=None):
-        e, p = exact_cost(sub, head_dim, cfg.seq_len), paper_cost(sub, cfg.seq_len)
+        e, p = exact_cost(sub, head_dim, seq), paper_cost(sub, seq)
         f = ft[name]
         return {"name": name, "kind": kind, **sub.as_dict(), "qkv_width": sub.heads * head_dim,
                 "gmacs_exact": e.macs / 1e9, "gmacs_paper_formula": p.macs / 1e9, "mparams": e.params / 1e6,
-                "latency_ms": meas[name]["ms"], "latency_spread_ms": meas[name]["spread_ms"],
-                "speedup": t_ms / meas[name]["ms"], "task": f["task"], "headline_metric": f["headline"],
+                "latency_ms": lat[name]["ms"], "latency_spread_ms": lat[name]["spread_ms"],
+                "speedup": t_ms / lat[name]["ms"], "task": f["task"], "headline_metric": f["headline"],
                 "score": f["score"], "metrics": f["metrics"], **(extra or {})}
 
-    ex = st["export"]
-    models = [row("teacher", teacher_cfg, "teacher", {"teacher": info.name})]
+    t = ft["teacher"]
+    models = [row("teacher", info.shape.as_subnet(), "teacher",
+                  {"teacher": info.name, "as_is": bool(t.get("as_is")), "folder": t.get("folder")})]
     for group in ("students", "flops_students"):
         for name, s in ex.get(group, {}).items():
             if any(m["name"] == name for m in models):
                 continue  # the FLOPs search chose the searched student itself
-            sub = SubnetConfig.from_dict(s["subnet"])
-            models.append(row(name, sub, s.get("kind", "searched"), {
+            models.append(row(name, SubnetConfig.from_dict(s["subnet"]), s.get("kind", "searched"), {
                 "space": s["space"], "budgets": s["budgets"], "predicted_ms": s["predicted_ms"],
                 "heldout_loss": s["heldout_loss"], "folder": s["folder"]}))
-    first_for = st["search"].get("first_layers_for", {})  # baseline (a), chosen at search time
-    chosen_first = {label: n for n, s in ex.get("first_layers", {}).items() for label in s["budgets"]}
     for name, s in sorted(ex.get("first_layers", {}).items()):
         models.append(row(name, info.shape.as_subnet(s["layers"]), "first-layers",
                           {"folder": s["folder"], "budgets": s["budgets"], "verified_ms": s["verified_ms"]}))
-    by_name = {m["name"]: m for m in models}
-    teacher_row = models[0]
-    fractional = not cfg.latency_ms  # budgets are fractions of the teacher timed with the students
-    frac = lambda b: b.get("fraction") if b.get("fraction_given", fractional) else None
-    holds = lambda ms, b: budget_holds(ms, t_ms, b["budget_ms"], frac(b))
-    comparison = []
+    return models
+
+
+def _comparison(run, by_name, t_ms, holds, frac) -> list:
+    st, ex = run.state, run.state["export"]
+    first_for = st["search"].get("first_layers_for", {})  # baseline (a), chosen at search time
+    chosen_first = {label: n for n, s in ex.get("first_layers", {}).items() for label in s["budgets"]}
+    teacher_score = by_name["teacher"]["score"]
+    out = []
     for label, b in sorted(st["search"]["best"].items(), key=lambda kv: kv[1]["budget_ms"]):
-        entries = [("searched", next(n for n, s in ex["students"].items() if label in s["budgets"]))]
-        entries.append(("first-layers", chosen_first.get(label)))
+        entries = [("searched", next(n for n, s in ex["students"].items() if label in s["budgets"])),
+                   ("first-layers", chosen_first.get(label))]
         fl = [n for n, s in ex.get("flops_students", {}).items() if label in s["budgets"]]
         entries.append(("flops-search", fl[0] if fl else None))
         rows = []
@@ -78,41 +91,71 @@ def collect_results(run) -> dict:
             m = by_name[name]
             rows.append({"role": role, "name": name, "measured_ms": m["latency_ms"],
                          "vs_teacher": m["latency_ms"] / t_ms, "score": m["score"], "metrics": m["metrics"],
-                         "share_of_teacher": m["score"] / teacher_row["score"] if teacher_row["score"] else None,
-                         "within_budget": holds(m["latency_ms"], b),
-                         "within_budget_ms": m["latency_ms"] <= b["budget_ms"]})
-        comparison.append({"budget": label, "budget_ms": b["budget_ms"], "fraction_judged": frac(b) is not None,
-                           "fraction": b.get("fraction", b["budget_ms"] / st["profile"]["teacher_ms"]), "rows": rows})
-    train = st["train"]["summary"]
-    budgets = []
+                         "share_of_teacher": m["score"] / teacher_score if teacher_score else None,
+                         "within_budget": holds(m["latency_ms"], b), "within_budget_ms": m["latency_ms"] <= b["budget_ms"]})
+        out.append({"budget": label, "budget_ms": b["budget_ms"], "fraction_judged": frac(b) is not None,
+                    "fraction": b.get("fraction", b["budget_ms"] / st["profile"]["teacher_ms"]), "rows": rows})
+    return out
+
+
+def _budget_rows(run, lat, t_ms, holds, frac) -> list:
+    st, ex = run.state, run.state["export"]
+    out = []
     for name, s in ex["students"].items():
         for label in s["budgets"]:
             b = st["search"]["best"][label]
-            m = meas[name]["ms"]
+            m = lat[name]["ms"]
             fr = frac(b)
-            budgets.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
-                            "predicted_ms": s["predicted_ms"], "verified_ms": s.get("verified_ms"),
-                            "verify_margin_ms": b.get("margin_ms"), "measured_ms": m,
-                            "measured_noise_sd_ms": meas[name]["spread_ms"], "fraction": fr,
-                            "budget_here_ms": fr * t_ms if fr else None, "vs_teacher_here": m / t_ms,
-                            "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
+            out.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
+                        "predicted_ms": s["predicted_ms"], "verified_ms": s.get("verified_ms"),
+                        "verify_margin_ms": b.get("margin_ms"), "measured_ms": m,
+                        "measured_noise_sd_ms": lat[name]["spread_ms"], "fraction": fr,
+                        "budget_here_ms": fr * t_ms if fr else None, "vs_teacher_here": m / t_ms,
+                        "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
     for u in st["search"].get("unmet_budgets", []):
-        budgets.append({"budget": f"latency<={u['budget_ms']:g}ms", "budget_ms": u["budget_ms"], "student": None,
-                        "predicted_ms": None, "verified_ms": None, "verify_margin_ms": None, "measured_ms": None,
-                        "measured_noise_sd_ms": None, "fraction": None, "budget_here_ms": None,
-                        "vs_teacher_here": None, "holds": False, "holds_ms": False, "message": u["message"]})
-    budgets.sort(key=lambda b: b["budget_ms"])
-    return {"budgets": budgets, "comparison": comparison, "objective": st["search"].get("objective"),
-            "measure_session": meas.get("_session"),
+        out.append({"budget": f"latency<={u['budget_ms']:g}ms", "budget_ms": u["budget_ms"], "student": None,
+                    "predicted_ms": None, "verified_ms": None, "verify_margin_ms": None, "measured_ms": None,
+                    "measured_noise_sd_ms": None, "fraction": None, "budget_here_ms": None,
+                    "vs_teacher_here": None, "holds": False, "holds_ms": False, "message": u["message"]})
+    return sorted(out, key=lambda b: b["budget_ms"])
+
+
+def measure_command(run) -> str:
+    """The command that judges the shipped students on the target device (teacher in the same rounds)."""
+    return (f"autodistil measure --table {Path(run.state['profile']['table']).name} --teacher TEACHER_FOLDER "
+            f"--ship ship --out measured.json")
+
+
+def collect_results(run) -> dict:
+    st, cfg = run.state, run.cfg
+    info = run._teacher()[2]
+    head_dim, seq = info.shape.head_dim, cfg.profile.seq_len
+    lat, measured = _latencies(run)
+    t_ms = lat["teacher"]["ms"]
+    models = _model_rows(run, lat, head_dim, seq)
+    by_name = {m["name"]: m for m in models}
+    fractional = not cfg.search.latency_ms  # budgets are fractions of the teacher timed with the students
+    frac = lambda b: b.get("fraction") if b.get("fraction_given", fractional) else None  # noqa: E731
+    holds = lambda ms, b: budget_holds(ms, t_ms, b["budget_ms"], frac(b))  # noqa: E731
+    ship = st.get("ship") or {}
+    return {"budgets": _budget_rows(run, lat, t_ms, holds, frac),
+            "comparison": _comparison(run, by_name, t_ms, holds, frac),
+            "objective": st["search"].get("objective"), "latency_measured_here": measured,
+            "measure_session": (st["measure"] or {}).get("_session"),
             "verification": {"teacher_ms": st["search"].get("verification_teacher_ms"),
                              "noise": st["search"].get("verification_noise"),
                              "drift": st["search"].get("verification_drift"),
-                             "second_round": st["search"].get("verification_second_round")}, "profile": {k: st["profile"].get(k) for k in (
-                "profile_seconds", "noise", "calibration", "teacher_ms")},
-            "config": {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.__dict__.items()},
+                             "second_round": st["search"].get("verification_second_round"),
+                             "prediction_margin": st["search"].get("prediction_margin")},
+            "profile": {k: st["profile"].get(k) for k in ("profile_seconds", "noise", "calibration", "teacher_ms",
+                                                          "foreign", "device", "source")},
+            "ship": {"budgets": ship.get("budgets", []), "students": ship.get("students", {}),
+                     "measure_command": None if measured else measure_command(run)},
+            "finetune": {"seq_len": st["finetune"].get("_seq_len"), "task": st["finetune"]["teacher"].get("task")},
+            "config": cfg.to_dict(), "checks": run.inputs,
             "machine": {"cpu": _cpu(), "python": platform.python_version(), **_versions()},
             "teacher": {"name": info.name, "shape": info.shape.__dict__, "latency_ms": t_ms},
-            "supernets": train, "search": {k: st["search"].get(k) for k in (
+            "supernets": st["train"]["summary"], "search": {k: st["search"].get(k) for k in (
                 "budgets_ms", "skipped_budgets_ms", "skipped_fractions", "front_size", "evaluations")},
             "latency_table": st["profile"]["table"], "models": models}
 
@@ -128,42 +171,84 @@ def _versions():
     return {"torch": torch.__version__, "transformers": transformers.__version__}
 
 
-def render_markdown(res: dict) -> str:
+# --- report.md ----------------------------------------------------------------------------------
+f2 = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
+
+
+def _header(res) -> list:
     c, models = res["config"], res["models"]
     teacher = models[0]
-    L = []
-    L.append("# AutoDistil run report\n")
-    L.append(f"Teacher **{res['teacher']['name']}** ({teacher['layers']} layers, hidden {teacher['hidden']}, "
-             f"{teacher['heads']} heads x {teacher['qkv_width'] // teacher['heads']}); K={len(res['supernets'])} "
-             f"supernets ({', '.join(res['supernets'])}) distilled for {c['train_steps']} sandwich steps on "
-             f"`{c['corpus']}` text (seq len {c['seq_len']}, batch {c['train_batch']}, init from {c['init']}); "
-             f"students chosen by held-out distillation loss under latency budgets "
-             f"{', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} ("
-             + ("as given" if c.get("latency_ms") else f"{', '.join(f'{f:g}' for f in c['budget_fractions'])} x the "
-                f"teacher's latency timed with the students' finalists at search time")
-             + f"); all fine-tuned on `{c['task']}`. Machine: {res['machine']['cpu']}, "
-             f"torch {res['machine']['torch']}, runtime `{c['runtime']}`, batch {c['batch']}, "
-             f"seq len {c['seq_len']}.\n")
+    tc, pc, sc = c["train"], c["profile"], c["search"]
+    budgets = ("as given" if sc.get("latency_ms") else
+               f"{', '.join(f'{f:g}' for f in sc['budget_fractions'])} x the teacher's latency")
+    where = (f"the table profiled on {res['profile'].get('device')}" if res["profile"].get("foreign") else
+             f"this machine ({res['machine']['cpu']})")
+    L = ["# AutoDistil run report\n",
+         f"Teacher **{res['teacher']['name']}** ({teacher['layers']} layers, hidden {teacher['hidden']}, "
+         f"{teacher['heads']} heads x {teacher['qkv_width'] // teacher['heads']}); K={len(res['supernets'])} "
+         f"supernets ({', '.join(res['supernets'])}) distilled for {tc['steps']} sandwich steps on `{tc['corpus']}` "
+         f"text (seq len {tc['seq_len']}, batch {tc['batch_size']}, init from {tc['init']}); students chosen by "
+         f"held-out distillation loss under latency budgets {', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} "
+         f"({budgets}); all fine-tuned on `{res['finetune']['task']}`. Latency: {where}, runtime `{pc['runtime']}`, "
+         f"{pc['dtype']}, batch {pc['batch']}, seq len {pc['seq_len']}, the median of one call"
+         + (f" (torch {res['machine']['torch']})." if not res["profile"].get("foreign") else ".") + "\n"]
+    if sc.get("plain_only"):
+        L.append("Plain shapes only (`--plain-only`): every student loads without autodistil.\n")
     if res["search"]["skipped_budgets_ms"]:
         fr = res["search"].get("skipped_fractions")
         L.append("Budgets no student could meet (skipped, by the table's prediction for the smallest student): "
-                 + (f"{', '.join(f'{f:g}x' for f in fr)} the profiled teacher ("
-                    if fr else "") + f"{', '.join(f'{b:.2f}' for b in res['search']['skipped_budgets_ms'])} ms"
-                 + (")" if fr else "") + ".\n")
-    L.append("## Latency budgets: predicted, verified at search time, measured for this report\n")
-    L.append("| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |"
-             " budget here (ms) | x teacher here |")  # a fractional budget's cell reads "0.15x = 6.40"
-    L.append("|---|---|---|---|---|---|---|---|")
-    f2 = lambda x: "-" if x is None else f"{x:.2f}"
-    frac_of = lambda b: f"{b['fraction']:g}x = " if b.get("fraction") else ""
+                 + (f"{', '.join(f'{f:g}x' for f in fr)} the profiled teacher (" if fr else "")
+                 + f"{', '.join(f'{b:.2f}' for b in res['search']['skipped_budgets_ms'])} ms" + (")" if fr else "")
+                 + ".\n")
+    return L
+
+
+def _ship_section(res) -> list:
+    ship = res.get("ship") or {}
+    if not ship.get("budgets"):
+        return []
+    L = ["## What to ship\n",
+         "Per budget, a fine-tuned classifier folder (head, label names, tokenizer) that "
+         "`AutoModelForSequenceClassification.from_pretrained(folder)` loads:\n",
+         "| budget | folder | class | needs `import autodistil` | " + f"{res['models'][0]['headline_metric']} | "
+         "latency (ms) | ONNX |", "|---|---|---|---|---|---|---|"]
+    lat = {m["name"]: m["latency_ms"] for m in res["models"]}
+    for b in ship["budgets"]:
+        s = ship["students"][b["student"]]
+        onnx = "-" if not s.get("onnx") else f"model.onnx (max diff {s['onnx']['max_rel_diff']:.1e})"
+        label = f"{b['fraction']:g}x = {b['budget_ms']:.2f} ms" if b.get("fraction") else f"{b['budget_ms']:.2f} ms"
+        L.append(f"| {label} | `{b['folder']}` | {s.get('model_class') or '-'} | "
+                 f"{'yes' if s.get('needs_autodistil') else 'no'} | {s['score']:.4f} | {lat[b['student']]:.2f} | {onnx} |")
+    if ship.get("measure_command"):
+        L.append(f"\nNot measured on the target: the latency column is the table's prediction. On the target, with "
+                 f"the run's `ship/` folder and the table beside it, run\n\n    {ship['measure_command']}\n\n"
+                 f"It times the teacher and every shipped student in the same rounds and says, per budget, whether "
+                 f"it holds (a budget in ms is judged at the table's speed, through the teacher).")
+    L.append("")
+    return L
+
+
+def _budgets_section(res) -> list:
+    measured = res.get("latency_measured_here", True)
+    col = "measured here (ms)" if measured else "predicted (ms, target's table)"
+    L = ["## Latency budgets: predicted, verified at search time, measured for this report\n"
+         if measured else "## Latency budgets: predicted from the target's table\n",
+         f"| budget (ms) | student | predicted (ms) | verified at search (ms) | {col} | holds | budget here (ms) | "
+         f"x teacher here |", "|---|---|---|---|---|---|---|---|"]
+    frac_of = lambda b: f"{b['fraction']:g}x = " if b.get("fraction") else ""  # noqa: E731
     for b in res.get("budgets", []):
         L.append(f"| {frac_of(b)}{b['budget_ms']:.2f} | {b['student'] or 'none: ' + b.get('message', '')} | "
                  f"{f2(b['predicted_ms'])} | {f2(b['verified_ms'])} | {f2(b['measured_ms'])} | "
                  f"{'yes' if b['holds'] else 'no'} | {f2(b.get('budget_here_ms'))} | "
                  + ("-" if b.get("vs_teacher_here") is None else f"{b['vs_teacher_here']:.3f}") + " |")
+    teacher = res["models"][0]
+    if not measured:
+        m = (res.get("verification") or {}).get("prediction_margin")
+        L.append(f"\nChosen by prediction on the target's table with a {100 * (m or 0):.1f}% margin (the table's "
+                 f"measured prediction error); nothing here was timed on the target.\n")
+        return L
     over_ms = [b for b in res.get("budgets", []) if b.get("fraction") and b["student"] and not b["holds_ms"]]
     if any(b.get("fraction") for b in res.get("budgets", [])):
-        # each budget's ms figure is its fraction of the teacher timed in the session its student was chosen in
         over = ", ".join(f"{b['student']} {b['measured_ms']:.2f} > {b['budget_ms']:.2f} (the teacher ran "
                          f"{teacher['latency_ms'] / (b['budget_ms'] / b['fraction']):.3f}x its time in that session "
                          f"here)" for b in over_ms)
@@ -178,13 +263,12 @@ def render_markdown(res: dict) -> str:
              f"chosen; measured here: a separate measurement in a fresh process for this report (noise sd of "
              f"that statistic {ms.get('noise', {}).get('sd_pct', float('nan')):.2f}%, machine speed vs profiling "
              f"{ms.get('drift', float('nan')):.3f}x).")
-    vt = (res.get("verification") or {}).get("teacher_ms")
-    if vt:
-        L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the search's provisional "
-                 f"budgets), {vt:.2f} ms in the search-time verification session (where the students and the "
-                 f"first-k cuts were chosen; fractional budgets are fractions of this) and "
-                 f"{teacher['latency_ms']:.2f} ms in this report's.")
     v = res.get("verification") or {}
+    if v.get("teacher_ms"):
+        L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the search's provisional "
+                 f"budgets), {v['teacher_ms']:.2f} ms in the search-time verification session (where the students "
+                 f"and the first-k cuts were chosen; fractional budgets are fractions of this) and "
+                 f"{teacher['latency_ms']:.2f} ms in this report's.")
     if v.get("drift"):
         L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x.")
     sr = v.get("second_round") or {}
@@ -195,35 +279,40 @@ def render_markdown(res: dict) -> str:
                  f"({' and '.join(why) or 'new candidates'}" + (f"; the teacher {sr['teacher_ms']:.2f} ms there, a "
                  f"student chosen there is held to those fractions of it" if sr.get("teacher_ms") else "") + ").")
     L.append("")
-    if res.get("comparison"):
-        metric = models[0]["headline_metric"]
-        extra = [k for k in models[0]["metrics"] if k != metric]
-        L.append("## Students vs baselines at equal measured latency\n")
-        L.append(f"Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k "
-                 f"layers with k the largest whose latency, measured with the students' finalists at search time, "
-                 f"plus its noise margin meets the budget (the students' rule, same session), (b) the student of the "
-                 f"FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
-                 f"recipe (lr {c['student_lr']:g}, {c['student_epochs']:g} epoch{'' if c['student_epochs'] == 1 else 's'}, logits distillation weight "
-                 f"{c['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}); latency from this report's "
-                 f"measurement. One seed: see bench/students_vs_baselines.py for the seed noise."
-                 + (" Fits: for a budget given as a fraction, x teacher (measured here) <= that fraction; "
-                    "otherwise measured ms <= budget ms." if any(cmp.get("fraction_judged") for cmp in res["comparison"])
-                    else "") + "\n")
-        L.append(f"| budget (ms) | budget x teacher (verification) | model | role | measured (ms) | x teacher (measured) "
-                 f"| fits | {metric} | " + "".join(f"{k} | " for k in extra) + f"share of teacher {metric} |")
-        L.append("|---|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|")
-        for cmp in res["comparison"]:
-            for r in cmp["rows"]:
-                head = f"| {cmp['budget_ms']:.2f} | {cmp['fraction']:.2f} | "
-                if r["name"] is None:
-                    why = "off (baselines=false)" if not c.get("baselines", True) else (r.get("why") or "none fits")
-                    L.append(head + f"{why} | {ROLES[r['role']]} | - | - | - | - | " + "- | " * len(extra) + "- |")
-                    continue
-                share = "-" if r["share_of_teacher"] is None else f"{100 * r['share_of_teacher']:.1f}%"
-                L.append(head + f"{r['name']} | {ROLES[r['role']]} | {r['measured_ms']:.2f} | {r['vs_teacher']:.3f} | "
-                         f"{'yes' if r['within_budget'] else 'no'} | {r['score']:.4f} | "
-                         + "".join(f"{r['metrics'][k]:.4f} | " for k in extra) + f"{share} |")
-        L.append("")
+    return L
+
+
+def _comparison_section(res) -> list:
+    if not res.get("comparison"):
+        return []
+    c, models = res["config"], res["models"]
+    ft = c["finetune"]
+    metric = models[0]["headline_metric"]
+    extra = [k for k in models[0]["metrics"] if k != metric]
+    L = ["## Students vs baselines at equal latency\n",
+         f"Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k layers "
+         f"with k the largest whose latency, measured with the students' finalists at search time, plus its noise "
+         f"margin meets the budget (the students' rule, same session), (b) the student of the FLOPs-constrained "
+         f"search at the same fraction of the teacher's MACs. All fine-tuned with one recipe (lr {ft['lr']:g}, "
+         f"{ft['epochs']:g} epoch{'' if ft['epochs'] == 1 else 's'}, logits distillation weight {ft['kd_alpha']:g} "
+         f"from the fine-tuned teacher, seed {c['seed']}). One seed."
+         + (" Fits: for a budget given as a fraction, x teacher <= that fraction; otherwise ms <= budget ms."
+            if any(cmp.get("fraction_judged") for cmp in res["comparison"]) else "") + "\n",
+         f"| budget (ms) | budget x teacher | model | role | latency (ms) | x teacher | fits | {metric} | "
+         + "".join(f"{k} | " for k in extra) + f"share of teacher {metric} |",
+         "|---|---|---|---|---|---|---|---|" + "---|" * len(extra) + "---|"]
+    for cmp in res["comparison"]:
+        for r in cmp["rows"]:
+            head = f"| {cmp['budget_ms']:.2f} | {cmp['fraction']:.2f} | "
+            if r["name"] is None:
+                why = "off (baselines=false)" if not c["search"].get("baselines", True) else (r.get("why") or "none fits")
+                L.append(head + f"{why} | {ROLES[r['role']]} | - | - | - | - | " + "- | " * len(extra) + "- |")
+                continue
+            share = "-" if r["share_of_teacher"] is None else f"{100 * r['share_of_teacher']:.1f}%"
+            L.append(head + f"{r['name']} | {ROLES[r['role']]} | {r['measured_ms']:.2f} | {r['vs_teacher']:.3f} | "
+                     f"{'yes' if r['within_budget'] else 'no'} | {r['score']:.4f} | "
+                     + "".join(f"{r['metrics'][k]:.4f} | " for k in extra) + f"{share} |")
+    L.append("")
     obj = res.get("objective") or {}
     if obj:
         o = next(iter(obj.values()))
@@ -231,46 +320,74 @@ def render_markdown(res: dict) -> str:
                  f"({o.get('source')}; relation {o['weights']['relation']:g}, attention {o['weights']['attention']:g}"
                  + (f"; hidden-state / logits terms dropped: {o['dropped']}, the hidden-state projection is not "
                     f"exported" if o.get("dropped") else "") + ").\n")
-    L.append("## Students and their cost (cf. the seed's architecture table)\n")
-    L.append("| model | layers | hidden | MLP ratio | heads | exact GMACs | paper-formula GMACs | params (M) | "
-             "latency (ms) | speed-up |")
-    L.append("|---|---|---|---|---|---|---|---|---|---|")
-    for m in models:
+    return L
+
+
+def _cost_section(res) -> list:
+    L = ["## Students and their cost\n",
+         "| model | layers | hidden | MLP ratio | heads | exact GMACs | paper-formula GMACs | params (M) | "
+         "latency (ms) | speed-up |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for m in res["models"]:
         L.append(f"| {m['name']} | {m['layers']} | {m['hidden']} | {m['ffn_ratio']:g} | {m['heads']} | "
                  f"{m['gmacs_exact']:.3f} | {m['gmacs_paper_formula']:.3f} | {m['mparams']:.2f} | "
                  f"{m['latency_ms']:.2f} | {m['speedup']:.2f}x |")
-    L.append("\nLatency: end-to-end forward of the exported Hugging Face folder in a fresh process, median of all "
-             "runs of interleaved time-based rounds, normalised by an anchor model. GMACs: multiply-accumulates per "
-             "sequence (the paper's 'FLOPs').\n")
+    how = ("end-to-end forward of the exported Hugging Face folder in a fresh process, median of all runs of "
+           "interleaved time-based rounds, normalised by an anchor model" if res.get("latency_measured_here", True)
+           else "predicted from the target device's table (the teacher: timed in that table's session)")
+    L.append(f"\nLatency: {how}. GMACs: multiply-accumulates per sequence (the paper's 'FLOPs').\n")
+    return L
+
+
+def _task_section(res) -> list:
+    models = res["models"]
+    teacher = models[0]
     metric = teacher["headline_metric"]
     extra = [k for k in teacher["metrics"] if k != metric]
-    L.append(f"## Task results (cf. the seed's GLUE table): `{c['task']}` dev\n")
-    L.append(f"| model | GMACs | params (M) | {metric} | " + " | ".join(extra) + (" | " if extra else "")
-             + f"{metric} vs teacher | speed-up |")
-    L.append("|---|---|---|---|" + "---|" * len(extra) + "---|---|")
+    seq = (res.get("finetune") or {}).get("seq_len") or {}
+    how = ""
+    if seq.get("auto"):
+        a = seq["auto"]
+        how = (f" Sequence length {seq['max_seq_len']} tokens (auto: holds {100 * a['coverage']:.2f}% of the "
+               f"{a['examples']} train examples whole).")
+    elif seq.get("max_seq_len"):
+        how = f" Sequence length {seq['max_seq_len']} tokens."
+    as_is = " The teacher was already fine-tuned on the task: used as it is, not trained." if teacher.get("as_is") else ""
+    L = [f"## Task results: `{res['finetune']['task']}` dev\n", (how + as_is).strip() + "\n" if how or as_is else "",
+         f"| model | GMACs | params (M) | {metric} | " + " | ".join(extra) + (" | " if extra else "")
+         + f"{metric} vs teacher | speed-up |", "|---|---|---|---|" + "---|" * len(extra) + "---|---|"]
     for m in models:
         ex = " | ".join(f"{m['metrics'][k]:.4f}" for k in extra)
         L.append(f"| {m['name']} | {m['gmacs_exact']:.3f} | {m['mparams']:.2f} | {m['score']:.4f} | "
                  + (ex + " | " if extra else "") + f"{m['score'] - teacher['score']:+.4f} | {m['speedup']:.2f}x |")
     searched = [m for m in models if m["kind"] == "searched"]
-    smallest = min(searched, key=lambda m: m["latency_ms"]) if searched else None
-    if smallest:
-        L.append(f"\nThe smallest student ({smallest['name']}) runs {smallest['speedup']:.2f}x faster than the teacher "
-                 f"({smallest['latency_ms']:.2f} vs {teacher['latency_ms']:.2f} ms) at {metric} "
-                 f"{smallest['score']:.4f} vs {teacher['score']:.4f}.\n")
-    L.append("## Plots\n")
-    L.append("![score vs latency](score_vs_latency.png)\n\n![score vs FLOPs](score_vs_flops.png)\n\n"
-             "![search Pareto front](search/pareto.png)\n")
-    L.append("## Supernet training (held-out distillation loss, first -> last evaluation)\n")
-    L.append("| space | steps | largest | smallest | random |")
-    L.append("|---|---|---|---|---|")
+    if searched:
+        s = min(searched, key=lambda m: m["latency_ms"])
+        L.append(f"\nThe smallest student ({s['name']}) runs {s['speedup']:.2f}x faster than the teacher "
+                 f"({s['latency_ms']:.2f} vs {teacher['latency_ms']:.2f} ms) at {metric} {s['score']:.4f} vs "
+                 f"{teacher['score']:.4f}.\n")
+    return L
+
+
+def _training_section(res) -> list:
+    L = ["## Plots\n", "![score vs latency](score_vs_latency.png)\n\n![score vs FLOPs](score_vs_flops.png)\n\n"
+         "![search Pareto front](search/pareto.png)\n",
+         "## Supernet training (held-out distillation loss, first -> last evaluation)\n",
+         "| space | steps | largest | smallest | random |", "|---|---|---|---|---|"]
     for name, s in res["supernets"].items():
         fe, le = s.get("first_eval") or {}, s.get("final_eval") or {}
         L.append(f"| {name} | {s['steps']} | " + " | ".join(
             f"{fe.get(k, float('nan')):.4f} -> {le.get(k, float('nan')):.4f}" for k in ("largest", "smallest", "random"))
-                 + " |")
+            + " |")
     L.append("\nAll numbers come from `results.json` in this folder.\n")
-    return "\n".join(L)
+    return L
+
+
+SECTIONS = (_header, _ship_section, _budgets_section, _comparison_section, _cost_section, _task_section,
+            _training_section)
+
+
+def render_markdown(res: dict) -> str:
+    return "\n".join(line for section in SECTIONS for line in section(res))
 
 
 def plot_scores(res: dict, out: Path) -> list[Path]:
@@ -278,7 +395,8 @@ def plot_scores(res: dict, out: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     paths = []
-    for key, xlabel, fname in (("latency_ms", "measured latency (ms)", "score_vs_latency.png"),
+    lat_label = "measured latency (ms)" if res.get("latency_measured_here", True) else "predicted latency (ms)"
+    for key, xlabel, fname in (("latency_ms", lat_label, "score_vs_latency.png"),
                                ("gmacs_exact", "GMACs per sequence", "score_vs_flops.png")):
         fig, ax = plt.subplots(figsize=(6, 4.2))
         seen = set()

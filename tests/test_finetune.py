@@ -170,10 +170,12 @@ def test_finetuned_teacher_is_cached(tmp_path, tiny_teacher_dir, monkeypatch):
 def test_reusable_result_rules(tmp_path):
     """One rule for both fine-tuning caches: a finished folder stands for a config only when the
     recorded config (ignored fields aside), the task and every expected entry match."""
-    from dataclasses import asdict
-    cfg = FinetuneConfig(model="m", out_dir=str(tmp_path), task="sst2", lr=3e-4, max_seq_len=64)
+    from dataclasses import asdict, replace
+
+    from autodistil.data.tasks import DataConfig
+    cfg = FinetuneConfig(model="m", out_dir=str(tmp_path), data=DataConfig(task="sst2"), lr=3e-4, max_seq_len=64)
     rec = {"task": "sst2", "config": json.loads(json.dumps(asdict(cfg))), "model_identity": [["config.json", 1, 2]],
-           "score": 0.7}
+           "score": 0.7, "data_identity": "builtin:sst2"}
     p = tmp_path / ft.RESULTS_FILE
 
     def write(r):
@@ -183,13 +185,14 @@ def test_reusable_result_rules(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     assert ft.reusable_result(tmp_path, cfg, model_identity=[("config.json", 1, 2)])["score"] == 0.7
     assert ft.reusable_result(tmp_path, cfg, model_identity=[("config.json", 1, 3)]) is None  # weights rewritten
-    assert ft.reusable_result(tmp_path, FinetuneConfig(**{**asdict(cfg), "lr": 1e-4})) is None  # other recipe
-    moved = FinetuneConfig(**{**asdict(cfg), "model": "elsewhere", "out_dir": "x"})
+    assert ft.reusable_result(tmp_path, replace(cfg, lr=1e-4)) is None   # other recipe
+    moved = replace(cfg, model="elsewhere", out_dir="x")
     assert ft.reusable_result(tmp_path, moved) is None
     assert ft.reusable_result(tmp_path, moved, ignore=("model", "out_dir")) is not None
-    write({**rec, "task": "sentiment"})                                     # trained on the offline fallback
-    assert ft.reusable_result(tmp_path, cfg) is not None
-    assert ft.reusable_result(tmp_path, cfg, same_task=True) is None
+    write({**rec, "data_identity": "builtin:sentiment"})                    # trained on other data
+    assert ft.reusable_result(tmp_path, cfg) is None
+    write({k: v for k, v in rec.items() if k != "data_identity"})          # a record that does not say
+    assert ft.reusable_result(tmp_path, cfg) is None
     p.write_text('{"task": "sst2", "conf')                                  # cut short
     assert ft.reusable_result(tmp_path, cfg) is None
     write([1, 2])
@@ -200,8 +203,9 @@ def test_pipeline_reuses_a_finished_finetuning_until_its_teacher_changes(tmp_pat
     """autodistil.pipeline._finetune_cached: the second call with the same config is served from
     disk; re-training the teacher in place (same path, new weights) makes it train again."""
     import os
-    from dataclasses import asdict
+    from dataclasses import asdict, replace
 
+    from autodistil.data.tasks import data_identity
     from autodistil.pipeline import _finetune_cached
     model, teacher = tmp_path / "student", tmp_path / "teacher"
     for d in (model, teacher):
@@ -215,7 +219,7 @@ def test_pipeline_reuses_a_finished_finetuning_until_its_teacher_changes(tmp_pat
         out = Path(cfg.out_dir)
         out.mkdir(exist_ok=True)
         (out / "config.json").write_text("{}")
-        r = {"task": cfg.task, "score": 0.5, "config": asdict(cfg), **extra}
+        r = {"task": cfg.task, "score": 0.5, "config": asdict(cfg), "data_identity": data_identity(cfg.data), **extra}
         (out / ft.RESULTS_FILE).write_text(json.dumps(r))
         return r
     cfg = FinetuneConfig(model=str(model), out_dir=str(tmp_path / "out"), teacher=str(teacher), kd_alpha=0.5)
@@ -225,7 +229,7 @@ def test_pipeline_reuses_a_finished_finetuning_until_its_teacher_changes(tmp_pat
     os.utime(teacher / "model.safetensors", ns=(1, 1))
     _finetune_cached(cfg, fake)
     assert len(calls) == 2
-    _finetune_cached(FinetuneConfig(**{**asdict(cfg), "lr": 1e-3}), fake)      # another recipe
+    _finetune_cached(replace(cfg, lr=1e-3), fake)                                # another recipe
     assert len(calls) == 3
 
 # ---------------------------------------------------------------- first-k-layers export

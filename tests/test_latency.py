@@ -241,6 +241,8 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     import argparse
     import json
     from autodistil import cli
+    from autodistil.cli.latency import cmd_profile
+    from autodistil.config import build_dataclass
     from autodistil.latency import run_measure
     st = ProfileSettings(rounds=5, round_s=0.01, warmup_s=0.0, min_runs=7, max_runs=90, anchor_every=3,
                          low_pct=20.0, stat="low", depths=(0, 3), threads=1)
@@ -263,29 +265,30 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     monkeypatch.setattr("autodistil.latency.profile.build_table", fake_build)
     ap = cli.build_parser()
     with pytest.raises(RuntimeError, match="stop after settings"):
-        cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+        cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
     assert got["st"] == st
     assert "--grid" not in cmd and got["grid"] is None  # no grid asked: build_table takes the device's default
     run_measure.profile_in_subprocess([], tmp_path / "t.json", st, grid=(2, 4, 2), log=lambda *_: None)
     cmd = seen["cmd"]
     with pytest.raises(RuntimeError, match="stop after settings"):
-        cli.cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+        cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
     assert list(got["grid"]) == [2, 4, 2]
     for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON"),
                      ('{"cuda_graphs": "false"}', "expected bool"), ('{"batch": "1"}', "expected int"),
                      ('{"depths": [0, 2.5]}', "expected list")):
         with pytest.raises(ValueError, match=msg):
-            cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--settings", bad]))
+            cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--settings", bad]))
     with pytest.raises(ValueError, match="--rounds given beside --settings"):
-        cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--rounds", "3",
+        cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--rounds", "3",
                                        "--settings", json.dumps(st.to_dict())]))
     # a flag typed at its default value would be ignored just the same: refused too
     for flag in (["--threads", "0"], ["--rounds", "12"], ["--cuda-graphs"], ["--depths", "0", "2", "4"]):
         with pytest.raises(ValueError, match=f"{flag[0]} given beside --settings"):
-            cli.cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), *flag,
+            cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), *flag,
                                            "--settings", json.dumps(st.to_dict())]))
-    a = ap.parse_args(["profile", "--out", "x", "--batch", "4", "--cuda-graphs"])
-    assert (a.batch, a.cuda_graphs, a.rounds, a.depths) == (4, True, 12, [0, 2, 4])
+    a = ap.parse_args(["profile", "--out", "x", "--batch", "4", "--cuda-graphs", "--device", "cuda"])
+    s = build_dataclass(ProfileSettings, {}, a)
+    assert (s.batch, s.cuda_graphs, s.rounds, s.depths) == (4, True, 12, (0, 2, 4))
 
 
 class StepInHeadsDevice(SyntheticDevice):
@@ -369,7 +372,7 @@ def test_predict_command(synth_space, tmp_path, capsys):
     got = json.loads(out.read_text())
     assert [p["subnet"] for p in got["predictions"]] == [c.short(), "L2-H64-R2-A5"] and got["speed"] is None
     assert got["predictions"][0]["ms"] == pytest.approx(table.predict(c))
-    assert got["predictions"][0]["class"] == "BertModel" and got["predictions"][1]["class"] == "AutoDistilBertModel"
+    assert got["predictions"][0]["class"] == "plain" and got["predictions"][1]["class"] == "AutoDistilBertModel"
     assert f"{c.short()}: {table.predict(c):.3f} ms" in capsys.readouterr().out
     assert cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2"]) == 2
     assert "in none of the table's spaces" in capsys.readouterr().err
@@ -392,7 +395,7 @@ def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypat
     """search --reanchor's step: speed_now's factor (timed with the table's own settings, read from
     --table) scales the table the search uses, and without the flag the table is used as loaded."""
     import argparse
-    from autodistil import cli
+    from autodistil.cli.search import reanchor_speed
     from autodistil.latency import validate
     table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=31))
     path = table.save(tmp_path / "t.json")
@@ -403,8 +406,8 @@ def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypat
         return {"factor": 1.2, "anchor_ms": 1.2 * t.anchor_ms, "table_anchor_ms": t.anchor_ms}
     monkeypatch.setattr(validate, "speed_now", fake)
     ns = lambda on: argparse.Namespace(reanchor=on, table=str(path), verify_top=0)  # noqa: E731
-    assert cli._reanchor_speed(ns(False)) is None and not seen
-    got = table.rescaled(cli._reanchor_speed(ns(True)))
+    assert reanchor_speed(ns(False)) is None and not seen
+    got = table.rescaled(reanchor_speed(ns(True)))
     assert got.speed == 1.2 and table.speed == 1.0 and seen["settings"].to_dict() == table.settings
     assert seen["anchor"] == table.anchor_ms
     assert "scaled by 1.200" in capsys.readouterr().out

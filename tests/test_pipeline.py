@@ -5,52 +5,33 @@ from pathlib import Path
 
 import pytest
 
-from autodistil.data.tasks import compute_metrics, film_in_dev, load_sentiment, load_task, SENTIMENT, GLUE
 from autodistil.pipeline import RunConfig, run_pipeline
 
 
-def test_sentiment_task_split_by_film():
-    ds = load_sentiment()
-    n = len(ds["train"]) + len(ds["validation"])
-    assert n == 7403 + 5405
-    assert sum(ds["train"]["label"]) + sum(ds["validation"]["label"]) == 7403
-    films_train, films_dev = set(ds["train"]["movie_name"]), set(ds["validation"]["movie_name"])
-    assert not films_train & films_dev and all(film_in_dev(f) for f in films_dev)
-    assert 0.12 < len(ds["validation"]) / n < 0.28
+def _merge(base: dict, kw: dict) -> dict:
+    out = dict(base)
+    for k, v in kw.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
-def test_glue_offline_message_and_fallback(capsys):
-    with pytest.raises(ConnectionError, match="GLUE task 'mrpc' needs the Hugging Face hub"):
-        load_task("mrpc", fallback=False)
-    spec, ds = load_task("sst2")
-    assert spec.name == "sentiment" and "using the embedded offline task" in capsys.readouterr().err
-    with pytest.raises(ValueError, match="unknown task 'imdb'"):
-        load_task("imdb")
+TINY = {"train": {"spaces": ["small", "base"], "steps": 3, "batch_size": 2, "seq_len": 32, "max_train_blocks": 20,
+                  "eval_blocks": 2},
+        "profile": {"rounds": 2, "round_s": 0.02, "grid": [2, 2, 2], "calibrate": 4, "seq_len": 32},
+        "measure_rounds": 2, "verify_top": 2, "heldout_blocks": 2, "budget_fractions": [0.6, 0.9],
+        "finetune": {"max_steps": 3, "batch_size": 8, "max_seq_len": 32, "max_train_examples": 48,
+                     "max_eval_examples": 40}}
 
 
-def test_task_files_and_metrics(tmp_path):
-    import numpy as np
-    for split in ("train", "validation"):
-        (tmp_path / f"{split}.csv").write_text("sentence1,sentence2,label\na b,c d,1\ne f,g h,0\n")
-    spec, ds = load_task("mrpc", files={"train": str(tmp_path / "train.csv"),
-                                        "validation": str(tmp_path / "validation.csv")})
-    assert spec.name == "mrpc" and len(ds["validation"]) == 2
-    logits = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])
-    y = np.array([1, 0, 0, 1])
-    m = compute_metrics(GLUE["cola"], logits, y)
-    assert m["accuracy"] == 0.5 and m["matthews"] == pytest.approx(0.0)
-    f1 = compute_metrics(SENTIMENT, logits, y)["f1"]
-    assert f1 == pytest.approx(2 * 1 / (2 * 1 + 1 + 1))
+def tiny_config(tmp_path, teacher, **kw) -> RunConfig:
+    """A run of the whole pipeline in about a minute: tiny teacher, 3 training steps, short timings. Built
+    the way a config file is read (nested sections), so the file vocabulary is exercised too."""
+    from autodistil.config import build_dataclass
+    base = {**TINY, "out_dir": str(tmp_path / "run"), "teacher": str(teacher), "cache_dir": str(tmp_path / "cache")}
+    return build_dataclass(RunConfig, _merge(base, kw))
 
 
-def _tiny(tmp_path, teacher, **kw):
-    base = dict(out_dir=str(tmp_path / "run"), teacher=str(teacher), spaces=("small", "base"), train_steps=3,
-                train_batch=2, seq_len=32, max_train_blocks=20, eval_blocks=2, profile_rounds=2, profile_round_s=0.02,
-                profile_grid=(2, 2, 2), calibrate=4, measure_rounds=2, verify_top=2, heldout_blocks=2, budget_fractions=(0.6, 0.9), finetune_max_steps=3,
-                finetune_batch=8, finetune_seq_len=32, max_train_examples=48, max_eval_examples=40,
-                cache_dir=str(tmp_path / "cache"))
-    base.update(kw)
-    return RunConfig(**base)
+_tiny = tiny_config
 
 
 def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
@@ -119,7 +100,7 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
             if r["name"]:
                 assert r["measured_ms"] == pytest.approx(meas[r["name"]]["ms"])
                 assert r["share_of_teacher"] == pytest.approx(r["score"] / res["models"][0]["score"])
-    assert "## Students vs baselines at equal measured latency" in report
+    assert "## Students vs baselines at equal latency" in report
     # baseline (b): the FLOPs search's pick stays within the same fraction of the teacher's MACs at the run's
     # seq len (the search counted MACs at another seq len once)
     srch = json.loads((out / "stages" / "search.json").read_text())["output"]
@@ -150,7 +131,7 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     assert all(f"[{s}] cached" in " ".join(logs) for s in ("train", "finetune", "report"))
     # a changed fine-tuning setting reruns from finetune on, not before
     logs.clear()
-    run_pipeline(_tiny(tmp_path, tiny_teacher_dir, finetune_max_steps=4), log=logs.append)
+    run_pipeline(_tiny(tmp_path, tiny_teacher_dir, finetune={"max_steps": 4}), log=logs.append)
     text = " ".join(logs)
     assert "[measure] cached" in text and "[finetune] running" in text and "[report] running" in text
 
@@ -194,9 +175,10 @@ def test_default_profile_grid_keeps_the_cached_stages_of_its_explicit_grid(tmp_p
     """profile_grid None stands for the device's default grid: a run folder made with that grid
     written out (the old default, 3 2 2 on CPU) keeps its cached stages; another grid reruns them."""
     import autodistil.pipeline as pl
-    h = lambda **kw: pl.Run(RunConfig(out_dir=str(tmp_path), **kw))._hash("report")  # noqa: E731
-    assert h() == h(profile_grid=(3, 2, 2))
-    assert h() != h(profile_grid=(3, 4, 2)) and h(device="cuda") == h(device="cuda", profile_grid=(3, 4, 2))
+    from autodistil.pipeline import ProfileConfig
+    h = lambda **kw: pl.Run(RunConfig(out_dir=str(tmp_path), profile=ProfileConfig(**kw)))._hash("report")  # noqa
+    assert h() == h(grid=(3, 2, 2))
+    assert h() != h(grid=(3, 4, 2)) and h(device="cuda") == h(device="cuda", grid=(3, 4, 2))
 
 
 def test_run_config_errors():
@@ -221,4 +203,6 @@ def test_shipped_configs_load(path, cls):
     root = Path(__file__).resolve().parent.parent
     cfg = build_dataclass(getattr(importlib.import_module(mod), name), load_config_file(root / path))
     if name == "RunConfig":
-        assert (cfg.teacher_epochs, cfg.student_epochs, cfg.student_lr) == (3, 3, 2e-5)
+        ft = cfg.finetune
+        assert (ft.teacher_epochs, ft.epochs, ft.lr, cfg.train.steps) == (3, 3, 2e-5, 400000)
+        assert (cfg.profile.batch, cfg.profile.dtype, cfg.profile.cuda_graphs) == (32, "bf16", True)

@@ -124,14 +124,14 @@ def logits_loss(t_logits: torch.Tensor, s_logits: torch.Tensor, temperature: flo
 @dataclass(frozen=True)
 class LossWeights:
     """Weighted combination of the objectives (0 disables one)."""
-    relation: float = 1.0
-    attention: float = 0.0
-    hidden: float = 0.0
-    logits: float = 0.0
-    relation_heads: int = 16
+    relation: float = 1.0       # MiniLMv2 self-attention relations (Q-Q, K-K, V-V) of one layer
+    attention: float = 0.0      # attention maps (KL) of that layer
+    hidden: float = 0.0         # multi-layer hidden states (MSE through a learned projection)
+    logits: float = 0.0         # teacher logits (task fine-tuning only; supernet training has none)
+    relation_heads: int = 16    # relation heads the Q/K/V are regrouped into (student and teacher alike)
     teacher_layer: int = -1     # layer whose Q/K/V (and attention map) the student matches
-    student_layer: int = -1
-    temperature: float = 1.0
+    student_layer: int = -1     # the student's layer that matches it
+    temperature: float = 1.0    # softmax temperature of the logits term
 
     def __post_init__(self):
         for f in ("relation", "attention", "hidden", "logits"):

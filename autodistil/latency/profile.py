@@ -84,22 +84,23 @@ def cpu_id(cpuinfo: str | None = None) -> str | None:
 
 @dataclass(frozen=True)
 class ProfileSettings:
-    device: str = "cpu"
-    runtime: str = "torch"
-    dtype: str = "fp32"
-    batch: int = 1
-    seq_len: int = 128
+    """How latency is measured: where, with what, and the timing protocol."""
+    device: str = "cpu"               # cpu | cuda[:N]
+    runtime: str = "torch"            # torch | torch-compile | onnxruntime (CPU)
+    dtype: str = "fp32"               # fp32 | fp16 | bf16 (the students' weights and activations)
+    batch: int = 1                    # sequences per forward: the budget is the latency of one such call
+    seq_len: int = 128                # tokens per sequence of the timed forward
     threads: int = 0                  # 0: all cores of this process's affinity; 1: one pinned core
     rounds: int = 12                  # interleaved rounds (>= 2 to measure the noise by split halves)
-    round_s: float = 0.125            # timed seconds per model per round (12 x 0.125 s: bench/protocol_noise.py)
+    round_s: float = 0.125            # timed seconds per model per round
     warmup_s: float = 0.03            # warm-up seconds per model before each of its rounds
     min_runs: int = 3                 # timed runs per model per round at least
-    max_runs: int = 100000
+    max_runs: int = 100000            # timed runs per model per round at most
     anchor_every: int = 4             # models between two anchor measurements within a round
     low_pct: float = 10.0             # the low percentile reported beside the median
     stat: str = "median"              # the statistic the table predicts: median | low
     depths: tuple = (0, 2, 4)         # student depths of the per-layer regression
-    cuda_graphs: bool = False
+    cuda_graphs: bool = False         # CUDA: time each forward as a replayed CUDA graph (less launch overhead)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -634,15 +635,21 @@ def ols(xs: list, ys: list) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
+TEACHER_RUN = "teacher:end-to-end"   # the teacher's runner name inside a profile session
+
+
 def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Optional[tuple] = None,
                 seed: int = 0, calibrate: int = 12, max_bert_pairs: int = 8, device=None,
-                budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None):
+                budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
+                teacher=None):
     """Profile the grid of every space (depth regression per grid point), the BertModel-shaped
     (hidden, heads) pairs, and `calibrate` random full students measured end to end in the same
     session (block sums validated against them; a linear correction kept only if leave-one-out
     error improves). `device`: a TorchDevice by default (tests pass a synthetic one).
     `budget_s`: stop after the round in progress once this many seconds have passed.
-    `grid`: points per subspace in (hidden, heads, FFN width); None: ``default_grid(settings.device)``."""
+    `grid`: points per subspace in (hidden, heads, FFN width); None: ``default_grid(settings.device)``.
+    `teacher`: (name, ready model) timed end to end in the same session: ``meta["teacher"]`` holds its
+    latency, what budgets given as fractions of the teacher are fractions of."""
     from .predict import LatencyTable
     grid = tuple(grid) if grid is not None else default_grid(settings.device)
     head_dims = {s.head_dim for s in spaces}
@@ -693,10 +700,13 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     if progress:
         progress(f"building {len(specs)} models")
     runners = {k: dev.runner(v) for k, v in specs.items()}
+    if teacher is not None:
+        runners[TEACHER_RUN] = dev.runner(teacher[1])
     anchor = anchor_spec(spaces)
     deadline = None if budget_s is None else t0 + budget_s
     sess = measure(runners, settings, dev, dev.runner(anchor), seed, deadline, progress)
     res = {k: t for k, t in sess.timings.items()}
+    t_timing = res.pop(TEACHER_RUN, None)
     halves = {k: t.halves() for k, t in res.items()}
     rows = []
     for (kind, sname, h, a, f, cls), names in zip(cells, cell_names):
@@ -723,6 +733,10 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
                                "threads": sess.threads, "noise": noise, "stopped_early": sess.stopped_early,
                                "rounds_done": min(len(t.rounds) for t in res.values()),
                                "anchor": {"spec": asdict(anchor), **sess.anchor}, "models": models})
+    if t_timing is not None:
+        sm = t_timing.summary()
+        table.meta["teacher"] = {"name": teacher[0], "ms": sm["ms"], "noise_sd_ms": sm["noise_sd_ms"],
+                                 "low_ms": sm["low_ms"]}
     if calib:
         meas = [res[n].ms for n in calib_names]
         cfgs = [c for _, c in calib]

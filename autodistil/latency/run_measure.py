@@ -39,12 +39,17 @@ def measure_in_subprocess(table_path, folders: dict, out_json, rounds: int | Non
 
 
 def profile_in_subprocess(supernets: list, out_table, settings, grid=None, calibrate: int = 12,
-                          log=print, timeout_s: float | None = None) -> Path:
+                          log=print, timeout_s: float | None = None, teacher=None) -> Path:
     """Build a latency table with `python -m autodistil.cli profile` in a fresh process; every
     ProfileSettings field travels (one --settings JSON), none is left to the CLI's defaults.
-    grid None: the device's default grid (latency.profile.default_grid)."""
+    grid None: the device's default grid (latency.profile.default_grid). `teacher`: a folder timed
+    end to end in the same session (the table's meta["teacher"])."""
     cmd = [sys.executable, "-m", "autodistil.cli", "profile", "--out", str(out_table),
            "--settings", json.dumps(settings.to_dict()), "--calibrate", str(calibrate)]
+    if teacher is not None:
+        cmd += ["--teacher", str(teacher)]
+    else:
+        cmd += ["--no-time-teacher"]
     if grid is not None:
         cmd += ["--grid", *map(str, grid)]
     for p in supernets:

@@ -16,6 +16,7 @@ class Budget:
     latency_ms: Optional[float] = None
     macs: Optional[float] = None       # "FLOPs" as the paper counts them: MACs per sequence
     params: Optional[float] = None
+    plain: bool = False                # only shapes that export to the family's plain Hugging Face class
 
     def __post_init__(self):
         for f in ("latency_ms", "macs", "params"):
@@ -26,7 +27,8 @@ class Budget:
     def ok(self, m: dict) -> bool:
         return ((self.latency_ms is None or m["latency_ms"] <= self.latency_ms)
                 and (self.macs is None or m["macs"] <= self.macs)
-                and (self.params is None or m["params"] <= self.params))
+                and (self.params is None or m["params"] <= self.params)
+                and (not self.plain or m.get("plain", False)))
 
     def label(self) -> str:
         parts = []
@@ -36,6 +38,8 @@ class Budget:
             parts.append(f"MACs<={self.macs / 1e9:g}G")
         if self.params is not None:
             parts.append(f"params<={self.params / 1e6:g}M")
+        if self.plain:
+            parts.append("plain")
         return ",".join(parts) or "unconstrained"
 
 
@@ -67,6 +71,8 @@ def unmet_budget_message(budget: Budget, candidates: Iterable[SubnetConfig], met
         best = min(cands, key=lambda c: metrics(c)[key])
         parts.append(f"{key} <= {limit / scale:g}{unit} (smallest achievable: {metrics(best)[key] / scale:.4g}{unit}, "
                      f"{best.short()})")
+    if budget.plain and not any(metrics(c).get("plain") for c in cands):
+        parts.append("plain shapes only, and no subnet of the spaces has heads x head dim == hidden")
     return "no subnet meets the budget " + "; ".join(parts)
 
 

@@ -14,9 +14,12 @@ from .run import HeldoutLoss, SearchSpec, candidate_key, candidate_name, pareto_
 from ..space import SubnetConfig
 
 
-def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str, top_k: int = 4,
+def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, data, top_k: int = 4,
                  proxy_steps: int = 100, out_dir=None, seed: int = 0, max_seq_len: int = 64,
                  max_eval_examples: int | None = 1000, method: str = "auto", lr: float = 5e-5) -> dict:
+    """`data`: the proxy task, a DataConfig (built-in task or the user's files) or a built-in task name."""
+    from ..data.tasks import DataConfig
+    data = data if isinstance(data, DataConfig) else DataConfig(task=data)
     head_dim, vocab = nets[0][0].config.head_dim, nets[0][0].config.vocab_size
     pairs = [(spaces[0], HeldoutLoss.for_supernet(model, meta, teacher, held)) for model, spaces, meta in nets]
     agn = search(pairs, table, SearchSpec(budgets=budgets, method=method, seed=seed), head_dim, vocab)
@@ -36,7 +39,7 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
                     continue
                 cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
                 folder = export_subnet(by_space[r["space"]], cfg, tmp / candidate_name(r), tokenizer)
-                res = finetune(FinetuneConfig(model=str(folder), task=task, out_dir=str(tmp / "ft" / cfg.short()),
+                res = finetune(FinetuneConfig(model=str(folder), data=data, out_dir=str(tmp / "ft" / cfg.short()),
                                               max_steps=proxy_steps, max_seq_len=max_seq_len, seed=seed, lr=lr,
                                               max_eval_examples=max_eval_examples), progress=False)
                 scores[key] = res["score"]
@@ -52,7 +55,7 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
             best[label] = top
     uniq = {candidate_key(r): r for r in rows}
     front = pareto_front(list(uniq.values()), ("neg_score", "latency_ms" if table is not None else "macs"))
-    result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": task,
+    result = {"candidates": rows, "front": front, "best": best, "agnostic_best": agn["best"], "task": data.name,
               "table": agn["table"], "table_speed": agn["table_speed"]}
     if out_dir is not None:
         out = Path(out_dir)
@@ -60,5 +63,5 @@ def proxy_search(nets, table, teacher, held, tokenizer, budgets: list, task: str
         write_rows_csv(out / "proxy_candidates.csv", rows)
         atomic_write_json(out / "proxy_search.json", result)
         plot_search(result, out / "proxy_pareto.png", table is not None, score_key="proxy_score",
-                    score_label=f"{task} dev score after {proxy_steps} proxy steps")
+                    score_label=f"{data.name} dev score after {proxy_steps} proxy steps")
     return result

@@ -36,7 +36,7 @@ def format_choice(label: str, r: dict, score: str | None = None) -> str:
         s += f"  loss {r['loss']:.4f}"
     if "latency_ms" in r and r["latency_ms"] == r["latency_ms"]:
         s += f"  predicted {r['latency_ms']:.2f} ms"
-    if "measured_ms" in r:
+    if r.get("measured_ms") is not None:
         s += f"  measured {r['measured_ms']:.2f} ms (+{r.get('margin_ms', 0.0):.2f} margin)"
     if "macs" in r:
         s += f"  {r['macs'] / 1e9:.3f} GMACs"
@@ -143,7 +143,7 @@ def metrics_fn(table, head_dim: int, seq_len: int, vocab: int):
             ec = exact_cost(cfg, head_dim, seq_len, vocab)
             lat, lat_sd = table.predict_with_uncertainty(cfg) if table is not None else (float("nan"), 0.0)
             cache[cfg] = {"latency_ms": lat, "latency_sd_ms": lat_sd, "macs": ec.macs, "params": ec.params,
-                          "paper_macs": paper_cost(cfg, seq_len).macs}
+                          "paper_macs": paper_cost(cfg, seq_len).macs, "plain": cfg.heads * head_dim == cfg.hidden}
         return cache[cfg]
     return m
 
