@@ -266,14 +266,15 @@ def test_export_first_layers_matches_hidden_state_k(tmp_path, tiny_teacher_dir, 
 
 
 def test_export_first_layers_errors(tmp_path, tiny_teacher_dir):
-    from transformers import DistilBertConfig, DistilBertModel
+    from transformers import AlbertConfig, AlbertModel
     from autodistil.export import export_first_layers
     for k in (0, 3):
         with pytest.raises(ValueError, match=r"outside 1\.\.2"):
             export_first_layers(tiny_teacher_dir, k, tmp_path / "x")
-    d = tmp_path / "distil"
-    DistilBertModel(DistilBertConfig(vocab_size=100, dim=32, n_layers=1, n_heads=2, hidden_dim=64)).save_pretrained(d)
-    with pytest.raises(ValueError, match="not a BERT folder"):
+    d = tmp_path / "albert"
+    AlbertModel(AlbertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                             intermediate_size=64, embedding_size=16)).save_pretrained(d)
+    with pytest.raises(ValueError, match="model_type 'albert' is not supported; supported families: bert, "):
         export_first_layers(d, 1, tmp_path / "y")
     with pytest.raises(FileNotFoundError, match="no config.json"):
         export_first_layers(tmp_path / "nothing", 1, tmp_path / "z")

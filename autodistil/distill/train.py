@@ -239,9 +239,7 @@ class SupernetTrainer:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world} ranks")
         self.device = self._device()
         tc = teacher.net.config
-        mcfg = replace(SuperBertConfig.for_spaces(space, vocab_size=tc.vocab_size, max_position=tc.max_position,
-                                                  type_vocab_size=tc.type_vocab_size, layer_norm_eps=tc.layer_norm_eps,
-                                                  pad_token_id=tc.pad_token_id),
+        mcfg = replace(SuperBertConfig.for_spaces(space, **tc.conventions()),
                        depth_mapping=cfg.depth_mapping, dropout=cfg.dropout, attention_dropout=cfg.dropout)
         torch.manual_seed(cfg.seed)
         self.model = SuperBert(mcfg, backend=cfg.backend)

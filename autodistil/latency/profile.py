@@ -268,6 +268,7 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
         so.inter_op_num_threads = 1
         sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
         feed = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": (0 * ids).numpy()}
+        feed = {i.name: feed[i.name] for i in sess.get_inputs()}  # no token types in some families
         return lambda: sess.run(None, feed)
     model = model.to(dev, DTYPES[s.dtype]).eval()
     ids, mask = ids.to(dev), mask.to(dev)

@@ -1,9 +1,13 @@
-"""A standalone Hugging Face model for students whose Q/K/V width (heads x head_dim) differs
-from their hidden size, which BertModel cannot express. Registered with AutoConfig /
+"""A standalone Hugging Face model for students their family's plain class cannot express: a Q/K/V
+width (heads x head_dim) other than the hidden size, or an ELECTRA embedding projection between
+equal widths. It carries the teacher family's conventions (nn/families.py): positions ("absolute"
+or RoBERTa's "padded"), token types (type_vocab_size 0: none, DistilBERT), a fixed embedding width
+with a projection to the hidden size (ELECTRA), and a pooler or none; the defaults are BERT's, so
+folders written before these fields existed load unchanged. Registered with AutoConfig /
 AutoModel / AutoModelForSequenceClassification on ``import autodistil``: such folders load
 with ``AutoModel.from_pretrained(folder)`` and no ``trust_remote_code``.
 It holds no reference to the supernet: plain nn.Linear/LayerNorm/Embedding modules with
-BertModel's parameter names.
+BertModel's parameter names (ELECTRA's projection: "embeddings.project").
 """
 from __future__ import annotations
 
@@ -16,6 +20,8 @@ from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassificat
                           PreTrainedModel)
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
+from .families import position_ids
+
 
 class AutoDistilBertConfig(PretrainedConfig):
     model_type = "autodistil_bert"
@@ -24,7 +30,8 @@ class AutoDistilBertConfig(PretrainedConfig):
                  attention_head_size=64, intermediate_size=3072, max_position_embeddings=512,
                  type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout_prob=0.1,
                  attention_probs_dropout_prob=0.1, initializer_range=0.02, pad_token_id=0,
-                 classifier_dropout=None, **kw):
+                 classifier_dropout=None, family="bert", positions="absolute", embedding_size=None,
+                 pooler=True, **kw):
         super().__init__(pad_token_id=pad_token_id, **kw)
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
@@ -33,21 +40,29 @@ class AutoDistilBertConfig(PretrainedConfig):
         self.layer_norm_eps, self.hidden_dropout_prob = layer_norm_eps, hidden_dropout_prob
         self.attention_probs_dropout_prob, self.initializer_range = attention_probs_dropout_prob, initializer_range
         self.classifier_dropout = classifier_dropout
+        self.family, self.positions = family, positions
+        self.embedding_size, self.pooler = embedding_size, pooler
 
 
 class _Embeddings(nn.Module):
     def __init__(self, c):
         super().__init__()
-        self.word_embeddings = nn.Embedding(c.vocab_size, c.hidden_size, padding_idx=c.pad_token_id)
-        self.position_embeddings = nn.Embedding(c.max_position_embeddings, c.hidden_size)
-        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, c.hidden_size)
-        self.LayerNorm = nn.LayerNorm(c.hidden_size, eps=c.layer_norm_eps)
+        e = c.embedding_size or c.hidden_size
+        self.word_embeddings = nn.Embedding(c.vocab_size, e, padding_idx=c.pad_token_id)
+        self.position_embeddings = nn.Embedding(c.max_position_embeddings, e)
+        self.token_type_embeddings = nn.Embedding(c.type_vocab_size, e) if c.type_vocab_size else None
+        self.LayerNorm = nn.LayerNorm(e, eps=c.layer_norm_eps)
         self.dropout = nn.Dropout(c.hidden_dropout_prob)
+        self.project = nn.Linear(e, c.hidden_size) if c.embedding_size else None
+        self.positions, self.pad = c.positions, c.pad_token_id
 
     def forward(self, ids, type_ids):
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word_embeddings(ids) + self.token_type_embeddings(type_ids) + self.position_embeddings(pos)
-        return self.dropout(self.LayerNorm(x))
+        x = self.word_embeddings(ids)                                                # (B, T, E)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(type_ids)
+        x = x + self.position_embeddings(position_ids(ids, self.positions, self.pad))
+        x = self.dropout(self.LayerNorm(x))                                          # (B, T, E)
+        return x if self.project is None else self.project(x)                       # (B, T, H)
 
 
 class _SelfAttention(nn.Module):
@@ -143,7 +158,7 @@ class AutoDistilBertModel(AutoDistilBertPreTrainedModel):
         super().__init__(config)
         self.embeddings = _Embeddings(config)
         self.encoder = _Encoder(config)
-        self.pooler = _Pooler(config)
+        self.pooler = _Pooler(config) if config.pooler else None
         self.post_init()
 
     def get_input_embeddings(self):
@@ -163,17 +178,23 @@ class AutoDistilBertModel(AutoDistilBertPreTrainedModel):
             x, probs = layer(x, add_mask, bool(output_attentions))
             hs.append(x)
             atts.append(probs)
-        pooled = torch.tanh(self.pooler.dense(x[:, 0]))
+        pooled = None if self.pooler is None else torch.tanh(self.pooler.dense(x[:, 0]))  # (B, H)
         return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
                                           hidden_states=tuple(hs) if output_hidden_states else None,
                                           attentions=tuple(atts) if output_attentions else None)
 
 
 class AutoDistilBertForSequenceClassification(AutoDistilBertPreTrainedModel):
+    """classifier(dropout(pooled)). With a pooler (BERT, RoBERTa, XLM-R) `pooled` is its output, as in
+    BertForSequenceClassification. Without one (ELECTRA, DistilBERT) the head brings its own:
+    pooled = tanh(pre_classifier(last_hidden_state[:, 0])), a new dense layer on the first token
+    (the shape of RoBERTa's and ELECTRA's classification heads, with BERT's pooler activation)."""
+
     def __init__(self, config):
         super().__init__(config)
         self.num_labels = config.num_labels
         self.bert = AutoDistilBertModel(config)
+        self.pre_classifier = None if config.pooler else nn.Linear(config.hidden_size, config.hidden_size)
         p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
         self.dropout = nn.Dropout(p)
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
@@ -183,7 +204,10 @@ class AutoDistilBertForSequenceClassification(AutoDistilBertPreTrainedModel):
                 output_hidden_states=None, output_attentions=None, return_dict=None, **kw):
         out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
                         output_attentions=output_attentions)
-        logits = self.classifier(self.dropout(out.pooler_output))                    # (B, C)
+        pooled = out.pooler_output
+        if self.pre_classifier is not None:
+            pooled = torch.tanh(self.pre_classifier(out.last_hidden_state[:, 0]))     # (B, H)
+        logits = self.classifier(self.dropout(pooled))                               # (B, C)
         loss = None
         if labels is not None:
             loss = (F.mse_loss(logits.squeeze(-1), labels.float()) if self.num_labels == 1

@@ -203,14 +203,18 @@ def _head_rows(perm: torch.Tensor, d: int) -> torch.Tensor:
 
 
 def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
-    """The teacher's BertModel-body state dict (names without "bert."; embeddings.*,
-    encoder.layer.*, pooler.*) permuted by `rw`. Function-preserving: the result computes the
-    same hidden states and pooler output, features reordered by rw.hidden. Integer buffers
+    """The teacher's BertModel-body state dict (names without "bert."; embeddings.*, ELECTRA's
+    projection embeddings.project.*, encoder.layer.*, pooler.*) permuted by `rw`. Function-preserving:
+    the result computes the same hidden states and pooler output, features reordered by rw.hidden
+    (with a projection, the embeddings keep their order and its rows are permuted). Integer buffers
     (position_ids) pass unchanged; any other tensor it does not know is refused."""
     if "embeddings.word_embeddings.weight" not in state:
         raise ValueError("rewire_state_dict needs a BertModel state dict (no 'embeddings.word_embeddings.weight'; "
                          "strip a 'bert.' prefix first)")
-    H = state["embeddings.word_embeddings.weight"].shape[1]
+    # with a projection (ELECTRA) the residual stream starts at its output: the embeddings keep their order
+    projected = "embeddings.project.weight" in state
+    H = (state["embeddings.project.weight"].shape[0] if projected
+         else state["embeddings.word_embeddings.weight"].shape[1])
     hp = _check_perm(rw.hidden, H, "hidden")
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))})
     if layers != list(range(rw.layers)):
@@ -231,9 +235,9 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
             out[k] = t
             continue
         on = lambda p: p.to(t.device)
-        if k in _EMB_MATRICES:
-            out[k] = t[:, on(hp)]
-        elif k.startswith("embeddings.LayerNorm."):
+        if k in _EMB_MATRICES or k.startswith("embeddings.LayerNorm."):
+            out[k] = t if projected else t[..., on(hp)]
+        elif k in ("embeddings.project.weight", "embeddings.project.bias"):
             out[k] = t[on(hp)]
         elif k == "pooler.dense.weight":
             out[k] = t[on(hp)][:, on(hp)]

@@ -16,13 +16,17 @@ from transformers.utils import ModelOutput
 
 from .. import ops
 from ..space import SearchSpace, SubnetConfig, union_max
+from . import families
 
 DEPTH_MAPPINGS = ("spaced", "first")
+CONVENTIONS = ("family", "positions", "vocab_size", "max_position", "type_vocab_size", "embedding_size",
+               "pooler", "layer_norm_eps", "pad_token_id")
 
 
 @dataclass(frozen=True)
 class SuperBertConfig:
-    """Maximum shape of the supernet (all subnets fit inside it)."""
+    """Maximum shape of the supernet (all subnets fit inside it) and the teacher family's
+    conventions (nn/families.py; the defaults are BERT's)."""
     layers: int
     hidden: int
     heads: int
@@ -30,20 +34,45 @@ class SuperBertConfig:
     head_dim: int = 64
     vocab_size: int = 30522
     max_position: int = 512
-    type_vocab_size: int = 2
+    type_vocab_size: int = 2                  # 0: no token-type embedding (DistilBERT)
     layer_norm_eps: float = 1e-12
     dropout: float = 0.0
     attention_dropout: float = 0.0
     pad_token_id: int = 0
     depth_mapping: str = "spaced"
+    family: str = "bert"                  # the teacher family: its weight names, its plain class on export
+    positions: str = "absolute"           # "absolute": 0..T-1 | "padded": pad + cumsum(ids != pad) (RoBERTa)
+    embedding_size: Optional[int] = None  # None: embeddings as wide as the subnet's hidden; else this fixed
+                                          # width, then a sliced projection to the hidden width (ELECTRA)
+    pooler: bool = True                   # tanh(dense(x[:, 0])) (BERT, RoBERTa, XLM-R)
 
     def __post_init__(self):
-        for f in ("layers", "hidden", "heads", "ffn", "head_dim", "vocab_size", "max_position", "type_vocab_size"):
+        for f in ("layers", "hidden", "heads", "ffn", "head_dim", "vocab_size", "max_position"):
             v = getattr(self, f)
             if not isinstance(v, int) or v <= 0:
                 raise ValueError(f"SuperBertConfig.{f}={v!r}: must be a positive integer")
+        t, e = self.type_vocab_size, self.embedding_size
+        if not isinstance(t, int) or t < 0:
+            raise ValueError(f"SuperBertConfig.type_vocab_size={t!r}: must be an integer >= 0 (0: none)")
+        if e is not None and (not isinstance(e, int) or e <= 0):
+            raise ValueError(f"SuperBertConfig.embedding_size={e!r}: must be None or a positive integer")
         if self.depth_mapping not in DEPTH_MAPPINGS:
             raise ValueError(f"depth_mapping {self.depth_mapping!r} is not allowed: choose {list(DEPTH_MAPPINGS)}")
+        if self.positions not in families.POSITIONS:
+            raise ValueError(f"positions {self.positions!r} is not allowed: choose "
+                             f"{list(families.POSITIONS)}")
+        families.get_family(self.family)
+        if self.max_seq_len <= 0:
+            raise ValueError(f"max_position={self.max_position} leaves no position after pad id "
+                             f"{self.pad_token_id} ('padded' positions start at pad + 1)")
+
+    @property
+    def max_seq_len(self) -> int:
+        return families.max_seq_len(self.positions, self.max_position, self.pad_token_id)
+
+    def conventions(self) -> dict:
+        """The teacher family's conventions (what a student supernet copies from its teacher's)."""
+        return {k: getattr(self, k) for k in CONVENTIONS}
 
     @classmethod
     def for_spaces(cls, spaces, **kw) -> "SuperBertConfig":
@@ -112,20 +141,32 @@ class SlicedEmbedding(nn.Embedding):
 
 
 class SuperEmbeddings(nn.Module):
+    """Word + position (+ token-type) embeddings and their LayerNorm, as wide as the subnet's hidden
+    size, or at the fixed ``embedding_size`` followed by a sliced projection to it (ELECTRA)."""
+
     def __init__(self, c: SuperBertConfig):
         super().__init__()
-        self.word_embeddings = SlicedEmbedding(c.vocab_size, c.hidden, padding_idx=c.pad_token_id)
-        self.position_embeddings = SlicedEmbedding(c.max_position, c.hidden)
-        self.token_type_embeddings = SlicedEmbedding(c.type_vocab_size, c.hidden)
-        self.LayerNorm = SlicedLayerNorm(c.hidden, c.layer_norm_eps)
+        self.c = c
+        e = c.embedding_size or c.hidden
+        self.word_embeddings = SlicedEmbedding(c.vocab_size, e, padding_idx=c.pad_token_id)
+        self.position_embeddings = SlicedEmbedding(c.max_position, e)
+        self.token_type_embeddings = SlicedEmbedding(c.type_vocab_size, e) if c.type_vocab_size else None
+        self.LayerNorm = SlicedLayerNorm(e, c.layer_norm_eps)
         self.dropout = nn.Dropout(c.dropout)
+        self.project = SlicedLinear(e, c.hidden) if c.embedding_size else None
 
     def forward(self, ids, type_ids, h, backend):
-        pos = torch.arange(ids.shape[1], device=ids.device)
-        x = self.word_embeddings(ids, h, backend)                                        # (B, T, h)
-        x = x + self.token_type_embeddings(type_ids, h, backend)
-        x = x + self.position_embeddings(pos, h, backend)                                # (T, h) broadcast
-        return self.dropout(self.LayerNorm(x, h, backend=backend))
+        c = self.c
+        e = c.embedding_size or h
+        pos = families.position_ids(ids, c.positions, c.pad_token_id)                    # (T,) or (B, T)
+        x = self.word_embeddings(ids, e, backend)                                        # (B, T, e)
+        if self.token_type_embeddings is not None:
+            x = x + self.token_type_embeddings(type_ids, e, backend)
+        x = x + self.position_embeddings(pos, e, backend)                                # (T, e) or (B, T, e)
+        x = self.dropout(self.LayerNorm(x, e, backend=backend))
+        if self.project is not None:
+            x = self.project(x, h, e, backend=backend)                                   # (B, T, h)
+        return x
 
 
 class _SelfAttn(nn.Module):
@@ -246,7 +287,7 @@ class SuperBert(nn.Module):
         self.backend = backend
         self.embeddings = SuperEmbeddings(config)
         self.encoder = _Encoder(config)
-        self.pooler = _Pooler(config)
+        self.pooler = _Pooler(config) if config.pooler else None
         self.apply(self._init_weights)
         self.active = config.max_subnet
 
@@ -288,8 +329,10 @@ class SuperBert(nn.Module):
         cfg = self.check_subnet(subnet) if subnet is not None else self.active
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
-        if input_ids.shape[1] > self.config.max_position:
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds max_position {self.config.max_position}")
+        if input_ids.shape[1] > self.config.max_seq_len:
+            c = self.config
+            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the {c.max_seq_len} positions of "
+                             f"max_position {c.max_position} ({c.positions})")
         h, a, f = cfg.hidden, cfg.heads, cfg.ffn
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -304,17 +347,18 @@ class SuperBert(nn.Module):
             hs.append(x)
             qkvs.append(qkv)
             atts.append(probs)
-        pooled = self.pooler(x, h, backend)
+        pooled = None if self.pooler is None else self.pooler(x, h, backend)
         return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
                                tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
 
     # --- teacher initialisation ----------------------------------------------------
     @torch.no_grad()
     def load_from_teacher(self, teacher_state: dict) -> None:
-        """Initialise by slicing a HF BertModel state dict (leading slices; layer i <- teacher
+        """Initialise by slicing a teacher's state dict: its family's HF model (or task model) or a
+        SuperBert's, mapped to BertModel names by nn/families.py (leading slices; layer i <- teacher
         layer round(i * (L_t - 1) / (L_max - 1)) when depths differ). For importance-ordered
         slices pass nn.rewire.rewired_teacher_state(state, rewiring)."""
-        sd = {k[5:] if k.startswith("bert.") else k: v for k, v in teacher_state.items()}
+        sd = families.to_bert_names(teacher_state, self.config.family)
         t_layers = 1 + max(int(k.split(".")[2]) for k in sd if k.startswith("encoder.layer."))
         L = self.config.layers
         src = [i if t_layers == L else round(i * (t_layers - 1) / max(1, L - 1)) for i in range(L)]
