@@ -29,17 +29,11 @@ def check_out_dir(out_dir) -> None:
         raise PermissionError(f"run folder {p} cannot be created: {parent} is not writable")
 
 
-def check_teacher(name: str) -> dict:
-    """The teacher's config (no weights): its path, family and shape; unsupported families refused."""
-    from . import teacher as t
-    if hasattr(t, "check_teacher"):
-        info = t.check_teacher(name)
-        return {"path": info.path, "family": getattr(info, "family", "bert"), "shape": info.shape,
-                "config": getattr(info, "config", None)}
-    from transformers import AutoConfig
-    path = t.resolve_teacher_path(name)
-    cfg = AutoConfig.from_pretrained(path)
-    return {"path": path, "family": cfg.model_type, "shape": t.shape_of(cfg), "config": cfg}
+def check_teacher(name: str):
+    """The teacher's config (no weights): its folder, family and shape; unsupported families, uncached
+    hub ids offline and non-GELU activations refused (teacher.check_teacher)."""
+    from .teacher import check_teacher as check
+    return check(name)
 
 
 def check_corpus(corpus: str) -> None:
@@ -114,19 +108,19 @@ def check_run(cfg, log=print) -> dict:
     """Every input of a run, checked in order; returns what was found (logged as [check] lines)."""
     check_out_dir(cfg.out_dir)
     t = check_teacher(cfg.teacher)
-    log(f"[check] teacher: {t['path']} ({t['family']}, {t['shape'].layers} layers, hidden {t['shape'].hidden}, "
-        f"{t['shape'].heads} heads of {t['shape'].head_dim})")
-    spaces = run_spaces(cfg, t["shape"])
-    data = check_data(cfg, t["path"], log)
+    log(f"[check] teacher: {t.path} ({t.family}, {t.shape.layers} layers, hidden {t.shape.hidden}, "
+        f"{t.shape.heads} heads of {t.shape.head_dim})")
+    spaces = run_spaces(cfg, t.shape)
+    data = check_data(cfg, t.path, log)
     check_corpus(cfg.train.corpus)
     if cfg.train.deepspeed and not Path(cfg.train.deepspeed).is_file():
         raise FileNotFoundError(f"DeepSpeed config not found: {cfg.train.deepspeed}")
-    table = check_table(cfg, spaces, t["shape"].head_dim) if cfg.table else None
+    table = check_table(cfg, spaces, t.shape.head_dim) if cfg.table else None
     if table:
         log(f"[check] table: {table['path']} profiled on {table['device']}" + (
             f", teacher {table['teacher_ms']:.2f} ms" if table["teacher_ms"] else ""))
     budgets = (f"{', '.join(f'{b:g} ms' for b in cfg.search.latency_ms)}" if cfg.search.latency_ms else
                f"{', '.join(f'{f:g}' for f in cfg.search.budget_fractions)} x the teacher's latency")
     log(f"[check] budgets: {budgets}" + ("; plain Hugging Face shapes only" if cfg.search.plain_only else ""))
-    return {"teacher": {"path": t["path"], "family": t["family"], "shape": t["shape"].__dict__},
+    return {"teacher": {"path": t.path, "family": t.family, "shape": t.shape.__dict__},
             "spaces": [s.name for s in spaces], "data": data, "table": table}

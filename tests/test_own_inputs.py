@@ -221,7 +221,7 @@ def test_bad_inputs_fail_first_with_one_line_and_no_run_folder(case, tmp_path, t
         if case == "table_no_teacher":  # spaces that match the run's, but no teacher timed in the table
             from autodistil.preflight import check_teacher, run_spaces
             from autodistil.pipeline import RunConfig
-            spaces = run_spaces(RunConfig(), check_teacher(str(teacher))["shape"])
+            spaces = run_spaces(RunConfig(), check_teacher(str(teacher)).shape)
             t = build_table(spaces, st, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice())
             t.save(tmp_path / "t.json")
             assert "teacher" not in LatencyTable.load(tmp_path / "t.json").meta

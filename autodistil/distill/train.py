@@ -571,7 +571,8 @@ def train_supernets(cfg: TrainConfig, on_step=None) -> dict:
     init_distributed(bool(cfg.deepspeed))
     hf, tok, info = load_teacher(cfg.teacher)
     teacher = TeacherNet(hf, info.shape)
-    teacher_meta = {"name": info.name, "path": info.path, "sha256": info.sha256, "head_dim": info.shape.head_dim}
+    teacher_meta = {"name": info.name, "path": info.path, "sha256": info.sha256, "head_dim": info.shape.head_dim,
+                    "family": info.family}
     spaces = resolve_spaces(cfg, info.shape)
     train, held = corpus_blocks(cfg.corpus, tok, cfg.seq_len, cfg.max_train_blocks, cfg.eval_blocks, cfg.seed)
     out = Path(cfg.out_dir)
