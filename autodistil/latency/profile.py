@@ -40,7 +40,7 @@ import torch
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-STATS = ("median", "low")
+STATS = ("median", "low", "pNN")  # pNN: any percentile 1-99 of per-call latency (p90, p95, p99: tail budgets)
 VOCAB = 30522
 
 
@@ -98,7 +98,9 @@ class ProfileSettings:
     max_runs: int = 100000            # timed runs per model per round at most
     anchor_every: int = 4             # models between two anchor measurements within a round
     low_pct: float = 10.0             # the low percentile reported beside the median
-    stat: str = "median"              # the statistic the table predicts: median | low
+    stat: str = "median"              # the statistic of per-call latency the table predicts and every
+                                      # measurement reports: median | low (the low_pct percentile) | pNN, a
+                                      # percentile such as p90 (budgets on tail latency)
     depths: tuple = (0, 2, 4)         # student depths of the per-layer regression
     cuda_graphs: bool = False         # CUDA: time each forward as a replayed CUDA graph (less launch overhead)
 
@@ -111,8 +113,7 @@ class ProfileSettings:
             raise ValueError(f"device {self.device!r} is not allowed: 'cpu' or 'cuda[:N]'")
         if self.runtime == "onnxruntime" and self.device != "cpu":
             raise ValueError("runtime 'onnxruntime' is profiled on the CPU execution provider only")
-        if self.stat not in STATS:
-            raise ValueError(f"stat {self.stat!r} is not allowed: choose {list(STATS)}")
+        check_stat(self.stat)
         for f in ("batch", "seq_len", "rounds", "min_runs", "anchor_every"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
@@ -394,8 +395,31 @@ def percentile(xs: list, p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
+def check_stat(stat: str) -> str:
+    """`stat` if it names a statistic of per-call latency (median, low, p1-p99); ValueError otherwise."""
+    if stat in ("median", "low"):
+        return stat
+    if isinstance(stat, str) and stat[:1] == "p" and stat[1:].isdigit() and 1 <= int(stat[1:]) <= 99:
+        return stat
+    raise ValueError(f"stat {stat!r} is not allowed: choose median, low (the low_pct percentile) or a "
+                     f"percentile p1-p99 such as p90")
+
+
+def stat_label(stat: str, low_pct: float = 10.0) -> str:
+    """'the median', 'the 90th percentile', ... of per-call latency, as reports and help texts say it."""
+    if stat == "median":
+        return "the median"
+    q = low_pct if stat == "low" else int(stat[1:])
+    q = int(q) if float(q).is_integer() else q
+    teen = not isinstance(q, int) or 10 <= q % 100 <= 20 or q % 10 > 3
+    suffix = "th" if teen else ("th", "st", "nd", "rd")[q % 10]
+    return f"the {q}{suffix} percentile"
+
+
 def statistic(xs: list, stat: str, low_pct: float) -> float:
-    return statistics.median(xs) if stat == "median" else percentile(xs, low_pct)
+    if stat == "median":
+        return statistics.median(xs)
+    return percentile(xs, low_pct if stat == "low" else int(stat[1:]))
 
 
 @dataclass
