@@ -62,13 +62,20 @@ STAGES = ("train", "profile", "search", "export", "measure", "finetune", "ship",
 @dataclass(frozen=True)
 class SearchConfig:
     """How students are chosen under the budgets."""
-    latency_ms: tuple[float, ...] = ()   # latency budgets in ms, one student each (default: budget_fractions x
-                                         # the teacher's latency)
-    budget_fractions: tuple[float, ...] = (0.15, 0.3)  # budgets as fractions of the teacher's latency, timed
-                                                       # with the finalists (or taken from a --table)
+    latency_ms: tuple[float, ...] = ()   # latency budgets in ms, one student each, on latency_stat of one
+                                         # call at the profile's batch, seq len and threads (default:
+                                         # budget_fractions x the teacher's latency)
+    budget_fractions: tuple[float, ...] = (0.15, 0.3)  # budgets as fractions of the teacher's latency (its
+                                                       # latency_stat per call), timed with the finalists (or
+                                                       # taken from a --table)
+    latency_stat: str = "median"         # what a budget bounds: median (of per-call latency) or a percentile
+                                         # such as p90 (a tail-latency budget); the table is profiled, and
+                                         # students verified and measured, for it
     heldout_blocks: int = 8              # held-out text blocks the agnostic objective (distillation loss) is scored on
     method: str = "auto"                 # auto | exhaustive | evolutionary
     verify_top: int = 4                  # candidates per budget measured end to end at search time (this machine)
+    verify_rounds: int = 3               # verification sessions at most: after each, the table is corrected
+                                         # from what was measured and the search's new candidates are timed
     baselines: bool = True               # also ship-test the teacher's first k layers and the FLOPs-search student
     plain_only: bool = False             # only shapes that load without autodistil: heads x head dim == hidden
                                          # (the family's plain Hugging Face class)
@@ -80,6 +87,11 @@ class SearchConfig:
             raise ValueError(f"latency_ms {list(self.latency_ms)} must each be a positive number of milliseconds")
         if not self.latency_ms and not self.budget_fractions:
             raise ValueError("no budget: give --latency-ms or --budget-fractions")
+        if self.verify_rounds < 1:
+            raise ValueError(f"verify_rounds={self.verify_rounds} must be >= 1 (verification sessions at "
+                             f"most)")
+        from .latency.profile import check_stat
+        check_stat(self.latency_stat)
         if self.verify_top < 1:
             raise ValueError(f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)")
         if self.heldout_blocks < 1:
@@ -138,7 +150,7 @@ class RunConfig:
     seed: int = 0                        # seed of supernet training, search and fine-tuning
     train: TrainConfig = field(default_factory=_run_train_defaults,
                                metadata={"owned": ("teacher", "out_dir", "resume", "seed")})
-    profile: ProfileConfig = field(default_factory=ProfileConfig)
+    profile: ProfileConfig = field(default_factory=ProfileConfig, metadata={"owned": ("stat",)})
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"flatten": True})
     measure_rounds: Optional[int] = None  # rounds of the report's measurement (default: 2.5 s of timing per model)
     onnx: bool = False                   # also ship each fine-tuned student as ONNX, checked against torch
@@ -163,7 +175,7 @@ class RunConfig:
 # that stage and all after it.
 _DEPS = {
     "train": ("teacher", "seed", "train."),
-    "profile": ("table", "profile."),
+    "profile": ("table", "profile.", "search.latency_stat"),
     "search": ("search.",),
     "export": (),
     "measure": ("measure_rounds",),
@@ -175,7 +187,7 @@ _DEPS = {
 # A stage's output format version: bumped when what it writes changes so that a cached marker from
 # older code would break a later stage. A bump makes that stage and all after it rerun; stages
 # before it stay cached.
-_VERSIONS = {"profile": 2, "search": 5, "finetune": 2, "report": 4}
+_VERSIONS = {"profile": 2, "search": 6, "finetune": 2, "report": 5}
 
 
 def _matches(key: str, deps: tuple) -> bool:
@@ -281,6 +293,10 @@ class Run:
         return [load_supernet(p) for p in self.state["train"]["supernets"]]
 
     # --- stages ----------------------------------------------------------------------------
+    def profile_settings(self) -> ProfileSettings:
+        """How this machine is profiled: the profile section, for the statistic the budgets bound."""
+        return replace(self.cfg.profile.settings(), stat=self.cfg.search.latency_stat)
+
     def stage_train(self) -> dict:
         from .distill.train import train_supernets
         tc = replace(self.cfg.train, teacher=self.cfg.teacher, out_dir=str(self.out / "supernets"), resume=True,
@@ -296,8 +312,8 @@ class Run:
         c = self.cfg
         _, _, info, _ = self._teacher()
         path = profile_in_subprocess(self.state["train"]["supernets"], self.out / "latency_table.json",
-                                     c.profile.settings(), c.profile.grid, c.profile.calibrate, log=self.log,
-                                     teacher=info.path)
+                                     self.profile_settings(), c.profile.grid, c.profile.calibrate,
+                                     log=self.log, teacher=info.path)
         table = LatencyTable.load(path)
         t = table.meta["teacher"]
         return {"table": str(path), "teacher_ms": t["ms"], "teacher_noise_sd_ms": t["noise_sd_ms"],

@@ -57,8 +57,8 @@ def run_spaces(cfg, shape) -> list:
 
 
 def check_table(cfg, spaces, head_dim: int) -> dict:
-    """A table from the target device: it loads, covers every space of the run, and holds the teacher's
-    latency when budgets are fractions of it."""
+    """A table from the target device: it loads, covers every space of the run, predicts the statistic the
+    budgets bound (latency_stat), and holds the teacher's latency when budgets are fractions of it."""
     from .latency.predict import LatencyTable
     path = Path(cfg.table)
     if not path.is_file():
@@ -75,6 +75,13 @@ def check_table(cfg, spaces, head_dim: int) -> dict:
             got = "none" if d is None else f"another range ({d})"
             raise ValueError(f"latency table {path} has {got} for subspace '{s.name}', the run searches "
                              f"{s.describe()}: profile with the run's teacher and spaces")
+    stat = table.settings.get("stat", "median")
+    if stat != cfg.search.latency_stat:
+        from .latency.profile import stat_label
+        want = cfg.search.latency_stat
+        raise ValueError(f"latency table {path} predicts {stat_label(stat)} per call ({stat}), the run's "
+                         f"budgets bound {stat_label(want)} (--latency-stat {want}): profile the target with "
+                         f"`autodistil profile --stat {want}`, or give --latency-stat {stat}")
     t = table.meta.get("teacher") or {}
     if not cfg.search.latency_ms and not t.get("ms"):
         raise ValueError(f"latency table {path} holds no teacher latency, so budget fractions cannot be turned "

@@ -106,17 +106,20 @@ def _budget_rows(run, lat, t_ms, holds, frac) -> list:
             b = st["search"]["best"][label]
             m = lat[name]["ms"]
             fr = frac(b)
+            here = fr * t_ms if fr else b["budget_ms"]  # the budget in this measurement's terms
             out.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
-                        "predicted_ms": s["predicted_ms"], "verified_ms": s.get("verified_ms"),
-                        "verify_margin_ms": b.get("margin_ms"), "measured_ms": m,
-                        "measured_noise_sd_ms": lat[name]["spread_ms"], "fraction": fr,
+                        "predicted_ms": s["predicted_ms"], "corrected_ms": b.get("corrected_ms"),
+                        "verified_ms": s.get("verified_ms"), "verify_margin_ms": b.get("margin_ms"),
+                        "verified_share": s["verified_ms"] / b["budget_ms"] if s.get("verified_ms") else None,
+                        "measured_ms": m, "measured_noise_sd_ms": lat[name]["spread_ms"], "fraction": fr,
                         "budget_here_ms": fr * t_ms if fr else None, "vs_teacher_here": m / t_ms,
-                        "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
+                        "share_of_budget": m / here, "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
     for u in st["search"].get("unmet_budgets", []):
         out.append({"budget": f"latency<={u['budget_ms']:g}ms", "budget_ms": u["budget_ms"], "student": None,
-                    "predicted_ms": None, "verified_ms": None, "verify_margin_ms": None, "measured_ms": None,
-                    "measured_noise_sd_ms": None, "fraction": None, "budget_here_ms": None,
-                    "vs_teacher_here": None, "holds": False, "holds_ms": False, "message": u["message"]})
+                    "predicted_ms": None, "corrected_ms": None, "verified_ms": None, "verify_margin_ms": None,
+                    "verified_share": None, "measured_ms": None, "measured_noise_sd_ms": None,
+                    "fraction": None, "budget_here_ms": None, "vs_teacher_here": None,
+                    "share_of_budget": None, "holds": False, "holds_ms": False, "message": u["message"]})
     return sorted(out, key=lambda b: b["budget_ms"])
 
 
@@ -145,8 +148,12 @@ def collect_results(run) -> dict:
             "verification": {"teacher_ms": st["search"].get("verification_teacher_ms"),
                              "noise": st["search"].get("verification_noise"),
                              "drift": st["search"].get("verification_drift"),
-                             "second_round": st["search"].get("verification_second_round"),
+                             "sessions": st["search"].get("verification_sessions") or [],
+                             "rounds": st["search"].get("verification_rounds") or {},
+                             "correction": st["search"].get("verification_correction"),
+                             "verify_rounds": cfg.search.verify_rounds,
                              "prediction_margin": st["search"].get("prediction_margin")},
+            "latency_statistic": _statistic(cfg, st),
             "profile": {k: st["profile"].get(k) for k in ("profile_seconds", "noise", "calibration", "teacher_ms",
                                                           "foreign", "device", "source")},
             "ship": {"budgets": ship.get("budgets", []), "students": ship.get("students", {}),
@@ -158,6 +165,30 @@ def collect_results(run) -> dict:
             "supernets": st["train"]["summary"], "search": {k: st["search"].get(k) for k in (
                 "budgets_ms", "skipped_budgets_ms", "skipped_fractions", "front_size", "evaluations")},
             "latency_table": st["profile"]["table"], "models": models}
+
+
+def _statistic(cfg, st) -> dict:
+    """What a budget bounds: the statistic of per-call latency the table predicts, and where it holds."""
+    from .latency.predict import LatencyTable
+    from .latency.profile import stat_label
+    try:
+        t = LatencyTable.load(st["profile"]["table"])
+        sett, key = t.settings, t.key
+    except (OSError, ValueError, KeyError):
+        sett, key = {}, {}
+    stat = sett.get("stat", cfg.search.latency_stat)
+    return {"stat": stat, "label": stat_label(stat, sett.get("low_pct", 10.0)), "batch": sett.get("batch"),
+            "seq_len": sett.get("seq_len"), "threads": key.get("threads"), "runtime": sett.get("runtime"),
+            "dtype": sett.get("dtype"), "device": key.get("device_name")}
+
+
+def statistic_sentence(s: dict) -> str:
+    """One sentence: what the latency figures and budgets are."""
+    threads = f", {s['threads']} thread{'s' if s['threads'] != 1 else ''}" if s.get("threads") else ""
+    return (f"Every latency here is {s['label']} of one forward call (batch {s.get('batch')}, seq len "
+            f"{s.get('seq_len')}{threads}, `{s.get('runtime')}` {s.get('dtype')}): the statistic the latency "
+            f"table predicts, verification measures and every budget bounds (`--latency-stat`, default "
+            f"median).")
 
 
 def _cpu():
@@ -190,7 +221,8 @@ def _header(res) -> list:
          f"text (seq len {tc['seq_len']}, batch {tc['batch_size']}, init from {tc['init']}); students chosen by "
          f"held-out distillation loss under latency budgets {', '.join(f'{b:.2f} ms' for b in res['search']['budgets_ms'])} "
          f"({budgets}); all fine-tuned on `{res['finetune']['task']}`. Latency: {where}, runtime `{pc['runtime']}`, "
-         f"{pc['dtype']}, batch {pc['batch']}, seq len {pc['seq_len']}, the median of one call"
+         f"{pc['dtype']}, batch {pc['batch']}, seq len {pc['seq_len']}, "
+         f"{(res.get('latency_statistic') or {}).get('label', 'the median')} of one call"
          + (f" (torch {res['machine']['torch']})." if not res["profile"].get("foreign") else ".") + "\n"]
     if sc.get("plain_only"):
         L.append("Plain shapes only (`--plain-only`): every student loads without autodistil.\n")
@@ -231,14 +263,18 @@ def _ship_section(res) -> list:
 def _budgets_section(res) -> list:
     measured = res.get("latency_measured_here", True)
     col = "measured here (ms)" if measured else "predicted (ms, target's table)"
-    L = ["## Latency budgets: predicted, verified at search time, measured for this report\n"
-         if measured else "## Latency budgets: predicted from the target's table\n",
-         f"| budget (ms) | student | predicted (ms) | verified at search (ms) | {col} | holds | budget here (ms) | "
-         f"x teacher here |", "|---|---|---|---|---|---|---|---|"]
+    L = ["## Latency budgets: predicted, corrected, verified at search time, measured for this report\n"
+         if measured else "## Latency budgets: predicted from the target's table\n"]
+    if res.get("latency_statistic"):
+        L.append(statistic_sentence(res["latency_statistic"]) + "\n")
+    L += [f"| budget (ms) | student | predicted (ms) | corrected (ms) | verified at search (ms) | {col} | "
+          f"share of budget | holds | budget here (ms) | x teacher here |", "|---" * 10 + "|"]
     frac_of = lambda b: f"{b['fraction']:g}x = " if b.get("fraction") else ""  # noqa: E731
+    pct = lambda x: "-" if x is None else f"{100 * x:.1f}%"  # noqa: E731
     for b in res.get("budgets", []):
         L.append(f"| {frac_of(b)}{b['budget_ms']:.2f} | {b['student'] or 'none: ' + b.get('message', '')} | "
-                 f"{f2(b['predicted_ms'])} | {f2(b['verified_ms'])} | {f2(b['measured_ms'])} | "
+                 f"{f2(b['predicted_ms'])} | {f2(b.get('corrected_ms'))} | {f2(b['verified_ms'])} | "
+                 f"{f2(b['measured_ms'])} | {pct(b.get('share_of_budget')) if measured else '-'} | "
                  f"{'yes' if b['holds'] else 'no'} | {f2(b.get('budget_here_ms'))} | "
                  + ("-" if b.get("vs_teacher_here") is None else f"{b['vs_teacher_here']:.3f}") + " |")
     teacher = res["models"][0]
@@ -252,32 +288,68 @@ def _budgets_section(res) -> list:
         over = ", ".join(f"{b['student']} {b['measured_ms']:.2f} > {b['budget_ms']:.2f} (the teacher ran "
                          f"{teacher['latency_ms'] / (b['budget_ms'] / b['fraction']):.3f}x its time in that session "
                          f"here)" for b in over_ms)
-        L.append(f"\nA budget given as a fraction of the teacher is judged in the session its model is timed in: "
-                 f"the model's latency over the teacher's, both measured here, against the fraction (budget here = "
-                 f"fraction x the teacher here, {teacher['latency_ms']:.2f} ms); the budget's ms figure is that "
-                 f"fraction of the teacher timed in the verification session its student was chosen in."
+        L.append(f"\nA budget given as a fraction of the teacher is judged in the session its model is "
+                 f"timed in: the model's latency over the teacher's, both measured here, against the "
+                 f"fraction (budget here = fraction x the teacher here, {teacher['latency_ms']:.2f} ms; "
+                 f"share of budget = measured here / budget here); the budget's ms figure is that fraction "
+                 f"of the teacher timed in the verification session its student was chosen in."
                  + (f" Against those ms figures: {over}." if over else ""))
     ms = res.get("measure_session") or {}
-    L.append(f"\nPredicted: the latency table; verified: the best few candidates near each budget measured end to "
-             f"end at search time, the best one whose measured latency plus its noise margin meets the budget "
-             f"chosen; measured here: a separate measurement in a fresh process for this report (noise sd of "
-             f"that statistic {ms.get('noise', {}).get('sd_pct', float('nan')):.2f}%, machine speed vs profiling "
-             f"{ms.get('drift', float('nan')):.3f}x).")
+    sd = ms.get("noise", {}).get("sd_pct", float("nan"))
+    L.append(f"\nPredicted: the latency table; corrected: the table corrected from the candidates measured "
+             f"at search time, for the session that offered the student (see below; - where session 1 "
+             f"offered it); verified: measured end to end at search time, the best candidate whose measured "
+             f"latency plus its noise margin meets the budget chosen; measured here: a separate measurement "
+             f"in a fresh process for this report (noise sd of that statistic {sd:.2f}%, machine speed vs "
+             f"profiling {ms.get('drift', float('nan')):.3f}x).")
     v = res.get("verification") or {}
     if v.get("teacher_ms"):
         L.append(f" The teacher ran {res['profile']['teacher_ms']:.2f} ms when profiled (the search's provisional "
-                 f"budgets), {v['teacher_ms']:.2f} ms in the search-time verification session (where the students "
-                 f"and the first-k cuts were chosen; fractional budgets are fractions of this) and "
+                 f"budgets), {v['teacher_ms']:.2f} ms in the first search-time verification session and "
                  f"{teacher['latency_ms']:.2f} ms in this report's.")
     if v.get("drift"):
-        L.append(f" Machine speed vs profiling (the anchor) in the verification session: {v['drift']:.3f}x.")
-    sr = v.get("second_round") or {}
-    if sr:
-        why = [w for w, on in ((f"predictions scaled by {sr.get('scaled_by', 1.0):.3f}", sr.get("scaled_by", 1.0) != 1.0),
-                               ("the budgets moved", sr.get("budgets_moved"))) if on]
-        L.append(f" A second session timed the candidates near the budgets that could beat the first one's choice "
-                 f"({' and '.join(why) or 'new candidates'}" + (f"; the teacher {sr['teacher_ms']:.2f} ms there, a "
-                 f"student chosen there is held to those fractions of it" if sr.get("teacher_ms") else "") + ").")
+        L.append(f" Machine speed vs profiling (the anchor) in the first verification session: "
+                 f"{v['drift']:.3f}x.")
+    L.append("")
+    L += _rounds_section(v)
+    return L
+
+
+def _rounds_section(v: dict) -> list:
+    """Each verification session: the correction the search ran under, its offers, the choice after it."""
+    sessions, rounds = v.get("sessions") or [], v.get("rounds") or {}
+    if not sessions:
+        return []
+    L = ["### Verification sessions: the search corrected by what it measured\n",
+         f"Session 1 timed the best candidates near each budget by the table's prediction. After each "
+         f"session a correction of the table was fitted on every candidate measured so far (none, one "
+         f"factor, one per space, or scale plus a fixed cost per call, chosen by leave-one-out error); the "
+         f"search ran again under it and the next session timed its new candidates whose corrected "
+         f"prediction lay within the correction's measured error above the budget, until the choice no "
+         f"longer changed (at most {v.get('verify_rounds', len(sessions))} sessions). Share: measured / the "
+         f"budget of its session.\n",
+         "| session | models timed | teacher (ms) | budgets (ms) | correction the search ran under |",
+         "|---|---|---|---|---|"]
+    for s in sessions:
+        c = s.get("correction")
+        L.append(f"| {s['round']} | {s.get('models_timed', '-')} | {f2(s.get('teacher_ms'))} | "
+                 f"{', '.join(f'{b:.2f}' for b in s.get('budgets_ms') or [])} | "
+                 f"{c['text'] if c else 'none (the table as profiled)'} |")
+    fin = v.get("correction")
+    if fin:
+        loo = ", ".join(f"{k} {100 * x['mape']:.1f}%" for k, x in (fin.get("loo") or {}).items())
+        L.append(f"\nFitted on every candidate measured: {fin['text']}"
+                 + (f"; leave-one-out MAPE {loo}" if loo else "") + ".\n")
+    L += ["| budget | session | offered | choice after the session | predicted (ms) | corrected (ms) | "
+          "measured (ms) | share of its budget |", "|---" * 8 + "|"]
+    for label, hist in rounds.items():
+        for h in hist:
+            p = h.get("pick") or {}
+            since = f" (session {p['round']})" if p and p.get("round") != h["round"] else ""
+            share = "-" if h.get("share") is None else f"{100 * h['share']:.1f}%"
+            L.append(f"| {label} | {h['round']} | {len(h.get('offered') or [])} | "
+                     f"{p.get('name') or 'none holds'}{since} | {f2(p.get('predicted_ms'))} | "
+                     f"{f2(p.get('corrected_ms'))} | {f2(p.get('measured_ms'))} | {share} |")
     L.append("")
     return L
 
@@ -331,8 +403,10 @@ def _cost_section(res) -> list:
         L.append(f"| {m['name']} | {m['layers']} | {m['hidden']} | {m['ffn_ratio']:g} | {m['heads']} | "
                  f"{m['gmacs_exact']:.3f} | {m['gmacs_paper_formula']:.3f} | {m['mparams']:.2f} | "
                  f"{m['latency_ms']:.2f} | {m['speedup']:.2f}x |")
-    how = ("end-to-end forward of the exported Hugging Face folder in a fresh process, median of all runs of "
-           "interleaved time-based rounds, normalised by an anchor model" if res.get("latency_measured_here", True)
+    stat = (res.get("latency_statistic") or {}).get("label", "the median")
+    how = (f"end-to-end forward of the exported Hugging Face folder in a fresh process, {stat} of all runs "
+           "of interleaved time-based rounds, normalised by an anchor model"
+           if res.get("latency_measured_here", True)
            else "predicted from the target device's table (the teacher: timed in that table's session)")
     L.append(f"\nLatency: {how}. GMACs: multiply-accumulates per sequence (the paper's 'FLOPs').\n")
     return L

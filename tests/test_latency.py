@@ -433,3 +433,27 @@ def test_cpu_id_tells_apart_hosts_behind_one_cpu_name(synth_space):
     assert t.same_device({**key, "cpu_id": "AuthenticAMD family 25 model 1 stepping 1"}) == ["cpu_id"]
     assert t.same_device({k: v for k, v in key.items() if k != "cpu_id"}) == []  # an older table's key
     assert t.same_device({**key, "threads": 2}) == ["threads"]
+
+
+def test_a_percentile_budget_is_profiled_and_measured_as_that_percentile(synth_space):
+    """stat p90: the table predicts the 90th percentile of per-call latency and every measurement with its
+    settings reports it. On a device whose calls spread (lognormal, sd 15 %: p90 = 1.21 x the median) the
+    p90 table predicts the measured p90 within 3 %; a median table is ~17 % under it."""
+    from autodistil.latency.profile import stat_label
+    dev = lambda seed: SyntheticDevice(seed=seed, noise=0.15, stall_p=0.0)  # noqa: E731
+    p90 = dataclasses.replace(SYN, stat="p90", rounds=6)
+    t90 = build_table([synth_space], p90, grid=(3, 2, 2), calibrate=0, device=dev(51))
+    t50 = build_table([synth_space], dataclasses.replace(p90, stat="median"), grid=(3, 2, 2), calibrate=0,
+                      device=dev(51))
+    assert t90.settings["stat"] == "p90" and stat_label("p90") == "the 90th percentile"
+    studs = _students(synth_space, 10)
+    res = measure_models({c.short(): ModelSpec(c.layers, c.hidden, c.heads, c.ffn) for c in studs}, t90,
+                         ProfileSettings.from_dict(t90.settings), device=dev(52))
+    for c in studs:
+        m = res["models"][c.short()]
+        assert m["ms"] == pytest.approx(1.21 * true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)), rel=0.04)
+        assert t90.predict(c) == pytest.approx(m["ms"], rel=0.03)
+        assert t50.predict(c) < 0.88 * m["ms"]
+    for bad in ("p0", "p100", "p9x", "mean"):
+        with pytest.raises(ValueError, match=f"stat '{bad}' is not allowed"):
+            ProfileSettings(stat=bad)

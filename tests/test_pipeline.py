@@ -68,13 +68,24 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     # verified latency + margin meets its budget
     assert res["budgets"] and all(b["student"] is None or b["verified_ms"] + b["verify_margin_ms"] <= b["budget_ms"]
                                   for b in res["budgets"])
-    assert "| budget (ms) | student | predicted (ms) | verified at search (ms) | measured here (ms) | holds |" in report
+    assert ("| budget (ms) | student | predicted (ms) | corrected (ms) | verified at search (ms) | measured here (ms) | "
+            "share of budget | holds |") in report
+    # what a budget bounds is said: the median of one call at the profile's batch, seq len and threads
+    assert res["latency_statistic"]["stat"] == "median" and "Every latency here is the median of one forward call " \
+        "(batch 1, seq len 32" in report
+    # each verification session: the correction the search ran under, what it offered, the choice after it
+    v = res["verification"]
+    assert v["sessions"] and v["sessions"][0]["correction"] is None and v["verify_rounds"] == 3
+    assert all(s["correction"]["kind"] in ("none", "global", "space", "size") for s in v["sessions"][1:])
+    assert "### Verification sessions" in report
+    assert {b["budget"] for b in res["budgets"] if b["student"]} <= set(v["rounds"])
     t_here = res["models"][0]["latency_ms"]
     srch_out = json.loads((out / "stages" / "search.json").read_text())["output"]
     for b in res["budgets"]:   # fractional budgets: judged against the teacher timed in the report's session
         if b["student"] and b["fraction"]:
             assert b["budget_here_ms"] == pytest.approx(b["fraction"] * t_here)
             assert b["holds"] == (b["measured_ms"] / t_here <= b["fraction"])
+            assert b["share_of_budget"] == pytest.approx(b["measured_ms"] / b["budget_here_ms"])
             assert f"| {b['fraction']:g}x = {b['budget_ms']:.2f} | {b['student']} | {b['predicted_ms']:.2f} |" in report
         elif b["student"]:  # no fraction reachable: the search fell back to an ms budget, judged in ms
             assert srch_out["skipped_fractions"] == [0.6, 0.9] and b["holds"] == (b["measured_ms"] <= b["budget_ms"])
@@ -112,8 +123,9 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     # fractional budgets are fractions of the teacher timed in the verification session
     # (a fraction whose provisional budget is below every candidate is skipped, and said)
     kept = [f for f in (0.6, 0.9) if f not in srch["skipped_fractions"]]
-    if kept:   # each budget is its fraction of the teacher timed in the session that set it (1st or 2nd)
-        teachers = [ver["teacher_ms"]] + [t for t in [(ver.get("second_round") or {}).get("teacher_ms")] if t]
+    if kept:   # each budget is its fraction of the teacher timed in the session its student was timed in
+        teachers = [s["teacher_ms"] for s in ver["sessions"] if s["teacher_ms"]]
+        assert teachers[0] == ver["teacher_ms"]
         assert sorted(b["fraction"] for b in ver["budgets"]) == kept
         for b in ver["budgets"]:
             assert any(b["budget_ms"] == round(b["fraction"] * t, 3) for t in teachers), (b, teachers)
@@ -206,3 +218,55 @@ def test_shipped_configs_load(path, cls):
         ft = cfg.finetune
         assert (ft.teacher_epochs, ft.epochs, ft.lr, cfg.train.steps) == (3, 3, 2e-5, 400000)
         assert (cfg.profile.batch, cfg.profile.dtype, cfg.profile.cuda_graphs) == (32, "bf16", True)
+
+
+def test_latency_stat_reaches_the_profile_and_is_checked_against_a_given_table(tmp_path):
+    """`run --latency-stat p90` profiles this machine for the 90th percentile (the profile section's stat is
+    the run's, not a flag of its own); a table from the target profiled for another statistic is refused
+    up front with one line; `search --latency-stat` must name the table's statistic."""
+    import argparse
+    from autodistil.cli import build_parser
+    from autodistil.cli.search import check_latency_stat
+    from autodistil.config import add_dataclass_args, build_dataclass
+    import autodistil.pipeline as pl
+    p = argparse.ArgumentParser()
+    add_dataclass_args(p, RunConfig)
+    flags = {o: a for a in p._actions for o in a.option_strings}
+    assert "--latency-stat" in flags and "--profile-stat" not in flags and "--verify-rounds" in flags
+    assert "median" in flags["--latency-stat"].help and "p90" in flags["--latency-stat"].help
+    assert "the profile's batch, seq len and threads" in flags["--latency-ms"].help
+    cfg = build_dataclass(RunConfig, {}, p.parse_args(["--latency-stat", "p90", "--verify-rounds", "2"]))
+    run = pl.Run(cfg)
+    assert run.profile_settings().stat == "p90" and cfg.search.verify_rounds == 2
+    assert run._hash("profile") != pl.Run(RunConfig())._hash("profile")
+    with pytest.raises(ValueError, match="set by the job itself"):
+        build_dataclass(RunConfig, {"profile": {"stat": "p90"}})
+    with pytest.raises(ValueError, match="stat 'mean' is not allowed"):
+        build_dataclass(RunConfig, {"latency_stat": "mean"})
+    with pytest.raises(ValueError, match="verify_rounds=0 must be >= 1"):
+        build_dataclass(RunConfig, {"verify_rounds": 0})
+    # a table profiled for the median, and a run or search on p90 budgets
+    from autodistil.latency.predict import LatencyTable
+    from autodistil.latency.profile import ProfileSettings, build_table
+    from autodistil.preflight import check_table
+    from autodistil.space import PAPER_SPACES
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_latency import SyntheticDevice
+    spaces = [PAPER_SPACES["small"]]
+    table = build_table(spaces, ProfileSettings(rounds=2, round_s=0.01), grid=(2, 2, 2), calibrate=0,
+                        device=SyntheticDevice(seed=0))
+    table.meta["teacher"] = {"name": "t", "ms": 40.0}
+    path = table.save(tmp_path / "t.json")
+    from autodistil.pipeline import SearchConfig
+    run_cfg = RunConfig(table=str(path), search=SearchConfig(latency_stat="p90"))
+    with pytest.raises(ValueError, match=r"predicts the median per call \(median\), the run's budgets bound the "
+                                         r"90th percentile"):
+        check_table(run_cfg, spaces, spaces[0].head_dim)
+    assert check_table(RunConfig(table=str(path)), spaces, spaces[0].head_dim)["path"] == str(path)
+    a = build_parser().parse_args(["search", "--supernet", "x", "--table", str(path), "--latency-stat", "p90",
+                                   "--out", str(tmp_path / "s")])
+    with pytest.raises(ValueError, match="--latency-stat p90: the table .* predicts the median per call"):
+        check_latency_stat(a)
+    check_latency_stat(build_parser().parse_args(["search", "--supernet", "x", "--table", str(path),
+                                                  "--latency-stat", "median", "--out", str(tmp_path / "s")]))
+    assert isinstance(LatencyTable.load(path), LatencyTable)

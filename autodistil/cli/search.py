@@ -25,8 +25,8 @@ def reanchor_speed(a):
     if not a.reanchor:
         return None
     if a.table is None or a.verify_top:
-        raise ValueError("--reanchor needs --table and no --verify-top (verification times the anchor itself and "
-                         "rescales its second session by the speed change it measures)")
+        raise ValueError("--reanchor needs --table and no --verify-top (verification measures its finalists "
+                         "and corrects the table from them)")
     from ..latency.predict import LatencyTable
     from ..latency.validate import speed_now
     table = LatencyTable.load(a.table)
@@ -36,8 +36,29 @@ def reanchor_speed(a):
     return sp["factor"]
 
 
+def check_latency_stat(a) -> None:
+    """--latency-stat must be what the table predicts: budgets bound it, verification measures it."""
+    if a.latency_stat is None or a.table is None:
+        if a.latency_stat is not None:
+            raise ValueError("--latency-stat needs --table (the table is profiled for the statistic)")
+        return
+    from ..latency.predict import LatencyTable
+    from ..latency.profile import check_stat, stat_label
+    check_stat(a.latency_stat)
+    have = LatencyTable.load(a.table).settings.get("stat", "median")
+    if have != a.latency_stat:
+        raise ValueError(f"--latency-stat {a.latency_stat}: the table {a.table} predicts {stat_label(have)} "
+                         f"per call ({have}); profile with `autodistil profile --stat {a.latency_stat}` for "
+                         f"budgets on {stat_label(a.latency_stat)}")
+
+
 def cmd_search(a):
-    from ..search.run import HeldoutLoss, SearchSpec, format_choice, load_search_inputs, metrics_fn, search
+    from ..search.engine import CountingObjective
+    from ..search.run import (HeldoutLoss, SearchSpec, format_choice, load_search_inputs, metrics_fn,
+                              research_fn, search)
+    check_latency_stat(a)
+    if a.verify_rounds < 1:
+        raise ValueError(f"--verify-rounds {a.verify_rounds} must be >= 1 (verification sessions at most)")
     speed = reanchor_speed(a)
     if a.objective == "proxy":
         return run_proxy_search(a, speed)
@@ -59,7 +80,7 @@ def cmd_search(a):
             if key == "latency_ms" and table is None:
                 raise ValueError("objective 'latency' needs --table")
             fn = lambda c, m=m, key=key: m(c)[key]  # noqa: E731
-        pairs.append((space, fn))
+        pairs.append((space, CountingObjective(fn)))  # cached: verification may search again
     spec = SearchSpec(budgets=budgets, method=a.method, max_evals=a.max_evals, seed=a.seed, seq_len=a.seq_len)
     res = search(pairs, table, spec, head_dim, vocab, Path(a.out))
     for label, r in res["best"].items():
@@ -67,8 +88,13 @@ def cmd_search(a):
     if a.verify_top and table is not None and any(b.latency_ms for b in budgets):
         from ..search.verify import verify_search
         cands = [r for r in res["candidates"] if r["plain"]] if a.plain_only else res["candidates"]
+        research = research_fn(pairs, table, a.method, a.seed, a.seq_len, head_dim, vocab, a.plain_only)
         ver = verify_search(cands, [b.latency_ms for b in budgets if b.latency_ms], nets, a.table, a.out,
-                            top_k=a.verify_top, rescale=not a.no_rescale)
+                            top_k=a.verify_top, rounds=a.verify_rounds, research=research)
+        for i, s_ in enumerate(ver["sessions"]):
+            if s_["correction"]:
+                print(f"verification session {i + 1}: candidates under the corrected table, "
+                      f"{s_['correction']['text']}")
         for b in ver["budgets"]:
             print(f"verified latency<={b['budget_ms']:g}ms: " + b["message"])
     print(f"Pareto front: {len(res['front'])} students -> {Path(a.out) / 'pareto_front.csv'}, plot pareto.png")
@@ -96,7 +122,14 @@ def register(sub):
     se.add_argument("--objective", default="agnostic", choices=["agnostic", "proxy", "latency", "flops", "params"],
                     help="what ranks the students: held-out distillation loss (agnostic), a short fine-tuning on a "
                          "task (proxy), or a cost (default: agnostic)")
-    se.add_argument("--latency-ms", type=float, nargs="+", default=[], help="latency budgets (one search each)")
+    se.add_argument("--latency-ms", type=float, nargs="+", default=[],
+                    help="latency budgets in ms (one search each): each bounds the statistic the table "
+                         "predicts (the median of one call unless it was profiled with --stat, see "
+                         "--latency-stat) at the table's batch, sequence length and thread count")
+    se.add_argument("--latency-stat", default=None, metavar="median|p90|...",
+                    help="the statistic of per-call latency the budgets bound: median, or a percentile such "
+                         "as p90 for a tail-latency budget; the table must be profiled for it (`autodistil "
+                         "profile --stat p90`), and verification measures it (default: the table's)")
     se.add_argument("--flops", type=float, default=None, help="MACs budget in G (the paper's 'FLOPs')")
     se.add_argument("--params", type=float, default=None, help="parameter budget in M")
     se.add_argument("--plain-only", action="store_true",
@@ -117,8 +150,10 @@ def register(sub):
     se.add_argument("--reanchor", action="store_true",
                     help="without --verify-top: time the table's anchor now and search under predictions scaled by "
                          "the machine's speed change since profiling (recorded as table_speed in search.json)")
-    se.add_argument("--no-rescale", action="store_true",
-                    help="with --verify-top: no second session for the candidates near a budget under predictions "
-                         "scaled by the machine's measured speed change since profiling")
+    se.add_argument("--verify-rounds", type=int, default=3,
+                    help="with --verify-top: verification sessions at most; after each, the table is "
+                         "corrected from the measured finalists (per space or per size, by leave-one-out "
+                         "error), the search runs again under it and its new candidates are timed, until the "
+                         "choice no longer changes (1: one session; default: 3)")
     se.add_argument("--out", required=True, help="the folder for candidates.csv, the Pareto front and its plot")
     se.set_defaults(fn=cmd_search)

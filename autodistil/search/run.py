@@ -203,6 +203,24 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
     return result
 
 
+def research_fn(pairs, table, method: str, seed: int, seq_len: int, head_dim: int, vocab: int, plain: bool):
+    """verify_budgets' `research`: {space: [predicted-ms limit per budget]} -> the candidate rows of a search
+    of each space under those limits (the corrected budgets expressed in the table's predictions), objective
+    values cached. A limit below every subnet of a space finds nothing there."""
+    def research(limits: dict) -> list:
+        rows = []
+        for space, obj in pairs:
+            for lim in sorted({x for x in limits.get(space.name, []) if x > 0}):
+                spec = SearchSpec(budgets=[Budget(latency_ms=lim, plain=plain)], method=method, seed=seed,
+                                  seq_len=seq_len)
+                try:
+                    rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
+                except ValueError:  # no subnet of this space predicted under the limit
+                    continue
+        return [r for r in rows if r["plain"]] if plain else rows
+    return research
+
+
 def write_search_outputs(result: dict, out: Path, has_latency: bool) -> None:
     out.mkdir(parents=True, exist_ok=True)
     write_rows_csv(out / "candidates.csv", result["candidates"])

@@ -2,8 +2,11 @@
 agnostic search over the K supernets, the FLOPs-constrained baseline, and the choice per budget.
 
 On the machine the table was profiled on, the best few candidates near each budget are measured end
-to end with the teacher and its first-k-layer cuts in one session (search/verify.py) and the best
-whose measured latency plus its noise margin meets the budget is chosen. With a table from another
+to end with the teacher and its first-k-layer cuts in one session (search/verify.py); a correction of
+the table is fitted on what they measured, the search runs again under the corrected table, and its
+new candidates are measured in another session, until the choice no longer changes (at most
+`verify_rounds` sessions). The best candidate whose measured latency plus its noise margin meets the
+budget of its session is chosen. With a table from another
 device nothing here can be measured on it: each budget is met by prediction with a margin equal to
 the table's own measured prediction error (its calibration students, timed end to end when it was
 profiled), and the report says that the choice is still to be measured on the target."""
@@ -12,11 +15,16 @@ from __future__ import annotations
 import math
 
 from ..cost import exact_cost
-from .engine import Budget
-from .run import HeldoutLoss, SearchSpec, format_choice, search
+from .engine import Budget, CountingObjective
+from .run import HeldoutLoss, SearchSpec, format_choice, research_fn, search
 
 CHOSEN_KEYS = ("space", "layers", "hidden", "ffn_ratio", "heads", "loss", "latency_ms", "latency_sd_ms", "macs",
-               "params", "measured_ms", "margin_ms")
+               "params", "corrected_ms", "measured_ms", "margin_ms")
+
+
+# what the run records of each verification session
+SESSION_KEYS = ("round", "drift", "noise", "teacher_ms", "budgets_ms", "budgets_moved", "correction",
+                "models_timed")
 
 
 def prediction_margin(table) -> float:
@@ -28,11 +36,13 @@ def prediction_margin(table) -> float:
 
 
 def _objectives(nets, teacher, held) -> tuple[list, dict]:
+    """[(space, objective)] with each objective's values cached across searches (a search again under the
+    corrected table evaluates only subnets it has not seen), and a note of the loss weights per space."""
     pairs, notes = [], {}
     for model, spaces, meta in nets:
         obj = HeldoutLoss.for_supernet(model, meta, teacher, held)
         notes[spaces[0].name] = {"weights": obj.w.__dict__, **obj.note}
-        pairs.append((spaces[0], obj))
+        pairs.append((spaces[0], CountingObjective(obj)))
     return pairs, notes
 
 
@@ -108,7 +118,7 @@ def run_search_stage(run) -> dict:
     if run.foreign_table:
         margin = prediction_margin(table)
         ver = {"budgets": _predicted_choice(res, usable, fractions, margin, sc.plain_only), "teacher_ms": None,
-               "measurement": {}, "second_round": None, "prediction_margin": margin}
+               "measurement": {}, "sessions": [], "correction": None, "prediction_margin": margin}
         run.log(f"[search] the table is from another device: students chosen by prediction with a "
                 f"{100 * margin:.1f}% margin (its measured error); measure them there (see the report)")
     else:
@@ -116,8 +126,15 @@ def run_search_stage(run) -> dict:
         # budget (each layer costs about 1/L of the teacher's latency), timed with the finalists
         L = info.shape.layers
         first_ks = [k for k in range(1, L) if k == 1 or t_ms * k / L <= 1.5 * max(usable)] if sc.baselines else []
+        research = research_fn(pairs, table, sc.method, c.seed, c.profile.seq_len, head_dim, vocab,
+                               sc.plain_only)
         ver = verify_search(cands, usable, nets, run.state["profile"]["table"], run.out / "search",
-                            top_k=sc.verify_top, teacher=info.path, first_layers=first_ks, fractions=fractions)
+                            top_k=sc.verify_top, teacher=info.path, first_layers=first_ks,
+                            fractions=fractions, rounds=sc.verify_rounds, research=research)
+        for i, s_ in enumerate(ver["sessions"]):
+            corr = s_["correction"]
+            run.log(f"[search] verification session {i + 1}: {s_['models_timed']} models timed"
+                    + (f", candidates offered under the corrected table: {corr['text']}" if corr else ""))
         if fractions is not None and ver["teacher_ms"]:
             shown = ", ".join(f"{f:g}x = {b['budget_ms']:g} ms" for f, b in zip(fractions, ver["budgets"]))
             run.log(f"[search] teacher {ver['teacher_ms']:.2f} ms in the verification session (profiled "
@@ -151,7 +168,6 @@ def run_search_stage(run) -> dict:
                                                    "latency_ms", "macs", "params")},
                              "macs_budget": fb.macs, "macs_fraction": fb.macs / teacher_macs}
         run.log("[search] baseline " + format_choice(f"{fb.label()} (for {label})", r, "loss"))
-    second = ver.get("second_round")
     return {"budgets_ms": [b["budget_ms"] for b in ver["budgets"]], "requested_budgets_ms": usable,
             "skipped_budgets_ms": skipped,
             "skipped_fractions": [f for f, b in zip(sc.budget_fractions, budgets_ms) if b < lo]
@@ -160,7 +176,9 @@ def run_search_stage(run) -> dict:
             "predicted_best": res["best"], "objective": notes, "front_size": len(res["front"]),
             "evaluations": res["evaluations"], "verification_noise": ver["measurement"].get("noise"),
             "verification_drift": ver["measurement"].get("drift"),
-            "verification_second_round": {k: (second or {}).get(k) for k in (
-                "drift", "noise", "scaled_by", "budgets_moved", "teacher_ms", "budgets_ms")} if second else None,
+            "verification_sessions": [{k: s_.get(k) for k in SESSION_KEYS} for s_ in ver.get("sessions", [])],
+            "verification_rounds": {Budget(latency_ms=b["budget_ms"]).label(): b.get("rounds", [])
+                                    for b in ver["budgets"]},
+            "verification_correction": ver.get("correction"),
             "verification_teacher_ms": ver.get("teacher_ms"), "prediction_margin": ver.get("prediction_margin"),
             "measured_here": not run.foreign_table, "search_dir": str(run.out / "search")}

@@ -1,33 +1,38 @@
-"""Budgets verified on the device at search time.
+"""Budgets verified on the device at search time, and a search that corrects itself from them.
 
-A search picks, among many candidates near a latency budget, those whose *predicted* latency
-is just under it; any candidate the table under-predicts is favoured (the winner's curse), so
-chosen students land over budget systematically. Here the best few candidates near each budget
-(by objective, predicted latency up to `slack` above the budget) and a few safer ones (predicted
-well under it) are measured end to end with the table's protocol, and the best one whose
-*measured* latency plus a margin equal to its measured noise meets the budget is chosen.
-Predicted, measured and margin are recorded; a budget no measured candidate meets says so.
+A search picks, among many candidates near a latency budget, those whose *predicted* latency is just under
+it; any candidate the table under-predicts is favoured (the winner's curse), and any it over-predicts is
+never offered, so a conservative table leaves part of every budget unused. Here the best few candidates
+near each budget (by objective, predicted latency up to `slack` above the budget) and a few safer ones
+(predicted well under it) are measured end to end with the table's protocol, the teacher in the same
+rounds. A correction of the table is fitted on what they measured (search/correct.py), the search runs
+again under the corrected table, and the candidates it offers (up to the correction's measured error
+above each budget) are measured in another session, until the choice no longer changes or after a
+bounded number of sessions. The chosen student is the best one whose *measured* latency plus a margin
+equal to its measured noise meets the budget of its session. Predicted, corrected, measured and margin
+are recorded per session; a budget no measured candidate meets says so.
 
-Baseline (a), the teacher's first k layers, is timed in the same session and chosen per budget by
-the same rule (the largest k whose measured latency plus margin meets the budget): chosen in
-another session, on a machine running faster or slower then, it would be compared on other terms."""
+Baseline (a), the teacher's first k layers, is timed in every session and chosen per budget by the same
+rule (the largest k whose measured latency plus margin meets the budget) in the session its budget's
+student was timed in: chosen in another session, on a machine running faster or slower then, it would
+be compared on other terms."""
 from __future__ import annotations
 
 import math
 from pathlib import Path
 from typing import Callable
 
+from .correct import Correction, fit_correction
 from .run import candidate_key, candidate_name
 
 
 def finalists(rows: list, budget_ms: float, top_k: int = 4, slack: float = 0.10, safe_k: int = 2,
-              safe_frac: float = 0.8, score: str = "loss", scale: float = 1.0) -> list:
-    """The best `top_k` candidates (lowest `score`) with predicted latency x `scale` <= budget x (1 + slack),
-    plus the best `safe_k` with predicted latency x `scale` <= budget x safe_frac (a fallback). `scale`:
-    the machine's speed now relative to when the table was profiled (1: unchanged)."""
+              safe_frac: float = 0.8, score: str = "loss") -> list:
+    """Session 1's candidates for one budget: the best `top_k` (lowest `score`) with predicted latency <=
+    budget x (1 + slack), plus the best `safe_k` with predicted latency <= budget x safe_frac (a fallback)."""
     ranked = sorted(rows, key=lambda r: (r[score], r["latency_ms"]))
-    near = [r for r in ranked if r["latency_ms"] * scale <= budget_ms * (1 + slack)][:top_k]
-    safe = [r for r in ranked if r["latency_ms"] * scale <= budget_ms * safe_frac][:safe_k]
+    near = [r for r in ranked if r["latency_ms"] <= budget_ms * (1 + slack)][:top_k]
+    safe = [r for r in ranked if r["latency_ms"] <= budget_ms * safe_frac][:safe_k]
     out, seen = [], set()
     for r in near + safe:
         k = candidate_key(r)
@@ -62,137 +67,199 @@ def choose_first_layers(checked: list, budget_ms: float) -> dict:
                                        f"+ margin {lo['margin_ms']:.2f} ms"}
 
 
+# what a budget's history records of the choice after each session
+PICK_KEYS = ("name", "round", "predicted_ms", "corrected_ms", "measured_ms", "margin_ms", "budget_ms")
+
+
+def offers_under_correction(rows: list, budget_ms: float, corr: Correction, current: dict | None,
+                            measured: set, top_k: int = 4, score: str = "loss",
+                            noise_pct: float = float("nan")) -> list:
+    """The candidates a further session times for one budget under the corrected table: in order of `score`,
+    those not yet measured whose corrected prediction is at most the budget x (1 + the correction's measured
+    error) and that could beat the `current` choice; up to `top_k`, and the list ends at the first one
+    sure to fit (corrected prediction x (1 + error + noise) <= budget). With no current choice and no sure
+    one among the first `top_k`, the best sure one is added as a fallback."""
+    noise = noise_pct / 100 if isinstance(noise_pct, (int, float)) and math.isfinite(noise_pct) else 0.0
+    hi, sure = budget_ms * (1 + corr.err), budget_ms / (1 + corr.err + noise)
+    out = []
+    for r in sorted(rows, key=lambda r: (r[score], r["latency_ms"])):
+        if current is not None and r[score] >= current[score]:
+            break  # nothing further down can beat the current choice
+        if candidate_name(r) in measured:
+            continue
+        c = corr.apply(r["space"], r["latency_ms"])
+        if c > hi:
+            continue
+        if len(out) < top_k or (current is None and c <= sure):
+            out.append(r)
+            if c <= sure:
+                break
+        elif current is not None:
+            break
+    return out
+
+
 def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
                    slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
-                   first_layers: dict | None = None, rescale: bool = True, min_drift: float = 0.03,
-                   with_teacher: bool = False, fractions: list | None = None) -> dict:
-    """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}}, "noise": {"sd_pct"},
-    "drift", ...}: one interleaved session for all finalists of all budgets and the extra models named:
-    "teacher" (`with_teacher`) and the teacher's first-k-layer cuts of `first_layers` {name: k}
-    (baseline (a)), chosen per budget by the students' rule in the same session: a machine slower or
-    faster in another session moves both alike. Every measured candidate is judged against every budget.
+                   first_layers: dict | None = None, with_teacher: bool = False,
+                   fractions: list | None = None, rounds: int = 3,
+                   research: Callable[[dict], list] | None = None) -> dict:
+    """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}},
+    "noise": {"sd_pct"}, "drift", ...}: one interleaved session of the candidates given and the extra models
+    named: "teacher" (`with_teacher`) and the teacher's first-k-layer cuts of `first_layers` {name: k}
+    (baseline (a)), timed in every session. Every measured candidate is judged against every budget of its
+    session.
+
+    Session 1 times each budget's `finalists` under the table's predictions. After each session a correction
+    (search/correct.py) is fitted on every candidate measured so far (each measured latency brought to the
+    latest session's speed: the teacher timed there, else the anchor), and the next session times what
+    `offers_under_correction` gives per budget: the search again under the corrected table (`research`, when
+    given, evaluates candidates up to the corrected limits first: {space: [predicted-ms limit per budget]} ->
+    more rows). It stops when no budget has a new candidate to offer, when a session leaves every budget's
+    choice unchanged, or after `rounds` sessions. A candidate holds a budget when its measured latency plus
+    its noise margin (no smaller than session 1's noise) meets the budget of its own session.
 
     `fractions` (one per budget, with `with_teacher`): the budgets are those fractions of the teacher's
-    latency measured in this session, the one the students and cuts are timed in; `budgets_ms` only
-    picked the first session's finalists (a teacher timed once elsewhere, on a machine then slower or
-    faster, would put "0.3x the teacher" somewhere else).
+    latency measured in each session; `budgets_ms` only picks session 1's finalists.
 
-    A second session follows when candidates that could beat a budget's current choice lie near it
-    and were not timed: with `rescale`, under the predictions scaled by the machine's speed change
-    since profiling (`drift`, the anchor now / then, when it moved by more than `min_drift`): e.g. 19%
-    slower, every finalist predicted near the budget measures over it and only the safe fallbacks hold,
-    while candidates predicted near budget / 1.19 were never timed; and when `fractions` moved the
-    budgets. Those candidates hold or not by that session's measurement, with a margin no smaller than
-    session 1's noise; the first-k cuts are timed again there, and a budget whose student comes from
-    the second session takes baseline (a) from it too.
-
-    With fractional budgets the second session times the teacher too, and its candidates and cuts are
-    judged against the fractions of that timing; a budget's `budget_ms` is that of the session its
-    chosen student was timed in.
-
-    Returns {"budgets": [per budget: budget_ms, requested_ms, fraction, round, met, chosen (row +
-    predicted/measured/margin/budget/round), finalists (every measured candidate, judged), message,
-    first_layers (when asked: chosen, message, checked, round)], "teacher_ms", "measurement": what
-    measure_fn returned less its per-model details, "second_round" (the same for the second session
-    with scaled_by, budgets_moved, teacher_ms, budgets_ms; or None), "measured" and
-    "measured_round2": the per-model details of each session}."""
+    Returns {"budgets": [per budget: budget_ms (of the session its choice was timed in), requested_ms,
+    fraction, round, met, chosen (row + predicted/corrected/measured/margin/budget/round), finalists (every
+    measured candidate, judged), rounds (per session: the correction, the candidates offered, the choice so
+    far and the share of its budget it uses), message, first_layers (when asked: chosen, message, checked,
+    round)], "teacher_ms" (session 1), "measurement" (session 1 less its per-model details), "sessions"
+    (each session's summary, its budgets, teacher, correction and offers), "second_round" (sessions[1] or
+    None), "correction" (fitted on every measured candidate at the end), "measured" (session 1's per-model
+    details) and "measured_by_session"}."""
     first_layers = dict(first_layers or {})
     if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
         raise ValueError(f"fractions {fractions} need with_teacher=True and one fraction per budget "
                          f"({len(budgets_ms)} budgets)")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds} must be >= 1 (verification sessions at most)")
+    rows = list(rows)
+    nb = len(budgets_ms)
+    extra = [*first_layers, *(["teacher"] if with_teacher else [])]
+    sessions, checked = [], [[] for _ in budgets_ms]
+    measured = {}    # candidate name -> (row, measured ms, session index)
+    history = [[] for _ in budgets_ms]
 
-    def union_of(per_budget):
-        u = {}
-        for fs in per_budget:
-            for r in fs:
-                u.setdefault(candidate_name(r), r)
-        return u
-
-    def check(r, m, sd, b, rnd):
+    def check(r, m, sd, b, rnd, corrected):
         margin = _margin(m, sd)
-        return {**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "measured_ms": m["ms"],
-                "margin_ms": margin, "budget_ms": b, "holds": m["ms"] + margin <= b, "round": rnd}
+        return {**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "corrected_ms": corrected,
+                "measured_ms": m["ms"], "margin_ms": margin, "budget_ms": b, "holds": m["ms"] + margin <= b,
+                "round": rnd}
 
-    def best_holding(checked):
-        ok = sorted((c for c in checked if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
+    def best_holding(i):
+        ok = sorted((c for c in checked[i] if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
         return ok[0] if ok else None
 
-    def cuts_of(meas, sd, rnd):
-        return [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
+    def run_session(cands: dict, corr, offered: list):
+        rnd = len(sessions) + 1
+        meas = measure_fn(list(cands.values()), list(extra))
+        sd = meas.get("noise", {}).get("sd_pct", float("nan"))
+        if sessions:  # margins no smaller than session 1's noise: a few models estimate it poorly
+            sd = max((x for x in (sd, sessions[0]["sd"]) if math.isfinite(x)), default=float("nan"))
+        t = meas["models"].get("teacher", {}).get("ms") if with_teacher else None
+        budgets = [round(f * t, 3) for f in fractions] if fractions is not None and t else (
+            list(sessions[-1]["budgets"]) if sessions else list(budgets_ms))
+        drift = meas.get("drift", float("nan"))
+        ok = isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
+        speed = t or (drift if ok else 1.0)
+        cuts = [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
                  "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
                 for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
+        for n, r in cands.items():
+            m = meas["models"][n]
+            corrected = corr.apply(r["space"], r["latency_ms"]) if corr is not None else None
+            measured[n] = (r, m["ms"], len(sessions))
+            for i, b in enumerate(budgets):
+                checked[i].append(check(r, m, sd, b, rnd, corrected))
+        sessions.append({"meas": meas, "sd": sd, "budgets": budgets, "teacher_ms": t, "speed": speed,
+                         "cuts": cuts, "correction": corr,
+                         "offered": [[candidate_name(r) for r in o] for o in offered]})
+        for i in range(nb):
+            ch = best_holding(i)
+            history[i].append({"round": rnd, "budget_ms": budgets[i],
+                               "correction": None if corr is None else corr.describe(),
+                               "offered": sessions[-1]["offered"][i],
+                               "pick": None if ch is None else {k: ch[k] for k in PICK_KEYS},
+                               "share": None if ch is None else ch["measured_ms"] / ch["budget_ms"]})
 
-    def budgets_of(meas, default):
-        """The budgets of one session: the fractions of its teacher timing, else `default`."""
-        t = meas["models"].get("teacher", {}).get("ms")
-        return ([round(f * t, 3) for f in fractions] if fractions is not None and t else list(default)), t
+    def fitted():
+        last = sessions[-1]
+        pts = [(r["space"], r["latency_ms"], ms * last["speed"] / sessions[s]["speed"])
+               for r, ms, s in measured.values()]
+        return fit_correction(pts, last["sd"], default_err=slack)
 
-    union = union_of(finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms)
-    extra1 = [*first_layers, *(["teacher"] if with_teacher else [])]
-    if budgets_ms and (union or extra1):
-        meas = measure_fn(list(union.values()), extra1)
-    else:
-        meas = {"models": {}, "noise": {"sd_pct": float("nan")}}
-    session_sd = meas.get("noise", {}).get("sd_pct", float("nan"))
-    final, teacher_ms = budgets_of(meas, budgets_ms)
-    final = {1: final}
-    cuts = {1: cuts_of(meas, session_sd, 1)}
-    checked = [[check(r, meas["models"][n], session_sd, b, 1) for n, r in union.items()] for b in final[1]]
-    # second round: candidates near the (final) budgets, under the predictions scaled by the session's
-    # measured speed change, that were not timed and could beat a budget's current choice
-    drift = meas.get("drift", float("nan"))
-    moved = (rescale and isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
-             and abs(drift - 1) > min_drift)
-    scale = drift if moved else 1.0
-    meas2, teacher2 = None, None
-    if moved or final[1] != list(budgets_ms):
-        more = []
-        for i, b in enumerate(final[1]):
-            cur = best_holding(checked[i])
-            more.append([r for r in finalists(rows, b, top_k, slack, safe_k, safe_frac, score, scale=scale)
-                         if candidate_name(r) not in union and (cur is None or r[score] < cur[score])])
-        union2 = union_of(more)
-        if union2:
-            # the first-k cuts (and, for fractional budgets, the teacher) again, so that a student chosen
-            # here meets baseline (a) and its budget in its own session
-            meas2 = measure_fn(list(union2.values()),
-                               [*first_layers, *(["teacher"] if with_teacher and fractions is not None else [])])
-            # margins no smaller than session 1's noise: a session of one or two models estimates it poorly
-            sd2 = max((x for x in (meas2.get("noise", {}).get("sd_pct", float("nan")), session_sd)
-                       if math.isfinite(x)), default=float("nan"))
-            final[2], teacher2 = budgets_of(meas2, final[1])
-            cuts[2] = cuts_of(meas2, sd2, 2)
-            for i, b in enumerate(final[2]):
-                checked[i] += [check(r, meas2["models"][n], sd2, b, 2) for n, r in union2.items()]
+    offer1 = [finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms]
+    union = {}
+    for fs in offer1:
+        for r in fs:
+            union.setdefault(candidate_name(r), r)
+    if budgets_ms and (union or extra):
+        run_session(union, None, offer1)
+        for _ in range(rounds - 1):
+            corr = fitted()
+            budgets = sessions[-1]["budgets"]
+            if research is not None:
+                spaces = sorted({r["space"] for r in rows})
+                limits = {s: [corr.limit(s, b * (1 + corr.err)) for b in budgets] for s in spaces}
+                known = {candidate_name(r): r for r in rows}
+                for r in research(limits):
+                    known.setdefault(candidate_name(r), r)
+                rows = list(known.values())
+            offered = [offers_under_correction(rows, b, corr, best_holding(i), set(measured), top_k, score,
+                                               sessions[-1]["sd"]) for i, b in enumerate(budgets)]
+            union = {}
+            for fs in offered:
+                for r in fs:
+                    union.setdefault(candidate_name(r), r)
+            if not union:
+                break
+            before = [(best_holding(i) or {}).get("name") for i in range(nb)]
+            run_session(union, corr, offered)
+            if [(best_holding(i) or {}).get("name") for i in range(nb)] == before:
+                break
     out = []
-    for i in range(len(budgets_ms)):
-        ch = best_holding(checked[i])
+    for i in range(nb):
+        ch = best_holding(i)
         rnd = ch["round"] if ch is not None else 1
-        b = final[rnd][i]  # the budget of the session the chosen student was timed in
-        entry = {"budget_ms": b, "requested_ms": budgets_ms[i], "fraction": None if fractions is None else fractions[i],
-                 "round": rnd, "met": ch is not None, "finalists": checked[i]}
+        sess = sessions[rnd - 1] if sessions else None
+        b = sess["budgets"][i] if sess else budgets_ms[i]  # the budget of the session its choice was timed in
+        entry = {"budget_ms": b, "requested_ms": budgets_ms[i],
+                 "fraction": None if fractions is None else fractions[i], "round": rnd, "met": ch is not None,
+                 "finalists": checked[i], "rounds": history[i]}
         if ch is not None:
             entry["chosen"] = ch
-            entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms, measured "
-                                f"{ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms <= {b:g} ms"
-                                + (" (second session)" if rnd == 2 else ""))
+            entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms"
+                                + (f", corrected {ch['corrected_ms']:.2f} ms" if ch["corrected_ms"] else "")
+                                + f", measured {ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms "
+                                f"<= {b:g} ms ({100 * ch['measured_ms'] / b:.1f}% of it; session {rnd})")
         elif checked[i]:
             best = min(checked[i], key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(checked[i])} measured, "
-                                f"{best['name']}, measured {best['measured_ms']:.2f} ms + margin "
-                                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget {best['budget_ms']:g} ms)")
+            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(checked[i])} "
+                                f"measured, {best['name']}, measured {best['measured_ms']:.2f} ms + margin "
+                                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget "
+                                f"{best['budget_ms']:g} ms)")
         else:
             entry["message"] = f"no candidate predicted within {b:g} ms x {1 + slack:g}: nothing to measure"
-        if first_layers:  # from the session the chosen student was timed in, against that session's budget
-            entry["first_layers"] = {**choose_first_layers(cuts[rnd], b), "checked": cuts[rnd], "round": rnd}
+        if first_layers and sess:  # from the session its student was timed in, against that session's budget
+            entry["first_layers"] = {**choose_first_layers(sess["cuts"], b), "checked": sess["cuts"],
+                                     "round": rnd}
         out.append(entry)
-    summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}
-    second = None
-    if meas2 is not None:
-        second = {**summ(meas2), "scaled_by": scale, "budgets_moved": final[1] != list(budgets_ms),
-                  "teacher_ms": teacher2, "budgets_ms": final[2]}
-    return {"budgets": out, "teacher_ms": teacher_ms, "measurement": summ(meas), "second_round": second,
-            "measured": meas.get("models", {}), "measured_round2": (meas2 or {}).get("models", {})}
+    summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}  # noqa: E731
+    summaries = [{**summ(s["meas"]), "round": j + 1, "teacher_ms": s["teacher_ms"],
+                  "budgets_ms": s["budgets"], "budgets_moved": s["budgets"] != list(budgets_ms),
+                  "noise_sd_pct_used": s["sd"],
+                  "correction": None if s["correction"] is None else s["correction"].to_dict(),
+                  "offered": s["offered"], "models_timed": len(s["meas"].get("models", {}))}
+                 for j, s in enumerate(sessions)]
+    return {"budgets": out, "teacher_ms": sessions[0]["teacher_ms"] if sessions else None,
+            "measurement": summ(sessions[0]["meas"]) if sessions else {"noise": {"sd_pct": float("nan")}},
+            "sessions": summaries, "second_round": summaries[1] if len(summaries) > 1 else None,
+            "correction": fitted().to_dict() if measured else None,
+            "measured": sessions[0]["meas"].get("models", {}) if sessions else {},
+            "measured_by_session": [s["meas"].get("models", {}) for s in sessions]}
 
 
 def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None,
@@ -229,13 +296,15 @@ def first_layer_name(k: int) -> str:
 
 
 def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
-                  teacher=None, first_layers=(), rescale: bool = True, fractions: list | None = None) -> dict:
+                  teacher=None, first_layers=(), rounds: int = 3, fractions: list | None = None,
+                  research: Callable[[dict], list] | None = None) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
-    finalists of each budget end to end in a fresh process (work files in OUT/verify) and write
-    OUT/verified.json. nets: (model, spaces, meta) as the search loaded them. With `teacher` (a Hugging
-    Face folder) the teacher is timed in the first session (`teacher_ms`; with `fractions` the budgets
-    are those fractions of it), and for each k in `first_layers` its first k layers, cut with
-    export.export_first_layers, are timed and chosen per budget by the students' rule (baseline (a))."""
+    finalists of each budget end to end in fresh processes (work files in OUT/verify), correct the table
+    from them and verify again for up to `rounds` sessions (verify_budgets), and write OUT/verified.json.
+    nets: (model, spaces, meta) as the search loaded them. With `teacher` (a Hugging Face folder) the
+    teacher is timed in every session (with `fractions` the budgets are those fractions of it), and for
+    each k in `first_layers` its first k layers, cut with export.export_first_layers, are timed and chosen
+    per budget by the students' rule (baseline (a)). `research`: see verify_budgets."""
     from ..export import export_first_layers
     from ..io import atomic_write_json
     out_dir = Path(out_dir)
@@ -250,9 +319,10 @@ def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir,
 
     def measure(rows, names):
         calls.append(len(rows))
-        return measure_candidates(rows, by_space, table_path, out_dir / "verify", extra={n: extra[n] for n in names},
+        return measure_candidates(rows, by_space, table_path, out_dir / "verify",
+                                  extra={n: extra[n] for n in names},
                                   out_name=f"verify_measure{len(calls)}.json")
-    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rescale=rescale,
-                         with_teacher=teacher is not None, fractions=fractions)
+    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rounds=rounds,
+                         with_teacher=teacher is not None, fractions=fractions, research=research)
     atomic_write_json(out_dir / "verified.json", ver)
     return ver
