@@ -457,3 +457,32 @@ def test_a_percentile_budget_is_profiled_and_measured_as_that_percentile(synth_s
     for bad in ("p0", "p100", "p9x", "mean"):
         with pytest.raises(ValueError, match=f"stat '{bad}' is not allowed"):
             ProfileSettings(stat=bad)
+
+
+def test_a_profile_session_replays_into_the_same_table(synth_space):
+    """A profile session keeps its raw runs: the table fitted again from them (`replay`) is the table, and
+    the runs can be weighed by round instead of by run (a fast round of a short model holds more runs)."""
+    import autodistil.latency.profile as prof
+    captured, real = [], prof.measure
+
+    def capture(*a, **kw):
+        captured.append(real(*a, **kw))
+        return captured[-1]
+    prof.measure = capture
+    try:
+        table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=4, device=SyntheticDevice(seed=61))
+    finally:
+        prof.measure = real
+    again = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=4, device=SyntheticDevice(seed=99),
+                        replay=captured[0])
+    c = SubnetConfig(3, 80, 2.5, 3)
+    assert again.predict(c) == table.predict(c) and again.rows == table.rows
+    by_round = captured[0].renormalised("median", 10.0, "rounds")
+    t = next(iter(by_round.timings.values()))
+    assert t.weighting == "rounds" and t.ms == pytest.approx(captured[0].timings[next(iter(by_round.timings))].ms,
+                                                             rel=0.05)
+    # one round of three runs and one of one run weigh alike: the median lies between 3 and 10 (pooled: 2.5)
+    assert prof.round_weighted_percentile([[1.0, 2.0, 3.0], [10.0]], 50) == pytest.approx(4.75)
+    assert prof.round_weighted_percentile([[1.0, 2.0, 3.0, 4.0]], 50) == 2.5
+    with pytest.raises(ValueError, match="replayed session lacks"):
+        build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, replay=captured[0])

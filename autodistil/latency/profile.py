@@ -25,6 +25,7 @@ code with a synthetic device on a virtual clock.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import math
 import os
@@ -32,13 +33,15 @@ import platform
 import random
 import statistics
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable, Optional
 
 import torch
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
+WEIGHTING = "runs"   # how a model's runs of all rounds make its statistic: every run alike ("runs") or every
+                     # round alike ("rounds", see round_weighted_percentile)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATS = ("median", "low", "pNN")  # pNN: any percentile 1-99 of per-call latency (p90, p95, p99: tail budgets)
 VOCAB = 30522
@@ -422,43 +425,77 @@ def statistic(xs: list, stat: str, low_pct: float) -> float:
     return percentile(xs, low_pct if stat == "low" else int(stat[1:]))
 
 
+def stat_pct(stat: str, low_pct: float) -> float:
+    """The percentile a statistic stands for (median: 50)."""
+    return 50.0 if stat == "median" else float(low_pct if stat == "low" else int(stat[1:]))
+
+
+def round_weighted_percentile(rounds: list, p: float) -> float:
+    """The p-th percentile of the runs of all rounds, each round weighing alike (a run weighs 1 / the runs of
+    its round): a round timed while the machine ran fast holds more runs of a short model than a slow
+    round, and would otherwise count for more. Linear between the midpoints of the runs' weights; with
+    one round, or rounds of equal length, the plain percentile of the pooled runs at p = 50."""
+    pts = sorted((x, 1.0 / len(r)) for r in rounds if r for x in r)
+    if not pts:
+        raise ValueError("no runs to take a percentile of")
+    target = p / 100.0 * sum(w for _, w in pts)
+    acc, prev = 0.0, None
+    for x, w in pts:
+        mid = acc + w / 2
+        if mid >= target:
+            if prev is None:
+                return x
+            return prev[0] + (x - prev[0]) * (target - prev[1]) / (mid - prev[1]) if mid > prev[1] else x
+        prev = (x, mid)
+        acc += w
+    return pts[-1][0]
+
+
 @dataclass
 class Timing:
-    """One model's timings: normalised runs per round (ms at the session's median anchor speed)."""
+    """One model's timings: normalised runs per round (ms at the session's median anchor speed). Its
+    statistics weigh every run alike (`weighting` "runs") or every round alike ("rounds")."""
     rounds: list            # [[ms, ...], ...] normalised
     raw_rounds: list        # [[ms, ...], ...] as measured
     stat: str
     low_pct: float
+    weighting: str = "runs"
 
     def _pool(self, idx=None, raw=False):
         rs = self.raw_rounds if raw else self.rounds
         return [x for i, r in enumerate(rs) if idx is None or i in idx for x in r]
 
+    def _stat(self, stat: str, idx=None, raw=False) -> float:
+        if self.weighting == "rounds":
+            rs = self.raw_rounds if raw else self.rounds
+            return round_weighted_percentile([r for i, r in enumerate(rs) if idx is None or i in idx],
+                                             stat_pct(stat, self.low_pct))
+        return statistic(self._pool(idx, raw), stat, self.low_pct)
+
     @property
     def ms(self) -> float:
         """The statistic the table uses (normalised)."""
-        return statistic(self._pool(), self.stat, self.low_pct)
+        return self._stat(self.stat)
 
     @property
     def median(self) -> float:
-        return statistics.median(self._pool())
+        return self._stat("median")
 
     @property
     def low(self) -> float:
-        return percentile(self._pool(), self.low_pct)
+        return self._stat("low")
 
     @property
     def raw_median(self) -> float:
-        return statistics.median(self._pool(raw=True))
+        return self._stat("median", raw=True)
 
     def halves(self, stat: Optional[str] = None) -> Optional[tuple]:
         """The statistic on the even and on the odd rounds (None with fewer than 2 rounds)."""
         if len(self.rounds) < 2:
             return None
         st = stat or self.stat
-        a = statistic(self._pool(set(range(0, len(self.rounds), 2))), st, self.low_pct)
-        b = statistic(self._pool(set(range(1, len(self.rounds), 2))), st, self.low_pct)
-        return a, b
+        return (self._stat(st, set(range(0, len(self.rounds), 2))),
+                self._stat(st, set(range(1, len(self.rounds), 2))))
 
     @property
     def noise_sd(self) -> float:
@@ -513,9 +550,25 @@ class Session:
     threads: dict
     seconds: float
     stopped_early: bool = False
+    raw: dict = field(default_factory=dict)       # {name: [[ms, ...] per round]} as measured
+    stamps: dict = field(default_factory=dict)    # {name: [the middle of each round's window, dev.clock()]}
+    series: list = field(default_factory=list)    # [(dev.clock(), anchor ms)] of every anchor point
 
     def noise(self, stat: Optional[str] = None) -> dict:
         return split_half_noise(self.timings, stat)
+
+    def renormalised(self, stat: str, low_pct: float, weighting: str) -> "Session":
+        """The same runs with another statistic or weighting (timings recomputed from the raw runs)."""
+        return dataclasses.replace(self, timings=normalise(self.raw, self.stamps, self.series, stat, low_pct,
+                                                           weighting))
+
+
+def normalise(raw: dict, stamps: dict, series: list, stat: str, low_pct: float, weighting: str) -> dict:
+    """{name: Timing}: every run divided by the anchor's speed at its time (interpolated between anchor
+    points) relative to the anchor's median over the session."""
+    a_med = statistics.median(m for _, m in series)
+    return {k: Timing([[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])], raw[k],
+                      stat, low_pct, weighting) for k in raw}
 
 
 def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0,
@@ -565,14 +618,11 @@ def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0
         if hasattr(dev, "restore"):
             dev.restore()
     a_med = statistics.median(m for _, m in series)
-    timings = {}
-    for k in names:
-        norm = [[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])]
-        timings[k] = Timing(norm, raw[k], s.stat, s.low_pct)
+    timings = normalise(raw, stamps, series, s.stat, s.low_pct, WEIGHTING)
     a_vals = [m for _, m in series]
     anchor = {"ms": a_med, "series": [[round(t - t_start, 3), m] for t, m in series],
               "spread_pct": 100 * (max(a_vals) - min(a_vals)) / a_med}
-    return Session(timings, anchor, threads, dev.clock() - t_start, stopped)
+    return Session(timings, anchor, threads, dev.clock() - t_start, stopped, raw, stamps, series)
 
 
 def _interp(series: list, t: float) -> float:
@@ -666,7 +716,7 @@ TEACHER_RUN = "teacher:end-to-end"   # the teacher's runner name inside a profil
 def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Optional[tuple] = None,
                 seed: int = 0, calibrate: int = 12, max_bert_pairs: int = 8, device=None,
                 budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
-                teacher=None):
+                teacher=None, replay: Optional[Session] = None):
     """Profile the grid of every space (depth regression per grid point), the BertModel-shaped
     (hidden, heads) pairs, and `calibrate` random full students measured end to end in the same
     session (block sums validated against them; a linear correction kept only if leave-one-out
@@ -674,7 +724,9 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     `budget_s`: stop after the round in progress once this many seconds have passed.
     `grid`: points per subspace in (hidden, heads, FFN width); None: ``default_grid(settings.device)``.
     `teacher`: (name, ready model) timed end to end in the same session: ``meta["teacher"]`` holds its
-    latency, what budgets given as fractions of the teacher are fractions of."""
+    latency, what budgets given as fractions of the teacher are fractions of.
+    `replay`: the Session an earlier call with the same arguments measured (``meta["session"]`` is not
+    kept; experiments capture it): the table is fitted from its runs and nothing is timed."""
     from .predict import LatencyTable
     grid = tuple(grid) if grid is not None else default_grid(settings.device)
     head_dims = {s.head_dim for s in spaces}
@@ -722,14 +774,20 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
             seen.add((sp.name, c))
             calib.append((sp.name, c))
     calib_names = [add(ModelSpec(c.layers, c.hidden, c.heads, c.ffn, "auto").resolved(d)) for _, c in calib]
-    if progress:
-        progress(f"building {len(specs)} models")
-    runners = {k: dev.runner(v) for k, v in specs.items()}
-    if teacher is not None:
-        runners[TEACHER_RUN] = dev.runner(teacher[1])
     anchor = anchor_spec(spaces)
-    deadline = None if budget_s is None else t0 + budget_s
-    sess = measure(runners, settings, dev, dev.runner(anchor), seed, deadline, progress)
+    if replay is not None:
+        missing = sorted(set(specs) - set(replay.timings))
+        if missing:
+            raise ValueError(f"replayed session lacks {len(missing)} of the table's models, e.g. {missing[:3]}")
+        sess = replay
+    else:
+        if progress:
+            progress(f"building {len(specs)} models")
+        runners = {k: dev.runner(v) for k, v in specs.items()}
+        if teacher is not None:
+            runners[TEACHER_RUN] = dev.runner(teacher[1])
+        deadline = None if budget_s is None else t0 + budget_s
+        sess = measure(runners, settings, dev, dev.runner(anchor), seed, deadline, progress)
     res = {k: t for k, t in sess.timings.items()}
     t_timing = res.pop(TEACHER_RUN, None)
     halves = {k: t.halves() for k, t in res.items()}
@@ -758,7 +816,7 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
                                "threads": sess.threads, "noise": noise, "stopped_early": sess.stopped_early,
                                "rounds_done": min(len(t.rounds) for t in res.values()),
                                "anchor": {"spec": asdict(anchor), **sess.anchor}, "models": models})
-    if t_timing is not None:
+    if t_timing is not None and teacher is not None:
         sm = t_timing.summary()
         table.meta["teacher"] = {"name": teacher[0], "ms": sm["ms"], "noise_sd_ms": sm["noise_sd_ms"],
                                  "low_ms": sm["low_ms"]}
