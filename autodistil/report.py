@@ -110,7 +110,8 @@ def _budget_rows(run, lat, t_ms, holds, frac) -> list:
             out.append({"budget": label, "budget_ms": b["budget_ms"], "student": name,
                         "predicted_ms": s["predicted_ms"], "corrected_ms": b.get("corrected_ms"),
                         "verified_ms": s.get("verified_ms"), "verify_margin_ms": b.get("margin_ms"),
-                        "verified_share": s["verified_ms"] / b["budget_ms"] if s.get("verified_ms") else None,
+                        "verified_share": b.get("share") or (s["verified_ms"] / b["budget_ms"]
+                                                             if s.get("verified_ms") else None),
                         "measured_ms": m, "measured_noise_sd_ms": lat[name]["spread_ms"], "fraction": fr,
                         "budget_here_ms": fr * t_ms if fr else None, "vs_teacher_here": m / t_ms,
                         "share_of_budget": m / here, "holds": holds(m, b), "holds_ms": m <= b["budget_ms"]})
@@ -151,6 +152,7 @@ def collect_results(run) -> dict:
                              "sessions": st["search"].get("verification_sessions") or [],
                              "rounds": st["search"].get("verification_rounds") or {},
                              "correction": st["search"].get("verification_correction"),
+                             "cross_session_sd_pct": st["search"].get("verification_cross_session_sd_pct"),
                              "verify_rounds": cfg.search.verify_rounds,
                              "prediction_margin": st["search"].get("prediction_margin")},
             "latency_statistic": _statistic(cfg, st),
@@ -326,8 +328,11 @@ def _rounds_section(v: dict) -> list:
          f"factor, one per space, or scale plus a fixed cost per call, chosen by leave-one-out error); the "
          f"search ran again under it and the next session timed its new candidates whose corrected "
          f"prediction lay within the correction's measured error above the budget, until the choice no "
-         f"longer changed (at most {v.get('verify_rounds', len(sessions))} sessions). Share: measured / the "
-         f"budget of its session.\n",
+         f"longer changed (at most {v.get('verify_rounds', len(sessions))} sessions); each session also "
+         f"timed every budget's current choice again, and a choice holds when it held in every session it "
+         f"was timed in, with a margin no smaller than the cross-session sd of a model's latency relative "
+         f"to the teacher ({(v.get('cross_session_sd_pct') or float('nan')):.1f}% here). Share: measured / "
+         f"the budget of its session, the mean over the sessions the choice was timed in.\n",
          "| session | models timed | teacher (ms) | budgets (ms) | correction the search ran under |",
          "|---|---|---|---|---|"]
     for s in sessions:

@@ -115,10 +115,12 @@ def load_session(path: Path, stat: str = "median", low_pct: float = 10.0, varian
         d = json.load(fh)
     series = [tuple(x) for x in d["series"]]
     weighting, smooth = WEIGHTINGS[variant]
-    timings = normalise(d["raw"], d["stamps"], median3(series) if smooth else series, stat, low_pct, weighting)
+    timings = normalise(d["raw"], d["stamps"], median3(series) if smooth else series, stat, low_pct,
+                        weighting)
     a = [m for _, m in series]
     a_med = statistics.median(a)
-    return Session(timings, {"ms": a_med, "series": d["series"], "spread_pct": 100 * (max(a) - min(a)) / a_med},
+    anchor = {"ms": a_med, "series": d["series"], "spread_pct": 100 * (max(a) - min(a)) / a_med}
+    return Session(timings, anchor,
                    d["threads"], d["seconds"], False, d["raw"], d["stamps"], series)
 
 
@@ -144,7 +146,8 @@ def run_profile(threads: int, out: Path) -> None:
         return sess
     prof.measure = capture
     try:
-        table = prof.build_table(spaces, prof.ProfileSettings(threads=threads), teacher=(teacher, _teacher_model(teacher)))
+        table = prof.build_table(spaces, prof.ProfileSettings(threads=threads),
+                                 teacher=(teacher, _teacher_model(teacher)))
     finally:
         prof.measure = real
     table.save(out / "table.json")
@@ -159,7 +162,8 @@ def refit_table(out: Path, weighting: str):
     st = prof.ProfileSettings.from_dict(base.settings)
     sess = load_session(out / "profile_session.json.gz", st.stat, st.low_pct, weighting)
     spaces, teacher = profile_spaces()
-    t = prof.build_table(spaces, st, vocab=base.vocab, grid=tuple(base.meta["grid_points"]), teacher=(teacher, None),
+    t = prof.build_table(spaces, st, vocab=base.vocab, grid=tuple(base.meta["grid_points"]),
+                         teacher=(teacher, None),
                          replay=sess, device=prof.TorchDevice(st, base.head_dim, base.vocab))
     t.key = base.key
     return t
@@ -172,7 +176,8 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
     import autodistil  # noqa: F401 - registers AutoDistilBertModel
     from autodistil.io import atomic_write_json
     from autodistil.latency.predict import LatencyTable
-    from autodistil.latency.profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, make_student, measure
+    from autodistil.latency.profile import (ModelSpec, ProfileSettings, TorchDevice, _loadavg, make_student,
+                                            measure)
     from autodistil.latency.validate import export_students
     from autodistil.space import SearchSpace
     table = LatencyTable.load(table_path)
@@ -200,7 +205,8 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
         models["teacher"] = AutoModel.from_pretrained(resolve_teacher_path(teacher)).eval()
         runners = {k: dev.runner(m) for k, m in models.items()}
         for k, s in specs.items():
-            runners[k] = dev.runner(make_student(s.layers, s.hidden, s.heads, s.ffn, table.head_dim, table.vocab,
+            runners[k] = dev.runner(make_student(s.layers, s.hidden, s.heads, s.ffn, table.head_dim,
+                                                 table.vocab,
                                                  s.cls))
         anchor = ModelSpec(**table.meta["anchor"]["spec"])
         load = _loadavg()
@@ -209,8 +215,9 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save_session(out / f"{name}_session.json.gz", sess)
-    rec = {"condition": name, "settings": st.to_dict(), "start": t0, "end": time.strftime("%Y-%m-%dT%H:%M:%S"),
-           "loadavg_before": load, "loadavg_after": _loadavg(), "threads": sess.threads, "seconds": sess.seconds,
+    rec = {"condition": name, "settings": st.to_dict(), "start": t0,
+           "end": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": load, "loadavg_after": _loadavg(),
+           "threads": sess.threads, "seconds": sess.seconds,
            "anchor": sess.anchor, "table_anchor_ms": table.anchor_ms, "noise": sess.noise(), "students": meta,
            "depths": table.settings["depths"],
            "models": {k: t.summary() for k, t in sess.timings.items()}}
@@ -230,7 +237,8 @@ def summarise(out: Path, conditions: list) -> dict:
     protocol; per weighting: the error's trend with size (small half against large half of the students)."""
     from autodistil.io import atomic_write_json, write_rows_csv
     from autodistil.space import SubnetConfig
-    recs = {c: json.loads((out / f"{c}.json").read_text()) for c in conditions if (out / f"{c}.json").is_file()}
+    recs = {c: json.loads((out / f"{c}.json").read_text()) for c in conditions
+            if (out / f"{c}.json").is_file()}
     rows, per_cond, protocol = [], {}, []
     for w in WEIGHTINGS:
         table = refit_table(out, w)
@@ -250,8 +258,9 @@ def summarise(out: Path, conditions: list) -> dict:
                 t_here, t_table = ms.get("teacher"), (table.meta.get("teacher") or {}).get("ms")
                 frac = (100 * ((table.predict(cfg) / t_table) / (e2e / t_here) - 1) if t_here and t_table
                         else None)
-                row = {"weighting": w, "condition": c, "student": key, "space": s["space"], "layers": s["layers"],
-                       "hidden": s["hidden"], "heads": s["heads"], "ffn": s["ffn"], "cls": s["cls"], "e2e_ms": e2e,
+                row = {"weighting": w, "condition": c, "student": key, "space": s["space"],
+                       "layers": s["layers"], "hidden": s["hidden"], "heads": s["heads"], "ffn": s["ffn"],
+                       "cls": s["cls"], "e2e_ms": e2e,
                        "same_ms": same, "exact_regression_ms": exact, "table_ms": pred, "drift": drift,
                        "err_as_is_pct": 100 * (table.predict(cfg) / e2e - 1),
                        "err_total_pct": 100 * (pred / e2e - 1),
@@ -264,6 +273,10 @@ def summarise(out: Path, conditions: list) -> dict:
                        "teacher_vs_anchor_table": t_table / table.anchor_ms if t_table else None}
                 rows.append(row)
                 errs.append(row)
+            keys = ("err_as_is_pct", "err_total_pct", "err_interpolation_pct", "err_depth_regression_pct",
+                    "err_build_vs_export_pct")
+            if errs[0]["err_fraction_of_teacher_pct"] is not None:
+                keys += ("err_fraction_of_teacher_pct",)
             order = sorted(errs, key=lambda r: r["e2e_ms"])
             small, large = order[: len(order) // 2], order[len(order) // 2:]
             mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
@@ -273,10 +286,8 @@ def summarise(out: Path, conditions: list) -> dict:
                 "anchor_spread_pct": rec["anchor"]["spread_pct"],
                 "mape_pct": statistics.mean(abs(r["err_total_pct"]) for r in errs),
                 "within_10_pct": 100 * sum(abs(r["err_total_pct"]) <= 10 for r in errs) / len(errs),
-                **{f"{grp}_{k}": mean(rs, k) for grp, rs in (("small", small), ("large", large), ("all", errs))
-                   for k in ("err_as_is_pct", "err_total_pct", "err_interpolation_pct", "err_depth_regression_pct",
-                             "err_build_vs_export_pct") + (("err_fraction_of_teacher_pct",) if errs[0][
-                                 "err_fraction_of_teacher_pct"] is not None else ())}}
+                **{f"{grp}_{k}": mean(rs, k)
+                   for grp, rs in (("small", small), ("large", large), ("all", errs)) for k in keys}}
         if "short" in ms_of:
             base, a_base = ms_of["short"]
             for c, (ms, a) in ms_of.items():
@@ -288,31 +299,34 @@ def summarise(out: Path, conditions: list) -> dict:
                                      "vs_short_pct": 100 * v})
                 order = sorted((k for k in rel if k.startswith("e2e:")), key=lambda k: base[k])
                 h = len(order) // 2
-                per_cond[f"{w}/{c}"]["e2e_vs_short_small_pct"] = 100 * statistics.mean(rel[k] for k in order[:h])
-                per_cond[f"{w}/{c}"]["e2e_vs_short_large_pct"] = 100 * statistics.mean(rel[k] for k in order[h:])
+                pc = per_cond[f"{w}/{c}"]
+                pc["e2e_vs_short_small_pct"] = 100 * statistics.mean(rel[k] for k in order[:h])
+                pc["e2e_vs_short_large_pct"] = 100 * statistics.mean(rel[k] for k in order[h:])
     summary = {"conditions": per_cond, "students": rows, "protocol": protocol}
     atomic_write_json(out / "summary.json", summary)
     write_rows_csv(out / "summary.csv", rows)
     for key, p in per_cond.items():
-        print(f"{key}: drift {p['drift']:.3f}, noise {p['noise_sd_pct']:.2f}%, load {p['loadavg_before']}; MAPE "
-              f"{p['mape_pct']:.1f}% ({p['within_10_pct']:.0f}% within 10%); error small {p['small_err_total_pct']:+.1f}"
-              f"% large {p['large_err_total_pct']:+.1f}% (as is {p['small_err_as_is_pct']:+.1f} / "
-              f"{p['large_err_as_is_pct']:+.1f}) | interpolation {p['small_err_interpolation_pct']:+.1f} / "
-              f"{p['large_err_interpolation_pct']:+.1f}, depth regression {p['small_err_depth_regression_pct']:+.1f} / "
-              f"{p['large_err_depth_regression_pct']:+.1f}, build vs export {p['small_err_build_vs_export_pct']:+.1f}"
-              f" / {p['large_err_build_vs_export_pct']:+.1f}"
-              + (f"; e2e vs short protocol: small {p['e2e_vs_short_small_pct']:+.1f}%, large "
-                 f"{p['e2e_vs_short_large_pct']:+.1f}%" if "e2e_vs_short_small_pct" in p else "")
-              + (f"; as a fraction of the teacher (table / table's teacher vs e2e / teacher here): small "
-                 f"{p['small_err_fraction_of_teacher_pct']:+.1f}%, large {p['large_err_fraction_of_teacher_pct']:+.1f}%"
-                 if "small_err_fraction_of_teacher_pct" in p else ""))
+        pair = lambda k: f"{p['small_' + k]:+.1f} / {p['large_' + k]:+.1f}"  # noqa: E731
+        line = (f"{key}: drift {p['drift']:.3f}, noise {p['noise_sd_pct']:.2f}%, load {p['loadavg_before']}; "
+                f"MAPE {p['mape_pct']:.1f}% ({p['within_10_pct']:.0f}% within 10%); error small / large "
+                f"{pair('err_total_pct')}% (as is {pair('err_as_is_pct')}) | interpolation "
+                f"{pair('err_interpolation_pct')}, depth regression {pair('err_depth_regression_pct')}, "
+                f"build vs export {pair('err_build_vs_export_pct')}")
+        if "e2e_vs_short_small_pct" in p:
+            line += (f"; e2e vs short protocol: small {p['e2e_vs_short_small_pct']:+.1f}%, large "
+                     f"{p['e2e_vs_short_large_pct']:+.1f}%")
+        if "small_err_fraction_of_teacher_pct" in p:
+            line += (f"; as a fraction of the teacher (table / table's teacher vs e2e / teacher here): "
+                     f"small / large {pair('err_fraction_of_teacher_pct')}%")
+        print(line)
     return summary
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=0, help="profile threads (0: all cores, the run's default)")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="profile threads (0: all cores, the run's default)")
     ap.add_argument("--n", type=int, default=12, help="held-out students (half of them the smallest)")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     ap.add_argument("--condition", default=None, help=argparse.SUPPRESS)  # internal: one step, this process
@@ -339,7 +353,8 @@ def main(argv=None) -> int:
                "loadavg_before": list(os.getloadavg())}
         t = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        rec.update({"seconds": round(time.time() - t, 1), "loadavg_after": list(os.getloadavg()), "rc": r.returncode,
+        rec.update({"seconds": round(time.time() - t, 1), "loadavg_after": list(os.getloadavg()),
+                    "rc": r.returncode,
                     "stdout": r.stdout[-4000:], "stderr_tail": r.stderr[-3000:]})
         steps.append(rec)
         print(f"[{what}] rc {r.returncode}, {rec['seconds']} s, load {rec['loadavg_before']} -> "

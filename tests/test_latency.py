@@ -451,7 +451,8 @@ def test_a_percentile_budget_is_profiled_and_measured_as_that_percentile(synth_s
                          ProfileSettings.from_dict(t90.settings), device=dev(52))
     for c in studs:
         m = res["models"][c.short()]
-        assert m["ms"] == pytest.approx(1.21 * true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)), rel=0.04)
+        truth = true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))
+        assert m["ms"] == pytest.approx(1.21 * truth, rel=0.04)
         assert t90.predict(c) == pytest.approx(m["ms"], rel=0.03)
         assert t50.predict(c) < 0.88 * m["ms"]
     for bad in ("p0", "p100", "p9x", "mean"):
@@ -478,9 +479,8 @@ def test_a_profile_session_replays_into_the_same_table(synth_space):
     c = SubnetConfig(3, 80, 2.5, 3)
     assert again.predict(c) == table.predict(c) and again.rows == table.rows
     by_round = captured[0].renormalised("median", 10.0, "rounds")
-    t = next(iter(by_round.timings.values()))
-    assert t.weighting == "rounds" and t.ms == pytest.approx(captured[0].timings[next(iter(by_round.timings))].ms,
-                                                             rel=0.05)
+    name, t = next(iter(by_round.timings.items()))
+    assert t.weighting == "rounds" and t.ms == pytest.approx(captured[0].timings[name].ms, rel=0.05)
     # one round of three runs and one of one run weigh alike: the median lies between 3 and 10 (pooled: 2.5)
     assert prof.round_weighted_percentile([[1.0, 2.0, 3.0], [10.0]], 50) == pytest.approx(4.75)
     assert prof.round_weighted_percentile([[1.0, 2.0, 3.0, 4.0]], 50) == 2.5

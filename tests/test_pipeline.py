@@ -68,11 +68,11 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     # verified latency + margin meets its budget
     assert res["budgets"] and all(b["student"] is None or b["verified_ms"] + b["verify_margin_ms"] <= b["budget_ms"]
                                   for b in res["budgets"])
-    assert ("| budget (ms) | student | predicted (ms) | corrected (ms) | verified at search (ms) | measured here (ms) | "
-            "share of budget | holds |") in report
+    assert ("| budget (ms) | student | predicted (ms) | corrected (ms) | verified at search (ms) | "
+            "measured here (ms) | share of budget | holds |") in report
     # what a budget bounds is said: the median of one call at the profile's batch, seq len and threads
-    assert res["latency_statistic"]["stat"] == "median" and "Every latency here is the median of one forward call " \
-        "(batch 1, seq len 32" in report
+    assert res["latency_statistic"]["stat"] == "median"
+    assert "Every latency here is the median of one forward call (batch 1, seq len 32" in report
     # each verification session: the correction the search ran under, what it offered, the choice after it
     v = res["verification"]
     assert v["sessions"] and v["sessions"][0]["correction"] is None and v["verify_rounds"] == 3
@@ -259,8 +259,8 @@ def test_latency_stat_reaches_the_profile_and_is_checked_against_a_given_table(t
     path = table.save(tmp_path / "t.json")
     from autodistil.pipeline import SearchConfig
     run_cfg = RunConfig(table=str(path), search=SearchConfig(latency_stat="p90"))
-    with pytest.raises(ValueError, match=r"predicts the median per call \(median\), the run's budgets bound the "
-                                         r"90th percentile"):
+    with pytest.raises(ValueError, match=r"predicts the median per call \(median\), the run's budgets "
+                                         r"bound the 90th percentile"):
         check_table(run_cfg, spaces, spaces[0].head_dim)
     assert check_table(RunConfig(table=str(path)), spaces, spaces[0].head_dim)["path"] == str(path)
     a = build_parser().parse_args(["search", "--supernet", "x", "--table", str(path), "--latency-stat", "p90",

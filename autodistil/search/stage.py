@@ -19,12 +19,12 @@ from .engine import Budget, CountingObjective
 from .run import HeldoutLoss, SearchSpec, format_choice, research_fn, search
 
 CHOSEN_KEYS = ("space", "layers", "hidden", "ffn_ratio", "heads", "loss", "latency_ms", "latency_sd_ms", "macs",
-               "params", "corrected_ms", "measured_ms", "margin_ms")
+               "params", "corrected_ms", "measured_ms", "margin_ms", "share", "sessions")
 
 
 # what the run records of each verification session
 SESSION_KEYS = ("round", "drift", "noise", "teacher_ms", "budgets_ms", "budgets_moved", "correction",
-                "models_timed")
+                "models_timed", "retimed")
 
 
 def prediction_margin(table) -> float:
@@ -180,5 +180,6 @@ def run_search_stage(run) -> dict:
             "verification_rounds": {Budget(latency_ms=b["budget_ms"]).label(): b.get("rounds", [])
                                     for b in ver["budgets"]},
             "verification_correction": ver.get("correction"),
+            "verification_cross_session_sd_pct": ver.get("cross_session_sd_pct"),
             "verification_teacher_ms": ver.get("teacher_ms"), "prediction_margin": ver.get("prediction_margin"),
             "measured_here": not run.foreign_table, "search_dir": str(run.out / "search")}

@@ -68,7 +68,8 @@ def choose_first_layers(checked: list, budget_ms: float) -> dict:
 
 
 # what a budget's history records of the choice after each session
-PICK_KEYS = ("name", "round", "predicted_ms", "corrected_ms", "measured_ms", "margin_ms", "budget_ms")
+PICK_KEYS = ("name", "round", "predicted_ms", "corrected_ms", "measured_ms", "margin_ms", "budget_ms",
+             "sessions", "shares")
 
 
 def offers_under_correction(rows: list, budget_ms: float, corr: Correction, current: dict | None,
@@ -111,25 +112,30 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     session.
 
     Session 1 times each budget's `finalists` under the table's predictions. After each session a correction
-    (search/correct.py) is fitted on every candidate measured so far (each measured latency brought to the
-    latest session's speed: the teacher timed there, else the anchor), and the next session times what
-    `offers_under_correction` gives per budget: the search again under the corrected table (`research`, when
-    given, evaluates candidates up to the corrected limits first: {space: [predicted-ms limit per budget]} ->
-    more rows). It stops when no budget has a new candidate to offer, when a session leaves every budget's
-    choice unchanged, or after `rounds` sessions. A candidate holds a budget when its measured latency plus
-    its noise margin (no smaller than session 1's noise) meets the budget of its own session.
+    (search/correct.py) is fitted on every timing so far (each brought to the latest session's speed: the
+    teacher timed there, else the anchor), and the next session times what `offers_under_correction` gives
+    per budget (the search again under the corrected table; `research`, when given, evaluates candidates up
+    to the corrected limits first: {space: [predicted-ms limit per budget]} -> more rows) together with every
+    budget's current choice, timed again. A candidate holds a budget when in every session it was timed in
+    its measured latency plus its margin meets that session's budget; the margin is the largest of its own
+    noise, the session's (never below session 1's) and the cross-session sd: how much a model's latency
+    relative to its session's speed moves from one session to the next, measured on the candidates timed
+    twice or more. The choice is the best holding candidate; its share of the budget is the mean over its
+    sessions. Sessions stop when nothing new is offered and every choice has been timed in two sessions,
+    when a session leaves every choice unchanged and timed twice, or after `rounds` sessions.
 
     `fractions` (one per budget, with `with_teacher`): the budgets are those fractions of the teacher's
     latency measured in each session; `budgets_ms` only picks session 1's finalists.
 
-    Returns {"budgets": [per budget: budget_ms (of the session its choice was timed in), requested_ms,
-    fraction, round, met, chosen (row + predicted/corrected/measured/margin/budget/round), finalists (every
-    measured candidate, judged), rounds (per session: the correction, the candidates offered, the choice so
-    far and the share of its budget it uses), message, first_layers (when asked: chosen, message, checked,
-    round)], "teacher_ms" (session 1), "measurement" (session 1 less its per-model details), "sessions"
-    (each session's summary, its budgets, teacher, correction and offers), "second_round" (sessions[1] or
-    None), "correction" (fitted on every measured candidate at the end), "measured" (session 1's per-model
-    details) and "measured_by_session"}."""
+    Returns {"budgets": [per budget: budget_ms (of the last session its choice was timed in), requested_ms,
+    fraction, round, met, chosen (row + predicted/corrected/measured/margin/budget/round of its last
+    session, share, shares and sessions), finalists (every timing of every candidate, judged), rounds (per
+    session: the correction, the candidates offered, the choice so far and its share of the budget), message,
+    first_layers (when asked: chosen, message, checked, round)], "teacher_ms" (session 1), "measurement"
+    (session 1 less its per-model details), "sessions" (each session's summary, its budgets, teacher,
+    correction, offers and the choices timed again), "second_round" (sessions[1] or None),
+    "cross_session_sd_pct", "correction" (fitted on every timing at the end), "measured" (session 1's
+    per-model details) and "measured_by_session"}."""
     first_layers = dict(first_layers or {})
     if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
         raise ValueError(f"fractions {fractions} need with_teacher=True and one fraction per budget "
@@ -139,19 +145,40 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     rows = list(rows)
     nb = len(budgets_ms)
     extra = [*first_layers, *(["teacher"] if with_teacher else [])]
-    sessions, checked = [], [[] for _ in budgets_ms]
-    measured = {}    # candidate name -> (row, measured ms, session index)
-    history = [[] for _ in budgets_ms]
+    sessions, history = [], [[] for _ in budgets_ms]
+    timed = {}         # candidate name -> [(session index, {"ms", "noise_sd_ms"}), ...]
+    rowof, corrected_of = {}, {}
 
-    def check(r, m, sd, b, rnd, corrected):
-        margin = _margin(m, sd)
-        return {**r, "name": candidate_name(r), "predicted_ms": r["latency_ms"], "corrected_ms": corrected,
-                "measured_ms": m["ms"], "margin_ms": margin, "budget_ms": b, "holds": m["ms"] + margin <= b,
-                "round": rnd}
+    def cross_sd() -> float:
+        """The sd (a fraction) of a model's latency relative to its session's speed (the teacher, else the
+        anchor) from one session to the next, from the candidates timed in more than one session."""
+        d = [math.log((q["ms"] / sessions[u]["speed"]) / (m["ms"] / sessions[s]["speed"]))
+             for ts in timed.values() for (s, m), (u, q) in zip(ts, ts[1:])]
+        return math.sqrt(sum(x * x for x in d) / (2 * len(d))) if d else float("nan")
 
-    def best_holding(i):
-        ok = sorted((c for c in checked[i] if c["holds"]), key=lambda c: (c[score], c["measured_ms"]))
-        return ok[0] if ok else None
+    def judged(n: str, i: int, x: float) -> list:
+        """Candidate n judged against budget i in every session it was timed in (margin: its noise, the
+        session's and the cross-session sd `x`)."""
+        out = []
+        for s, m in timed[n]:
+            sd = max((v for v in (sessions[s]["sd"], 100 * x) if math.isfinite(v)), default=float("nan"))
+            margin, b = _margin(m, sd), sessions[s]["budgets"][i]
+            out.append({**rowof[n], "name": n, "predicted_ms": rowof[n]["latency_ms"],
+                        "corrected_ms": corrected_of[n], "measured_ms": m["ms"], "margin_ms": margin,
+                        "budget_ms": b, "holds": m["ms"] + margin <= b, "round": s + 1})
+        return out
+
+    def best_holding(i: int):
+        """The best candidate (by `score`) that holds budget i in every session it was timed in; its record
+        is its latest session's, with `share` the mean of measured / budget over its sessions."""
+        x, ok = cross_sd(), []
+        for n in timed:
+            cs = judged(n, i, x)
+            if all(c["holds"] for c in cs):
+                shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
+                ok.append({**cs[-1], "share": sum(shares) / len(shares), "shares": shares,
+                           "sessions": [c["round"] for c in cs]})
+        return min(ok, key=lambda c: (c[score], c["share"])) if ok else None
 
     def run_session(cands: dict, corr, offered: list):
         rnd = len(sessions) + 1
@@ -169,13 +196,12 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                  "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
                 for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
         for n, r in cands.items():
-            m = meas["models"][n]
-            corrected = corr.apply(r["space"], r["latency_ms"]) if corr is not None else None
-            measured[n] = (r, m["ms"], len(sessions))
-            for i, b in enumerate(budgets):
-                checked[i].append(check(r, m, sd, b, rnd, corrected))
+            rowof.setdefault(n, r)
+            corrected_of.setdefault(n, corr.apply(r["space"], r["latency_ms"]) if corr is not None else None)
+            timed.setdefault(n, []).append((len(sessions), meas["models"][n]))
         sessions.append({"meas": meas, "sd": sd, "budgets": budgets, "teacher_ms": t, "speed": speed,
-                         "cuts": cuts, "correction": corr,
+                         "cuts": cuts, "correction": corr, "retimed": sorted(set(cands) - {
+                             candidate_name(r) for o in offered for r in o}),
                          "offered": [[candidate_name(r) for r in o] for o in offered]})
         for i in range(nb):
             ch = best_holding(i)
@@ -183,12 +209,13 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                                "correction": None if corr is None else corr.describe(),
                                "offered": sessions[-1]["offered"][i],
                                "pick": None if ch is None else {k: ch[k] for k in PICK_KEYS},
-                               "share": None if ch is None else ch["measured_ms"] / ch["budget_ms"]})
+                               "share": None if ch is None else ch["share"],
+                               "cross_session_sd_pct": 100 * cross_sd()})
 
     def fitted():
         last = sessions[-1]
-        pts = [(r["space"], r["latency_ms"], ms * last["speed"] / sessions[s]["speed"])
-               for r, ms, s in measured.values()]
+        pts = [(rowof[n]["space"], rowof[n]["latency_ms"], m["ms"] * last["speed"] / sessions[s]["speed"])
+               for n, ts in timed.items() for s, m in ts]
         return fit_correction(pts, last["sd"], default_err=slack)
 
     offer1 = [finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms]
@@ -198,7 +225,7 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
             union.setdefault(candidate_name(r), r)
     if budgets_ms and (union or extra):
         run_session(union, None, offer1)
-        for _ in range(rounds - 1):
+        while len(sessions) < rounds:
             corr = fitted()
             budgets = sessions[-1]["budgets"]
             if research is not None:
@@ -208,36 +235,44 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                 for r in research(limits):
                     known.setdefault(candidate_name(r), r)
                 rows = list(known.values())
-            offered = [offers_under_correction(rows, b, corr, best_holding(i), set(measured), top_k, score,
+            picks = [best_holding(i) for i in range(nb)]
+            offered = [offers_under_correction(rows, b, corr, picks[i], set(timed), top_k, score,
                                                sessions[-1]["sd"]) for i, b in enumerate(budgets)]
             union = {}
             for fs in offered:
                 for r in fs:
                     union.setdefault(candidate_name(r), r)
-            if not union:
+            confirmed = all(p is None or len(timed[p["name"]]) >= 2 for p in picks)
+            if not union and confirmed:
                 break
-            before = [(best_holding(i) or {}).get("name") for i in range(nb)]
-            run_session(union, corr, offered)
-            if [(best_holding(i) or {}).get("name") for i in range(nb)] == before:
+            # every current choice is timed again: its share is judged in more than one session
+            retime = {p["name"]: rowof[p["name"]] for p in picks if p is not None}
+            before = [p and p["name"] for p in picks]
+            run_session({**union, **retime}, corr, offered)
+            after = [(best_holding(i) or {}).get("name") for i in range(nb)]
+            if after == before and all(n is None or len(timed[n]) >= 2 for n in after):
                 break
+    x_final = cross_sd()
     out = []
     for i in range(nb):
         ch = best_holding(i)
+        checked = [c for n in timed for c in judged(n, i, x_final)]
         rnd = ch["round"] if ch is not None else 1
         sess = sessions[rnd - 1] if sessions else None
-        b = sess["budgets"][i] if sess else budgets_ms[i]  # the budget of the session its choice was timed in
+        b = sess["budgets"][i] if sess else budgets_ms[i]  # of the last session its choice was timed in
         entry = {"budget_ms": b, "requested_ms": budgets_ms[i],
                  "fraction": None if fractions is None else fractions[i], "round": rnd, "met": ch is not None,
-                 "finalists": checked[i], "rounds": history[i]}
+                 "finalists": checked, "rounds": history[i]}
         if ch is not None:
             entry["chosen"] = ch
             entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms"
                                 + (f", corrected {ch['corrected_ms']:.2f} ms" if ch["corrected_ms"] else "")
                                 + f", measured {ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms "
-                                f"<= {b:g} ms ({100 * ch['measured_ms'] / b:.1f}% of it; session {rnd})")
-        elif checked[i]:
-            best = min(checked[i], key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(checked[i])} "
+                                f"<= {b:g} ms (session {rnd}); {100 * ch['share']:.1f}% of the budget on "
+                                f"average over sessions {ch['sessions']}")
+        elif checked:
+            best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
+            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(timed)} "
                                 f"measured, {best['name']}, measured {best['measured_ms']:.2f} ms + margin "
                                 f"{best['margin_ms']:.2f} ms (session {best['round']}, budget "
                                 f"{best['budget_ms']:g} ms)")
@@ -252,12 +287,13 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                   "budgets_ms": s["budgets"], "budgets_moved": s["budgets"] != list(budgets_ms),
                   "noise_sd_pct_used": s["sd"],
                   "correction": None if s["correction"] is None else s["correction"].to_dict(),
-                  "offered": s["offered"], "models_timed": len(s["meas"].get("models", {}))}
+                  "offered": s["offered"], "retimed": s["retimed"],
+                  "models_timed": len(s["meas"].get("models", {}))}
                  for j, s in enumerate(sessions)]
     return {"budgets": out, "teacher_ms": sessions[0]["teacher_ms"] if sessions else None,
             "measurement": summ(sessions[0]["meas"]) if sessions else {"noise": {"sd_pct": float("nan")}},
             "sessions": summaries, "second_round": summaries[1] if len(summaries) > 1 else None,
-            "correction": fitted().to_dict() if measured else None,
+            "cross_session_sd_pct": 100 * x_final, "correction": fitted().to_dict() if timed else None,
             "measured": sessions[0]["meas"].get("models", {}) if sessions else {},
             "measured_by_session": [s["meas"].get("models", {}) for s in sessions]}
 
