@@ -74,7 +74,7 @@ class SearchConfig:
     heldout_blocks: int = 8              # held-out text blocks the agnostic objective (distillation loss) is scored on
     method: str = "auto"                 # auto | exhaustive | evolutionary
     verify_top: int = 4                  # candidates per budget measured end to end at search time (this machine)
-    verify_rounds: int = 3               # verification sessions at most: after each, the table is corrected
+    verify_rounds: int = 4               # verification sessions at most: after each, the table is corrected
                                          # from what was measured and the search's new candidates are timed
     baselines: bool = True               # also ship-test the teacher's first k layers and the FLOPs-search student
     plain_only: bool = False             # only shapes that load without autodistil: heads x head dim == hidden

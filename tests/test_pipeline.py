@@ -75,7 +75,7 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     assert "Every latency here is the median of one forward call (batch 1, seq len 32" in report
     # each verification session: the correction the search ran under, what it offered, the choice after it
     v = res["verification"]
-    assert v["sessions"] and v["sessions"][0]["correction"] is None and v["verify_rounds"] == 3
+    assert v["sessions"] and v["sessions"][0]["correction"] is None and v["verify_rounds"] == 4
     assert all(s["correction"]["kind"] in ("none", "global", "space", "size") for s in v["sessions"][1:])
     assert "### Verification sessions" in report
     assert {b["budget"] for b in res["budgets"] if b["student"]} <= set(v["rounds"])

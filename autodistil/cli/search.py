@@ -150,10 +150,10 @@ def register(sub):
     se.add_argument("--reanchor", action="store_true",
                     help="without --verify-top: time the table's anchor now and search under predictions scaled by "
                          "the machine's speed change since profiling (recorded as table_speed in search.json)")
-    se.add_argument("--verify-rounds", type=int, default=3,
+    se.add_argument("--verify-rounds", type=int, default=4,
                     help="with --verify-top: verification sessions at most; after each, the table is "
                          "corrected from the measured finalists (per space or per size, by leave-one-out "
                          "error), the search runs again under it and its new candidates are timed, until the "
-                         "choice no longer changes (1: one session; default: 3)")
+                         "choice no longer changes (1: one session; default: 4)")
     se.add_argument("--out", required=True, help="the folder for candidates.csv, the Pareto front and its plot")
     se.set_defaults(fn=cmd_search)

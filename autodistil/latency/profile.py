@@ -567,7 +567,8 @@ def normalise(raw: dict, stamps: dict, series: list, stat: str, low_pct: float, 
     """{name: Timing}: every run divided by the anchor's speed at its time (interpolated between anchor
     points) relative to the anchor's median over the session."""
     a_med = statistics.median(m for _, m in series)
-    return {k: Timing([[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])], raw[k],
+    return {k: Timing([[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])],
+                      raw[k],
                       stat, low_pct, weighting) for k in raw}
 
 
@@ -778,7 +779,8 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     if replay is not None:
         missing = sorted(set(specs) - set(replay.timings))
         if missing:
-            raise ValueError(f"replayed session lacks {len(missing)} of the table's models, e.g. {missing[:3]}")
+            raise ValueError(f"replayed session lacks {len(missing)} of the table's models, "
+                             f"e.g. {missing[:3]}")
         sess = replay
     else:
         if progress:

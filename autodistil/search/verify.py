@@ -103,7 +103,7 @@ def offers_under_correction(rows: list, budget_ms: float, corr: Correction, curr
 def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
                    slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
                    first_layers: dict | None = None, with_teacher: bool = False,
-                   fractions: list | None = None, rounds: int = 3,
+                   fractions: list | None = None, rounds: int = 4,
                    research: Callable[[dict], list] | None = None) -> dict:
     """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}},
     "noise": {"sd_pct"}, "drift", ...}: one interleaved session of the candidates given and the extra models
@@ -168,17 +168,22 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                         "budget_ms": b, "holds": m["ms"] + margin <= b, "round": s + 1})
         return out
 
-    def best_holding(i: int):
-        """The best candidate (by `score`) that holds budget i in every session it was timed in; its record
-        is its latest session's, with `share` the mean of measured / budget over its sessions."""
+    def best_holding(i: int, confirmed: bool = False):
+        """The best candidate (by `score`) that holds budget i in every session it was timed in (with
+        `confirmed`, among those timed in two sessions or more); its record is its latest session's, with
+        `share` the mean of measured / budget over its sessions."""
         x, ok = cross_sd(), []
         for n in timed:
             cs = judged(n, i, x)
-            if all(c["holds"] for c in cs):
+            if all(c["holds"] for c in cs) and (len(cs) >= 2 or not confirmed):
                 shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
                 ok.append({**cs[-1], "share": sum(shares) / len(shares), "shares": shares,
                            "sessions": [c["round"] for c in cs]})
         return min(ok, key=lambda c: (c[score], c["share"])) if ok else None
+
+    def choice(i: int):
+        """Budget i's choice: the best candidate confirmed in two sessions or more, if one holds."""
+        return best_holding(i, confirmed=True) or best_holding(i)
 
     def run_session(cands: dict, corr, offered: list):
         rnd = len(sessions) + 1
@@ -204,11 +209,13 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
                              candidate_name(r) for o in offered for r in o}),
                          "offered": [[candidate_name(r) for r in o] for o in offered]})
         for i in range(nb):
-            ch = best_holding(i)
+            ch, best = choice(i), best_holding(i)
             history[i].append({"round": rnd, "budget_ms": budgets[i],
                                "correction": None if corr is None else corr.describe(),
                                "offered": sessions[-1]["offered"][i],
                                "pick": None if ch is None else {k: ch[k] for k in PICK_KEYS},
+                               "best_unconfirmed": None if best is None or (ch and best["name"] == ch["name"])
+                               else best["name"],
                                "share": None if ch is None else ch["share"],
                                "cross_session_sd_pct": 100 * cross_sd()})
 
@@ -245,8 +252,9 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
             confirmed = all(p is None or len(timed[p["name"]]) >= 2 for p in picks)
             if not union and confirmed:
                 break
-            # every current choice is timed again: its share is judged in more than one session
-            retime = {p["name"]: rowof[p["name"]] for p in picks if p is not None}
+            # every budget's choice and the best candidate holding it so far are timed again: a choice is
+            # judged in more than one session
+            retime = {c["name"]: rowof[c["name"]] for i in range(nb) for c in (choice(i), picks[i]) if c}
             before = [p and p["name"] for p in picks]
             run_session({**union, **retime}, corr, offered)
             after = [(best_holding(i) or {}).get("name") for i in range(nb)]
@@ -255,7 +263,7 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     x_final = cross_sd()
     out = []
     for i in range(nb):
-        ch = best_holding(i)
+        ch = choice(i)
         checked = [c for n in timed for c in judged(n, i, x_final)]
         rnd = ch["round"] if ch is not None else 1
         sess = sessions[rnd - 1] if sessions else None
@@ -332,7 +340,7 @@ def first_layer_name(k: int) -> str:
 
 
 def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
-                  teacher=None, first_layers=(), rounds: int = 3, fractions: list | None = None,
+                  teacher=None, first_layers=(), rounds: int = 4, fractions: list | None = None,
                   research: Callable[[dict], list] | None = None) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
     finalists of each budget end to end in fresh processes (work files in OUT/verify), correct the table
