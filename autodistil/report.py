@@ -329,9 +329,10 @@ def _rounds_section(v: dict) -> list:
          f"search ran again under it and the next session timed its new candidates whose corrected "
          f"prediction lay within the correction's measured error above the budget, until the choice no "
          f"longer changed (at most {v.get('verify_rounds', len(sessions))} sessions); each session also "
-         f"timed every budget's current choice again, and a choice holds when it held in every session it "
-         f"was timed in, with a margin no smaller than the cross-session sd of a model's latency relative "
-         f"to the teacher ({(v.get('cross_session_sd_pct') or float('nan')):.1f}% here). Share: measured / "
+         f"timed every budget's current choice again; a choice holds when its measured latency plus a "
+         f"margin, averaged over the sessions it was timed in (two or more where any holds), is within the "
+         f"budget of each, the margin no smaller than the cross-session sd of a model's latency relative to "
+         f"the teacher ({(v.get('cross_session_sd_pct') or float('nan')):.1f}% here). Share: measured / "
          f"the budget of its session, the mean over the sessions the choice was timed in.\n",
          "| session | models timed | teacher (ms) | budgets (ms) | correction the search ran under |",
          "|---|---|---|---|---|"]
