@@ -254,7 +254,8 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
     CUDA optionally replayed from a CUDA graph, falling back to eager with a note if capture fails)."""
     dev = torch.device(s.device)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 2000, (s.batch, s.seq_len), generator=g)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 2000
+    ids = torch.randint(min(1000, vocab // 2), min(2000, vocab), (s.batch, s.seq_len), generator=g)  # in its vocab
     mask = torch.ones_like(ids)
     if s.runtime == "onnxruntime":
         import onnxruntime as ort
