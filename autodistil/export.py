@@ -17,7 +17,7 @@ import torch
 
 from .cost import exact_macs
 from .io import atomic_dir, atomic_write_json
-from .nn import families
+from . import families
 from .nn.superbert import SuperBert
 from .space import SubnetConfig
 
@@ -64,7 +64,7 @@ def subnet_state_dict(model: SuperBert, cfg: SubnetConfig) -> dict:
 def hf_config(model: SuperBert, cfg: SubnetConfig):
     """The family's plain config where it expresses the subnet, else an AutoDistilBertConfig with the
     family's conventions."""
-    from .nn.hf import AutoDistilBertConfig
+    from .hf_student import AutoDistilBertConfig
     c = model.config
     plain = families.plain_config(c, cfg.layers, cfg.hidden, cfg.heads, cfg.ffn)
     if plain is not None:
@@ -88,7 +88,7 @@ def _load_exactly(student, state: dict, what: str):
 def build_student(model: SuperBert, cfg: SubnetConfig):
     """A standalone HF model holding the subnet's weights: the family's plain class or AutoDistilBertModel."""
     from transformers import AutoModel
-    from .nn.hf import AutoDistilBertConfig
+    from .hf_student import AutoDistilBertConfig
     hc = hf_config(model, cfg)
     state = subnet_state_dict(model, cfg)
     if not isinstance(hc, AutoDistilBertConfig):

@@ -110,8 +110,8 @@ def teacher_hash(path: str) -> str:
 
 
 def shape_of(config) -> TeacherShape:
-    """(layers, hidden, heads, ffn) of any supported family's config (nn/families.py)."""
-    from .nn import families
+    """(layers, hidden, heads, ffn) of any supported family's config (autodistil/families.py)."""
+    from . import families
     return families.teacher_shape(config)
 
 
@@ -120,7 +120,7 @@ def read_family_config(path: str, name: str | None = None):
     config.json alone; an unsupported family or activation fails here, in one line."""
     import json
     from transformers import AutoConfig
-    from .nn import families
+    from . import families
     what = f"teacher '{name or path}'"
     try:
         raw = json.loads((Path(path) / "config.json").read_text())

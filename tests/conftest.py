@@ -15,11 +15,19 @@ from autodistil.space import Range, SearchSpace  # noqa: E402
 torch.set_num_threads(min(2, os.cpu_count() or 1))
 
 
+def pytest_addoption(parser):
+    parser.addoption("--figures", action="store_true", help="also run the long `figures` runs (a report's numbers)")
+
+
 def pytest_collection_modifyitems(config, items):
     has_gpu = torch.cuda.is_available()
     for it in items:
         if "gpu" in it.keywords and not has_gpu:
             it.add_marker(pytest.mark.skip(reason="needs a CUDA GPU"))
+        if "figures" in it.keywords and not config.getoption("--figures"):
+            it.add_marker(pytest.mark.skip(reason="a long run for a report's figures: pass --figures"))
+        if "multirank" in it.keywords:
+            it.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""Teacher families (autodistil/nn/families.py): BERT, RoBERTa, XLM-R, ELECTRA (with and without an
+"""Teacher families (autodistil/autodistil/families.py): BERT, RoBERTa, XLM-R, ELECTRA (with and without an
 embedding projection) and DistilBERT map exactly into the supernet, train, and export to their
 own plain Hugging Face class (or AutoDistilBertModel with their conventions). Tiny random models
 built offline from their configs, padded batches, fp32."""
@@ -14,7 +14,8 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 import autodistil  # noqa: F401  (registers AutoDistilBert with the Auto* factories)
 from autodistil.distill.train import TrainConfig, train_supernets
 from autodistil.export import STUDENT_META, export_first_layers, export_subnet
-from autodistil.nn import SuperBert, SuperBertConfig, TeacherNet, families, load_supernet
+from autodistil import families
+from autodistil.nn import SuperBert, SuperBertConfig, TeacherNet, load_supernet
 from autodistil.nn.rewire import Rewiring, rewired_teacher_state
 from autodistil.space import SubnetConfig, TeacherShape, teacher_space
 from autodistil.teacher import DEFAULT_TEACHER, check_teacher, load_teacher

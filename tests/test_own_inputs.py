@@ -54,6 +54,7 @@ def quick_start(tmp_path_factory, tiny_teacher_dir):
     return work, out
 
 
+@pytest.mark.slow
 def test_quick_start_runs_and_names_what_to_ship(quick_start):
     """Own CSV files with their own column names and string labels, a table from the target, a budget in
     ms: students that hold it (by the target's table), a report naming the folders to ship, ONNX
@@ -110,6 +111,7 @@ def _scaled_table(src: Path, dst: Path, k: float, device: str) -> dict:
     return t
 
 
+@pytest.mark.slow
 def test_a_table_from_another_device_drives_the_search(quick_start):
     """The same run folder searched again on a table of a device 3x slower: the budget now rules out the
     student the first table allowed, and the one chosen fits by the new table (train stays cached)."""
@@ -143,6 +145,7 @@ def test_a_table_from_another_device_drives_the_search(quick_start):
     assert "a slower target" in json.loads((run / "stages" / "profile.json").read_text())["output"]["device"]
 
 
+@pytest.mark.slow
 def test_sentence_pairs_end_to_end(tmp_path, tiny_teacher_dir):
     """A pair dataset in JSON lines with its own columns and string labels, profiled and measured on this
     machine: students fine-tuned on both texts, shipped with their label names."""

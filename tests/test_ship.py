@@ -16,7 +16,7 @@ def test_classifier_onnx_matches_torch_for_each_family(tmp_path, tokenizer, fami
     """A student of a family without token types (DistilBERT conventions in the AutoDistil class) takes
     token_type_ids in forward but its graph has no such input: the check feeds a graph only the inputs
     it has."""
-    from autodistil.nn.hf import AutoDistilBertConfig
+    from autodistil.hf_student import AutoDistilBertConfig
     torch.manual_seed(0)
     if family == "bert":
         cfg = transformers.BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=1,

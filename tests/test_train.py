@@ -145,7 +145,7 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
         assert torch.equal(p, q), n
 
 
-@pytest.mark.slow
+@pytest.mark.figures
 def test_few_hundred_steps_lower_heldout_relation_loss(tmp_path):
     """README figures: real teacher, Penn Treebank, the teacher-derived 'tiny' space, random init."""
     cfg = TrainConfig(out_dir=str(tmp_path / "run"), spaces=("tiny",), steps=300, batch_size=16, seq_len=128,

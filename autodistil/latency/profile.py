@@ -233,7 +233,7 @@ class ModelSpec:
 def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int, vocab: int = VOCAB,
                    max_position: int = 512, cls: str = "auto"):
     from transformers import BertConfig
-    from ..nn.hf import AutoDistilBertConfig
+    from ..hf_student import AutoDistilBertConfig
     if cls == "bert" and heads * head_dim != hidden:
         raise ValueError(f"a BertModel needs heads x head_dim == hidden ({heads} x {head_dim} != {hidden})")
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,

@@ -16,7 +16,7 @@ from transformers.utils import ModelOutput
 
 from .. import ops
 from ..space import SearchSpace, SubnetConfig, union_max
-from . import families
+from .. import families
 
 DEPTH_MAPPINGS = ("spaced", "first")
 CONVENTIONS = ("family", "positions", "vocab_size", "max_position", "type_vocab_size", "embedding_size",
@@ -26,7 +26,7 @@ CONVENTIONS = ("family", "positions", "vocab_size", "max_position", "type_vocab_
 @dataclass(frozen=True)
 class SuperBertConfig:
     """Maximum shape of the supernet (all subnets fit inside it) and the teacher family's
-    conventions (nn/families.py; the defaults are BERT's)."""
+    conventions (autodistil/families.py; the defaults are BERT's)."""
     layers: int
     hidden: int
     heads: int
@@ -355,7 +355,7 @@ class SuperBert(nn.Module):
     @torch.no_grad()
     def load_from_teacher(self, teacher_state: dict) -> None:
         """Initialise by slicing a teacher's state dict: its family's HF model (or task model) or a
-        SuperBert's, mapped to BertModel names by nn/families.py (leading slices; layer i <- teacher
+        SuperBert's, mapped to BertModel names by autodistil/families.py (leading slices; layer i <- teacher
         layer round(i * (L_t - 1) / (L_max - 1)) when depths differ). For importance-ordered
         slices pass nn.rewire.rewired_teacher_state(state, rewiring)."""
         sd = families.to_bert_names(teacher_state, self.config.family)

@@ -1,6 +1,6 @@
 """A standalone Hugging Face model for students their family's plain class cannot express: a Q/K/V
 width (heads x head_dim) other than the hidden size, or an ELECTRA embedding projection between
-equal widths. It carries the teacher family's conventions (nn/families.py): positions ("absolute"
+equal widths. It carries the teacher family's conventions (autodistil/families.py): positions ("absolute"
 or RoBERTa's "padded"), token types (type_vocab_size 0: none, DistilBERT), a fixed embedding width
 with a projection to the hidden size (ELECTRA), and a pooler or none; the defaults are BERT's, so
 folders written before these fields existed load unchanged. Registered with AutoConfig /

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 import torch
 
-from ..space import TeacherShape
+from .space import TeacherShape
 
 POSITIONS = ("absolute", "padded")
 GELU = "gelu"  # exact (erf) GELU in transformers' ACT2FN; "gelu_new" etc. are tanh approximations
