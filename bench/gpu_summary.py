@@ -41,11 +41,11 @@ GPU_PART_MODULES = ("autodistil", "autodistil.ops", "autodistil.ops.dispatch", "
                     "autodistil.nn", "autodistil.nn.teacher_net", "autodistil.distill.train",
                     "autodistil.distill.losses", "autodistil.data.text", "autodistil.latency.profile",
                     "autodistil.latency.predict", "transformers.models.bert.modeling_bert",
-                    "common", "bench_kernels", "bench_supernet_step", "gpu_latency",
-                    "autodistil.ops.cuda_attention", "conftest", "test_kernels", "test_superbert", "test_cuda_backend",
-                    "test_cuda_attention", "test_mixed_precision")
-OPTIONAL_MODULES = ("gpu_latency", "autodistil.ops.cuda_attention", "test_cuda_backend", "test_cuda_attention",
-                    "test_mixed_precision")  # other owners' files, maybe absent
+                    "autodistil.distill.graphs", "common", "bench_kernels", "bench_supernet_step", "gpu_latency",
+                    "conftest", "test_kernels", "test_superbert", "test_cuda_backend", "test_cuda_attention",
+                    "test_mixed_precision", "test_graphs")
+OPTIONAL_MODULES = ("gpu_latency", "test_cuda_backend", "test_cuda_attention", "test_mixed_precision",
+                    "test_graphs")  # other owners' files, maybe absent
 ROOT = Path(__file__).resolve().parent.parent
 
 
