@@ -58,6 +58,22 @@ def test_refresh_lowp_shadows_writes_in_place_whatever_the_key():
     assert lowp_shadow(lin.weight, BF16) is s1 and shadow_refreshes() == n
 
 
+def test_frozen_parameter_shadow_survives_optimizer_steps_elsewhere():
+    """A frozen parameter without a gradient (a teacher's) cannot be stepped: another model's optimizer
+    step does not refresh its shadow (which would cost a full copy per training step), an in-place
+    write (version bump) still does."""
+    frozen, lin = torch.nn.Linear(6, 8).requires_grad_(False), torch.nn.Linear(6, 8)
+    s = lowp_shadow(frozen.weight, BF16)
+    o = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    lin(torch.randn(3, 6)).sum().backward()
+    o.step()
+    n = shadow_refreshes()
+    assert lowp_shadow(frozen.weight, BF16) is s and shadow_refreshes() == n
+    with torch.no_grad():
+        frozen.weight.mul_(2.0)
+    assert torch.equal(lowp_shadow(frozen.weight, BF16), frozen.weight.to(BF16)) and shadow_refreshes() == n + 1
+
+
 def test_data_writes_are_invisible_until_invalidated():
     """A write through .data bumps no version counter and takes no optimizer step: the cache keeps
     the old copy (the documented limitation) until invalidate_lowp_shadow drops it."""

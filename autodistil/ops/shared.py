@@ -172,7 +172,10 @@ def _opt_steps() -> int:
 
 
 def _shadow_key(param: torch.Tensor) -> tuple:
-    return (param._version, _opt_steps(), param.data_ptr(), tuple(param.shape), param.device)
+    """What a shadow was made from. A frozen parameter without a gradient (a teacher's) cannot be
+    stepped by an optimizer, so the optimizer-step counter does not invalidate its shadow."""
+    frozen = not param.requires_grad and param.grad is None
+    return (param._version, None if frozen else _opt_steps(), param.data_ptr(), tuple(param.shape), param.device)
 
 
 _REFRESHES = 0          # shadows built or refreshed in this process (a statistic; see shadow_refreshes)
@@ -194,7 +197,8 @@ def _refreshable(shadow: torch.Tensor, param: torch.Tensor) -> bool:
 def lowp_shadow(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """A full-size copy of `param` in `dtype` (the caller slices it), cached on the parameter and
     refreshed when its version counter, storage or shape changes or any torch.optim optimizer took a
-    step: an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
+    step (the last only for a parameter that requires grad or has one: a frozen teacher's shadow is
+    made once): an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
     all refresh it, so within one optimizer step every sandwich member and every backward dX share
     one copy. A refresh writes into the existing copy when the shape and device still match (its
     address stays the same: CUDA graphs read it by address); otherwise a new copy is made.
