@@ -296,16 +296,18 @@ def config_label(cfg) -> str:
     return f"{k['BM']}x{k['BN']}x{k['BK']} w{cfg.num_warps} s{cfg.num_stages}"
 
 
-def chosen_configs(n: int, o: int, i: int) -> dict:
+def chosen_configs(n: int, o: int, i: int, weight_dtype: torch.dtype | None = None) -> dict:
     """The configs chosen so far for the three products of a sliced linear with n tokens and slice
-    (o, i): {"fwd": ..., "dx": ..., "dw": ...} as config_label strings (one entry per key, weight
-    dtypes and epilogues apart; dW with its split-K factor on this device), for benchmark output."""
+    (o, i): {"fwd": ..., "dx": ..., "dw": ...} as config_label strings with the B operand's dtype (one
+    entry per key, epilogues apart; dW with its split-K factor on this device), for benchmark output.
+    weight_dtype: only the forward and dX keys that read the weight in that dtype (the shadow's, or
+    fp32 for "cast")."""
     out: dict = {}
     for key, cfg in _TUNER.best.items():
         M, N, K, acc = key[0], key[1], key[2], key[-1]
         kind = ("dw" if acc and (M, N, K) == (o, i, n) else "fwd" if not acc and (M, N, K) == (n, o, i)
                 else "dx" if not acc and (M, N, K) == (n, i, o) else None)
-        if kind is None:
+        if kind is None or (kind != "dw" and weight_dtype is not None and key[7] != weight_dtype):
             continue
         lab = f"{config_label(cfg)} B:{str(key[7]).replace('torch.', '')}"
         if kind == "dw":
