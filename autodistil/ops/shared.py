@@ -83,8 +83,12 @@ def delivers_inplace(p: torch.Tensor | None) -> bool:
 
 
 def _grad_slot(p: torch.Tensor) -> torch.Tensor:
-    """The parameter's full-size .grad, created once (zeros) if absent."""
+    """The parameter's full-size .grad, created once (zeros) if absent. Never inside CUDA graph capture:
+    the graph would re-zero it at every replay (an eager run of the same code creates it first)."""
     if p.grad is None:
+        if p.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"a gradient of shape {tuple(p.shape)} would be created inside CUDA graph capture; "
+                               f"run the captured code once eagerly first (warm-up) so every gradient exists")
         p.grad = torch.zeros_like(p)
     return p.grad
 
