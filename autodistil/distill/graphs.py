@@ -230,23 +230,28 @@ class SandwichGraphs:
 
     # --- addresses the graphs hold ------------------------------------------------------------
     def _addresses(self) -> tuple:
-        ps = self.params
-        return (tuple(p.data_ptr() for p in ps), tuple(0 if p.grad is None else p.grad.data_ptr() for p in ps),
-                tuple(s.data_ptr() for s in ops_shared.lowp_shadows(ps)), self.ids.data_ptr(), self.mask.data_ptr())
+        """Per parameter (its storage, its gradient's or 0, its shadows'), then the static buffers."""
+        return (tuple((p.data_ptr(), 0 if p.grad is None else p.grad.data_ptr(),
+                       tuple(s.data_ptr() for s in ops_shared.lowp_shadows([p]))) for p in self.params),
+                self.ids.data_ptr(), self.mask.data_ptr())
 
     def _check_addresses(self) -> None:
+        """Everything the graphs hold is where it was at the last capture. A gradient or shadow that
+        appeared since (none at capture: no graph holds it) is not a move."""
         if self.addresses is None:
             return
         now = self._addresses()
         if now == self.addresses:
             return
-        was, names = self.addresses, [n for n, _ in self.named]
-        moved = [f"parameter {n}" for n, a, b in zip(names, was[0], now[0]) if a != b]
-        # a gradient that appeared since (None at capture) is not held by any graph
-        moved += [f"gradient of {n}" for n, a, b in zip(names, was[1], now[1]) if a and a != b]
-        if was[2] != now[2]:
-            moved.append("a low-precision weight shadow")
-        if was[3:] != now[3:]:
+        moved = []
+        for (n, _), (p0, g0, s0), (p1, g1, s1) in zip(self.named, self.addresses[0], now[0]):
+            if p0 != p1:
+                moved.append(f"parameter {n}")
+            elif g0 and g0 != g1:
+                moved.append(f"gradient of {n}")
+            elif s0 and s0 != s1[:len(s0)]:
+                moved.append(f"the low-precision shadow of {n}")
+        if self.addresses[1:] != now[1:]:
             moved.append("the static input buffers")
         if moved:
             raise RuntimeError(f"cuda_graphs: {moved[0]} moved since capture ({len(moved)} tensors moved): the graphs "
