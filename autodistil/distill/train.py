@@ -451,15 +451,17 @@ class SupernetTrainer:
                 member_loss = self.graphs.run(ids, mask, members)
             else:
                 member_loss = self._eager_members(ids.to(self.device), mask.to(self.device), members)
-            # detached device scalars, read once after the sandwich: reading each with float() would make
-            # the host wait for the GPU after every member (no launch overlap)
-            losses = dict(zip((name for name, _ in members), _all_means(torch.stack(member_loss), self.device)))
+            stacked = torch.stack(member_loss)
             if self.engine is None:  # outside the graphs
                 gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
                 self.opt.step()
                 self.sched.step()
             else:
                 gn = self.engine.get_global_grad_norm()
+            # the detached losses and the norm are read once, after the optimizer step was launched: a
+            # read per member, or before the step, would make the host wait for the GPU with work left
+            # to launch
+            losses = dict(zip((name for name, _ in members), _all_means(stacked, self.device)))
             gn = float(gn) if gn is not None else None
         self.step += 1
         dt = time.perf_counter() - t0
