@@ -219,6 +219,12 @@ def profile_pending(budget, save) -> None:
         save()
 
 
+def _operand_note(be: str) -> str:
+    if be.endswith("_cast"):
+        return "; forward/dX read fp32 tiles of W cast in registers"
+    return "; forward/dX read the cached bf16 shadow of W" if "triton" in be else ""
+
+
 def _triton_configs(n, o, i, weight_dtype) -> str:
     """'fwd ...; dx ...; dw ...': the Triton configs chosen for the three products of this shape."""
     from autodistil.kernels.sliced_linear import chosen_configs
@@ -296,15 +302,14 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
             return fn
 
         variants = {"cublas_contiguous": (cublas, None, f"a ready bf16 copy of the slice; {dw_note}"),
-                    "cublas_cast_per_call": (cublas_cast, None, f"bf16 cast of the fp32 master slice per call; "
-                                                                f"{dw_note}"),
+                    "cublas_cast_per_call": (cublas_cast, None,
+                                             f"bf16 cast of the fp32 master slice per call; {dw_note}"),
                     "torch_F.linear_on_slice": (torch_slice, None, "autocast bf16, fp32 master W, autograd")}
         for be in impls:
             if be.startswith("autodistil_"):
                 variants[be] = (ours(be.split("_", 1)[1]), diff(be.split("_", 1)[1]),
                                 "autocast bf16, fp32 master W, dW into W.grad[:o, :i]"
-                                + ("; forward/dX read fp32 tiles of W cast in registers" if be.endswith("_cast")
-                                   else "; forward/dX read the cached bf16 shadow of W" if "triton" in be else ""))
+                                + _operand_note(be))
         line = {}
         for v, (fn, check, note) in variants.items():
             if v not in impls or (name, str(o), str(i), v) in done:
@@ -429,7 +434,8 @@ def main(argv=None):
         else:
             print(f"backend {be}: not measured ({status[be]})")
     # the cast variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
-    cast = ["autodistil_triton_cast"] if "autodistil_triton" in ours and "autodistil_triton" not in a.exclude else []
+    tri = "autodistil_triton" in ours and "autodistil_triton" not in a.exclude
+    cast = ["autodistil_triton_cast"] if tri else []
     lin = [v for v in ["cublas_contiguous", "cublas_cast_per_call", "torch_F.linear_on_slice", *ours, *cast]
            if v not in a.exclude]
     att = [v for v in ["torch_sdpa", *ours] if v not in a.exclude]

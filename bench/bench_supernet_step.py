@@ -264,8 +264,9 @@ def finish_row(tr, m: Mode, a, base_mb: float, device: str) -> dict:
              extra_peak_mb=round(extra, 1), peak_mb=round(base_mb + own + extra, 1))
     if m.graphs is not None:
         st = m.graphs.stats()
-        r.update(graph_pool_mb=st["pool_mb"], member_graphs=st["member_graphs"], random_graphs=st["random_graphs"],
-                 **{f"last_pass_{k}": v for k, v in m.graph_counts.items()})
+        r.update(graph_pool_mb=st["pool_mb"], member_graphs=st["member_graphs"],
+                 random_graphs=st["random_graphs"])
+        r.update({f"last_pass_{k}": v for k, v in m.graph_counts.items()})
     return r
 
 
@@ -304,7 +305,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="steps per pass (warm-up passes and timed passes)")
-    ap.add_argument("--repeats", type=int, default=5, help="timed rounds, each one pass of every mode (median)")
+    ap.add_argument("--repeats", type=int, default=5,
+                    help="timed rounds, each one pass of every mode (median)")
     ap.add_argument("--teacher-layers", type=int, default=12)
     ap.add_argument("--vocab", type=int, default=30522, help="vocabulary size (smaller only for a quick smoke test)")
     ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
@@ -326,7 +328,8 @@ def main(argv=None):
         return 2
     budget = Budget(a.budget_s)
     out = Path(a.out) if a.out else RESULTS / f"supernet_step_{a.device}.csv"
-    names = [m for m in (a.modes or (CUDA_DEFAULT if a.device == "cuda" else CPU_DEFAULT)) if m not in a.exclude]
+    names = a.modes or (CUDA_DEFAULT if a.device == "cuda" else CPU_DEFAULT)
+    names = [m for m in names if m not in a.exclude]
     status = ops.backend_status()
     print("backends:", status, flush=True)
     rows, done = [], set()
@@ -361,8 +364,9 @@ def main(argv=None):
                     m.extra = cpu_extra_mb(tr, m, snap)
                 finished.append(m)
                 rows.append(finish_row(tr, m, a, base_mb, a.device))
-                print({k: m.row.get(k) for k in ("mode", "status", "tokens_per_s", "passes", "peak_mb", "own_mb",
-                                                 "extra_peak_mb", "loss_step0", "warmup_s")}, flush=True)
+                keys = ("mode", "status", "tokens_per_s", "passes", "peak_mb", "own_mb", "extra_peak_mb",
+                        "loss_step0", "warmup_s")
+                print({k: m.row.get(k) for k in keys}, flush=True)
         save()
 
     try:
@@ -370,7 +374,8 @@ def main(argv=None):
         for name in names:  # warm-up, mode by mode
             if name in done:
                 continue
-            row = {**info, "mode": name, "backend": backend_of(name), "cuda_graphs": name.startswith("graphs_"),
+            row = {**info, "mode": name, "backend": backend_of(name), 
+                   "cuda_graphs": name.startswith("graphs_"),
                    "grad_delivery": "autograd (full-size slice grads)" if name == "naive" else "inplace"}
             if name != "naive" and status[backend_of(name)] != "ok":
                 rows.append({**row, "status": f"unavailable: {status[backend_of(name)]}"})
@@ -404,7 +409,8 @@ def main(argv=None):
             return context_lost(lost.name)
         finish()
         if a.device == "cuda" and not a.no_gpu_busy:
-            profile_modes(tr, snap, a, [m.row for m in finished], budget, save, {m.name: m.graphs for m in finished})
+            profile_modes(tr, snap, a, [m.row for m in finished], budget, save,
+                          {m.name: m.graphs for m in finished})
     except KeyboardInterrupt:
         print("interrupted by the time box; rows so far are in", out)
         with contextlib.suppress(BaseException):  # keep what was timed; a second interrupt just stops
@@ -415,9 +421,9 @@ def main(argv=None):
         nv = ok["naive"]
         for name, r in ok.items():
             if name != "naive":
-                print(f"{name}: {float(r['tokens_per_s']) / float(nv['tokens_per_s']):.2f}x naive tokens/s, peak "
-                      f"{r['peak_mb']} MiB vs naive {nv['peak_mb']} MiB (extra {r['extra_peak_mb']} vs "
-                      f"{nv['extra_peak_mb']})")
+                x = float(r["tokens_per_s"]) / float(nv["tokens_per_s"])
+                print(f"{name}: {x:.2f}x naive tokens/s, peak {r['peak_mb']} MiB vs naive {nv['peak_mb']} "
+                      f"MiB (extra {r['extra_peak_mb']} vs {nv['extra_peak_mb']})")
     print(write_csv(out, rows))
     return 0
 

@@ -175,7 +175,8 @@ class PlainSlicing(torch.nn.Module):
             atts.append(probs)
         pooled = torch.tanh(lin(x[:, 0], m.pooler.dense, h, h))                        # (B, h)
         return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
-                               tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
+                               tuple(qkvs) if output_qkv else None,
+                               tuple(atts) if output_attentions else None)
 
 
 class Budget:

@@ -209,7 +209,8 @@ bench_with_rerun() {  # bench_with_rerun SCRIPT OUTFILE MARGIN_S [ARGS...]
     for k in 1 2 3; do
         local budget=$(( $(part_left) - margin ))
         if [ $budget -lt 5 ]; then echo "no time left for another try"; return 124; fi
-        boxed 100000 "$PY" "$script" --out "$out" --budget-s "$budget" "${extra[@]}" "${args[@]}" 2>&1 | tee "$TMPD/last.out"
+        boxed 100000 "$PY" "$script" --out "$out" --budget-s "$budget" "${extra[@]}" "${args[@]}" 2>&1 \
+            | tee "$TMPD/last.out"
         rc=${PIPESTATUS[0]}
         [ "$rc" != 3 ] && return "$rc"
         culprit=$(grep -o 'CONTEXT_LOST culprit=[^ ]*' "$TMPD/last.out" | tail -1 | cut -d= -f2)
@@ -225,7 +226,9 @@ kernels() { bench_with_rerun bench/bench_kernels.py "$OUTDIR/kernels_gpu.csv" 12
 # the step's modes in order of priority (a mode past the budget is skipped): naive and the graphed
 # step first, Triton after the others (its first steps compile and tune)
 STEP_MODES=(naive graphs_cuda cuda triton graphs_triton torch)
-step() { bench_with_rerun bench/bench_supernet_step.py "$OUTDIR/supernet_step_gpu.csv" 8 --modes "${STEP_MODES[@]}"; }
+step() {
+    bench_with_rerun bench/bench_supernet_step.py "$OUTDIR/supernet_step_gpu.csv" 8 --modes "${STEP_MODES[@]}"
+}
 part kernels kernels
 part step step
 

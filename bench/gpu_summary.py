@@ -48,7 +48,8 @@ GPU_PART_MODULES = ("autodistil", "autodistil.ops", "autodistil.ops.dispatch", "
                     "autodistil.nn", "autodistil.nn.teacher_net", "autodistil.distill.train",
                     "autodistil.distill.losses", "autodistil.data.text", "autodistil.latency.profile",
                     "autodistil.latency.predict", "transformers.models.bert.modeling_bert",
-                    "autodistil.distill.graphs", "common", "bench_kernels", "bench_supernet_step", "gpu_latency",
+                    "autodistil.distill.graphs", "common", "bench_kernels", "bench_supernet_step",
+                    "gpu_latency",
                     "conftest", "test_kernels", "test_superbert", "test_cuda_backend", "test_cuda_attention",
                     "test_mixed_precision", "test_graphs")
 OPTIONAL_MODULES = ("gpu_latency", "test_cuda_backend", "test_cuda_attention", "test_mixed_precision",
@@ -284,7 +285,8 @@ def kernel_targets(rows, backends: dict) -> tuple[list, dict]:
                     vf = geomean([e[f"ratio_{be}_vs_F.linear{suf}"] for e in eager])
                     t["detail"] += f"; vs F.linear on the slice {vf:.2f}x" if vf else ""
                     vc = geomean([e[f"ratio_{be}_vs_cast{suf}"] for e in eager])
-                    t["detail"] += f"; vs cuBLAS with a per-call cast of the fp32 master {vc:.2f}x" if vc else ""
+                    if vc:
+                        t["detail"] += f"; vs cuBLAS with a per-call cast of the fp32 master {vc:.2f}x"
             targets.append(t)
     return targets, tables
 
@@ -352,19 +354,24 @@ def _mem(r) -> str:
     return f"peak {pk:.0f} MiB (base {b:.0f} + own {o:.0f} + extra {e:.0f})"
 
 
+NO_STEP_CSV = "no supernet_step_gpu.csv (part not run or produced nothing)"
+
+
 def graph_step_targets(rows) -> list:
     """A graph mode (cuda_graphs) against naive eager slicing: tokens/s, peak memory, GPU-busy share."""
     out = []
     ok = {r["mode"]: r for r in rows or [] if r.get("status") == "ok"}
     naive = ok.get("naive")
     for mode in STEP_GRAPH_MODES:
-        t = {"name": f"step_{mode}", "what": f"supernet step, {mode.split('_', 1)[1]} backend with CUDA graphs vs naive "
-                                           f"eager slicing (tokens/s; peak memory; GPU-busy share)",
-             "target": f">= {GRAPH_TARGET:.1f}x, peak no higher, busy >= {GRAPH_BUSY_TARGET:.0%}", "value": None}
+        be = mode.split("_", 1)[1]
+        t = {"name": f"step_{mode}", "value": None,
+             "what": f"supernet step, {be} backend with CUDA graphs vs naive eager slicing "
+                     f"(tokens/s; peak memory; GPU-busy share)",
+             "target": f">= {GRAPH_TARGET:.1f}x, peak no higher, busy >= {GRAPH_BUSY_TARGET:.0%}"}
         r = ok.get(mode)
         other = next((x for x in rows or [] if x.get("mode") == mode), None)
         if rows is None:
-            t.update(verdict="not measured", detail="no supernet_step_gpu.csv (part not run or produced nothing)")
+            t.update(verdict="not measured", detail=NO_STEP_CSV)
         elif naive is None:
             t.update(verdict="not measured", detail="the naive baseline was not measured")
         elif r is None:
@@ -385,7 +392,8 @@ def graph_step_targets(rows) -> list:
             t["detail"] = (f"{_num(r['tokens_per_s']):.0f} vs {_num(naive['tokens_per_s']):.0f} tokens/s; "
                            f"{_mem(r)} vs naive {_mem(naive)}"
                            f" ({'no higher' if lower_mem else 'HIGHER' if mem_known else '?'})"
-                           f"; {busy_txt}; graphs {r.get('member_graphs', '?')} (pool {r.get('graph_pool_mb', '?')} MiB)"
+                           f"; {busy_txt}; graphs {r.get('member_graphs', '?')} "
+                           f"(pool {r.get('graph_pool_mb', '?')} MiB)"
                            f", last pass replayed {r.get('last_pass_replayed', '?')}, captured "
                            f"{r.get('last_pass_captured', '?')}, eager {r.get('last_pass_eager', '?')}")
         out.append(t)
@@ -486,20 +494,24 @@ def to_markdown(s: dict) -> str:
     if lin:
         L += ["", "## Sliced linear fwd+bwd (bf16, 4096 tokens; ms median, eager / GPU-only from a CUDA graph; "
               "ratio = cuBLAS on a ready bf16 copy / ours)", "",
-              "| shape | o | i | cuBLAS (bf16 copy) | cuBLAS (cast per call) | F.linear slice | triton (bf16 shadow) | "
-              "triton (fp32 cast) | cuda | triton ratio | triton cast ratio | cuda ratio |",
+              "| shape | o | i | cuBLAS (bf16 copy) | cuBLAS (cast per call) | F.linear slice | "
+              "triton (bf16 shadow) | triton (fp32 cast) | cuda | triton ratio | triton cast ratio | "
+              "cuda ratio |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         L += [f"| {e['shape']} | {e['o']} | {e['i']} | {_pair(e, 'cublas_contiguous')} | "
               f"{_pair(e, 'cublas_cast_per_call')} | {_pair(e, 'torch_F.linear_on_slice')} | "
-              f"{_pair(e, 'autodistil_triton')} | {_pair(e, 'autodistil_triton_cast')} | {_pair(e, 'autodistil_cuda')} | "
-              f"{_pair(e, 'ratio_triton', 2)} | {_pair(e, 'ratio_triton_cast', 2)} | {_pair(e, 'ratio_cuda', 2)} |"
+              f"{_pair(e, 'autodistil_triton')} | {_pair(e, 'autodistil_triton_cast')} | "
+              f"{_pair(e, 'autodistil_cuda')} | {_pair(e, 'ratio_triton', 2)} | "
+              f"{_pair(e, 'ratio_triton_cast', 2)} | {_pair(e, 'ratio_cuda', 2)} |"
               for e in lin]
         cfgs = [e for e in lin if e.get("triton_config")]
         if cfgs:
-            L += ["", "## Triton configs chosen per shape (BMxBNxBK warps stages, B operand dtype, dW split-K)", "",
+            L += ["", "## Triton configs chosen per shape "
+                      "(BMxBNxBK warps stages, B operand dtype, dW split-K)", "",
                   "| shape | o | i | triton (bf16 shadow) | triton (fp32 cast) |", "|---|---|---|---|---|"]
-            L += [f"| {e['shape']} | {e['o']} | {e['i']} | {_cell(e['triton_config'].get('autodistil_triton', '-'))} | "
-                  f"{_cell(e['triton_config'].get('autodistil_triton_cast', '-'))} |" for e in cfgs]
+            tc = lambda e, im: _cell(e["triton_config"].get(im, "-"))  # noqa: E731
+            L += [f"| {e['shape']} | {e['o']} | {e['i']} | {tc(e, 'autodistil_triton')} | "
+                  f"{tc(e, 'autodistil_triton_cast')} |" for e in cfgs]
     att = s["kernel_tables"].get("attention_fwd_bwd") or []
     if att:
         L += ["", "## Attention fwd+bwd (bf16, B=32, T=128, d=64, same padding mask; ms median, eager / GPU-only; "
@@ -527,8 +539,9 @@ def to_markdown(s: dict) -> str:
             return (f"{r.get('member_graphs')} graphs, pool {r.get('graph_pool_mb')} MiB; last pass "
                     f"{r.get('last_pass_replayed')}/{r.get('last_pass_captured')}/{r.get('last_pass_eager')}")
         L += ["", "## Supernet step (sandwich of 4, bf16 autocast, AdamW; modes alternate within rounds)", "",
-              "| mode | status | tokens/s (median pass) | x naive | slowest-fastest pass | GPU busy per step of wall "
-              "(share) | peak MiB (base + own + extra) | graphs (replayed/captured/eager) | step-0 loss |",
+              "| mode | status | tokens/s (median pass) | x naive | slowest-fastest pass | "
+              "GPU busy per step of wall (share) | peak MiB (base + own + extra) | "
+              "graphs (replayed/captured/eager) | step-0 loss |",
               "|---|---|---|---|---|---|---|---|---|"]
         L += [f"| {r.get('mode')} | {_cell(r.get('status'))} | {r.get('tokens_per_s', '')} | {x_naive(r)} | "
               f"{(str(r.get('tokens_per_s_slowest')) + '-' + str(r.get('tokens_per_s_fastest'))) if r.get('tokens_per_s_slowest') else '-'} | "
@@ -543,7 +556,9 @@ def to_markdown(s: dict) -> str:
 def _peak_cell(r) -> str:
     pk = _num(r.get("peak_mb"))
     if pk is None:
-        return f"extra {r.get('extra_peak_mb', '-')}, base {r.get('base_mb', '-')}" if r.get("extra_peak_mb") else "-"
+        if not r.get("extra_peak_mb"):
+            return "-"
+        return f"extra {r.get('extra_peak_mb', '-')}, base {r.get('base_mb', '-')}"
     return f"{pk:.0f} ({_fmt(_num(r.get('base_mb')), 0)} + {_fmt(_num(r.get('own_mb')), 0)} + " \
            f"{_fmt(_num(r.get('extra_peak_mb')), 0)})"
 

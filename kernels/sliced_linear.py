@@ -218,7 +218,8 @@ class _Tuner:
         if sms is not None and (not isinstance(sms, int) or sms < 1):
             raise ValueError(f"autotune: sms must be a positive int or None, got {sms!r}")
         if smem_limit is not None and (not isinstance(smem_limit, int) or smem_limit < 1):
-            raise ValueError(f"autotune: smem_limit must be a positive int (bytes) or None, got {smem_limit!r}")
+            raise ValueError(f"autotune: smem_limit must be a positive int (bytes) or None, "
+                             f"got {smem_limit!r}")
         self.configs, self.fp32_configs = list(configs), list(fp32_configs)
         self.do_bench = do_bench
         self.sms = sms
@@ -353,9 +354,9 @@ def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, 
         if key not in tuner.best:
             many = len(tuner.candidates(a.dtype, b.dtype, c.device)) > 1
             scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if many else c
+            sc = (scratch.stride(0), scratch.stride(1))
             tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, scratch, bias, None, M, N, K, strides_a, strides_b,
-                                                (scratch.stride(0), scratch.stride(1)), act, False, sms, True),
-                       b.dtype, c.device)
+                                                sc, act, False, sms, True), b.dtype, c.device)
         cfg = tuner.best[key]
     else:  # a fresh output: rerunning the launch while timing it is harmless
         cfg = tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b,

@@ -103,20 +103,21 @@ def test_gpu_check_step_part_runs_the_graphed_step_within_its_box(tmp_path):
            "PYTHON": str(fake), "GPU_CHECK_PARTS": "step"}
     env.pop("GPU_CHECK_TOTAL_S", None)
     out = tmp_path / "out"
-    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True, env=env,
-                       timeout=120, cwd=tmp_path)
+    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True,
+                       env=env, timeout=120, cwd=tmp_path)
     step = [c for c in calls.read_text().splitlines() if "bench_supernet_step.py" in c]
     assert len(step) == 1, p.stdout + p.stderr
     args = step[0].split()
     modes = args[args.index("--modes") + 1:]
-    assert modes[:2] == ["naive", "graphs_cuda"] and {"graphs_triton", "cuda", "triton", "torch"} <= set(modes)
+    assert modes[:2] == ["naive", "graphs_cuda"]
+    assert {"graphs_triton", "cuda", "triton", "torch"} <= set(modes)
     log = (out / "gpu_check.log").read_text()
     rec = next(json.loads(line[len("@@part "):]) for line in log.splitlines()
                if line.startswith("@@part ") and '"step"' in line)
     budget = float(args[args.index("--budget-s") + 1])
     assert rec["rc"] == 0 and 0 < budget < rec["box_s"] <= 110, (rec, budget)
-    total = next(int(line.split(":-")[1].rstrip("}")) for line in (BENCH / "gpu_check.sh").read_text().splitlines()
-                 if line.startswith("TOTAL="))
+    script = (BENCH / "gpu_check.sh").read_text().splitlines()
+    total = next(int(line.split(":-")[1].rstrip("}")) for line in script if line.startswith("TOTAL="))
     assert total <= 300
 
 
@@ -282,7 +283,8 @@ def test_kernel_benchmark_code_paths_on_cpu(tmp_path):
     want = [("sliced_linear_fwd_bwd", "cublas_contiguous"), ("sliced_linear_fwd_bwd", "cublas_cast_per_call"),
             ("sliced_linear_fwd_bwd", "torch_F.linear_on_slice"), ("attention_fwd_bwd", "torch_sdpa")]
     if bench_kernels.ops.backend_status()["triton"] == "ok":
-        want += [("sliced_linear_fwd_bwd", "autodistil_triton"), ("sliced_linear_fwd_bwd", "autodistil_triton_cast"),
+        want += [("sliced_linear_fwd_bwd", "autodistil_triton"),
+                 ("sliced_linear_fwd_bwd", "autodistil_triton_cast"),
                  ("attention_fwd_bwd", "autodistil_triton")]
         for v, b_dtype in (("autodistil_triton", "float16"), ("autodistil_triton_cast", "float32")):
             cfg = got[("sliced_linear_fwd_bwd", v)]["triton_config"]
@@ -423,13 +425,15 @@ def test_summary_judges_the_graphed_step_and_shows_its_columns(tmp_path):
     naive = {"mode": "naive", "status": "ok", "tokens_per_s": "1000", "step_s": "0.2", "base_mb": "2000",
              "own_mb": "0", "extra_peak_mb": "2000", "peak_mb": "4000", "gpu_busy_ms_per_step": "30",
              "gpu_busy_share": "0.15"}
-    graphed = {"mode": "graphs_cuda", "status": "ok", "tokens_per_s": "2000", "step_s": "0.1", "base_mb": "2000",
-               "own_mb": "1500", "extra_peak_mb": "100", "peak_mb": "3600", "gpu_busy_ms_per_step": "80",
-               "gpu_busy_share": "0.8", "member_graphs": "6", "graph_pool_mb": "1400", "last_pass_replayed": "8",
-               "last_pass_captured": "0", "last_pass_eager": "0"}
+    graphed = {"mode": "graphs_cuda", "status": "ok", "tokens_per_s": "2000", "step_s": "0.1",
+               "base_mb": "2000", "own_mb": "1500", "extra_peak_mb": "100", "peak_mb": "3600",
+               "gpu_busy_ms_per_step": "80", "gpu_busy_share": "0.8", "member_graphs": "6",
+               "graph_pool_mb": "1400", "last_pass_replayed": "8", "last_pass_captured": "0",
+               "last_pass_eager": "0"}
 
     def verdict(**kw):
-        t = {x["name"]: x for x in gpu_summary.graph_step_targets([naive, {**graphed, **kw}])}["step_graphs_cuda"]
+        ts = {x["name"]: x for x in gpu_summary.graph_step_targets([naive, {**graphed, **kw}])}
+        t = ts["step_graphs_cuda"]
         return t["verdict"], t["value"], t["detail"]
     v, val, detail = verdict()
     assert v == "pass" and val == 2.0 and "peak 3600 MiB (base 2000 + own 1500 + extra 100)" in detail
@@ -458,7 +462,8 @@ def test_summary_judges_the_graphed_step_and_shows_its_columns(tmp_path):
         w.writerows(krows + extra)
     s = gpu_summary.write_summary(d)
     assert {x["name"]: x for x in s["targets"]}["step_graphs_cuda"]["verdict"] == "pass"
-    assert "per-call cast of the fp32 master 2.00x" in {x["name"]: x for x in s["targets"]}["linear_triton"]["detail"]
+    lin = {x["name"]: x for x in s["targets"]}["linear_triton"]
+    assert "per-call cast of the fp32 master 2.00x" in lin["detail"]
     md = (d / "summary.md").read_text()
     assert "| graphs_cuda | ok | 2000 | 2.00x |" in md and "| 3600 (2000 + 1500 + 100) |" in md
     assert "6 graphs, pool 1400 MiB; last pass 8/0/0" in md
@@ -556,8 +561,8 @@ def test_step_profiled_passes_fill_rows_and_report_failures(monkeypatch):
     a = argparse.Namespace(steps=2)
     rows = [{"mode": "naive", "step_s": "0.2"}, {"mode": "cuda", "step_s": "0.25"}]
     real = b.gpu_busy
-    monkeypatch.setattr(b, "gpu_busy", lambda tr, mode, snap, a, graphs=None: (seen.append(mode),
-                                                                             real(tr, mode, snap, a, graphs))[1])
+    monkeypatch.setattr(b, "gpu_busy", lambda tr, mode, snap, a, graphs=None: (
+        seen.append(mode), real(tr, mode, snap, a, graphs))[1])
     monkeypatch.setattr(b, "plain_model", lambda m: m)
     saves = []
     b.profile_modes(tr, None, a, rows, b.Budget(None), lambda: saves.append(1))

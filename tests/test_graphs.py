@@ -35,8 +35,8 @@ def _trainer(teacher_dir, tmp_path, name, space=SPACE, device="cpu", batch=4, se
     from autodistil.teacher import load_teacher
     hf, _, info = load_teacher(str(teacher_dir), with_tokenizer=False)
     base = dict(teacher=str(teacher_dir), out_dir=str(tmp_path / name), spaces=("tiny",), steps=1000,
-                batch_size=batch, seq_len=seq, init="random", lr=3e-3, warmup_steps=1, n_random=2, device=device,
-                eval_every=10**6, ckpt_every=10**6)
+                batch_size=batch, seq_len=seq, init="random", lr=3e-3, warmup_steps=1, n_random=2,
+                device=device, eval_every=10**6, ckpt_every=10**6)
     base.update(kw)
     cfg = TrainConfig(**base)
     g = torch.Generator().manual_seed(0)
@@ -143,7 +143,8 @@ def test_addresses_of_grads_shadows_and_buffers_stay_the_same(tiny_teacher_dir, 
         tr.train_step()
         assert all(p.grad is grads[n][0] and p.grad.data_ptr() == grads[n][1] for n, p in named)
         now = shared.lowp_shadows(tr.model.parameters())
-        assert len(now) == len(shadows) and all(s is t and s.data_ptr() == ptr for (t, ptr), s in zip(shadows, now))
+        assert len(now) == len(shadows)
+        assert all(s is t and s.data_ptr() == ptr for (t, ptr), s in zip(shadows, now))
         assert (g.ids.data_ptr(), g.mask.data_ptr()) == bufs
     p = next(p for _, p in named if p.dim() == 2)
     shadow = shared.lowp_shadow(p, torch.bfloat16)
@@ -166,8 +167,8 @@ def test_warm_up_tunes_every_triton_key_before_capture(tiny_teacher_dir, tmp_pat
     timed = []
     old = sl.configure_autotune(cfgs, lambda fn: (fn(), timed.append(1), float(len(timed) % 2))[2])
     try:
-        tr = _trainer(tiny_teacher_dir, tmp_path, "tri", space=TINY, batch=2, seq=8, n_random=0, backend="triton",
-                      graphs=False)
+        tr = _trainer(tiny_teacher_dir, tmp_path, "tri", space=TINY, batch=2, seq=8, n_random=0,
+                      backend="triton", graphs=False)
         tr.train_step()                                   # warm-up: both members eager
         keys = sl.tuned_keys()
         assert timed and len(keys) >= 3, "forward, dX and dW keys should be tuned by the warm-up"
@@ -176,7 +177,8 @@ def test_warm_up_tunes_every_triton_key_before_capture(tiny_teacher_dir, tmp_pat
         assert rec["graphs"]["replayed"] == 2 and sl.tuned_keys() == keys
         x = torch.randn(3, 24, requires_grad=True)
         w = torch.randn(40, 24, requires_grad=True)
-        new = _Standin(lambda: ops.sliced_linear(x, w, None, 40, 24, backend="triton").sum().backward(), "probe")
+        new = _Standin(lambda: ops.sliced_linear(x, w, None, 40, 24, backend="triton").sum().backward(),
+                       "probe")
         with pytest.raises(RuntimeError, match="tuned Triton shapes its warm-up had not"):
             new.replay()
     finally:
@@ -185,8 +187,8 @@ def test_warm_up_tunes_every_triton_key_before_capture(tiny_teacher_dir, tmp_pat
 
 def test_what_cannot_be_graphed_is_refused_in_one_line(tiny_teacher_dir, tmp_path):
     allowed = "allowed: one CUDA device, a single process, no DeepSpeed, dropout=0.0"
-    with pytest.raises(ValueError, match=r"cuda_graphs=True cannot run here \(device cpu is not a CUDA device\); "
-                                         + allowed):
+    with pytest.raises(ValueError, match=r"cuda_graphs=True cannot run here "
+                                         r"\(device cpu is not a CUDA device\); " + allowed):
         _trainer(tiny_teacher_dir, tmp_path, "cpu", cuda_graphs=True)
     cfg = TrainConfig(cuda_graphs=True, deepspeed="ds.json", dropout=0.1)
     with pytest.raises(ValueError) as e:
@@ -196,7 +198,7 @@ def test_what_cannot_be_graphed_is_refused_in_one_line(tiny_teacher_dir, tmp_pat
     for part in ("DeepSpeed", "2 ranks", "dropout=0.1"):
         assert part in msg, msg
     check_graphable(TrainConfig(), torch.device("cuda", 0), world=1)    # nothing to refuse
-    check_graphable(TrainConfig(), torch.device("cpu"), 1, capture=False)  # the graph-ready path runs anywhere
+    check_graphable(TrainConfig(), torch.device("cpu"), 1, capture=False)  # the graph-ready path: anywhere
 
 
 def test_cli_has_the_flag():

@@ -6,8 +6,8 @@ import torch
 
 from autodistil import ops
 from autodistil.nn import SuperBert, SuperBertConfig
-from autodistil.ops.shared import (disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow, lowp_shadow_bytes,
-                                   refresh_lowp_shadows, shadow_refreshes)
+from autodistil.ops.shared import (disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow,
+                                   lowp_shadow_bytes, refresh_lowp_shadows, shadow_refreshes)
 from autodistil.space import SubnetConfig
 from conftest import randomize_
 from test_superbert import _Watch
@@ -71,7 +71,8 @@ def test_frozen_parameter_shadow_survives_optimizer_steps_elsewhere():
     assert lowp_shadow(frozen.weight, BF16) is s and shadow_refreshes() == n
     with torch.no_grad():
         frozen.weight.mul_(2.0)
-    assert torch.equal(lowp_shadow(frozen.weight, BF16), frozen.weight.to(BF16)) and shadow_refreshes() == n + 1
+    assert torch.equal(lowp_shadow(frozen.weight, BF16), frozen.weight.to(BF16))
+    assert shadow_refreshes() == n + 1
 
 
 def test_data_writes_are_invisible_until_invalidated():

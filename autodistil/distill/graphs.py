@@ -54,8 +54,8 @@ def check_graphable(cfg, device: torch.device, world: int, capture: bool = True)
     if cfg.dropout > 0:
         why.append(f"dropout={cfg.dropout}: random masks make graphed and eager steps incomparable")
     if why:
-        raise ValueError(f"cuda_graphs=True cannot run here ({'; '.join(why)}); allowed: one CUDA device, a single "
-                         f"process, no DeepSpeed, dropout=0.0")
+        raise ValueError(f"cuda_graphs=True cannot run here ({'; '.join(why)}); allowed: one CUDA device, "
+                         f"a single process, no DeepSpeed, dropout=0.0")
 
 
 def _tuned_keys() -> frozenset:
@@ -72,10 +72,11 @@ def _nothing_new(what: str):
     yield
     new = _tuned_keys() - keys
     if new:
-        raise RuntimeError(f"cuda_graphs: {what} tuned Triton shapes its warm-up had not, e.g. {sorted(new, key=str)[0]}")
+        raise RuntimeError(f"cuda_graphs: {what} tuned Triton shapes its warm-up had not, "
+                           f"e.g. {sorted(new, key=str)[0]}")
     if ops_shared.shadow_refreshes() != refreshes:
-        raise RuntimeError(f"cuda_graphs: {what} refreshed a weight shadow: shadows must be refreshed before the "
-                           f"graphs (refresh_lowp_shadows), never inside one")
+        raise RuntimeError(f"cuda_graphs: {what} refreshed a weight shadow: shadows must be refreshed "
+                           f"before the graphs (refresh_lowp_shadows), never inside one")
 
 
 class _Standin:
@@ -107,7 +108,8 @@ class SandwichGraphs:
 
     def __init__(self, trainer, capture: bool = True, max_random: int = 64, pool_slack: float = 0.5):
         if max_random < 0 or pool_slack < 0:
-            raise ValueError(f"SandwichGraphs: max_random={max_random} and pool_slack={pool_slack} must be >= 0")
+            raise ValueError(f"SandwichGraphs: max_random={max_random} and pool_slack={pool_slack} "
+                             f"must be >= 0")
         self.tr = trainer
         self.capture = capture
         self.max_random, self.pool_slack = max_random, pool_slack
@@ -199,7 +201,8 @@ class SandwichGraphs:
         out = tr._teacher_out(self.ids, self.mask, cache=False)
         pick = lambda xs, i: None if xs is None else tuple(x if j == i % len(xs) else None  # noqa: E731
                                                            for j, x in enumerate(xs))
-        return SimpleNamespace(qkv=pick(out.qkv, L.teacher_layer), attentions=pick(out.attentions, L.teacher_layer),
+        return SimpleNamespace(qkv=pick(out.qkv, L.teacher_layer),
+                               attentions=pick(out.attentions, L.teacher_layer),
                                hidden_states=out.hidden_states)
 
     def _member_body(self, sub) -> torch.Tensor:
@@ -254,12 +257,13 @@ class SandwichGraphs:
         if self.addresses[1:] != now[1:]:
             moved.append("the static input buffers")
         if moved:
-            raise RuntimeError(f"cuda_graphs: {moved[0]} moved since capture ({len(moved)} tensors moved): the graphs "
-                               f"would write to freed memory; keep gradients allocated (zero_grad(set_to_none=False)) "
-                               f"and parameters in place")
+            raise RuntimeError(f"cuda_graphs: {moved[0]} moved since capture ({len(moved)} tensors moved): "
+                               f"the graphs would write to freed memory; keep gradients allocated "
+                               f"(zero_grad(set_to_none=False)) and parameters in place")
         self.addresses = now
 
     def stats(self) -> dict:
         """Graphs held and the pool's size, for logs and benchmarks."""
-        return {"member_graphs": len(self.members), "random_graphs": sum(1 for s in self.members if s not in self.fixed),
+        n_random = sum(1 for s in self.members if s not in self.fixed)
+        return {"member_graphs": len(self.members), "random_graphs": n_random,
                 "pool_mb": round(self.pool_bytes / 2**20, 1), **self.last}

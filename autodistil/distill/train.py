@@ -67,7 +67,7 @@ class TrainConfig:
     device: str = "auto"
     deepspeed: Optional[str] = None     # path of a DeepSpeed JSON config (ZeRO 1/2/3)
     resume: bool = False
-    cuda_graphs: bool = False           # each member's forward+backward and the teacher's forward as CUDA graphs
+    cuda_graphs: bool = False           # members' forward+backward and the teacher's forward as CUDA graphs
 
     def __post_init__(self):
         if self.init not in ("teacher", "random"):
@@ -465,8 +465,9 @@ class SupernetTrainer:
             gn = float(gn) if gn is not None else None
         self.step += 1
         dt = time.perf_counter() - t0
-        rec = {"step": self.step, "lr": self.sched.get_last_lr()[0], "loss": sum(losses.values()) / len(losses),
-               "members": losses, "subnets": {n: m.short() for n, m in members}, "grad_norm": gn,
+        rec = {"step": self.step, "lr": self.sched.get_last_lr()[0],
+               "loss": sum(losses.values()) / len(losses), "members": losses,
+               "subnets": {n: m.short() for n, m in members}, "grad_norm": gn,
                "tokens_per_s": len(members) * cfg.batch_size * ids.shape[1] / dt, "step_s": dt,
                "peak_mem_mb": peak_memory_mb(self.device)}
         if self.graphs is not None:

@@ -87,8 +87,9 @@ def _grad_slot(p: torch.Tensor) -> torch.Tensor:
     the graph would re-zero it at every replay (an eager run of the same code creates it first)."""
     if p.grad is None:
         if p.is_cuda and torch.cuda.is_current_stream_capturing():
-            raise RuntimeError(f"a gradient of shape {tuple(p.shape)} would be created inside CUDA graph capture; "
-                               f"run the captured code once eagerly first (warm-up) so every gradient exists")
+            raise RuntimeError(f"a gradient of shape {tuple(p.shape)} would be created inside CUDA graph "
+                               f"capture; run the captured code once eagerly first (warm-up) so every "
+                               f"gradient exists")
         p.grad = torch.zeros_like(p)
     return p.grad
 
@@ -179,7 +180,8 @@ def _shadow_key(param: torch.Tensor) -> tuple:
     """What a shadow was made from. A frozen parameter without a gradient (a teacher's) cannot be
     stepped by an optimizer, so the optimizer-step counter does not invalidate its shadow."""
     frozen = not param.requires_grad and param.grad is None
-    return (param._version, None if frozen else _opt_steps(), param.data_ptr(), tuple(param.shape), param.device)
+    steps = None if frozen else _opt_steps()
+    return (param._version, steps, param.data_ptr(), tuple(param.shape), param.device)
 
 
 _REFRESHES = 0          # shadows built or refreshed in this process (a statistic; see shadow_refreshes)
