@@ -31,6 +31,19 @@ SPACE = SearchSpace("unit", Range(1, 2, 1), Range(32, 64, 32), Range(2.0, 3.0, 1
 TINY = SearchSpace("t", Range(1, 1, 1), Range(32, 32, 32), Range(2.0, 2.0, 1.0), Range(2, 2, 2), 16)
 
 
+@pytest.fixture(scope="module")
+def tiny_teacher_dir(tmp_path_factory):
+    """A tiny random BERT folder (2 layers, hidden 64, 4 heads of 16, vocab 6000), no tokenizer: the
+    trainer gets token ids directly, and the GPU machine needs no teacher package."""
+    from transformers import BertConfig, BertModel
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=6000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
+                     intermediate_size=256, max_position_embeddings=512)
+    d = tmp_path_factory.mktemp("tiny_bert")
+    BertModel(cfg).save_pretrained(d)
+    return d
+
+
 def _trainer(teacher_dir, tmp_path, name, space=SPACE, device="cpu", batch=4, seq=16, graphs=None, **kw):
     from autodistil.teacher import load_teacher
     hf, _, info = load_teacher(str(teacher_dir), with_tokenizer=False)

@@ -17,9 +17,8 @@ current stream.
   dgamma/dbeta).
 - Attention: the Triton flash kernel (``autodistil.kernels.attention``: the padding mask inside the
   kernel, 0 for an all-padding sequence, a deterministic backward without atomics) when the Triton
-  backend can run, else PyTorch's SDPA with the same contract (``sdpa_attention``). No attention
-  kernel of its own: the Triton one matched SDPA's GPU time on an H200 where a hand-written one
-  did not.
+  backend can run, else PyTorch's SDPA with the same contract (``sdpa_attention``); no attention
+  kernel of its own.
 
 cuBLASLt is resolved at run time: the copy torch already loaded, then the nvidia-cublas wheel's
 lib folder ($AUTODISTIL_CUBLAS_ROOT/lib first), then the plain soname.
