@@ -3,17 +3,24 @@
   sliced linear forward+backward (y, dX, dW into an fp32 gradient with beta = 1, db), at the
   layer shapes of the three paper subspaces' smallest and largest subnets:
       ours: ops.sliced_linear(x bf16, W fp32 master, b fp32) under torch.autocast(bf16), as the
-            trainer calls it; dW lands in W.grad[:o, :i] (fp32)
-      (a) cublas_contiguous: cuBLAS on a contiguous bf16 copy Wc of the same sub-shape, written
+            trainer calls it; dW lands in W.grad[:o, :i] (fp32). autodistil_triton reads the cached
+            bf16 shadow of W (the default), autodistil_triton_cast loads fp32 tiles of W and casts
+            them in registers (weight_operand("cast")); the Triton rows name the config chosen for
+            each product (`triton_config`)
+      (a) cublas_contiguous: cuBLAS on a ready contiguous bf16 copy Wc of the same sub-shape, written
           out op by op (no autograd): y = addmm(b, x, Wc^T), dX = dy @ Wc,
           gW(fp32) = addmm(gW, dy^T, x, out_dtype=fp32, beta=1), gb(fp32) += sum(dy)
+      (a') cublas_cast_per_call: the same with the bf16 copy cast from the fp32 master slice inside
+          every call (what reading an fp32 master costs cuBLAS): precision and kernel quality apart
       (b) torch_F.linear_on_slice: F.linear(x, W[:o, :i], b[:o]) under the same autocast with the
           fp32 master W, through autograd (its slice backward allocates a full-size gradient)
   attention forward+backward at d = 64, heads 7, 9, 12, with the SAME padding mask on both sides
-  (the last 10% of keys of sequence 0 padded):
+  (the last 10% of keys of sequence 0 padded). Both sides get the model's inputs: q, k, v as
+  head-split views (B, A, T, d) of (B, T, A*d) tensors, and the (B, T) integer mask, converted
+  inside the timed call:
       ours (triton, cuda): ops.sliced_attention(q, k, v, key_mask (B, T))
-      torch_sdpa: F.scaled_dot_product_attention(q, k, v, attn_mask=bool (B, 1, 1, T)); the SDPA
-          backend that ran with the mask is named in the `note` column
+      torch_sdpa: F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool());
+          the SDPA backend that ran with the mask is named in the `note` column
 
     python bench/bench_kernels.py [--out CSV] [--budget-s S] [--section all|linear|attention]
                                   [--resume] [--exclude IMPL ...]
@@ -25,7 +32,8 @@ CUDA graph (triton.testing.do_bench_cudagraph; gpu_ms_*; a capture failure is no
 graph_note); peak memory of one call above what was allocated before it; for the first 4
 base-space linear shapes and every attention shape (--breakdown-shapes), one more call under
 torch.profiler, once everything is timed, gives each kernel's device time (`kernels`: label,
-launches, us per call, then the busy total), so a ratio below target says which kernel to work on. Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
+launches, us per call, then the busy total), so a ratio below target says which kernel to work on.
+Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
 rewritten after every shape, so a run cut off by its time box keeps what it measured.
 Exit status: 0 done, 2 no GPU ("not measured"), 3 the CUDA context was lost (the culprit is
 printed as "CONTEXT_LOST culprit=IMPL"; rerun with --resume --exclude IMPL)."""
@@ -144,7 +152,7 @@ def _row(info, a, op, shape, o, i, impl, note=""):
     return {**info, "op": op, "shape": shape, "o": o, "i": i, "tokens": a.batch * a.seq, "dtype": a.dtype,
             "impl": impl, "status": "ok", "ms_median": "", "ms_p20": "", "ms_p80": "", "peak_mem_mb": "",
             "max_abs_diff_vs_ref": "", "gpu_ms_median": "", "gpu_ms_p20": "", "gpu_ms_p80": "", "graph_note": "",
-            "note": note, "kernels": ""}
+            "note": note, "kernels": "", "triton_config": ""}
 
 
 def _skip_rows(info, a, op, shape, o, i, impls, done, emit):
@@ -211,6 +219,19 @@ def profile_pending(budget, save) -> None:
         save()
 
 
+def _operand_note(be: str) -> str:
+    if be.endswith("_cast"):
+        return "; forward/dX read fp32 tiles of W cast in registers"
+    return "; forward/dX read the cached bf16 shadow of W" if "triton" in be else ""
+
+
+def _triton_configs(n, o, i, weight_dtype) -> str:
+    """'fwd ...; dx ...; dw ...': the Triton configs chosen for the three products of this shape."""
+    from autodistil.kernels.sliced_linear import chosen_configs
+    got = chosen_configs(n, o, i, weight_dtype)
+    return "; ".join(f"{k} {got[k]}" for k in ("fwd", "dx", "dw") if k in got)
+
+
 def bench_linear(a, info, impls, dt, budget, done, emit):
     N = a.batch * a.seq
     dw_update, dw_note = _dw_accumulate(dt)
@@ -247,15 +268,23 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
             gb.add_(dy.sum(0, dtype=torch.float32))
             return y, dx
 
+        def cublas_cast():  # the bf16 operand cast from the fp32 master slice in every call
+            w16, b16 = W.detach()[:o, :i].to(dt), b.detach()[:o].to(dt)
+            y = torch.addmm(b16, xd, w16.t())
+            dx = dy @ w16
+            dw_update(gW, dyT, xd)
+            gb.add_(dy.sum(0, dtype=torch.float32))
+            return y, dx
+
         def torch_slice():
             with torch.autocast(DEV, dtype=dt):
                 y = F.linear(x, W[:o, :i], b[:o])
             y.backward(dy)
 
-        def operand(be):  # "triton_shadow": the Triton backend reading the cached bf16 shadow of W
-            if be == "triton_shadow":
+        def operand(be):  # "triton_cast": the Triton backend loading fp32 tiles of W (not the bf16 shadow)
+            if be == "triton_cast":
                 from autodistil.kernels import weight_operand
-                return weight_operand("shadow")
+                return weight_operand("cast")
             return contextlib.nullcontext()
 
         def ours(be):
@@ -272,13 +301,15 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 return (y.float() - y_ref.float()).abs().max().item()
             return fn
 
-        variants = {"cublas_contiguous": (cublas, None, dw_note),
+        variants = {"cublas_contiguous": (cublas, None, f"a ready bf16 copy of the slice; {dw_note}"),
+                    "cublas_cast_per_call": (cublas_cast, None,
+                                             f"bf16 cast of the fp32 master slice per call; {dw_note}"),
                     "torch_F.linear_on_slice": (torch_slice, None, "autocast bf16, fp32 master W, autograd")}
         for be in impls:
             if be.startswith("autodistil_"):
                 variants[be] = (ours(be.split("_", 1)[1]), diff(be.split("_", 1)[1]),
                                 "autocast bf16, fp32 master W, dW into W.grad[:o, :i]"
-                                + ("; forward/dX read the cached bf16 shadow of W" if be.endswith("_shadow") else ""))
+                                + _operand_note(be))
         line = {}
         for v, (fn, check, note) in variants.items():
             if v not in impls or (name, str(o), str(i), v) in done:
@@ -286,6 +317,8 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
             W.grad = b.grad = None
             r = _row(info, a, "sliced_linear_fwd_bwd", name, o, i, v, note)
             ok = _measure(r, fn, [x], check, breakdown=(name, o, i) in profiled)
+            if ok and v.startswith("autodistil_triton"):
+                r["triton_config"] = _triton_configs(N, o, i, torch.float32 if v.endswith("_cast") else dt)
             emit(r)
             line[v] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -296,9 +329,8 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
 
 def bench_attention(a, info, impls, dt, budget, done, emit):
     B, T = a.batch, a.seq
-    mask = torch.ones(B, T, device=DEV, dtype=torch.long)
+    mask = torch.ones(B, T, device=DEV, dtype=torch.long)   # (B, T): what the model passes, 1 = attend
     mask[0, T - max(1, T // 10):] = 0                        # the last 10% of sequence 0 is padding
-    amask = mask[:, None, None, :].bool()                    # (B, 1, 1, T) for SDPA: True = attend
     for heads in a.heads:
         shape = f"heads{heads}-d{HEAD_DIM}-T{T}"
         if not budget.allows():
@@ -306,30 +338,37 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
             _skip_rows(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, impls, done, emit)
             continue
         g = torch.Generator(device=DEV).manual_seed(100 + heads)
-        q, k, v = (torch.randn(B, heads, T, HEAD_DIM, device=DEV, dtype=dt, generator=g).requires_grad_()
-                   for _ in range(3))                       # (B, A, T, d)
+        leaves = [torch.randn(B, T, heads * HEAD_DIM, device=DEV, dtype=dt, generator=g).requires_grad_()
+                  for _ in range(3)]                        # (B, T, A*d): the projections' outputs
         do = torch.randn(B, heads, T, HEAD_DIM, device=DEV, dtype=dt, generator=g)
+
+        def views(detach=False):                            # the model's head-split views (B, A, T, d)
+            return [(t.detach() if detach else t).view(B, T, heads, HEAD_DIM).transpose(1, 2) for t in leaves]
+
+        def sdpa_fwd(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool())
+
         with torch.no_grad():
-            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=amask)
+            ref = sdpa_fwd(*views(True))
 
         def sdpa():
-            F.scaled_dot_product_attention(q, k, v, attn_mask=amask).backward(do)
+            sdpa_fwd(*views()).backward(do)
 
         def ours(be):
             def fn():
                 with torch.autocast(DEV, dtype=dt):
-                    out, _ = ops.sliced_attention(q, k, v, mask, backend=be)
+                    out, _ = ops.sliced_attention(*views(), mask, backend=be)
                 out.backward(do)
             return fn
 
         def diff(be):
             def fn():
                 with torch.no_grad():
-                    out, _ = ops.sliced_attention(q.detach(), k.detach(), v.detach(), mask, backend=be)
+                    out, _ = ops.sliced_attention(*views(True), mask, backend=be)
                 return (out.float() - ref.float()).abs().max().item()
             return fn
 
-        sdpa_kind = sdpa_backend_used(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=amask))
+        sdpa_kind = sdpa_backend_used(lambda: sdpa_fwd(*views(True)))
         variants = {"torch_sdpa": (sdpa, None, f"SDPA backend with the bool mask: {sdpa_kind}")}
         for be in impls:
             if be.startswith("autodistil_"):
@@ -339,7 +378,7 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
             if vname not in impls or (shape, str(heads), str(HEAD_DIM), vname) in done:
                 continue
             r = _row(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, vname, note)
-            ok = _measure(r, fn, [q, k, v], check, breakdown=a.breakdown_shapes > 0)
+            ok = _measure(r, fn, leaves, check, breakdown=a.breakdown_shapes > 0)
             emit(r)
             line[vname] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -394,9 +433,11 @@ def main(argv=None):
             ours.append(f"autodistil_{be}")
         else:
             print(f"backend {be}: not measured ({status[be]})")
-    # the shadow variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
-    shadow = ["autodistil_triton_shadow"] if "autodistil_triton" in ours and "autodistil_triton" not in a.exclude else []
-    lin = [v for v in ["cublas_contiguous", "torch_F.linear_on_slice", *ours, *shadow] if v not in a.exclude]
+    # the cast variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
+    tri = "autodistil_triton" in ours and "autodistil_triton" not in a.exclude
+    cast = ["autodistil_triton_cast"] if tri else []
+    lin = [v for v in ["cublas_contiguous", "cublas_cast_per_call", "torch_F.linear_on_slice", *ours, *cast]
+           if v not in a.exclude]
     att = [v for v in ["torch_sdpa", *ours] if v not in a.exclude]
     for v in a.exclude:
         if v.startswith("autodistil_"):

@@ -117,6 +117,68 @@ def naive_slicing(model=None):
             model.backend = old
 
 
+class PlainSlicing(torch.nn.Module):
+    """The naive baseline of the supernet step: a SuperBert's own parameters run through plain PyTorch
+    slicing in a plain model, autograd end to end, with no autodistil op, dispatch or autograd
+    Function: F.embedding(ids, E[:, :h]), F.linear(x, W[:o, :i], b[:o]), F.layer_norm(x, (h,),
+    g[:h], b[:h]), F.gelu, SDPA with the bool padding mask (softmax attention when probabilities are
+    asked for). Each sliced use's backward allocates a full-size gradient of its parameter, which
+    autograd adds into .grad. Same signature and output as SuperBert.forward; parameters() are the
+    SuperBert's (an optimizer over them steps this model too)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.sb = model
+
+    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_hidden_states=False,
+                output_qkv=False, output_attentions=False, subnet=None):
+        import torch.nn.functional as F
+        from autodistil.nn.superbert import SuperBertOutput
+        m, c = self.sb, self.sb.config
+        cfg = m.check_subnet(subnet) if subnet is not None else m.active
+        h, a, f, d = cfg.hidden, cfg.heads, cfg.ffn, c.head_dim
+        w, (B, T) = a * d, input_ids.shape
+        drop = lambda t, p: F.dropout(t, p, self.training) if p > 0 else t            # noqa: E731
+        lin = lambda x, mod, o, i: F.linear(x, mod.weight[:o, :i], mod.bias[:o])      # noqa: E731
+        ln = lambda x, mod, n: F.layer_norm(x, (n,), mod.weight[:n], mod.bias[:n], mod.eps)  # noqa: E731
+        e = m.embeddings
+        tt = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = F.embedding(input_ids, e.word_embeddings.weight[:, :h])                    # (B, T, h)
+        x = x + F.embedding(tt, e.token_type_embeddings.weight[:, :h])
+        x = x + F.embedding(torch.arange(T, device=input_ids.device), e.position_embeddings.weight[:, :h])
+        x = drop(ln(x, e.LayerNorm, h), c.dropout)
+        keep = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        hs, qkvs, atts = [x], [], []
+        for li in m.layer_indices(cfg):
+            L = m.encoder.layer[li]
+            sa = L.attention.self
+            q, k, v = (lin(x, mod, w, h) for mod in (sa.query, sa.key, sa.value))      # (B, T, A*d)
+            qh, kh, vh = (t.view(B, T, a, d).transpose(1, 2) for t in (q, k, v))       # (B, A, T, d)
+            probs = None
+            if output_attentions:
+                s = (qh @ kh.transpose(-1, -2)) / d ** 0.5                             # (B, A, T, T)
+                if keep is not None:
+                    s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+                probs = torch.softmax(s, -1)
+                ctx = drop(probs, c.attention_dropout) @ vh
+            else:
+                ctx = F.scaled_dot_product_attention(qh, kh, vh, attn_mask=keep,
+                                                     dropout_p=c.attention_dropout if self.training else 0.0)
+            ctx = ctx.transpose(1, 2).reshape(B, T, w)                                 # (B, T, A*d)
+            o = L.attention.output
+            x = ln(drop(lin(ctx, o.dense, h, w), c.dropout) + x, o.LayerNorm, h)
+            z = F.gelu(lin(x, L.intermediate.dense, f, h))                             # (B, T, f)
+            o = L.output
+            x = ln(drop(lin(z, o.dense, h, f), c.dropout) + x, o.LayerNorm, h)
+            hs.append(x)
+            qkvs.append((q, k, v))
+            atts.append(probs)
+        pooled = torch.tanh(lin(x[:, 0], m.pooler.dense, h, h))                        # (B, h)
+        return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
+                               tuple(qkvs) if output_qkv else None,
+                               tuple(atts) if output_attentions else None)
+
+
 class Budget:
     """Wall-clock budget of one benchmark process, counted from its start (import time)."""
     t0 = time.perf_counter()

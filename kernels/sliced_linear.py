@@ -19,19 +19,26 @@ never the full parameter), and a second kernel adds them to the grad slice in a 
 atomics, so for a given tuned config the result is the same bit for bit on every run. Forward and
 dX launches never split (their M is the token count; a small batch would pay a second launch).
 
-Weight operand (forward and dX; dW never reads the weight): "cast" (default) loads the fp32
-master tiles and casts them in registers, so no copy of the weight exists; "shadow" reads the
-cached low-precision shadow of the whole parameter that the CUDA and torch backends use
-(``ops.shared.lowp_shadow``: one copy per optimizer step, 2 bytes per element, none under ZeRO-3,
-where it falls back to "cast"), so both GEMM operands are bf16/fp16 in memory. Chosen with
-``weight_operand("shadow")`` (a context) or ``AUTODISTIL_TRITON_WEIGHT=shadow``; the GPU kernel
+Weight operand (forward and dX; dW never reads the weight): "shadow" (default) reads the cached
+low-precision shadow of the whole parameter that the CUDA and torch backends use
+(``ops.shared.lowp_shadow``: one copy per optimizer step, refreshed in place, 2 bytes per
+element), so both GEMM operands are bf16/fp16 in memory; where no shadow may be kept (ZeRO-3,
+DTensors, ``disable_lowp_shadow``) it falls back to "cast". "cast" loads the fp32 master tiles and
+casts them in registers (no copy of the weight), at twice the shared memory per B tile: a
+128x256x64 stage needs 80 KB instead of 48 KB, so the 3-stage big tiles do not fit. Chosen with
+``weight_operand("cast")`` (a context) or ``AUTODISTIL_TRITON_WEIGHT=cast``; the GPU kernel
 benchmark times both.
 
-Autotuning: `_Tuner` picks one config per shape key. A launch that writes in place
+Autotuning: `_Tuner` picks one config per shape key, among the candidates whose shared memory
+(``smem_bytes``: num_stages buffers of one A and one B tile, in their dtypes in memory) fits the
+device's per-block limit; the others are never compiled. A launch that writes in place
 (ACCUMULATE) is never run while tuning: on a key not yet tuned, the candidates are timed on a
-scratch output of the slice's size without accumulation, then the chosen config runs once on
-the real gradient. `configure_autotune(configs, do_bench, sms=...)` swaps the candidates, the timer and the SM count
-the split rule assumes (tests use it to tune several configs and to split K under the interpreter).
+scratch output of the slice's size without accumulation, then the chosen config runs once on the
+real gradient. `configure_autotune(configs, do_bench, sms=..., smem_limit=...)` swaps the
+candidates, the timer, the SM count the split rule assumes and the shared-memory limit (tests use
+it to tune several configs and to split K under the interpreter). ``tuned_keys()`` and
+``chosen_configs(n, o, i)`` say what was tuned (a CUDA-graph runner checks that its warm-up
+covered every key; the kernel benchmark records each shape's configs).
 """
 from __future__ import annotations
 
@@ -162,29 +169,77 @@ def _device_sms(device) -> int:
     return torch.cuda.get_device_properties(device).multi_processor_count
 
 
-class _Tuner:
-    """Picks and remembers one config per key. Candidates that fail to compile or launch (too much
-    shared memory for a tile, say) are skipped; if all fail the last error is raised.
-    sms: the SM count the split-K rule assumes (None: the device's own)."""
+def smem_bytes(cfg, a_dtype: torch.dtype, b_dtype: torch.dtype) -> int:
+    """Shared memory (bytes) the pipelined main loop of cfg needs: num_stages buffers of one A tile
+    (BM x BK in A's dtype) and one B tile (BK x BN in B's dtype as it is in memory: fp32 for a
+    master weight cast per tile). The epilogue reuses these buffers."""
+    bm, bn, bk = cfg.kwargs["BM"], cfg.kwargs["BN"], cfg.kwargs["BK"]
+    return max(1, cfg.num_stages) * (bm * bk * a_dtype.itemsize + bk * bn * b_dtype.itemsize)
 
-    def __init__(self, configs, fp32_configs, do_bench, sms=None):
+
+def fitting_configs(configs, a_dtype, b_dtype, limit):
+    """The configs whose smem_bytes fit `limit` (None: no limit known, all of them); when none fits,
+    the one needing least (the tuner then reports its failure if it does not run)."""
+    if limit is None:
+        return list(configs)
+    fit = [c for c in configs if smem_bytes(c, a_dtype, b_dtype) <= limit]
+    return fit or [min(configs, key=lambda c: smem_bytes(c, a_dtype, b_dtype))]
+
+
+_SMEM_LIMITS: dict = {}
+
+
+def device_smem_limit(device) -> int | None:
+    """The most shared memory one block may use on a CUDA device (the opt-in maximum), None
+    elsewhere (the CPU interpreter) or when neither torch nor Triton says."""
+    if device.type != "cuda":
+        return None
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _SMEM_LIMITS:
+        v = getattr(torch.cuda.get_device_properties(idx), "shared_memory_per_block_optin", None)
+        if not v:
+            try:
+                v = triton.runtime.driver.active.utils.get_device_properties(idx)["max_shared_mem"]
+            except Exception:  # noqa: BLE001  (no such query in this Triton: no pruning)
+                v = None
+        _SMEM_LIMITS[idx] = int(v) if v else None
+    return _SMEM_LIMITS[idx]
+
+
+class _Tuner:
+    """Picks and remembers one config per key, among the candidates that fit the device's shared
+    memory (fitting_configs). Candidates that still fail to compile or launch are skipped; if all
+    fail the last error is raised. sms: the SM count the split-K rule assumes (None: the device's
+    own); smem_limit: the shared-memory limit candidates are pruned by (None: the device's own)."""
+
+    def __init__(self, configs, fp32_configs, do_bench, sms=None, smem_limit=None):
         if not configs or not fp32_configs:
             raise ValueError("autotune: a config list is empty")
         if sms is not None and (not isinstance(sms, int) or sms < 1):
             raise ValueError(f"autotune: sms must be a positive int or None, got {sms!r}")
+        if smem_limit is not None and (not isinstance(smem_limit, int) or smem_limit < 1):
+            raise ValueError(f"autotune: smem_limit must be a positive int (bytes) or None, "
+                             f"got {smem_limit!r}")
         self.configs, self.fp32_configs = list(configs), list(fp32_configs)
         self.do_bench = do_bench
         self.sms = sms
+        self.smem_limit = smem_limit
         self.best: dict = {}
 
-    def candidates(self, dtype):
-        return self.fp32_configs if dtype == torch.float32 else self.configs
+    def candidates(self, dtype, b_dtype=None, device=None):
+        """The candidate list for a compute dtype; with b_dtype and device, only those that fit."""
+        cands = self.fp32_configs if dtype == torch.float32 else self.configs
+        if b_dtype is None:
+            return cands
+        limit = self.smem_limit if self.smem_limit is not None else (
+            device_smem_limit(device) if device is not None else None)
+        return fitting_configs(cands, dtype, b_dtype, limit)
 
-    def pick(self, key, dtype, run):
+    def pick(self, key, dtype, run, b_dtype=None, device=None):
         """run(config) launches the kernel with that config on an output that may be overwritten."""
         if key in self.best:
             return self.best[key]
-        cands = self.candidates(dtype)
+        cands = self.candidates(dtype, b_dtype, device)
         if len(cands) == 1:
             self.best[key] = cands[0]
             return cands[0]
@@ -211,23 +266,58 @@ class _Tuner:
 _TUNER = _Tuner(default_configs(torch.bfloat16), default_configs(torch.float32), _default_bench)
 
 
-def configure_autotune(configs=None, do_bench=None, fp32_configs=None, sms=None):
+def configure_autotune(configs=None, do_bench=None, fp32_configs=None, sms=None, smem_limit=None):
     """Replace the candidate configs (bf16/fp16; fp32_configs for fp32, default: the same as
-    `configs` when given), the benchmark function (fn -> ms) and/or the SM count the split-K rule
-    assumes (None: the device's); forgets the tuned keys. Returns the previous
-    (configs, do_bench, fp32_configs, sms) so a caller can restore them."""
+    `configs` when given), the benchmark function (fn -> ms), the SM count the split-K rule assumes
+    and/or the shared-memory limit candidates are pruned by (None: the device's); forgets the tuned
+    keys. Returns the previous (configs, do_bench, fp32_configs, sms, smem_limit) so a caller can
+    restore them."""
     global _TUNER
-    old = (_TUNER.configs, _TUNER.do_bench, _TUNER.fp32_configs, _TUNER.sms)
+    old = (_TUNER.configs, _TUNER.do_bench, _TUNER.fp32_configs, _TUNER.sms, _TUNER.smem_limit)
     lowp = configs if configs is not None else default_configs(torch.bfloat16)
     fp32 = fp32_configs if fp32_configs is not None else (configs if configs is not None
                                                           else default_configs(torch.float32))
-    _TUNER = _Tuner(lowp, fp32, do_bench or _default_bench, sms)
+    _TUNER = _Tuner(lowp, fp32, do_bench or _default_bench, sms, smem_limit)
     return old
 
 
 def tuned_config(key):
     """The config chosen for a key, or None (tests check first calls with it)."""
     return _TUNER.best.get(key)
+
+
+def tuned_keys() -> frozenset:
+    """Every key tuned so far (a CUDA-graph runner compares it around a capture)."""
+    return frozenset(_TUNER.best)
+
+
+def config_label(cfg) -> str:
+    """'BMxBNxBK wW sS' of a config."""
+    k = cfg.kwargs
+    return f"{k['BM']}x{k['BN']}x{k['BK']} w{cfg.num_warps} s{cfg.num_stages}"
+
+
+def chosen_configs(n: int, o: int, i: int, weight_dtype: torch.dtype | None = None) -> dict:
+    """The configs chosen so far for the three products of a sliced linear with n tokens and slice
+    (o, i): {"fwd": ..., "dx": ..., "dw": ...} as config_label strings with the B operand's dtype (one
+    entry per key, epilogues apart; dW with its split-K factor on this device), for benchmark output.
+    weight_dtype: only the forward and dX keys that read the weight in that dtype (the shadow's, or
+    fp32 for "cast")."""
+    out: dict = {}
+    for key, cfg in _TUNER.best.items():
+        M, N, K, acc = key[0], key[1], key[2], key[-1]
+        kind = ("dw" if acc and (M, N, K) == (o, i, n) else "fwd" if not acc and (M, N, K) == (n, o, i)
+                else "dx" if not acc and (M, N, K) == (n, i, o) else None)
+        if kind is None or (kind != "dw" and weight_dtype is not None and key[7] != weight_dtype):
+            continue
+        lab = f"{config_label(cfg)} B:{str(key[7]).replace('torch.', '')}"
+        if kind == "dw":
+            sms = _TUNER.sms or (_device_sms(torch.device("cuda")) if torch.cuda.is_available() else 1)
+            lab += f" split {split_k(cfg, M, N, K, sms)[0]}"
+        out.setdefault(kind, [])
+        if lab not in out[kind]:
+            out[kind].append(lab)
+    return {k: " | ".join(v) for k, v in out.items()}
 
 
 def _launch(cfg, a, b, c, bias, pre, M, N, K, sa, sb, sc, act, accumulate, sms=1, split=False):
@@ -262,13 +352,15 @@ def matmul(a, b, c, M, N, K, strides_a, strides_b, strides_c, bias=None, act=0, 
            bias.dtype if bias is not None else None, accumulate)  # dW (split) never shares dX's config
     if accumulate:  # never run an accumulating launch while tuning: time the candidates on a scratch output
         if key not in tuner.best:
-            scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if len(tuner.candidates(a.dtype)) > 1 else c
+            many = len(tuner.candidates(a.dtype, b.dtype, c.device)) > 1
+            scratch = torch.empty((M, N), device=c.device, dtype=c.dtype) if many else c
+            sc = (scratch.stride(0), scratch.stride(1))
             tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, scratch, bias, None, M, N, K, strides_a, strides_b,
-                                                (scratch.stride(0), scratch.stride(1)), act, False, sms, True))
+                                                sc, act, False, sms, True), b.dtype, c.device)
         cfg = tuner.best[key]
     else:  # a fresh output: rerunning the launch while timing it is harmless
         cfg = tuner.pick(key, a.dtype, lambda cfg: _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b,
-                                                  strides_c, act, False, sms))
+                                                  strides_c, act, False, sms), b.dtype, c.device)
     _launch(cfg, a, b, c, bias, pre, M, N, K, strides_a, strides_b, strides_c, act, accumulate, sms, split=accumulate)
     return c
 
@@ -294,19 +386,19 @@ _OPERAND: contextvars.ContextVar[str | None] = contextvars.ContextVar("autodisti
 def current_operand() -> str:
     """The weight operand in force: the enclosing weight_operand(...), else AUTODISTIL_TRITON_WEIGHT
     (read at each call, checked here: a bad value fails the linear that reads it, loudly, and
-    leaves the rest of the backend usable), else "cast"."""
+    leaves the rest of the backend usable), else "shadow"."""
     v = _OPERAND.get()
     if v is not None:
         return v
-    v = os.environ.get("AUTODISTIL_TRITON_WEIGHT", "cast")
+    v = os.environ.get("AUTODISTIL_TRITON_WEIGHT", "shadow")
     if v not in WEIGHT_OPERANDS:
         raise ValueError(f"AUTODISTIL_TRITON_WEIGHT={v!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
     return v
 
 
 def weight_operand(mode: str):
-    """Within the block, forward and dX read the weight as `mode`: "cast" (fp32 master tiles cast in
-    registers, no copy) or "shadow" (the cached low-precision shadow); restored on exit."""
+    """Within the block, forward and dX read the weight as `mode`: "shadow" (the cached low-precision
+    shadow, the default) or "cast" (fp32 master tiles cast in registers, no copy); restored on exit."""
     if mode not in WEIGHT_OPERANDS:
         raise ValueError(f"weight operand {mode!r} is not allowed: choose one of {list(WEIGHT_OPERANDS)}")
     return set_context(_OPERAND, mode)

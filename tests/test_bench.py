@@ -89,6 +89,39 @@ def test_gpu_check_runs_only_the_selected_parts(tmp_path):
 
 
 @pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
+def test_gpu_check_step_part_runs_the_graphed_step_within_its_box(tmp_path):
+    """GPU_CHECK_PARTS="step" with a fake nvidia-smi and a Python that records what it is asked to run:
+    the step part runs bench_supernet_step.py with the naive baseline, the graphed step (cuda and
+    Triton backends) and the eager backends, with a budget inside its box; the whole check's default
+    total fits 5 minutes."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fakepy"
+    fake.write_text(f"#!/bin/sh\ncase \"$*\" in\n  *gpu_summary.py*) exec {sys.executable} \"$@\" ;;\n"
+                    f"esac\necho \"$*\" >> {calls}\nexit 0\n")
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    env = {**os.environ, "PATH": os.pathsep.join([str(_fake_nvidia_smi(tmp_path, 0)), "/usr/bin", "/bin"]),
+           "PYTHON": str(fake), "GPU_CHECK_PARTS": "step"}
+    env.pop("GPU_CHECK_TOTAL_S", None)
+    out = tmp_path / "out"
+    p = subprocess.run(["bash", str(BENCH / "gpu_check.sh"), str(out)], capture_output=True, text=True,
+                       env=env, timeout=120, cwd=tmp_path)
+    step = [c for c in calls.read_text().splitlines() if "bench_supernet_step.py" in c]
+    assert len(step) == 1, p.stdout + p.stderr
+    args = step[0].split()
+    modes = args[args.index("--modes") + 1:]
+    assert modes[:2] == ["naive", "graphs_cuda"]
+    assert {"graphs_triton", "cuda", "triton", "torch"} <= set(modes)
+    log = (out / "gpu_check.log").read_text()
+    rec = next(json.loads(line[len("@@part "):]) for line in log.splitlines()
+               if line.startswith("@@part ") and '"step"' in line)
+    budget = float(args[args.index("--budget-s") + 1])
+    assert rec["rc"] == 0 and 0 < budget < rec["box_s"] <= 110, (rec, budget)
+    script = (BENCH / "gpu_check.sh").read_text().splitlines()
+    total = next(int(line.split(":-")[1].rstrip("}")) for line in script if line.startswith("TOTAL="))
+    assert total <= 300
+
+
+@pytest.mark.skipif(HAS_GPU, reason="a GPU is present: run the check itself")
 def test_gpu_check_says_no_gpu_when_nvidia_smi_fails_or_torch_sees_none(tmp_path):
     p, _ = _run_check(tmp_path, [_fake_nvidia_smi(tmp_path, 9)])
     assert p.returncode == 0 and "no GPU: nvidia-smi sees no device" in p.stdout, p.stdout + p.stderr
@@ -238,18 +271,25 @@ def test_kernel_shapes_fit_their_supernet_parameters():
 
 def test_kernel_benchmark_code_paths_on_cpu(tmp_path):
     """A dry run (CPU, fp16 for the Triton interpreter, tiny sizes) of every GPU code path but the
-    timer: the explicit cuBLAS reference, F.linear on the slice, ours under autocast, SDPA with the
-    same mask; ours must match the references."""
+    timer: the explicit cuBLAS reference on a ready copy and on a per-call cast, F.linear on the slice,
+    ours under autocast (Triton with the bf16-shadow default and with "cast", each naming its chosen
+    configs), SDPA with the same mask on the same head-split views; ours must match the references."""
     import bench_kernels
     out = tmp_path / "k.csv"
     assert bench_kernels.main(["--device", "cpu", "--dtype", "fp16", "--batch", "1", "--seq", "8",
                                "--shapes", "tiny-qkv", "--max-shapes", "1", "--heads", "2", "--out", str(out)]) == 0
     rows = list(csv.DictReader(open(out)))
     got = {(r["op"], r["impl"]): r for r in rows}
-    want = [("sliced_linear_fwd_bwd", "cublas_contiguous"), ("sliced_linear_fwd_bwd", "torch_F.linear_on_slice"),
-            ("attention_fwd_bwd", "torch_sdpa")]
+    want = [("sliced_linear_fwd_bwd", "cublas_contiguous"), ("sliced_linear_fwd_bwd", "cublas_cast_per_call"),
+            ("sliced_linear_fwd_bwd", "torch_F.linear_on_slice"), ("attention_fwd_bwd", "torch_sdpa")]
     if bench_kernels.ops.backend_status()["triton"] == "ok":
-        want += [("sliced_linear_fwd_bwd", "autodistil_triton"), ("attention_fwd_bwd", "autodistil_triton")]
+        want += [("sliced_linear_fwd_bwd", "autodistil_triton"),
+                 ("sliced_linear_fwd_bwd", "autodistil_triton_cast"),
+                 ("attention_fwd_bwd", "autodistil_triton")]
+        for v, b_dtype in (("autodistil_triton", "float16"), ("autodistil_triton_cast", "float32")):
+            cfg = got[("sliced_linear_fwd_bwd", v)]["triton_config"]
+            assert cfg.startswith("fwd ") and "; dx " in cfg and "; dw " in cfg, cfg
+            assert f"B:{b_dtype}" in cfg.split("; dw")[0] and "split" in cfg.split("; dw")[1], cfg
     for k in want:
         assert got[k]["status"] == "ok", (k, got[k]["status"])
         assert float(got[k]["ms_median"]) > 0
@@ -259,22 +299,53 @@ def test_kernel_benchmark_code_paths_on_cpu(tmp_path):
 
 
 def test_supernet_step_cpu_smoke(tmp_path):
-    """The real trainer's step on a tiny space: both modes run the same sandwich from the same
-    snapshot, so their first losses agree (fp32 on CPU)."""
+    """The real trainer's step on a tiny space: naive (the plain-slicing model), the torch backend and
+    its graph-ready path run the same sandwich from the same snapshot, so their first losses agree
+    (fp32 on CPU); every row has its memory columns (peak = base + own + extra); the graph mode's timed
+    passes only replay (its warm-up captured every member)."""
     import bench_supernet_step
     out = tmp_path / "s.csv"
     rc = bench_supernet_step.main(["--device", "cpu", "--space", "tiny", "--batch", "2", "--seq", "16", "--steps", "1",
                                    "--repeats", "3", "--teacher-layers", "2", "--vocab", "2000", "--modes", "naive",
-                                   "torch", "--out", str(out)])
+                                   "torch", "graphs_torch", "--out", str(out)])
     assert rc == 0
     rows = {r["mode"]: r for r in csv.DictReader(open(out))}
-    assert set(rows) == {"naive", "torch"}
+    assert set(rows) == {"naive", "torch", "graphs_torch"}
     for r in rows.values():
         assert r["status"] == "ok" and float(r["tokens_per_s"]) > 0 and r["finite"] == "True"
         assert r["passes"] == "3"
         assert float(r["tokens_per_s_slowest"]) <= float(r["tokens_per_s"]) <= float(r["tokens_per_s_fastest"])
         assert r["sandwich_step0"] == rows["naive"]["sandwich_step0"]
-    assert float(rows["torch"]["loss_step0"]) == pytest.approx(float(rows["naive"]["loss_step0"]), rel=1e-4)
+        parts = float(r["base_mb"]) + float(r["own_mb"]) + float(r["extra_peak_mb"])
+        assert float(r["peak_mb"]) == pytest.approx(parts, abs=0.15)
+    for m in ("torch", "graphs_torch"):
+        assert float(rows[m]["loss_step0"]) == pytest.approx(float(rows["naive"]["loss_step0"]), rel=1e-4)
+    g = rows["graphs_torch"]
+    assert g["cuda_graphs"] == "True" and int(g["member_graphs"]) == 4
+    assert (g["last_pass_replayed"], g["last_pass_captured"], g["last_pass_eager"]) == ("4", "0", "0")
+
+
+def test_step_modes_alternate_within_rounds():
+    """Every round times one pass of every mode in turn; a failing mode leaves the rounds, the others
+    go on; past the budget no new round starts (the first always runs)."""
+    import types
+    import bench_supernet_step as b
+    ms = [b.Mode(n, {}) for n in ("naive", "graphs_cuda", "cuda")]
+    order, failures = [], []
+
+    def run(m):
+        order.append(m.name)
+        m.passes.append(0.1)
+        if m.name == "cuda" and len(m.passes) == 2:
+            raise RuntimeError("boom")
+    lost = b.time_rounds(ms, 5, b.Budget(None), run, lambda m, e: failures.append((m.name, str(e))) and False)
+    assert lost is None and failures == [("cuda", "boom")]
+    assert order == ["naive", "graphs_cuda", "cuda"] * 2 + ["naive", "graphs_cuda"] * 3
+    assert [m.name for m in ms] == ["naive", "graphs_cuda"]
+    order.clear()
+    b.time_rounds(ms, 5, types.SimpleNamespace(allows=lambda est: False), run, lambda m, e: False)
+    assert order == ["naive", "graphs_cuda"]
+    assert b.MODES[:2] == ("naive", "graphs_cuda") and "graphs_triton" in b.CUDA_DEFAULT
 
 
 # --- no datasets / deepspeed on the GPU machine ------------------------------------------------------
@@ -344,6 +415,60 @@ def test_step_summary_with_partial_pass_columns():
     rows[0]["tokens_per_s_slowest"] = "90"
     t = next(x for x in gpu_summary.step_targets(rows, {}) if x["name"] == "step_triton")
     assert "(passes: 1.09-1.56x)" in t["detail"]
+
+
+def test_summary_judges_the_graphed_step_and_shows_its_columns(tmp_path):
+    """A graph mode passes at >= 1.5x naive tokens/s with no higher peak (base + own + extra) and a
+    GPU-busy share >= 60 %; a higher peak or a low share fails it; no busy share: not measured. The
+    step table shows x naive, the peak's parts and the graphs' replays; the linear table the per-call
+    cast cuBLAS and the Triton configs."""
+    naive = {"mode": "naive", "status": "ok", "tokens_per_s": "1000", "step_s": "0.2", "base_mb": "2000",
+             "own_mb": "0", "extra_peak_mb": "2000", "peak_mb": "4000", "gpu_busy_ms_per_step": "30",
+             "gpu_busy_share": "0.15"}
+    graphed = {"mode": "graphs_cuda", "status": "ok", "tokens_per_s": "2000", "step_s": "0.1",
+               "base_mb": "2000", "own_mb": "1500", "extra_peak_mb": "100", "peak_mb": "3600",
+               "gpu_busy_ms_per_step": "80", "gpu_busy_share": "0.8", "member_graphs": "6",
+               "graph_pool_mb": "1400", "last_pass_replayed": "8", "last_pass_captured": "0",
+               "last_pass_eager": "0"}
+
+    def verdict(**kw):
+        ts = {x["name"]: x for x in gpu_summary.graph_step_targets([naive, {**graphed, **kw}])}
+        t = ts["step_graphs_cuda"]
+        return t["verdict"], t["value"], t["detail"]
+    v, val, detail = verdict()
+    assert v == "pass" and val == 2.0 and "peak 3600 MiB (base 2000 + own 1500 + extra 100)" in detail
+    assert "GPU busy 80% of the step" in detail and "replayed 8" in detail and "(no higher)" in detail
+    assert verdict(peak_mb="4100")[0] == "fail" and "(HIGHER)" in verdict(peak_mb="4100")[2]
+    assert verdict(gpu_busy_share="0.5")[0] == "fail"
+    assert verdict(tokens_per_s="1400")[0] == "fail"
+    assert verdict(gpu_busy_share="", gpu_busy_error="not profiled: time budget")[0] == "not measured"
+    t = {x["name"]: x for x in gpu_summary.graph_step_targets([naive])}
+    assert t["step_graphs_triton"]["verdict"] == "not measured"
+    d = _write_outdir(tmp_path / "g")
+    with open(d / "supernet_step_gpu.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in (naive, graphed) for k in r)))
+        w.writeheader()
+        w.writerows([naive, graphed])
+    krows = list(csv.DictReader(open(d / "kernels_gpu.csv")))
+    extra = []
+    for r in krows:
+        if r["impl"] == "cublas_contiguous":
+            extra.append({**r, "impl": "cublas_cast_per_call", "ms_median": str(2 * float(r["ms_median"]))})
+        if r["impl"] == "autodistil_triton":
+            r["triton_config"] = "fwd 128x128x64 w8 s4 B:bfloat16; dw 64x64x64 w4 s4 B:bfloat16 split 4"
+    with open(d / "kernels_gpu.csv", "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=list(dict.fromkeys(k for r in krows + extra for k in r)))
+        w.writeheader()
+        w.writerows(krows + extra)
+    s = gpu_summary.write_summary(d)
+    assert {x["name"]: x for x in s["targets"]}["step_graphs_cuda"]["verdict"] == "pass"
+    lin = {x["name"]: x for x in s["targets"]}["linear_triton"]
+    assert "per-call cast of the fp32 master 2.00x" in lin["detail"]
+    md = (d / "summary.md").read_text()
+    assert "| graphs_cuda | ok | 2000 | 2.00x |" in md and "| 3600 (2000 + 1500 + 100) |" in md
+    assert "6 graphs, pool 1400 MiB; last pass 8/0/0" in md
+    assert "## Triton configs chosen per shape" in md and "fwd 128x128x64 w8 s4 B:bfloat16" in md
+    assert "cuBLAS (cast per call)" in md
 
 
 def test_gpu_busy_counts_overlapping_device_intervals_once():
@@ -432,12 +557,13 @@ def test_step_profiled_passes_fill_rows_and_report_failures(monkeypatch):
     monkeypatch.setattr(b, "_restore", lambda tr, snap: None)
     monkeypatch.setattr(b, "cuda_context_ok", lambda: True)
     model = types.SimpleNamespace(backend="torch")
-    tr = types.SimpleNamespace(model=model, step=7, train_step=lambda: None)
+    tr = types.SimpleNamespace(model=model, step=7, train_step=lambda: None, graphs=None)
     a = argparse.Namespace(steps=2)
     rows = [{"mode": "naive", "step_s": "0.2"}, {"mode": "cuda", "step_s": "0.25"}]
     real = b.gpu_busy
-    monkeypatch.setattr(b, "gpu_busy", lambda tr, mode, snap, a: (seen.append(mode), real(tr, mode, snap, a))[1])
-    monkeypatch.setattr(b, "naive_slicing", lambda m: __import__("contextlib").nullcontext())
+    monkeypatch.setattr(b, "gpu_busy", lambda tr, mode, snap, a, graphs=None: (
+        seen.append(mode), real(tr, mode, snap, a, graphs))[1])
+    monkeypatch.setattr(b, "plain_model", lambda m: m)
     saves = []
     b.profile_modes(tr, None, a, rows, b.Budget(None), lambda: saves.append(1))
     assert rows[0]["gpu_busy_ms_per_step"] == 40.0 and rows[0]["gpu_busy_share"] == 0.2  # 80 ms over 2 steps

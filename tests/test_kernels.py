@@ -197,6 +197,57 @@ def test_split_k_rule():
         assert chunk % 16 == 0 and (S - 1) * chunk < K <= S * chunk, (M, N, K, S, chunk)
 
 
+def test_shared_memory_estimate_and_pruning():
+    """A 128x256x64 stage needs 48 KB with bf16 operands and 80 KB when the B tile is an fp32 master
+    weight cast per tile: 3 stages fit an H100/H200 block (227 KB opt-in) only in bf16. Pruning keeps
+    what fits, and the least hungry config when nothing does."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    big = triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3)
+    mid = triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=4)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert sl.smem_bytes(big, bf16, bf16) == 3 * 48 * 1024
+    assert sl.smem_bytes(big, bf16, fp32) == 3 * 80 * 1024
+    assert sl.smem_bytes(mid, bf16, fp32) == 4 * (16 + 32) * 1024
+    h100 = 227 * 1024
+    assert sl.fitting_configs([big, mid], bf16, bf16, h100) == [big, mid]
+    assert sl.fitting_configs([big, mid], bf16, fp32, h100) == [mid]
+    assert sl.fitting_configs([big, mid], bf16, fp32, 1024) == [mid]   # nothing fits: the smallest need
+    assert sl.fitting_configs([big, mid], bf16, fp32, None) == [big, mid]
+    assert sl.device_smem_limit(torch.device("cpu")) is None
+
+
+def test_tuner_never_times_a_config_that_does_not_fit():
+    """With a shared-memory limit only one of two candidates fits: it is chosen for every product
+    without timing (the other is never compiled), and the result is exact."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    small = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1, num_stages=1)
+    large = triton.Config({"BM": 32, "BN": 32, "BK": 16, "GROUP_M": 4}, num_warps=1, num_stages=2)
+    timed = []
+    old = sl.configure_autotune([large, small], lambda fn: timed.append(fn) or 1.0,
+                                smem_limit=sl.smem_bytes(small, torch.float32, torch.float32))
+    try:
+        W0 = _mk((64, 48), torch.float32, 1, 0.1)
+        x, dy = _mk((9, 37), torch.float32, 3), _mk((9, 50), torch.float32, 4)
+        W, xg = W0.clone().requires_grad_(), x.clone().requires_grad_()
+        ops.sliced_linear(xg, W, None, 50, 37, None, backend="triton").backward(dy)
+        assert timed == [], "a config that does not fit was timed"
+        assert sl.tuned_keys() and all(sl.tuned_config(k) is small for k in sl.tuned_keys())
+        got = sl.chosen_configs(9, 50, 37)
+        assert set(got) == {"fwd", "dx", "dw"}, got
+        assert all(v.startswith("16x16x16 w1 s1") for v in got.values()), got
+        Wr = W0.clone().requires_grad_()
+        F.linear(x, Wr[:50, :37]).backward(dy)
+        _check(W.grad, Wr.grad, None, torch.float32, "dW with the pruned candidate list")
+    finally:
+        sl.configure_autotune(*old)
+
+
 @pytest.mark.parametrize("n", [129, 1000])
 def test_split_k_dw_is_exact_and_deterministic(n):
     """With the SM count set so dW splits K (3 and 5 chunks here), the first call's dW added to what
@@ -693,10 +744,11 @@ def test_torch_layernorm_fused_rule_by_device():
 
 
 def test_triton_shadow_weight_operand_gives_the_same_bits():
-    """weight_operand("shadow") makes forward and dX read the cached low-precision shadow instead of
-    casting fp32 tiles in registers: the same rounding of the same weights, so y, dX and dW are
-    bit-identical to the default under the interpreter (one config; close on a GPU, where each
-    weight dtype is tuned apart); the shadow exists only in that mode; a bad mode is refused."""
+    """weight_operand("shadow") (the default) makes forward and dX read the cached low-precision
+    shadow instead of casting fp32 tiles in registers ("cast"): the same rounding of the same
+    weights, so y, dX and dW are bit-identical under the interpreter (one config; close on a GPU,
+    where each weight dtype is tuned apart); the shadow exists only in that mode; a bad mode is
+    refused."""
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     from autodistil.kernels import weight_operand
@@ -724,9 +776,9 @@ def test_triton_shadow_weight_operand_gives_the_same_bits():
 
 def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
     """The weight operand is captured at forward and re-entered for backward: with forward under
-    weight_operand("shadow") and backward called after the block (autograd may also run it on
-    another thread), dX still reads the shadow; a bad AUTODISTIL_TRITON_WEIGHT fails the linear
-    that reads it, not the import of the backend."""
+    weight_operand("cast") and backward called after the block (autograd may also run it on
+    another thread), dX still reads what forward read (not the default shadow); a bad
+    AUTODISTIL_TRITON_WEIGHT fails the linear that reads it, not the import of the backend."""
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
@@ -736,11 +788,11 @@ def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
     monkeypatch.setattr(sl, "_weight_for", lambda w, dt: seen.append(sl.current_operand()) or real(w, dt))
     W = _mk((64, 48), torch.float32, 1, 0.1).requires_grad_()
     x = _mk((9, 37), torch.float32, 3).requires_grad_()
-    with weight_operand("shadow"), _amp(LOWP):
+    with weight_operand("cast"), _amp(LOWP):
         y = ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
-    assert sl.current_operand() == "cast"
+    assert sl.current_operand() == "shadow"  # the default outside the block
     y.backward(_mk((9, 50), torch.float32, 4).to(y.dtype))
-    assert seen == ["shadow", "shadow"], seen  # forward, then dX in backward
+    assert seen == ["cast", "cast"], seen  # forward, then dX in backward
     monkeypatch.setenv("AUTODISTIL_TRITON_WEIGHT", "copy")
     with pytest.raises(ValueError, match="AUTODISTIL_TRITON_WEIGHT='copy' is not allowed"):
         with _amp(LOWP):

@@ -6,7 +6,8 @@ import torch
 
 from autodistil import ops
 from autodistil.nn import SuperBert, SuperBertConfig
-from autodistil.ops.shared import disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow, lowp_shadow_bytes
+from autodistil.ops.shared import (disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow,
+                                   lowp_shadow_bytes, refresh_lowp_shadows, shadow_refreshes)
 from autodistil.space import SubnetConfig
 from conftest import randomize_
 from test_superbert import _Watch
@@ -33,10 +34,45 @@ def test_lowp_shadow_refreshes_after_a_real_optimizer_step(opt):
         o = torch.optim.AdamW(lin.parameters(), lr=0.1, **kw)
         lin(torch.randn(3, 6)).sum().backward()
         o.step()
+    ptr = s1.data_ptr()
     s2 = lowp_shadow(lin.weight, BF16)
-    assert s2 is not s1
+    # refreshed in place: the same tensor at the same address (CUDA graphs read it by address)
+    assert s2 is s1 and s2.data_ptr() == ptr
     assert torch.equal(s2, lin.weight.detach().to(BF16))
     assert lowp_shadow(lin.weight, torch.float32) is lin.weight  # same dtype: the parameter itself
+
+
+def test_refresh_lowp_shadows_writes_in_place_whatever_the_key():
+    """The explicit refresh (what a CUDA-graph step runs before its replays) copies the current values
+    into every cached shadow at its address, also after a write the key cannot see (.data), and
+    records the keys: the next lookup is a hit, not a second refresh."""
+    lin = torch.nn.Linear(6, 8)
+    s1, b1 = lowp_shadow(lin.weight, BF16), lowp_shadow(lin.bias, BF16)
+    ptrs = (s1.data_ptr(), b1.data_ptr())
+    lin.weight.data.mul_(-2.0)
+    lin.bias.data.add_(1.0)
+    assert refresh_lowp_shadows(lin.parameters()) == 2
+    assert (s1.data_ptr(), b1.data_ptr()) == ptrs
+    assert torch.equal(s1, lin.weight.detach().to(BF16)) and torch.equal(b1, lin.bias.detach().to(BF16))
+    n = shadow_refreshes()
+    assert lowp_shadow(lin.weight, BF16) is s1 and shadow_refreshes() == n
+
+
+def test_frozen_parameter_shadow_survives_optimizer_steps_elsewhere():
+    """A frozen parameter without a gradient (a teacher's) cannot be stepped: another model's optimizer
+    step does not refresh its shadow (which would cost a full copy per training step), an in-place
+    write (version bump) still does."""
+    frozen, lin = torch.nn.Linear(6, 8).requires_grad_(False), torch.nn.Linear(6, 8)
+    s = lowp_shadow(frozen.weight, BF16)
+    o = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    lin(torch.randn(3, 6)).sum().backward()
+    o.step()
+    n = shadow_refreshes()
+    assert lowp_shadow(frozen.weight, BF16) is s and shadow_refreshes() == n
+    with torch.no_grad():
+        frozen.weight.mul_(2.0)
+    assert torch.equal(lowp_shadow(frozen.weight, BF16), frozen.weight.to(BF16))
+    assert shadow_refreshes() == n + 1
 
 
 def test_data_writes_are_invisible_until_invalidated():
@@ -98,7 +134,8 @@ def test_autocast_never_copies_a_weight_slice_and_grads_stay_fp32(small_space):
     opt.step()
     w = sandwich()
     full = {tuple(p.shape) for p in shadowed}
-    assert w.copies and all(name == "aten._to_copy.default" and shape in full for name, shape in w.copies)
+    # refreshed in place (copy_ into the existing shadow), never reallocated
+    assert w.copies and all(name == "aten.copy_.default" and shape in full for name, shape in w.copies)
     assert len(w.copies) == len(shadowed)  # one refresh per parameter, shared by all members and dX
 
     ref = SuperBert(sb.config)

@@ -6,9 +6,12 @@ Determinism: the batch and the sandwich of step s are functions of (seed, s) alo
 checkpoint holds model, optimizer, scheduler and RNG states, so an interrupted run resumed
 with ``resume=True`` follows the same loss curve as an uninterrupted one.
 Every rank draws the same subnets (seeded by step; checked with an all-gather).
+With ``cuda_graphs=True`` the sandwich runs as captured CUDA graphs (distill/graphs.py): the same
+losses as the eager step, for a fraction of its host time.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
@@ -66,6 +69,8 @@ class TrainConfig:
     device: str = "auto"                # auto (CUDA when available) | cpu | cuda[:N]
     deepspeed: Optional[str] = None     # path of a DeepSpeed JSON config (ZeRO 1/2/3)
     resume: bool = False                # continue from the last checkpoint in out_dir
+    cuda_graphs: bool = False           # CUDA: each member's forward+backward and the teacher's forward replayed
+                                        # as captured CUDA graphs (one device, no DeepSpeed, dropout 0)
 
     @property
     def warmup(self) -> int:
@@ -238,6 +243,9 @@ class SupernetTrainer:
         if cfg.batch_size % self.world:
             raise ValueError(f"batch_size={cfg.batch_size} must be divisible by the {self.world} ranks")
         self.device = self._device()
+        if cfg.cuda_graphs:  # refused before anything is built
+            from .graphs import check_graphable
+            check_graphable(cfg, self.device, self.world)
         tc = teacher.net.config
         mcfg = replace(SuperBertConfig.for_spaces(space, **tc.conventions()),
                        depth_mapping=cfg.depth_mapping, dropout=cfg.dropout, attention_dropout=cfg.dropout)
@@ -263,7 +271,19 @@ class SupernetTrainer:
         self.engine = None
         self.ddp = None
         self.step = 0
+        self.graphs = None
         self._build_optim()
+        if cfg.cuda_graphs:
+            self.enable_graphs()
+
+    def enable_graphs(self, capture: bool = True, **kw):
+        """Run train_step's sandwich through distill.graphs.SandwichGraphs (kw: its max_random,
+        pool_slack). capture=False: the graph-ready path with eager stand-ins for the graphs (any
+        device; how the CPU tests it)."""
+        from .graphs import SandwichGraphs, check_graphable
+        check_graphable(self.cfg, self.device, self.world, capture)
+        self.graphs = SandwichGraphs(self, capture=capture, **kw)
+        return self.graphs
 
     # ----------------------------------------------------------------------------------
     def _measure_rewiring(self):
@@ -290,10 +310,11 @@ class SupernetTrainer:
             return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
         return torch.device("cpu")
 
-    def _autocast(self):
+    def _autocast(self, cache: bool = True):
+        """cache=False: no autocast cast cache (what graph capture needs; the same numbers)."""
         p = self.cfg.precision
         if p == "bf16" or (p == "auto" and self.device.type == "cuda" and torch.cuda.is_bf16_supported()):
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(self.device.type, dtype=torch.bfloat16, cache_enabled=cache)
         return torch.autocast(self.device.type, enabled=False)
 
     def _build_optim(self):
@@ -409,9 +430,9 @@ class SupernetTrainer:
         per = idx.shape[0] // self.world
         return idx[self.rank * per:(self.rank + 1) * per]
 
-    def _member_loss(self, ids, mask, t_out, sub: SubnetConfig):
+    def _member_loss(self, ids, mask, t_out, sub: SubnetConfig, cache: bool = True):
         L = self.cfg.loss
-        with self._autocast():
+        with self._autocast(cache):
             net = self.engine or self.ddp or self.model
             s_out = net(ids, mask, subnet=sub, output_qkv=bool(L.relation), output_attentions=bool(L.attention),
                         output_hidden_states=bool(L.hidden))
@@ -422,9 +443,9 @@ class SupernetTrainer:
             loss, parts = combined_loss(L, t_out, s_out, mask, proj)
         return loss, parts
 
-    def _teacher_out(self, ids, mask):
+    def _teacher_out(self, ids, mask, cache: bool = True):
         L = self.cfg.loss
-        with self._autocast():
+        with self._autocast(cache):
             return self.teacher(ids, mask, output_qkv=bool(L.relation), output_attentions=bool(L.attention),
                                 output_hidden_states=bool(L.hidden))
 
@@ -432,15 +453,44 @@ class SupernetTrainer:
         cfg = self.cfg
         t0 = time.perf_counter()
         idx = self._local(batch_indices(len(self.train_data), cfg.batch_size, self.step, cfg.seed))
-        ids, mask = (t.to(self.device) for t in self.train_data.batch(idx))
+        ids, mask = self.train_data.batch(idx)
         members = sandwich(self.space, self.step, cfg.seed, cfg.n_random)
         _check_same_subnets([m for _, m in members])
         self.model.train()
+        with self.graphs.stepping() if self.graphs is not None else contextlib.nullcontext():
+            if self.engine is None:
+                self.opt.zero_grad(set_to_none=False)  # in place: the graphs hold the gradients' addresses
+            if self.graphs is not None:
+                member_loss = self.graphs.run(ids, mask, members)
+            else:
+                member_loss = self._eager_members(ids.to(self.device), mask.to(self.device), members)
+            stacked = torch.stack(member_loss)
+            if self.engine is None:  # outside the graphs
+                gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
+                self.opt.step()
+                self.sched.step()
+            else:
+                gn = self.engine.get_global_grad_norm()
+            # the detached losses and the norm are read once, after the optimizer step was launched: a
+            # read per member, or before the step, would make the host wait for the GPU with work left
+            # to launch
+            losses = dict(zip((name for name, _ in members), _all_means(stacked, self.device)))
+            gn = float(gn) if gn is not None else None
+        self.step += 1
+        dt = time.perf_counter() - t0
+        rec = {"step": self.step, "lr": self.sched.get_last_lr()[0],
+               "loss": sum(losses.values()) / len(losses), "members": losses,
+               "subnets": {n: m.short() for n, m in members}, "grad_norm": gn,
+               "tokens_per_s": len(members) * cfg.batch_size * ids.shape[1] / dt, "step_s": dt,
+               "peak_mem_mb": peak_memory_mb(self.device)}
+        if self.graphs is not None:
+            rec["graphs"] = self.graphs.stats()
+        return rec
+
+    def _eager_members(self, ids, mask, members) -> list:
+        """Each member's forward, loss and backward, eagerly; the detached losses."""
         t_out = self._teacher_out(ids, mask)
-        member_loss = []  # detached device scalars, read once after the sandwich: reading each with
-        # float() would make the host wait for the GPU after every member (no launch overlap)
-        if self.engine is None:
-            self.opt.zero_grad(set_to_none=False)
+        member_loss = []
         for k, (name, sub) in enumerate(members):
             if self.engine is not None:
                 loss, _ = self._member_loss(ids, mask, t_out, sub)
@@ -454,20 +504,7 @@ class SupernetTrainer:
                 loss, _ = self._member_loss(ids, mask, t_out, sub)
                 (loss / len(members)).backward()
             member_loss.append(loss.detach().float())
-        losses = dict(zip((name for name, _ in members), _all_means(torch.stack(member_loss), self.device)))
-        if self.engine is None:
-            gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.clip_norm)
-            self.opt.step()
-            self.sched.step()
-        else:
-            gn = self.engine.get_global_grad_norm()
-        self.step += 1
-        dt = time.perf_counter() - t0
-        return {"step": self.step, "lr": self.sched.get_last_lr()[0], "loss": sum(losses.values()) / len(losses),
-                "members": losses, "subnets": {n: m.short() for n, m in members},
-                "grad_norm": float(gn) if gn is not None else None,
-                "tokens_per_s": len(members) * cfg.batch_size * ids.shape[1] / dt, "step_s": dt,
-                "peak_mem_mb": peak_memory_mb(self.device)}
+        return member_loss
 
     @torch.no_grad()
     def evaluate(self) -> dict:

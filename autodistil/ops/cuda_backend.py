@@ -15,22 +15,27 @@ current stream.
   autocast does for F.linear.
 - Sliced LayerNorm: csrc/layernorm.cu (fp32 or activation-dtype gamma/beta, deterministic
   dgamma/dbeta).
-- Attention: ``autodistil.ops.cuda_attention`` (imported on first use).
+- Attention: the Triton flash kernel (``autodistil.kernels.attention``: the padding mask inside the
+  kernel, 0 for an all-padding sequence, a deterministic backward without atomics) when the Triton
+  backend can run, else PyTorch's SDPA with the same contract (``sdpa_attention``); no attention
+  kernel of its own.
 
 cuBLASLt is resolved at run time: the copy torch already loaded, then the nvidia-cublas wheel's
 lib folder ($AUTODISTIL_CUBLAS_ROOT/lib first), then the plain soname.
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
 import torch
+import torch.nn.functional as F
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
 from .shared import (amp_state, compute_dtype, ffn_layernorm_parts, linear_layernorm_parts, lowp_shadow, needs_grad,
-                     qkv_parts, sliced_ffn_layernorm_function, sliced_layernorm_function, sliced_linear_function,
-                     sliced_linear_layernorm_function, sliced_qkv_function)
+                     qkv_parts, reference_attention, sliced_ffn_layernorm_function, sliced_layernorm_function,
+                     sliced_linear_function, sliced_linear_layernorm_function, sliced_qkv_function)
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -303,8 +308,45 @@ def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
     return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
+def _triton_attention():
+    """The Triton backend's attention when that backend can run here, else None (the reason is
+    what ``ops.backend_status()["triton"]`` says)."""
+    from .dispatch import BackendUnavailable, backend_module
+    try:
+        return backend_module("triton").attention
+    except BackendUnavailable:
+        return None
+
+
+def sdpa_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
+    """PyTorch's SDPA with what the contract adds: masked keys get probability 0; a sequence whose
+    keys are all padding gets 0 context and zero gradients (SDPA alone gives NaN or uniform rows:
+    such rows attend to every key here and are multiplied by 0); under
+    ``torch.use_deterministic_algorithms(True)`` the math backend, whose backward has no atomics.
+    Probabilities or dropout: the torch reference (``shared.reference_attention``)."""
+    if need_probs or dropout_p > 0:
+        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
+    m = has = None
+    if key_mask is not None:
+        valid = key_mask.to(torch.bool)                                      # (B, T)
+        has = valid.any(-1)                                                  # (B,) no host read
+        m = (valid | ~has[:, None])[:, None, None, :]                        # (B, 1, 1, T)
+    ctx = contextlib.nullcontext()
+    if torch.are_deterministic_algorithms_enabled():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        ctx = sdpa_kernel([SDPBackend.MATH])
+    with ctx:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=m)            # (B, A, T, d)
+    if has is not None:
+        o = o * has[:, None, None, None].to(o.dtype)
+    return o, None
+
+
 def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):
-    """The CUDA attention kernels (autodistil.ops.cuda_attention, imported on first use). The
-    dispatch routes dropout and probabilities with gradient to the torch reference itself."""
-    from . import cuda_attention
-    return cuda_attention.attention(q, k, v, key_mask, need_probs, dropout_p)
+    """(context (B, A, T, d), probs (B, A, T, T) without gradient, or None): the Triton flash kernel
+    when the Triton backend can run, else ``sdpa_attention``. The dispatch routes dropout and
+    probabilities with gradient to the torch reference before a backend is called."""
+    tri = _triton_attention()
+    if tri is not None:
+        return tri(q, k, v, key_mask, need_probs, dropout_p)
+    return sdpa_attention(q, k, v, key_mask, need_probs, dropout_p)

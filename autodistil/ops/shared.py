@@ -83,8 +83,13 @@ def delivers_inplace(p: torch.Tensor | None) -> bool:
 
 
 def _grad_slot(p: torch.Tensor) -> torch.Tensor:
-    """The parameter's full-size .grad, created once (zeros) if absent."""
+    """The parameter's full-size .grad, created once (zeros) if absent. Never inside CUDA graph capture:
+    the graph would re-zero it at every replay (an eager run of the same code creates it first)."""
     if p.grad is None:
+        if p.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(f"a gradient of shape {tuple(p.shape)} would be created inside CUDA graph "
+                               f"capture; run the captured code once eagerly first (warm-up) so every "
+                               f"gradient exists")
         p.grad = torch.zeros_like(p)
     return p.grad
 
@@ -171,20 +176,47 @@ def _opt_steps() -> int:
     return _OPT_STEPS
 
 
+def _shadow_key(param: torch.Tensor) -> tuple:
+    """What a shadow was made from. A frozen parameter without a gradient (a teacher's) cannot be
+    stepped by an optimizer, so the optimizer-step counter does not invalidate its shadow."""
+    frozen = not param.requires_grad and param.grad is None
+    steps = None if frozen else _opt_steps()
+    return (param._version, steps, param.data_ptr(), tuple(param.shape), param.device)
+
+
+_REFRESHES = 0          # shadows built or refreshed in this process (a statistic; see shadow_refreshes)
+
+
+def shadow_refreshes() -> int:
+    """How many times a shadow was built or refreshed in this process. A CUDA-graph runner compares it
+    around a capture: a refresh there would be baked into that one graph (distill/graphs.py)."""
+    return _REFRESHES
+
+
+def _refreshable(shadow: torch.Tensor, param: torch.Tensor) -> bool:
+    """May `shadow` be rewritten in place with param's values? Same shape and device, and not an
+    inference tensor seen outside inference mode (torch refuses in-place writes to those)."""
+    return shadow.shape == param.shape and shadow.device == param.device and (
+        not shadow.is_inference() or torch.is_inference_mode_enabled())
+
+
 def lowp_shadow(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """A full-size copy of `param` in `dtype` (the caller slices it), cached on the parameter and
-    rebuilt when its version counter, storage or shape changes or any torch.optim optimizer took a
-    step: an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
+    refreshed when its version counter, storage or shape changes or any torch.optim optimizer took a
+    step (the last only for a parameter that requires grad or has one: a frozen teacher's shadow is
+    made once): an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
     all refresh it, so within one optimizer step every sandwich member and every backward dX share
-    one copy.
+    one copy. A refresh writes into the existing copy when the shape and device still match (its
+    address stays the same: CUDA graphs read it by address); otherwise a new copy is made.
     Returns `param` itself when it already has `dtype`; None where no cache can be trusted
     (ZeRO-3 partitions with ``ds_id``, DTensors, non-leaf tensors, parameters marked with
     ``disable_lowp_shadow``): callers then cast the slice they need per call."""
+    global _REFRESHES
     if param.dtype == dtype:
         return param
     if not param.is_leaf or _is_dtensor(param) or hasattr(param, "ds_id") or getattr(param, _NO_SHADOW_ATTR, False):
         return None
-    key = (param._version, _opt_steps(), param.data_ptr(), tuple(param.shape), param.device)
+    key = _shadow_key(param)
     cache = getattr(param, _SHADOW_ATTR, None)
     if cache is None:
         cache = {}
@@ -192,10 +224,41 @@ def lowp_shadow(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     hit = cache.get(dtype)
     if hit is not None and hit[0] == key:
         return hit[1]
+    _REFRESHES += 1
     with torch.no_grad():
-        shadow = param.detach().to(dtype)
+        if hit is not None and _refreshable(hit[1], param):
+            shadow = hit[1].copy_(param.detach())  # in place: the same address
+        else:
+            shadow = param.detach().to(dtype)
     cache[dtype] = (key, shadow)
     return shadow
+
+
+def refresh_lowp_shadows(params) -> int:
+    """Bring every cached shadow of these parameters up to date in place (one foreach copy per
+    dtype), whatever its key says, and record the parameters' current keys: what a CUDA-graph
+    step runs before its replays, which read the shadows by address and run no Python. Returns
+    the number of shadows refreshed."""
+    global _REFRESHES
+    groups: dict = {}
+    for p in params:
+        for dt, (_, s) in getattr(p, _SHADOW_ATTR, {}).items():
+            if _refreshable(s, p):
+                groups.setdefault(dt, []).append((p, s))
+    n = 0
+    with torch.no_grad():
+        for pairs in groups.values():
+            torch._foreach_copy_([s for _, s in pairs], [p.detach() for p, _ in pairs])
+            for p, s in pairs:
+                getattr(p, _SHADOW_ATTR)[s.dtype] = (_shadow_key(p), s)
+            n += len(pairs)
+    _REFRESHES += n
+    return n
+
+
+def lowp_shadows(params) -> list:
+    """The cached shadow tensors of these parameters (any dtype), in parameter order."""
+    return [s for p in params for _, s in getattr(p, _SHADOW_ATTR, {}).values()]
 
 
 def lowp_shadow_bytes(params) -> int:
