@@ -11,12 +11,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import (ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
-                                   sliced_ffn_layernorm_function, sliced_layernorm_function,
-                                   sliced_linear_layernorm_function)
-
 from ._common import check_device
-from .sliced_linear import _TritonLinear, sliced_linear
 
 
 @triton.jit
@@ -87,26 +82,3 @@ class _TritonLayerNorm:
         _ln_bwd[(n_prog,)](dy2, s, weight, mean, rstd, dx, dw_part, db_part, N, h, ROWS,
                            BLOCK=triton.next_power_of_2(h))
         return dw_part.sum(0), db_part.sum(0)
-
-
-SlicedLayerNormTriton = sliced_layernorm_function(_TritonLayerNorm, "triton")
-SlicedLinearLayerNormTriton = sliced_linear_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
-SlicedFFNLayerNormTriton = sliced_ffn_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
-
-
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    return SlicedLayerNormTriton.apply(x, weight, bias, width, eps, residual)
-
-
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if needs_grad(x, weight, bias, gamma, beta, residual):
-        return SlicedLinearLayerNormTriton.apply(x, weight, bias, gamma, beta, out_features, in_features, eps,
-                                                 residual)
-    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                  in_features, eps, residual)
-
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
-        return SlicedFFNLayerNormTriton.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)

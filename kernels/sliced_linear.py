@@ -49,8 +49,7 @@ import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import (amp_state, compute_dtype, lowp_shadow, needs_grad, qkv_parts, set_context,
-                                   sliced_linear_function, sliced_qkv_function)
+from autodistil.ops.shared import amp_state, compute_dtype, lowp_shadow, set_context
 
 from ._common import INTERPRET, check_device
 
@@ -464,20 +463,9 @@ class _TritonLinear:
         matmul(dy2, x2, dst, o, i, dy2.shape[0], (1, o), (i, 1), (dst.stride(0), dst.stride(1)), accumulate=True)
 
 
-SlicedLinearTriton = sliced_linear_function(_TritonLinear, "triton")
-SlicedQKVTriton = sliced_qkv_function(_TritonLinear, "triton")
-
-
-def sliced_qkv(x, weights, biases, out_features, in_features):
-    if needs_grad(x, *weights, *biases):
-        return SlicedQKVTriton.apply(x, *weights, *biases, out_features, in_features)
-    return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
-
-
-def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if needs_grad(x, weight, bias):
-        return SlicedLinearTriton.apply(x, weight, bias, out_features, in_features, activation)
-    # inference: the same compute dtype as the autograd path (the autocast dtype under autocast)
+def linear_inference(x, weight, bias, out_features, in_features, activation=None):
+    """No gradient: the autograd path's compute dtype (the autocast dtype under autocast), GELU in the
+    epilogue, no pre-activation kept."""
     dt = compute_dtype(x, amp_state(x.device.type))
     x2 = x.reshape(-1, in_features).to(dt).contiguous()
     y, _ = linear_forward(x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False)

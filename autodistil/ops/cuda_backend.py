@@ -33,9 +33,8 @@ import torch
 import torch.nn.functional as F
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
-from .shared import (amp_state, compute_dtype, ffn_layernorm_parts, linear_layernorm_parts, lowp_shadow, needs_grad,
-                     qkv_parts, reference_attention, sliced_ffn_layernorm_function, sliced_layernorm_function,
-                     sliced_linear_function, sliced_linear_layernorm_function, sliced_qkv_function)
+from .shared import amp_state, compute_dtype, lowp_shadow, reference_attention
+from .surface import op_surface
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -268,44 +267,17 @@ class _CudaLayerNorm:
         return dgamma, dbeta
 
 
-SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
-SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
-SlicedQKVCUDA = sliced_qkv_function(_CudaLinear, "cuda")
-SlicedLinearLayerNormCUDA = sliced_linear_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
-SlicedFFNLayerNormCUDA = sliced_ffn_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
-
-
-def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if needs_grad(x, weight, bias):
-        return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
-    # inference: same compute dtype rule as the template, GELU in place (no pre-activation kept)
+def _linear_inference(x, weight, bias, out_features, in_features, activation=None):
+    """No gradient: the template's compute dtype rule, GELU in place (no pre-activation kept)."""
     _CudaLinear.check(x, weight, bias)
     x2 = x.reshape(-1, in_features).to(compute_dtype(x, amp_state(x.device.type))).contiguous()
     y, _ = _linear_forward(x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False)
     return y.reshape(*x.shape[:-1], out_features)
 
 
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    return SlicedLayerNormCUDA.apply(x, weight, bias, width, eps, residual)
-
-
-def sliced_qkv(x, weights, biases, out_features, in_features):
-    if needs_grad(x, *weights, *biases):
-        return SlicedQKVCUDA.apply(x, *weights, *biases, out_features, in_features)
-    return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
-
-
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if needs_grad(x, weight, bias, gamma, beta, residual):
-        return SlicedLinearLayerNormCUDA.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
-    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                  in_features, eps, residual)
-
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
-        return SlicedFFNLayerNormCUDA.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+OPS = op_surface("cuda", _CudaLinear, _CudaLayerNorm, _linear_inference)
+sliced_linear, sliced_qkv, sliced_layernorm = OPS.sliced_linear, OPS.sliced_qkv, OPS.sliced_layernorm
+sliced_linear_layernorm, sliced_ffn_layernorm = OPS.sliced_linear_layernorm, OPS.sliced_ffn_layernorm
 
 
 def _triton_attention():

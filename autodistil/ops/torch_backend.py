@@ -20,10 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, amp_ctx, delivers_inplace, ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
-                     operand_slice, prefix, qkv_parts, reference_attention, sliced_ffn_layernorm_function,
-                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
-                     sliced_qkv_function)
+from .shared import _grad_slot, amp_ctx, delivers_inplace, needs_grad, operand_slice, prefix, reference_attention
+from .surface import op_surface
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -167,13 +165,6 @@ def _fused_ln_ok(s, weight, bias) -> bool:
     return weight.dtype == s.dtype or (weight.dtype == torch.float32 and s.device.type == "cpu")
 
 
-SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
-SlicedLayerNormTorch = sliced_layernorm_function(_TorchLayerNorm, "torch")
-SlicedQKVTorch = sliced_qkv_function(_TorchLinear, "torch")
-SlicedLinearLayerNormTorch = sliced_linear_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
-SlicedFFNLayerNormTorch = sliced_ffn_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
-
-
 class SlicedEmbeddingFn(torch.autograd.Function):
     """E[ids, :h]; the backward index-adds into E.grad[:, :h] (no vocab x H_max temporary)."""
 
@@ -199,44 +190,28 @@ def _autograd_only(*params) -> bool:
     return needs_grad(*params) and not any(delivers_inplace(p) for p in params)
 
 
-def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if _autograd_only(weight, bias):
-        y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
-        return gelu(y) if activation == "gelu" else y
-    return SlicedLinearTorch.apply(x, weight, bias, out_features, in_features, activation)
+def _linear_views(x, weight, bias, out_features, in_features, activation=None):
+    y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
+    return gelu(y) if activation == "gelu" else y
+
+
+def _layernorm_views(x, weight, bias, width, eps, residual=None):
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
+
+
+# PyTorch's own ops on the slice views when every gradient goes through autograd, else our Functions
+OPS = op_surface("torch", _TorchLinear, _TorchLayerNorm, _linear_views, _layernorm_views,
+                 use_function=lambda x, params, others=(): not _autograd_only(*params))
+sliced_linear, sliced_qkv, sliced_layernorm = OPS.sliced_linear, OPS.sliced_qkv, OPS.sliced_layernorm
+sliced_linear_layernorm, sliced_ffn_layernorm = OPS.sliced_linear_layernorm, OPS.sliced_ffn_layernorm
 
 
 def sliced_embedding(ids, weight, width):
     if torch.is_grad_enabled() and weight.requires_grad and delivers_inplace(weight):
         return SlicedEmbeddingFn.apply(ids, weight, width)
     return F.embedding(ids, weight[:, :width])
-
-
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    if _autograd_only(weight, bias):
-        if residual is not None:
-            x = x + residual
-        return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
-    return SlicedLayerNormTorch.apply(x, weight, bias, width, eps, residual)
-
-
-def sliced_qkv(x, weights, biases, out_features, in_features):
-    if _autograd_only(*weights, *biases):
-        return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
-    return SlicedQKVTorch.apply(x, *weights, *biases, out_features, in_features)
-
-
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if _autograd_only(weight, bias, gamma, beta):
-        return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                      in_features, eps, residual)
-    return SlicedLinearLayerNormTorch.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
-
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if _autograd_only(w1, b1, w2, b2, gamma, beta):
-        return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return SlicedFFNLayerNormTorch.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
 def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
