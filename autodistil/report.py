@@ -161,7 +161,7 @@ def collect_results(run) -> dict:
 
 
 def _cpu():
-    from .latency.profile import cpu_model
+    from .machine import cpu_model
     return cpu_model()
 
 
