@@ -1,4 +1,5 @@
-"""autodistil.stats (Kendall tau, bootstrap, permutation, seed noise) and autodistil.machine (device facts)."""
+"""autodistil.stats (Kendall tau, bootstrap, permutation, seed noise) and autodistil.machine (device
+facts)."""
 import math
 
 import pytest
@@ -78,4 +79,5 @@ def test_machine_facts_need_no_gpu():
     assert info["device"] == "cpu" and info["device_name"] and info["driver"] == "n/a"
     assert {"torch", "cuda", "triton", "threads", "python"} <= set(info)
     assert loadavg() is None or len(loadavg()) == 3
-    assert cpu_id("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n") == "arm implementer 0x41 part 0xd0c"
+    arm = "processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n"
+    assert cpu_id(arm) == "arm implementer 0x41 part 0xd0c"

@@ -4,11 +4,12 @@ another host behind the same CPU name) is validated now, as is and under the fac
 protocol just before the students are measured (latency.validate.speed_now), not interleaved with
 them as the validation's own "drift-adjusted" column is.
 
-    python bench/table_reuse.py --table OLD/table.json --out DIR [--n 36] [--seed 1]
+    python -m experiments.table_reuse --table OLD/table.json [--out DIR] [--n 36] [--seed 1]
 
 Writes DIR/table_reuse.json (the pre-timed factor, the validation's interleaved anchor ratio, and
 per scope the MAPE, bias and share within 5 / 10 % of: the table as is, x the pre-timed factor,
-x the interleaved ratio) and the validation's own files (DIR/latency_validation.{json,csv,png}).
+x the interleaved ratio) and the validation's own files (DIR/latency_validation.{json,csv,png});
+DIR defaults to experiments/results/<today>_table_reuse.
 The validation refuses a table from another device or settings (latency.validate.validate_table).
 """
 from __future__ import annotations
@@ -18,13 +19,12 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from autodistil.io import atomic_write_json  # noqa: E402
-from autodistil.latency.predict import LatencyTable  # noqa: E402
-from autodistil.latency.profile import ProfileSettings  # noqa: E402
-from autodistil.latency.validate import error_stats, speed_now, validate_table  # noqa: E402
-from autodistil.space import SearchSpace  # noqa: E402
+from autodistil.io import atomic_write_json
+from autodistil.latency.predict import LatencyTable
+from autodistil.latency.profile import ProfileSettings
+from autodistil.latency.validate import error_stats, speed_now, validate_table
+from autodistil.space import SearchSpace
+from experiments.common import dated
 
 
 def scope_stats(rows: list, factor: float, drift: float) -> dict:
@@ -49,11 +49,11 @@ def reuse_report(rows: list, factor: float, drift: float) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--table", required=True, help="a latency table profiled earlier on this kind of machine")
-    ap.add_argument("--out", required=True)
+    ap.add_argument("--out", default=None, help="default experiments/results/<today>_table_reuse")
     ap.add_argument("--n", type=int, default=36)
     ap.add_argument("--seed", type=int, default=1)
     a = ap.parse_args(argv)
-    out = Path(a.out)
+    out = Path(a.out) if a.out else dated("table_reuse")
     out.mkdir(parents=True, exist_ok=True)
     table = LatencyTable.load(a.table)
     st = ProfileSettings.from_dict(table.settings)
