@@ -71,9 +71,8 @@ def nvidia_smi(query: str) -> str:
 
 
 def device_info(device: str = "cpu") -> dict:
-    """What every benchmark row and experiment result carries: device, its name (the GPU's, or the
-    CPU model), NVIDIA driver, CUDA runtime, torch, Triton ("none" when absent), torch threads and
-    Python."""
+    """What a measurement record carries: device, its name (the GPU's, or the CPU model), NVIDIA
+    driver, CUDA runtime, torch, Triton ("none" when absent), torch threads and Python."""
     import torch
     info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda or "n/a",
             "threads": torch.get_num_threads(), "python": platform.python_version()}
