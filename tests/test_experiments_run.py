@@ -35,7 +35,8 @@ def test_students_vs_baselines_and_student_recipe(tiny_run, tmp_path):
 
 def test_latency_vs_flops_and_table_reuse(tiny_run, tmp_path):
     from experiments import latency_vs_flops, table_reuse
-    latency_vs_flops.main([str(tiny_run), "--fractions", "0.9", "--rounds", "2", "--out", str(tmp_path / "lvf")])
+    latency_vs_flops.main([str(tiny_run), "--fractions", "0.9", "--rounds", "2",
+                           "--out", str(tmp_path / "lvf")])
     assert "budgets" in json.loads((tmp_path / "lvf" / "latency_vs_flops.json").read_text())
     assert table_reuse.main(["--table", str(tiny_run / "latency_table.json"), "--n", "4",
                              "--out", str(tmp_path / "reuse")]) == 0
@@ -44,7 +45,8 @@ def test_latency_vs_flops_and_table_reuse(tiny_run, tmp_path):
 
 def test_objective_rank_on_a_run_supernet(tiny_run, tmp_path):
     from experiments import objective_rank
-    teacher_ft = json.loads((tiny_run / "stages" / "finetune.json").read_text())["output"]["teacher"]["folder"]
+    finetune = json.loads((tiny_run / "stages" / "finetune.json").read_text())["output"]
+    teacher_ft = finetune["teacher"]["folder"]
     objective_rank.main(["--supernet", str(tiny_run / "supernets" / "small"), "--teacher-ft", teacher_ft,
                          "--n", "10", "--pool", "12", "--heldout-blocks", "2", "--max-seq-len", "32",
                          "--batch", "8", "--max-train-examples", "16", "--max-eval-examples", "16",
