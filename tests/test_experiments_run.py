@@ -1,7 +1,7 @@
 """The experiments run against the current API, end to end on a tiny run (tiny teacher, 3 training
-steps, short timings, 3 fine-tuning steps): about a minute on 2 cores, so marked slow; run it when the
-pipeline's API changes (`python -m pytest -m slow tests/test_experiments_run.py`). Their figures mean
-nothing at this size; what is checked is that each one goes through and writes its outputs."""
+steps, short timings, 3 fine-tuning steps): a minute or more on 2 cores (the whole pipeline runs), so
+marked slow. Their figures mean nothing at this size; what is checked is that each one goes through
+against the current API and writes its outputs."""
 import json
 import shutil
 from pathlib import Path
