@@ -1,7 +1,7 @@
 """Host time per transformer layer of the sliced ops: naive eager slicing vs our autograd Functions.
 
 On a GPU at the paper's batch sizes the supernet step is bound by host work (Python, dispatch,
-kernel launches), not by the kernels: on the H200 (bench/results/gpu/2026-11-27_h200_bench) a
+kernel launches), not by the kernels: on the H200 (bench/results/2026-11-27_gpu_h200_bench) a
 base-space sandwich step took 0.19-0.27 s where its matrix products need a few tens of
 milliseconds. This benchmark measures that host work on the CPU, with tensors so small that the
 arithmetic is negligible next to it: a stack of L layers of
@@ -24,6 +24,7 @@ Modes alternate within every round (the machine's speed drifts; interleaving sha
 a mode's figure is the median over rounds of the per-layer microseconds.
 
     python bench/host_overhead.py [--layers 24] [--rounds 15] [--section all|ops|model] [--out JSON]
+        (default JSON: bench/results/<today>_host_overhead/host_overhead.json)
 
 The JSON records which autodistil tree was measured (its path and git commit), so the same
 script run with PYTHONPATH set to an older checkout gives the before/after comparison.
@@ -119,7 +120,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=20, help="stack calls per mode per round")
     ap.add_argument("--section", choices=("all", "ops", "model"), default="all")
-    ap.add_argument("--out", default=str(RESULTS / "host_overhead" / "host_overhead.json"))
+    day = time.strftime("%Y-%m-%d")
+    ap.add_argument("--out", default=str(RESULTS / f"{day}_host_overhead" / "host_overhead.json"))
     a = ap.parse_args(argv)
     if min(a.layers, a.width, a.tokens, a.rounds, a.calls) < 1 or a.width > 64:
         ap.error("--layers, --tokens, --rounds, --calls must be >= 1 and --width in 1..64")

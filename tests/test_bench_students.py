@@ -1,15 +1,11 @@
-"""bench/students_vs_baselines.py and bench/student_recipe.py without fine-tuning: the seed-noise
-verdicts on known inputs, and the recipe parser's errors."""
+"""experiments/students_vs_baselines.py and experiments/student_recipe.py without fine-tuning: the
+seed-noise verdicts on known inputs, and the recipe parser's errors."""
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import student_recipe as recipe  # noqa: E402
-import students_vs_baselines as svb  # noqa: E402
+from experiments import student_recipe as recipe
+from experiments import students_vs_baselines as svb
 
 
 def _comparison():

@@ -1,15 +1,13 @@
-"""bench/objective_rank.py without fine-tuning: its statistics on known inputs (sign convention:
-a LOWER held-out loss with a HIGHER accuracy is a positive tau), and its subnet chooser."""
+"""experiments/objective_rank.py without fine-tuning: its statistics on known inputs (sign convention:
+a LOWER held-out loss with a HIGHER accuracy is a positive tau) and on a recorded run, and its subnet
+chooser."""
 import json
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import objective_rank as orank  # noqa: E402
-from autodistil.space import Range, SearchSpace, SubnetConfig  # noqa: E402
+from autodistil.space import Range, SearchSpace, SubnetConfig
+from experiments import objective_rank as orank
+from experiments.common import RESULTS
 
 # a fixed shuffle of 0..11 whose Kendall tau against 0..11 is exactly 0
 NO_ORDER = [1, 9, 8, 5, 10, 2, 3, 7, 4, 0, 11, 6]
@@ -222,3 +220,18 @@ def test_compare_runs_pairs_subnets_and_sees_a_better_ranker(tmp_path):
     assert orank.main(["--compare", str(pa), str(pb), "--out", str(tmp_path / "cmp"), "--boot", "200"]) == 0
     got = json.loads((tmp_path / "cmp" / "compare.json").read_text())
     assert got["b"]["tau"] == pytest.approx(1.0) and got["runs"] == [str(pa), str(pb)]
+
+
+def test_recorded_statistics_are_reproduced():
+    """The statistics of a committed run, recomputed from its subnets' losses, MACs and mean scores
+    with its own seed and resample counts, are the ones it recorded."""
+    rec = json.loads((RESULTS / "2026-11-27_objective_rank_main_tiny" / "objective_rank.json").read_text())
+    c, rows = rec["config"], rec["subnets"]
+    st = orank.objective_rank_stats([r["heldout_loss"] for r in rows], [r["gmacs"] for r in rows],
+                                    [r["score"] for r in rows], c["boot"], c["perm"], c["seed"])
+    for part in ("objective", "macs"):
+        for k in ("tau", "ci_low", "ci_high", "p_two_sided", "p_greater"):
+            assert st[part][k] == pytest.approx(rec["stats"][part][k], abs=1e-12), (part, k)
+    for k in ("tau", "ci_low", "ci_high"):
+        assert st["difference"][k] == pytest.approx(rec["stats"]["difference"][k], abs=1e-12)
+    assert orank.verdict(st) == rec["verdict"]

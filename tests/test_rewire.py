@@ -237,7 +237,7 @@ def test_rewiring_transfers_more_of_the_teacher_to_the_smallest_subnet(treebank_
     (least important first, a sign error) is much worse than rewiring.
     The default relation loss is not the measure here: at init every narrow subnet's Q/K/V
     relations are close to uniform (the sliced input width shrinks Q/K/V), so its relation loss
-    sits near the uniform baseline whatever the ordering (bench/rewire_init.py measures it)."""
+    sits near the uniform baseline whatever the ordering (experiments/rewire_init.py measures it)."""
     from autodistil.distill.losses import LossWeights
     teacher, info, rw, held = treebank_setup
     att = LossWeights(relation=0.0, attention=1.0)

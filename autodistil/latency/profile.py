@@ -28,7 +28,6 @@ from __future__ import annotations
 import gc
 import math
 import os
-import platform
 import random
 import statistics
 import time
@@ -38,48 +37,12 @@ from typing import Callable, Optional
 
 import torch
 
+from ..machine import cpu_id, cpu_model, loadavg as _loadavg  # noqa: F401  (cpu_id, cpu_model re-exported)
+
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATS = ("median", "low")
 VOCAB = 30522
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown-cpu"
-
-
-def cpu_id(cpuinfo: str | None = None) -> str | None:
-    """The processor's identity below its marketing name, which a VM may mask ("AMD EPYC" on this
-    project's machines, from hosts of different speed), read from the first processor's block of
-    /proc/cpuinfo: x86 vendor, family, model, stepping and cache size (the fields present), or the
-    ARM implementer/part. None where it says neither."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return None
-    first = {}
-    for line in cpuinfo.strip().splitlines():
-        if not line.strip():
-            break  # the end of the first processor's block
-        k, sep, v = line.partition(":")
-        if sep:
-            first.setdefault(k.strip(), v.strip())
-    if first.get("cpu family") is not None and first.get("model") is not None:
-        parts = [first.get("vendor_id"), f"family {first['cpu family']}", f"model {first['model']}",
-                 f"stepping {first['stepping']}" if first.get("stepping") else None,
-                 f"cache {first['cache size']}" if first.get("cache size") else None]
-        return " ".join(p for p in parts if p)
-    if first.get("CPU implementer") and first.get("CPU part"):
-        return f"arm implementer {first['CPU implementer']} part {first['CPU part']}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -179,13 +142,6 @@ def set_threads(s: ProfileSettings) -> dict:
         now = use
     return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
             "affinity": now, "cores_available": len(cpus), "loadavg": _loadavg()}
-
-
-def _loadavg():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
 
 
 def machine_key(s: ProfileSettings) -> dict:

@@ -185,7 +185,7 @@ def importance_rewiring(teacher, blocks, n_blocks: int = 8, seed: int = 0, batch
     order. Give the layer the distillation loss reads: the relation loss splits that layer's
     concatenated Q/K/V into relation heads by position, and the attention-map loss matches
     heads by index, so a student that keeps it (full depth) compares like with like only when
-    its heads are in the teacher's order (bench/rewire_init.py measures both)."""
+    its heads are in the teacher's order (docs/guides/supernet-distillation.md, "Rewiring")."""
     n = len(blocks)
     if n == 0 or n_blocks <= 0:
         raise ValueError(f"importance needs blocks: got {n} blocks and n_blocks={n_blocks}")

@@ -415,7 +415,7 @@ def sliced_qkv_function(k, name: str):
     autograd adds them, but before, not after, any other gradient x receives (float addition is not
     associative: fp32 differences of an ulp or so). One Function, one cast of x and one backward call
     instead of three: host work is what a training step at the paper's batch sizes waits on
-    (bench/host_overhead.py times whole layers). Where some of the six parameters are delivered in
+    (docs/guides/kernels.md, "Host time"). Where some of the six parameters are delivered in
     place and others not (``shared.inplace_ok``), all go through this Function, each with its own
     delivery; three separate torch-backend calls would have run PyTorch's own F.linear for a linear
     whose two parameters both need autograd delivery (the same values, up to the rounding of dW under

@@ -185,8 +185,8 @@ class SlicedEmbeddingFn(torch.autograd.Function):
 def _autograd_only(*params) -> bool:
     """Gradients are wanted and none of them may be written in place (forced "autograd" mode, or
     parameters such as ZeRO-3 partitions): then PyTorch's own ops on the slice views are exactly
-    that delivery (their slice backward hands autograd full-size gradients) - the "naive eager
-    slicing" of the benchmarks. Without gradients, or with any in-place parameter: our Functions."""
+    that delivery (their slice backward hands autograd full-size gradients): "naive eager
+    slicing". Without gradients, or with any in-place parameter: our Functions."""
     return needs_grad(*params) and not any(delivers_inplace(p) for p in params)
 
 

@@ -1,6 +1,7 @@
 """Does the importance-ordered ("rewired") teacher initialisation give better subnets?
 
-    python bench/rewire_init.py [--steps 0] [--spaces tiny small base] [--eval-blocks 32] [--ablations]
+    python -m experiments.rewire_init [--steps 0] [--spaces tiny small base] [--eval-blocks 32]
+        [--ablations] [--out JSON]
 
 For the default teacher and its teacher-derived spaces: the held-out distillation loss of the
 smallest, the largest and 4 random subnets of each space's supernet right after the teacher
@@ -13,7 +14,7 @@ part only (hidden features, heads, FFN neurons). With --steps N > 0 also after
 N training steps of the supernet (the real trainer, plain and rewired).
 It also lists the parameters that get no gradient from one backward of the largest subnet under
 the default loss (relation only) and with the hidden-state loss at weight 1.
-Writes bench/results/rewire_init/rewire_init.json (or --out)."""
+Writes --out (default experiments/results/<today>_rewire_init/rewire_init.json)."""
 from __future__ import annotations
 
 import argparse
@@ -24,10 +25,10 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, device_info  # noqa: E402
+import torch
 
-import torch  # noqa: E402
+from autodistil.machine import device_info
+from experiments.common import dated
 
 
 def _variants(rw, ablations: bool):
@@ -133,7 +134,8 @@ def main(argv=None):
     ap.add_argument("--no-attention-map", action="store_true", help="only the relation loss (faster)")
     ap.add_argument("--ablations", action="store_true",
                     help="also rewire one part only (hidden / heads / FFN), and all but the last layer's heads")
-    ap.add_argument("--out", default=str(RESULTS / "rewire_init" / "rewire_init.json"))
+    ap.add_argument("--out", default=None,
+                    help="the JSON to write (default experiments/results/<today>_rewire_init/rewire_init.json)")
     a = ap.parse_args(argv)
     t_start = time.perf_counter()
     torch.manual_seed(a.seed)
@@ -203,7 +205,7 @@ def main(argv=None):
         res["spaces"][name] = row
     tmp_dir.cleanup()
     res["seconds"] = round(time.perf_counter() - t_start, 1)
-    out = Path(a.out)
+    out = Path(a.out) if a.out else dated("rewire_init") / "rewire_init.json"
     atomic_write_json(out, res)
     print(f"-> {out} ({res['seconds']} s)")
     return 0

@@ -1,6 +1,6 @@
 """How the timing protocol's round length and anchor frequency set the noise (issue 14, item 1).
 
-    python bench/protocol_noise.py [--sessions 4] [--threads 1] [--out bench/results/protocol_noise]
+    python -m experiments.protocol_noise [--sessions 4] [--threads 1] [--out DIR]
 
 Eight fixed students (1-6 layers, hidden 64-384) are timed with `latency.profile.measure`, the one
 protocol the table, validation, verification and the run report use, under several protocols
@@ -11,7 +11,8 @@ a slow spell of the machine hits each alike. Per session and model the anchor-re
 compares after scaling by its own anchor) is recorded. What matters for a prediction made in one
 session and checked in another is how much that ratio moves between sessions: the
 cross-session coefficient of variation, per model, reported beside the split-half noise within a
-session and each session's wall time. Raw: OUT/sessions.json, OUT/summary.csv."""
+session and each session's wall time. Raw: OUT/sessions.json, OUT/summary.{csv,json}; OUT defaults
+to experiments/results/<today>_protocol_noise."""
 from __future__ import annotations
 
 import argparse
@@ -21,6 +22,9 @@ import sys
 import time
 from pathlib import Path
 
+from autodistil.stats import cv_pct
+from experiments.common import dated
+
 PROTOCOLS = {
     "3x0.5s-anchor8": dict(rounds=3, round_s=0.5, warmup_s=0.1, anchor_every=8),      # the old default
     "12x0.125s-anchor8": dict(rounds=12, round_s=0.125, warmup_s=0.03, anchor_every=8),
@@ -29,11 +33,6 @@ PROTOCOLS = {
 }
 SPECS = [(2, 128, 4, 256), (4, 128, 4, 512), (3, 192, 6, 576), (5, 256, 8, 768), (2, 320, 10, 1280),
          (4, 384, 12, 1536), (6, 256, 8, 1024), (1, 64, 2, 192)]
-
-
-def cv_pct(xs: list) -> float:
-    """Sample coefficient of variation (n - 1), in %."""
-    return 100 * statistics.stdev(xs) / statistics.mean(xs)
 
 
 def summarise(sessions: list, protocols: dict = PROTOCOLS) -> list[dict]:
@@ -75,19 +74,22 @@ def main(argv=None) -> int:
     ap.add_argument("--sessions", type=int, default=4, help="sessions per protocol (>= 2)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--protocols", nargs="+", default=list(PROTOCOLS), choices=list(PROTOCOLS))
-    ap.add_argument("--out", default=str(Path(__file__).parent / "results" / "protocol_noise"))
+    ap.add_argument("--out", default=None, help="default experiments/results/<today>_protocol_noise")
     ap.add_argument("--summary-only", action="store_true", help="recompute the summary from OUT/sessions.json")
     a = ap.parse_args(argv)
     if a.sessions < 2:
         ap.error("--sessions must be >= 2 (the CV is across sessions)")
-    out = Path(a.out)
+    if a.summary_only and not a.out:
+        ap.error("--summary-only needs --out: the folder whose sessions.json to summarise")
+    out = Path(a.out) if a.out else dated("protocol_noise")
     if a.summary_only:
         rec = json.loads((out / "sessions.json").read_text())
         write_summary(out, rec["sessions"], rec.get("protocols", PROTOCOLS))
         return 0
     import torch
     from autodistil.io import atomic_write_json
-    from autodistil.latency.profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, cpu_model, measure
+    from autodistil.latency.profile import ModelSpec, ProfileSettings, TorchDevice, measure
+    from autodistil.machine import cpu_model, loadavg
     out.mkdir(parents=True, exist_ok=True)
     specs = [ModelSpec(*x) for x in SPECS]
     anchor = ModelSpec(2, 256, 8, 768, "autodistil")
@@ -97,7 +99,7 @@ def main(argv=None) -> int:
         st = ProfileSettings(threads=a.threads, **PROTOCOLS[p])
         dev = TorchDevice(st, 32)
         runners = {f"L{s.layers}-H{s.hidden}-A{s.heads}-F{s.ffn}": dev.runner(s) for s in specs}
-        load = _loadavg()
+        load = loadavg()
         sess = measure(runners, st, dev, dev.runner(anchor), seed=i)
         a_ms = sess.anchor["ms"]
         rec = {"protocol": p, "when": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": load,

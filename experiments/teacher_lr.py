@@ -1,33 +1,30 @@
 """Which learning rate fine-tunes the default teacher best in one epoch, checked on dev.
 
-    python bench/teacher_lr.py [--lrs 3e-5 5e-5 1e-4] [--epochs 1] [--batch 32] [--seq 64] [--fresh]
-    python bench/teacher_lr.py --grouping-steps 100 [--threads 1]   # grouped vs random batches, wall time
+    python -m experiments.teacher_lr [--lrs 3e-5 5e-5 1e-4] [--epochs 1] [--batch 32] [--seq 64] [--fresh]
+        [--out DIR]
+    python -m experiments.teacher_lr --grouping-steps 100 [--threads 1]   # grouped vs random batches
 
 The teacher (autodistil.teacher.DEFAULT_TEACHER) is fine-tuned on the whole sentiment train split
 with length-grouped batches, through the fine-tuned-teacher cache (autodistil.finetune.teacher):
 a later `autodistil run` with the same recipe reuses the folder instead of training again. A row
 that came from the cache says so ("cached": true) and carries the seconds of the run that trained
-it; --fresh trains in a temporary cache instead. Writes
-bench/results/teacher_lr/teacher_lr.json and .csv (dev accuracy, F1, wall seconds per lr).
+it; --fresh trains in a temporary cache instead. Writes OUT/teacher_lr.json and .csv (dev accuracy,
+F1, wall seconds per lr); OUT defaults to experiments/results/<today>_teacher_lr.
 
 --grouping-steps N: N steps of teacher fine-tuning (batch 32, seq 64) with random and N with
 length-grouped batches, interleaved step by step (fair on a shared machine); writes
-bench/results/teacher_lr/grouping_<N>steps.json."""
+OUT/grouping_<N>steps[_<T>thread].json."""
 from __future__ import annotations
 
 import argparse
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, device_info, write_csv  # noqa: E402
-
-from autodistil.io import atomic_write_json  # noqa: E402
-
-OUT = RESULTS / "teacher_lr"
+from autodistil.io import atomic_write_json, write_rows_csv
+from autodistil.machine import device_info
+from experiments.common import dated
 
 
 def _machine() -> dict:
@@ -110,14 +107,16 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None,
                     help="torch threads (default: torch's own); 1 is far less sensitive to other processes on a "
                          "shared 2-core machine")
+    ap.add_argument("--out", default=None, help="default experiments/results/<today>_teacher_lr")
     a = ap.parse_args(argv)
-    OUT.mkdir(parents=True, exist_ok=True)
+    out = Path(a.out) if a.out else dated("teacher_lr")
+    out.mkdir(parents=True, exist_ok=True)
     if a.threads:
         import torch
         torch.set_num_threads(a.threads)
     if a.grouping_steps:
         res = grouping(a.grouping_steps, a.batch, a.seq, a.seed)
-        p = OUT / f"grouping_{a.grouping_steps}steps{f'_{a.threads}thread' if a.threads else ''}.json"
+        p = out / f"grouping_{a.grouping_steps}steps{f'_{a.threads}thread' if a.threads else ''}.json"
         atomic_write_json(p, res)
         print(p)
         return res
@@ -145,9 +144,10 @@ def main(argv=None):
     res = {"what": f"default teacher ({DEFAULT_TEACHER}) fine-tuned on sentiment: {a.epochs:g} epoch(s), batch "
                    f"{a.batch}, max_seq_len {a.seq}, length-grouped batches, seed {a.seed}",
            "machine": machine, "rows": rows, "best_lr": best["lr"]}
-    atomic_write_json(OUT / "teacher_lr.json", res)
-    write_csv(OUT / "teacher_lr.csv", [{**machine, **{k: v for k, v in r.items() if k != "folder"}} for r in rows])
-    print(f"best lr {best['lr']:g}: dev accuracy {best['dev_accuracy']:.4f}, F1 {best['dev_f1']:.4f} -> {OUT}")
+    atomic_write_json(out / "teacher_lr.json", res)
+    write_rows_csv(out / "teacher_lr.csv",
+                   [{**machine, **{k: v for k, v in r.items() if k != "folder"}} for r in rows])
+    print(f"best lr {best['lr']:g}: dev accuracy {best['dev_accuracy']:.4f}, F1 {best['dev_f1']:.4f} -> {out}")
     return res
 
 

@@ -2,48 +2,31 @@
 
 Takes a finished `autodistil run` folder (its exported students, baselines and latency
 measurement are reused as they are) and fine-tunes every compared model again with each seed,
-with the run's recipe (the teacher is the run's cached fine-tuned teacher). Per budget and role
+with the run's recipe (the teacher is the run's fine-tuned teacher). Per budget and role
 ((c) searched student, (a) teacher's first k layers, (b) FLOPs-search student): mean and std of
 the headline metric and F1 over seeds, share of the teacher's score, and the paired difference
 searched - baseline. A difference counts as a win (or a loss) only when |mean difference| is
-larger than the seed noise, the larger of the two roles' seed std.
+larger than the seed noise, the larger of the two roles' seed std (autodistil.stats.seed_noise_verdict).
 
-    python bench/students_vs_baselines.py --run runs/main --seeds 0 1 2
+    python -m experiments.students_vs_baselines --run runs/main --seeds 0 1 2 [--out DIR]
 
-The run's own seed takes the run's fine-tuning results as they are; other seeds write to
-<run>/finetuned_seed<s>/ (each model resumable). Output: bench/results/students_vs_baselines/.
+The run folder may come from the current version (its config recorded in sections) or an older one
+(a flat config): experiments.common.load_run reads both. The run's own seed takes the run's
+fine-tuning results as they are; other seeds fine-tune only the compared models into
+<run>/finetuned_seed<s>/ (each model resumable). Output (default
+experiments/results/<today>_students_vs_baselines/): students_vs_baselines.{json,csv,md}.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, cpu_model, write_rows_csv  # noqa: E402
-
-from autodistil.report import ROLES  # noqa: E402  (role -> label; the searched student first)
-
-
-def load_run(run_dir: Path):
-    """The Run object of a finished run, its stages loaded from their markers (nothing recomputed)."""
-    from autodistil.pipeline import STAGES, Run, RunConfig
-    res_path = run_dir / "results.json"
-    if not res_path.is_file():
-        raise FileNotFoundError(f"{res_path} is missing: give the folder of a finished `autodistil run`")
-    cfg_d = json.loads(res_path.read_text())["config"]
-    fields = RunConfig.__dataclass_fields__
-    cfg = RunConfig(**{k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg_d.items() if k in fields})
-    run = Run(cfg, log=print)
-    for stage in STAGES[:STAGES.index("measure") + 1]:
-        d = run.done(stage)
-        if d is None:
-            raise RuntimeError(f"stage '{stage}' of {run_dir} is missing or stale: finish the run first")
-        run.state[stage] = d["output"]
-    return run
+from autodistil.machine import cpu_model
+from autodistil.report import ROLES  # role -> label; the searched student first
+from autodistil.stats import seed_noise_verdict
+from experiments.common import dated, finetune_models, load_run, run_seq_len, run_teacher, stage_output
 
 
 def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_off: bool = False) -> dict:
@@ -78,13 +61,10 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_
             other = entry["roles"].get(role)
             if base is None or other is None:
                 continue
-            diffs = [a - b for a, b in zip(base["scores"], other["scores"])]
-            d = statistics.fmean(diffs)
-            noise = max(base["std"], other["std"])
-            verdict = "win" if d > noise else ("loss" if -d > noise else "tie (within seed noise)")
+            v = seed_noise_verdict(base["scores"], other["scores"])
             if base["name"] == other["name"]:
-                verdict = "same model"
-            entry["vs"][role] = {"mean_diff": d, "paired_diffs": diffs, "seed_noise": noise, "verdict": verdict}
+                v["verdict"] = "same model"
+            entry["vs"][role] = v
         out.append(entry)
     return {"seeds": seeds, "teacher_score": teacher_score, "budgets": out}
 
@@ -108,43 +88,59 @@ def render(summary: dict, metric: str) -> str:
     return "\n".join(L)
 
 
+def compared_folders(run, comparison: list) -> dict:
+    """{name: exported folder} of the models the comparison names (students and baselines)."""
+    ex = run.state["export"]
+    folders = {n: m["folder"] for g in ("students", "flops_students", "first_layers")
+               for n, m in ex.get(g, {}).items()}
+    names = {r["name"] for c in comparison for r in c["rows"] if r["name"]}
+    missing = sorted(names - set(folders))
+    if missing:
+        raise RuntimeError(f"{run.out}: the comparison names {missing}, which its export stage did not write")
+    return {n: folders[n] for n in sorted(names)}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="runs/main", help="a finished `autodistil run` folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    ap.add_argument("--out", default=str(RESULTS / "students_vs_baselines"))
+    ap.add_argument("--out", default=None, help="default experiments/results/<today>_students_vs_baselines")
     ap.add_argument("--roles", nargs="+", default=list(ROLES), choices=ROLES,
                     help="roles to compare (default all; the searched student is always included)")
     a = ap.parse_args(argv)
     if len(a.seeds) < 2:
         ap.error("--seeds needs at least 2 seeds to measure seed noise")
+    from autodistil.io import atomic_write_json, atomic_write_text, read_json, write_rows_csv
     run_dir = Path(a.run)
     run = load_run(run_dir)
-    res = json.loads((run_dir / "results.json").read_text())
+    res = read_json(run_dir / "results.json", "run results")
     t0 = time.time()
     roles = set(a.roles) | {"searched"}
-    res["comparison"] = [{**c, "rows": [r for r in c["rows"] if r["role"] in roles]} for c in res["comparison"]]
-    only = {r["name"] for c in res["comparison"] for r in c["rows"] if r["name"]}
+    res["comparison"] = [{**c, "rows": [r for r in c["rows"] if r["role"] in roles]}
+                         for c in res["comparison"]]
+    folders = compared_folders(run, res["comparison"])
+    seq = run_seq_len(run)
+    t_dir, t_res = run_teacher(run)
     per_seed, seconds = {}, {}
     for s in a.seeds:
         t = time.time()
-        done = run.done("finetune") if s == run.cfg.seed else None
+        done = stage_output(run, "finetune") if s == run.cfg.seed else None
         if done is not None:  # the run's own seed: its fine-tuning stage's results, as the report shows them
-            per_seed[s] = done["output"]
+            per_seed[s] = done
         else:
-            per_seed[s] = run.finetune_all(s, out_root=run_dir / f"finetuned_seed{s}", only=only)
+            tuned = finetune_models(run, folders, s, run_dir / f"finetuned_seed{s}", t_dir, seq)
+            per_seed[s] = {"teacher": t_res, **tuned}
         seconds[s] = round(time.time() - t, 1)
     teacher = per_seed[a.seeds[0]]["teacher"]
     summary = summarize(per_seed, res["comparison"], teacher["score"],
-                        baselines_off=not res["config"].get("baselines", True))
+                        baselines_off=not run.cfg.search.baselines)
+    ft = run.cfg.finetune
     summary.update({"run": str(run_dir), "cpu": cpu_model(), "seconds_per_seed": seconds,
-                    "recipe": {k: res["config"][k] for k in ("student_lr", "student_epochs", "kd_alpha",
-                                                             "finetune_batch", "finetune_seq_len", "task")},
+                    "recipe": {"lr": ft.lr, "epochs": ft.epochs, "kd_alpha": ft.kd_alpha,
+                               "batch_size": ft.batch_size, "max_seq_len": seq, "task": run.cfg.data.name},
                     "teacher": {"folder": teacher["folder"], "score": teacher["score"]},
                     "wall_s": round(time.time() - t0, 1)})
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    from autodistil.io import atomic_write_json, atomic_write_text
+    out = Path(a.out) if a.out else dated("students_vs_baselines")
     atomic_write_json(out / "students_vs_baselines.json", summary)
     rows = []
     for b in summary["budgets"]:

@@ -1,9 +1,9 @@
 """Does the agnostic search objective rank subnets? (issue #15, item 4)
 
-    python bench/objective_rank.py --supernet RUN/supernets/small [--teacher-ft RUN/finetuned/teacher]
+    python -m experiments.objective_rank --supernet RUN/supernets/small [--teacher-ft RUN/finetuned/teacher]
         [--n 12] [--seeds 1] [--epochs 1] [--lr 3e-4] [--batch 32] [--max-seq-len 64]
-        [--max-train-examples N] [--subnets-from EARLIER/objective_rank.json] [--out bench/results/objective_rank]
-    python bench/objective_rank.py --compare A/objective_rank.json B/objective_rank.json --out DIR
+        [--max-train-examples N] [--subnets-from EARLIER/objective_rank.json] [--out DIR]
+    python -m experiments.objective_rank --compare A/objective_rank.json B/objective_rank.json --out DIR
 
 The search ranks the subnets of a trained supernet by their held-out distillation loss
 (autodistil.search.run.HeldoutLoss.for_supernet: the loss weights the supernet was trained with,
@@ -24,9 +24,9 @@ the fine-tuned task accuracy of the exported subnet.
    seeds and uses the mean score (the spread is reported as the seed noise).
    Resumable: OUT/subnets/<name>-seed<k>.json is written atomically when a fine-tuning finishes;
    a rerun reuses it (and refuses one made with another recipe or supernet).
-3. Statistics: Kendall tau-b (autodistil.latency.validate.kendall_tau, the project's one tau) of
-   (-loss, score), so a positive tau means the objective ranks well; a percentile bootstrap CI over
-   subnets (--boot 2000 resamples, seeded) and a permutation p-value (--perm resamples). The same
+3. Statistics (autodistil.stats): Kendall tau-b of (-loss, score), so a positive tau means the
+   objective ranks well; a percentile bootstrap CI over subnets (--boot 2000 resamples, seeded) and a
+   permutation p-value (--perm resamples). The same
    for MACs vs score (the trivial predictor "bigger is better"), the paired bootstrap CI of the
    difference tau(objective) - tau(MACs), and tau(-loss, MACs) (how much the loss just tracks size).
    A bootstrap resample whose tau is undefined (all its scores equal) counts as tau 0. The verdict
@@ -34,7 +34,8 @@ the fine-tuned task accuracy of the exported subnet.
    warns when several subnets share one score (students stuck at the majority class).
    Every seed is scored on the same dev examples (fine-tuning draws its dev subset with seed 0).
 
-Outputs in --out: objective_rank.json (everything), objective_rank.csv (one row per subnet),
+Outputs in --out (default experiments/results/<today>_objective_rank; give the same --out to resume
+on another day): objective_rank.json (everything), objective_rank.csv (one row per subnet),
 objective_rank.png (loss vs score and MACs vs score, labelled), pool.csv (the pool the subnets were
 drawn from), subnets/*.json (per fine-tuning run, the resume units). Exported and fine-tuned model
 weights go to --work (default runs/objective_rank/<out folder name>, git-ignored; exports under a
@@ -60,10 +61,11 @@ from typing import Callable, Optional, Sequence
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from common import RESULTS, device_info, write_csv  # noqa: E402
+from autodistil.io import write_rows_csv
+from autodistil.machine import device_info
+from autodistil.stats import bootstrap_indices, bootstrap_taus, kendall_tau, percentile_ci, rank_stats
+from experiments.common import ROOT, dated
 
-ROOT = Path(__file__).resolve().parent.parent
 MIN_SUBNETS = 10
 
 
@@ -71,7 +73,7 @@ MIN_SUBNETS = 10
 @dataclass(frozen=True)
 class BenchConfig:
     supernet: str
-    out: str = str(RESULTS / "objective_rank")
+    out: str = str(dated("objective_rank"))
     work: Optional[str] = None           # exported / fine-tuned weights; default runs/objective_rank/<out name>
     teacher_ft: Optional[str] = None     # fine-tuned teacher folder: logits KD during fine-tuning
     kd_alpha: float = 0.5
@@ -210,76 +212,22 @@ def subnets_from(path, spaces: Sequence, doc: Optional[dict] = None) -> list[dic
     return out
 
 
-# --- statistics -------------------------------------------------------------------------------
-def _quantiles(xs: list, ci: float) -> tuple[float, float]:
-    a = np.asarray([x for x in xs if math.isfinite(x)], dtype=np.float64)
-    if a.size == 0:
-        return float("nan"), float("nan")
-    lo, hi = np.quantile(a, [(1 - ci) / 2, 1 - (1 - ci) / 2])
-    return float(lo), float(hi)
-
-
-def rank_stats(score: Sequence[float], target: Sequence[float], n_boot: int = 2000, n_perm: int = 10000,
-               seed: int = 0, ci: float = 0.95, boot_idx: Optional[np.ndarray] = None) -> dict:
-    """Kendall tau-b of (score, target) (positive: a higher score goes with a higher target), a
-    percentile bootstrap CI over the items (resamples whose tau is undefined are dropped and
-    counted), and permutation p-values (two-sided: |tau| at least as large; greater: tau at least
-    as large), each (1 + hits) / (1 + n_perm). A resample whose tau is undefined (every score or
-    every target equal) counts as tau 0 (no ranking), and how many there were is reported."""
-    from autodistil.latency.validate import kendall_tau
-    x, y = [float(v) for v in score], [float(v) for v in target]
-    if len(x) != len(y):
-        raise ValueError(f"score has {len(x)} items, target {len(y)}: they must pair up")
-    n = len(x)
-    if n < 3:
-        raise ValueError(f"{n} items: Kendall tau with a CI needs at least 3")
-    tau = kendall_tau(x, y)
-    rng = np.random.default_rng(seed)
-    if boot_idx is None:
-        boot_idx = rng.integers(0, n, size=(n_boot, n))
-    if not math.isfinite(tau):  # every score (or every target) is the same: no ranking to test
-        nan = float("nan")
-        return {"tau": nan, "ci": ci, "ci_low": nan, "ci_high": nan, "boot_undefined": len(boot_idx),
-                "boot": len(boot_idx),
-                "p_two_sided": nan, "p_greater": nan, "perm": 0, "n": n, "_boots": [nan] * len(boot_idx),
-                "undefined": "all scores or all targets are equal"}
-    boots = [kendall_tau([x[i] for i in b], [y[i] for i in b]) for b in boot_idx]
-    undefined = sum(not math.isfinite(b) for b in boots)
-    # a resample with all scores (or all predictions) equal carries no ranking: tau 0, not dropped
-    # (dropping keeps only the resamples that hold the few distinct items and biases the CI up)
-    boots = [b if math.isfinite(b) else 0.0 for b in boots]
-    lo, hi = _quantiles(boots, ci)
-    prng = np.random.default_rng(seed + 1)
-    two = greater = 0
-    for _ in range(n_perm):
-        p = prng.permutation(n)
-        t = kendall_tau(x, [y[i] for i in p])
-        if not math.isfinite(t):
-            continue
-        two += abs(t) >= abs(tau) - 1e-12
-        greater += t >= tau - 1e-12
-    return {"tau": tau, "ci": ci, "ci_low": lo, "ci_high": hi,
-            "boot_undefined": undefined, "boot": len(boots),
-            "p_two_sided": (1 + two) / (1 + n_perm), "p_greater": (1 + greater) / (1 + n_perm),
-            "perm": n_perm, "n": n, "_boots": boots}
-
-
+# --- statistics (autodistil.stats: kendall_tau, rank_stats, bootstrap, permutation) ---------------
 def objective_rank_stats(losses: Sequence[float], macs: Sequence[float], scores: Sequence[float],
                          n_boot: int = 2000, n_perm: int = 10000, seed: int = 0, ci: float = 0.95) -> dict:
     """The bench's verdict numbers. "objective": tau of (-held-out loss, score) (positive: a lower
     loss goes with a higher score, the objective ranks well); "macs": tau of (MACs, score) (the
     trivial predictor, bigger is better); "difference": tau(objective) - tau(MACs) with a paired
     bootstrap CI (the same resamples for both); "loss_vs_macs_tau": tau(-loss, MACs)."""
-    from autodistil.latency.validate import kendall_tau
     n = len(scores)
     if not (len(losses) == len(macs) == n):
         raise ValueError(f"losses ({len(losses)}), macs ({len(macs)}) and scores ({n}) must have one value per subnet")
-    boot_idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
+    boot_idx = bootstrap_indices(n, n_boot, seed)
     neg = [-float(v) for v in losses]
     obj = rank_stats(neg, scores, n_boot, n_perm, seed, ci, boot_idx)
     base = rank_stats(macs, scores, n_boot, n_perm, seed, ci, boot_idx)
     diffs = [a - b for a, b in zip(obj.pop("_boots"), base.pop("_boots"))]
-    lo, hi = _quantiles(diffs, ci)
+    lo, hi = percentile_ci(diffs, ci)
     return {"objective": obj, "macs": base,
             "difference": {"tau": obj["tau"] - base["tau"], "ci": ci, "ci_low": lo, "ci_high": hi,
                            "boot": len(diffs)},
@@ -295,7 +243,6 @@ def compare_runs(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, ci: float 
     CI is the one its own run reports, for the same seed and resample count). Refused: different
     subnet sets, recipes, score metrics or fine-tuning seeds, and two runs of the same supernet
     weights. A run whose tau is undefined (all its scores equal) gets NaN for its CI and the difference's."""
-    from autodistil.latency.validate import kendall_tau
     key = lambda r: (r["space"], int(r["layers"]), int(r["hidden"]), float(r["ffn_ratio"]), int(r["heads"]))
     ra, rb = {key(r): r for r in a["subnets"]}, {key(r): r for r in b["subnets"]}
     if len(ra) != len(a["subnets"]) or len(rb) != len(b["subnets"]):
@@ -320,11 +267,9 @@ def compare_runs(a: dict, b: dict, n_boot: int = 2000, seed: int = 0, ci: float 
                              f"{r.get('heldout_loss')})")
     la, lb = [-ra[k]["heldout_loss"] for k in keys], [-rb[k]["heldout_loss"] for k in keys]
     sa, sb = [ra[k]["score"] for k in keys], [rb[k]["score"] for k in keys]
-    idx = np.random.default_rng(seed).integers(0, n, size=(n_boot, n))
-    tau = lambda x, y, ii: kendall_tau([x[i] for i in ii], [y[i] for i in ii])
-    z = lambda t: t if math.isfinite(t) else 0.0  # an undefined resample ranks nothing (as rank_stats)
-    ta, tb = [z(tau(la, sa, ii)) for ii in idx], [z(tau(lb, sb, ii)) for ii in idx]
-    q = lambda xs: _quantiles(xs, ci)
+    idx = bootstrap_indices(n, n_boot, seed)
+    (ta, _), (tb, _) = bootstrap_taus(la, sa, idx), bootstrap_taus(lb, sb, idx)  # undefined resamples: tau 0
+    q = lambda xs: percentile_ci(xs, ci)
     nan = float("nan")
     out = {"n": n, "ci": ci, "boot": n_boot}
     for name, r, l, sc, boots in (("a", a, la, sa, ta), ("b", b, lb, sb, tb)):
@@ -408,9 +353,10 @@ def _load(cfg: BenchConfig):
     folder = Path(cfg.supernet)
     meta = read_meta(folder)  # clear errors for a folder that is no supernet
     train = (meta.get("extra") or {}).get("train") or {}
-    corpus = cfg.corpus or train.get("corpus") or RunConfig().corpus
-    seq_len = int(train.get("seq_len") or RunConfig().seq_len)
-    blocks = cfg.heldout_blocks or RunConfig().heldout_blocks
+    run = RunConfig()  # the main job's defaults
+    corpus = cfg.corpus or train.get("corpus") or run.train.corpus
+    seq_len = int(train.get("seq_len") or run.train.seq_len)
+    blocks = cfg.heldout_blocks or run.search.heldout_blocks
     nets, _, teacher, held, tok, head_dim = load_search_inputs([folder], None, corpus, blocks, seq_len)
     model, spaces, meta = nets[0]
     obj = HeldoutLoss.for_supernet(model, meta, teacher, held)
@@ -420,6 +366,7 @@ def _load(cfg: BenchConfig):
 
 
 def _finetune_one(cfg: BenchConfig, model, sub, tok, seq_len: int, work: Path, ft_seed: int, sha: str) -> dict:
+    from autodistil.data.tasks import DataConfig
     from autodistil.export import export_subnet
     from autodistil.finetune.train import FinetuneConfig, finetune
     name = sub["name"]
@@ -428,7 +375,7 @@ def _finetune_one(cfg: BenchConfig, model, sub, tok, seq_len: int, work: Path, f
         export_subnet(model, sub["cfg"], folder, tok, seq_len, extra={"space": sub["space"], "bench": "objective_rank"})
     kd = dict(teacher=str(cfg.teacher_ft), kd_alpha=cfg.kd_alpha) if cfg.teacher_ft and cfg.kd_alpha > 0 else {}
     ft_dir = work / "finetuned" / f"{name}-seed{ft_seed}"
-    fc = FinetuneConfig(model=str(folder), task=cfg.task, out_dir=str(ft_dir), lr=cfg.lr, batch_size=cfg.batch,
+    fc = FinetuneConfig(model=str(folder), data=DataConfig(task=cfg.task), out_dir=str(ft_dir), lr=cfg.lr, batch_size=cfg.batch,
                         epochs=cfg.epochs, max_seq_len=cfg.max_seq_len, seed=ft_seed,
                         max_train_examples=cfg.max_train_examples, max_eval_examples=cfg.max_eval_examples, **kd)
     r = finetune(fc)
@@ -559,9 +506,9 @@ def run_bench(cfg: BenchConfig, log=print) -> dict:
            "subnets": rows, "device": device_info("cpu"), "torch_threads": torch.get_num_threads(),
            "seconds": round(time.time() - t0, 1), "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write_json(out / "objective_rank.json", json_safe(res))
-    write_csv(out / "objective_rank.csv", rows)
+    write_rows_csv(out / "objective_rank.csv", rows)
     if not cfg.subnets_from:  # with --subnets-from there is no pool: the earlier run's pool.csv holds it
-        write_csv(out / "pool.csv", [{"space": p["space"], **p["cfg"].as_dict(), "rank": p["rank"],
+        write_rows_csv(out / "pool.csv", [{"space": p["space"], **p["cfg"].as_dict(), "rank": p["rank"],
                                       cfg.stratify: p["key"], "chosen": any(p is c for c in chosen)} for p in pool])
     plot(res, out / "objective_rank.png")
     return res

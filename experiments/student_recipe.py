@@ -1,15 +1,18 @@
 """Which fine-tuning recipe (lr, epochs, logits-KD weight) serves the main job's students best.
 
-    python bench/student_recipe.py --run runs/main --students small-L4-H176-R4-A7 tiny-L2-H112-R3.5-A10 \
-        --recipes 1e-4:1:0.5 3e-4:1:0.5 1e-3:1:0.5 3e-4:1:1.0 3e-4:2:0.5
+    python -m experiments.student_recipe --run runs/main \
+        --students small-L4-H176-R4-A7 tiny-L2-H112-R3.5-A10 \
+        --recipes 1e-4:1:0.5 3e-4:1:0.5 1e-3:1:0.5 3e-4:1:1.0 3e-4:2:0.5 [--out DIR]
 
 Each recipe is lr:epochs:kd_alpha. Every exported student named (a folder under <run>/students/ or
 <run>/baselines/) is fine-tuned with each recipe from the same exported weights, with the run's
-other settings (task, batch, sequence length, seed) and the run's cached fine-tuned teacher (the
-fine-tuned-teacher cache: nothing is trained again when it is there). Rows are kept as they finish
-(bench/results/student_recipe/student_recipe.json and .csv: dev metric, F1, steps, train seconds,
-the share of the teacher's score) and a finished row is not run again, so the script resumes.
-The fine-tuned students go to a temporary folder and are not kept.
+other settings (task, batch, sequence length, seed) and the run's fine-tuned teacher (the folder
+its finetune stage recorded, else the fine-tuned-teacher cache: nothing is trained again when it
+is there). The run folder may come from the current version or an older one (a flat recorded
+config): experiments.common.load_run reads both. Rows are kept as they finish (OUT/student_recipe.json
+and .csv, default OUT experiments/results/<today>_student_recipe: dev metric, F1, steps, train
+seconds, the share of the teacher's score) and a finished row is not run again, so the script
+resumes when given the same --out. The fine-tuned students go to a temporary folder and are not kept.
 """
 from __future__ import annotations
 
@@ -18,15 +21,13 @@ import hashlib
 import json
 import math
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, device_info, write_rows_csv  # noqa: E402
-
-OUT = RESULTS / "student_recipe"
+from autodistil.io import write_rows_csv
+from autodistil.machine import device_info
+from experiments.common import dated, load_run, run_seq_len, run_teacher
 
 
 def parse_recipe(s: str) -> dict:
@@ -53,25 +54,13 @@ def student_folder(run_dir: Path, name: str) -> Path:
     raise FileNotFoundError(f"no exported model '{name}' under {run_dir}/students or /baselines; there are: {have}")
 
 
-def run_teacher(run) -> tuple:
-    """(folder, dev score) of the fine-tuned teacher the run's students distilled from: the one its
-    finetune stage recorded when that folder is still there, else the cache's (trained if missing)."""
-    d = run.done("finetune")
-    t = (d or {}).get("output", {}).get("teacher") if d else None
-    if t and Path(t["folder"]).is_dir():
-        return t["folder"], t["score"]
-    print("[recipe] the run's recorded teacher folder is gone: using the fine-tuned-teacher cache", flush=True)
-    t = run.finetune_all(run.cfg.seed, only=set())["teacher"]
-    return t["folder"], t["score"]
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--run", default="runs/main", help="a finished `autodistil run` folder")
     ap.add_argument("--students", nargs="+", required=True, help="exported model names in the run")
     ap.add_argument("--recipes", nargs="+", type=parse_recipe, required=True, help="lr:epochs:kd_alpha")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
-    ap.add_argument("--out", default=str(OUT))
+    ap.add_argument("--out", default=None, help="default experiments/results/<today>_student_recipe")
     a = ap.parse_args(argv)
     import torch
 
@@ -79,18 +68,18 @@ def main(argv=None):
     from autodistil.io import atomic_write_json
     if a.threads:
         torch.set_num_threads(a.threads)
-    from students_vs_baselines import load_run
     run_dir = Path(a.run)
     run = load_run(run_dir)
-    c = run.cfg
+    c, ft = run.cfg, run.cfg.finetune
+    seq = run_seq_len(run)
     folders = {n: student_folder(run_dir, n) for n in a.students}
-    out = Path(a.out)
+    out = Path(a.out) if a.out else dated("student_recipe")
     out.mkdir(parents=True, exist_ok=True)
     res_path = out / "student_recipe.json"
     doc = json.loads(res_path.read_text()) if res_path.is_file() else {"rows": []}
     # a row stands for (weights it started from, recipe, the run's other settings): names recur across runs
-    setting = {"task": c.task, "batch": c.finetune_batch, "seq": c.finetune_seq_len,
-               "max_train_examples": c.max_train_examples, "max_eval_examples": c.max_eval_examples}
+    setting = {"task": c.data.name, "batch": ft.batch_size, "seq": seq,
+               "max_train_examples": ft.max_train_examples, "max_eval_examples": ft.max_eval_examples}
 
     def weights_of(folder):
         return hashlib.sha256(json.dumps(weights_identity(folder)).encode()).hexdigest()[:16]
@@ -108,10 +97,12 @@ def main(argv=None):
                       f"done before, kept")
                 continue
             if t_dir is None:
-                t_dir, t_score = run_teacher(run)
+                t_dir, t_res = run_teacher(run)
+                t_score = t_res["score"]
             load0 = list(os.getloadavg())
             with tempfile.TemporaryDirectory() as tmp:
-                r = finetune(run.student_finetune_config(folder, Path(tmp) / name, c.seed, t_dir, **rc))
+                fc = run.student_finetune_config(folder, Path(tmp) / name, c.seed, t_dir, seq, **rc)
+                r = finetune(fc)
             row = {"student": name, "weights": key[1], **rc, "seed": c.seed, "setting": setting, "run": str(run_dir),
                    "threads": torch.get_num_threads(), "score": r["score"], "metric": r["headline"],
                    "f1": r["metrics"].get("f1"), "share_of_teacher": round(r["score"] / t_score, 4),
