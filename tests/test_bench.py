@@ -592,16 +592,3 @@ def test_kernel_breakdowns_run_after_timing_and_say_when_empty(monkeypatch):
     bk.PENDING[:] = [(r3, lambda: ran.append(3))]
     bk.profile_pending(types.SimpleNamespace(allows=lambda est: False), lambda: None)
     assert r3["kernels"] == "not profiled: time budget" and ran == [1, 2] and not bk.PENDING
-
-
-def test_table_reuse_scores_as_is_and_rescaled_predictions():
-    """bench/table_reuse.py: per scope, the table's predictions as is, x the pre-timed factor and x the
-    interleaved ratio against the students measured now."""
-    import table_reuse
-    rows = [{"space": "tiny", "measured_ms": 2.0, "predicted_ms": 1.0},
-            {"space": "base", "measured_ms": 4.0, "predicted_ms": 2.1}]
-    rep = table_reuse.reuse_report(rows, factor=2.0, drift=1.5)
-    assert set(rep) == {"all", "tiny", "base"} and rep["all"]["n"] == 2
-    assert rep["tiny"]["as_is"]["mape_pct"] == 50.0 and rep["tiny"]["reanchored"]["mape_pct"] == 0.0
-    assert rep["base"]["reanchored"]["bias_pct"] == pytest.approx(5.0) and rep["base"]["reanchored"]["within_10_pct"] == 100
-    assert rep["all"]["interleaved"]["mape_pct"] == pytest.approx((25.0 + 21.25) / 2)
