@@ -97,7 +97,7 @@ setup(
         "deepspeed": ["deepspeed>=0.14"],
         "onnx": ["onnx", "onnxruntime"],
         "cuda": ["nvidia-cublas>=13,<14"],  # cublasLt.h for the build, libcublasLt.so.13 at run time
-        "dev": ["pytest", "pytest-benchmark", "scipy", "pybind11", "cmake", "ninja"],
+        "dev": ["pytest", "pytest-benchmark", "scipy", "pybind11", "cmake", "ninja", "ruff"],
     },
     ext_modules=[CMakeExtension("autodistil._C")],
     cmdclass={"build_ext": CMakeBuild},
