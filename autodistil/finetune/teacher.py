@@ -1,5 +1,7 @@
-"""A teacher fine-tuned once per (teacher weights, task, recipe) and cached on disk, so every
-student and baseline of every run distils from the same converged teacher.
+"""The teacher students distil from on a task: used as it is when it already is a classifier for the
+task (its head's label count and names match), else fine-tuned once per (teacher weights, data,
+recipe) and cached on disk, so every student and baseline of every run distils from the same
+converged teacher.
 
 Cache: ``<root>/finetuned/<name>-<task>-<key16>/`` with root = ``cache_root``, else
 ``$AUTODISTIL_CACHE``, else ``~/.cache/autodistil``. The folder is written atomically by
