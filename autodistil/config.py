@@ -1,7 +1,7 @@
 """Frozen-dataclass configs <-> CLI flags and YAML/TOML/JSON files (one config object per job).
 
-- A field's documentation is the comment on its line, continued by comment-only lines right below
-  it that are indented further; it becomes the flag's ``--help`` (``field_docs``).
+- A field's documentation is the comment on its line, continued by the comment-only lines right
+  below it (a blank line ends it); it becomes the flag's ``--help`` (``field_docs``).
 - A field whose type is a dataclass is a *section*: its fields get flags ``--<section>-<field>`` and
   a mapping ``<section>: {...}`` in files. Field metadata ``{"flatten": True}`` puts a section's
   fields at its parent's level instead (flags ``--<field>``, file keys beside the parent's own).
@@ -29,16 +29,16 @@ NONE_WORDS = ("none", "null")
 # --- field documentation ----------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _class_comments(klass) -> dict:
-    """{field: doc} from one class body's source: the comment on a field's line(s), continued by
-    comment-only lines right below it that are indented further than the field."""
+    """{field: doc} from one class body's source: the comment on a field's line(s), continued by the
+    comment-only lines right below it (a blank line or code ends it; formatters may re-indent them)."""
     try:
         src = textwrap.dedent(inspect.getsource(klass))
     except (OSError, TypeError):
         return {}
-    comments, code_lines = {}, set()  # line -> (column, text); lines holding code
+    comments, code_lines = {}, set()  # line -> comment text; lines holding code
     for t in tokenize.generate_tokens(io.StringIO(src).readline):
         if t.type == tokenize.COMMENT:
-            comments[t.start[0]] = (t.start[1], t.string.lstrip("#").strip())
+            comments[t.start[0]] = t.string.lstrip("#").strip()
         elif t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
                             tokenize.ENDMARKER):
             code_lines.update(range(t.start[0], t.end[0] + 1))
@@ -47,10 +47,10 @@ def _class_comments(klass) -> dict:
     for node in cls_node.body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        own = [comments[ln][1] for ln in range(node.lineno, node.end_lineno + 1) if ln in comments]
+        own = [comments[ln] for ln in range(node.lineno, node.end_lineno + 1) if ln in comments]
         ln = node.end_lineno + 1
-        while ln in comments and ln not in code_lines and comments[ln][0] > node.col_offset:
-            own.append(comments[ln][1])
+        while own and ln in comments and ln not in code_lines:
+            own.append(comments[ln])
             ln += 1
         if own:
             docs[node.target.id] = " ".join(own)

@@ -32,9 +32,20 @@ def _parse(cls, argv):
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class _Formatted:
+    x: int = 1  # x's doc
+    # continued at the block's indentation (as a formatter leaves it)
+
+    # a section heading, after a blank line: nobody's doc
+    y: int = 2  # y's doc
+
+
 def test_field_docs_read_the_comments():
     d = field_docs(_Inner)
     assert d == {"a": "the a knob", "b": "the b knob, spread over two comment lines", "c": "some floats"}
+    assert field_docs(_Formatted) == {"x": "x's doc continued at the block's indentation (as a formatter leaves it)",
+                                      "y": "y's doc"}
 
 
 def test_sections_flatten_owned_and_defaults_of_the_parent():
