@@ -4,14 +4,23 @@ Importing registers the exported-student class (``autodistil_bert``) with transf
 factories, so such folders load with ``AutoModel.from_pretrained`` after ``import autodistil``; it
 loads nothing else (no model, no kernels, no GPU): the names below load on first use.
 """
+
 from __future__ import annotations
 
 import importlib
 
 __version__ = "0.1.0"
 
-_EXPORTS = {"PAPER_SPACES": "space", "Range": "space", "SearchSpace": "space", "SubnetConfig": "space",
-            "TeacherShape": "space", "derive_spaces": "space", "exact_cost": "cost", "paper_cost": "cost"}
+_EXPORTS = {
+    "PAPER_SPACES": "space",
+    "Range": "space",
+    "SearchSpace": "space",
+    "SubnetConfig": "space",
+    "TeacherShape": "space",
+    "derive_spaces": "space",
+    "exact_cost": "cost",
+    "paper_cost": "cost",
+}
 __all__ = [*_EXPORTS, "__version__"]
 
 
@@ -23,6 +32,7 @@ def __getattr__(name):
 
 try:  # register the AutoDistilBert classes with transformers' Auto* factories
     from .hf_student import register as _register
+
     _register()
 except ImportError:  # transformers missing: the rest of the package still imports
     pass

@@ -1,6 +1,7 @@
 """Facts about the machine a measurement runs on, recorded beside every figure: the CPU's name and
 its identity below the name (a VM may mask the name), the load average, the GPU and its driver, and
 the versions of torch, CUDA, Triton and Python. Reading them never needs a GPU."""
+
 from __future__ import annotations
 
 import os
@@ -40,9 +41,13 @@ def cpu_id(cpuinfo: Optional[str] = None) -> Optional[str]:
         if sep:
             first.setdefault(k.strip(), v.strip())
     if first.get("cpu family") is not None and first.get("model") is not None:
-        parts = [first.get("vendor_id"), f"family {first['cpu family']}", f"model {first['model']}",
-                 f"stepping {first['stepping']}" if first.get("stepping") else None,
-                 f"cache {first['cache size']}" if first.get("cache size") else None]
+        parts = [
+            first.get("vendor_id"),
+            f"family {first['cpu family']}",
+            f"model {first['model']}",
+            f"stepping {first['stepping']}" if first.get("stepping") else None,
+            f"cache {first['cache size']}" if first.get("cache size") else None,
+        ]
         return " ".join(p for p in parts if p)
     if first.get("CPU implementer") and first.get("CPU part"):
         return f"arm implementer {first['CPU implementer']} part {first['CPU part']}"
@@ -62,8 +67,12 @@ def nvidia_smi(query: str) -> str:
     if shutil.which("nvidia-smi") is None:
         return "n/a"
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20)
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         lines = out.stdout.strip().splitlines()
         return lines[0].strip() if out.returncode == 0 and lines else "n/a"
     except (OSError, subprocess.SubprocessError):
@@ -74,10 +83,17 @@ def device_info(device: str = "cpu") -> dict:
     """What a measurement record carries: device, its name (the GPU's, or the CPU model), NVIDIA
     driver, CUDA runtime, torch, Triton ("none" when absent), torch threads and Python."""
     import torch
-    info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda or "n/a",
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "n/a",
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
     try:
         import triton
+
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = "none"
@@ -95,15 +111,21 @@ def device_facts() -> dict:
     count and load average, and on a GPU its capability, SM count, memory, bf16 support and clock;
     nvcc's release line ("none" without nvcc)."""
     import torch
+
     cuda = torch.cuda.is_available()
     f = device_info("cuda" if cuda else "cpu")
-    f.update(cuda_available=cuda, cpu_count=os.cpu_count(), cpu=cpu_model(), cpu_id=cpu_id(),
-             loadavg=loadavg())
+    f.update(
+        cuda_available=cuda, cpu_count=os.cpu_count(), cpu=cpu_model(), cpu_id=cpu_id(), loadavg=loadavg()
+    )
     if cuda:
         p = torch.cuda.get_device_properties(0)
-        f.update(capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
-                 memory_gib=round(p.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
-                 max_sm_clock_mhz=nvidia_smi("clocks.max.sm"))
+        f.update(
+            capability=f"{p.major}.{p.minor}",
+            sm_count=p.multi_processor_count,
+            memory_gib=round(p.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+            max_sm_clock_mhz=nvidia_smi("clocks.max.sm"),
+        )
     default = "/usr/local/cuda/bin/nvcc"
     nvcc = shutil.which("nvcc") or (default if os.path.exists(default) else None)
     f["nvcc"] = "none"

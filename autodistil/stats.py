@@ -11,6 +11,7 @@
 - ``cv_pct``, ``geomean``.
 
 Seeded: the same arguments give the same numbers (numpy's default_rng)."""
+
 from __future__ import annotations
 
 import math
@@ -75,8 +76,9 @@ def percentile_ci(xs: Sequence[float], ci: float = 0.95) -> tuple[float, float]:
 
 
 # --- permutation test -----------------------------------------------------------------------
-def permutation_p(x: Sequence[float], y: Sequence[float], tau: float, n_perm: int = 10000,
-                  seed: int = 0) -> tuple[float, float]:
+def permutation_p(
+    x: Sequence[float], y: Sequence[float], tau: float, n_perm: int = 10000, seed: int = 0
+) -> tuple[float, float]:
     """(two-sided, greater) permutation p-values of `tau` = kendall_tau(x, y): the share of
     permutations of y whose |tau| (two-sided) or tau (greater) is at least as large, each
     (1 + hits) / (1 + n_perm). Permutations with an undefined tau count as no hit."""
@@ -93,8 +95,15 @@ def permutation_p(x: Sequence[float], y: Sequence[float], tau: float, n_perm: in
     return (1 + two) / (1 + n_perm), (1 + greater) / (1 + n_perm)
 
 
-def rank_stats(score: Sequence[float], target: Sequence[float], n_boot: int = 2000, n_perm: int = 10000,
-               seed: int = 0, ci: float = 0.95, boot_idx: Optional[np.ndarray] = None) -> dict:
+def rank_stats(
+    score: Sequence[float],
+    target: Sequence[float],
+    n_boot: int = 2000,
+    n_perm: int = 10000,
+    seed: int = 0,
+    ci: float = 0.95,
+    boot_idx: Optional[np.ndarray] = None,
+) -> dict:
     """Kendall tau-b of (score, target) (positive: a higher score goes with a higher target), a
     percentile bootstrap CI over the items (``bootstrap_taus``: an undefined resample counts as tau 0,
     and how many there were is reported) and permutation p-values (``permutation_p``, seeded with
@@ -112,15 +121,36 @@ def rank_stats(score: Sequence[float], target: Sequence[float], n_boot: int = 20
         boot_idx = bootstrap_indices(n, n_boot, seed)
     if not math.isfinite(tau):  # every score (or every target) is the same: no ranking to test
         nan = float("nan")
-        return {"tau": nan, "ci": ci, "ci_low": nan, "ci_high": nan, "boot_undefined": len(boot_idx),
-                "boot": len(boot_idx), "p_two_sided": nan, "p_greater": nan, "perm": 0, "n": n,
-                "_boots": [nan] * len(boot_idx), "undefined": "all scores or all targets are equal"}
+        return {
+            "tau": nan,
+            "ci": ci,
+            "ci_low": nan,
+            "ci_high": nan,
+            "boot_undefined": len(boot_idx),
+            "boot": len(boot_idx),
+            "p_two_sided": nan,
+            "p_greater": nan,
+            "perm": 0,
+            "n": n,
+            "_boots": [nan] * len(boot_idx),
+            "undefined": "all scores or all targets are equal",
+        }
     boots, undefined = bootstrap_taus(x, y, boot_idx)
     lo, hi = percentile_ci(boots, ci)
     p_two, p_greater = permutation_p(x, y, tau, n_perm, seed + 1)
-    return {"tau": tau, "ci": ci, "ci_low": lo, "ci_high": hi, "boot_undefined": undefined,
-            "boot": len(boots), "p_two_sided": p_two, "p_greater": p_greater, "perm": n_perm, "n": n,
-            "_boots": boots}
+    return {
+        "tau": tau,
+        "ci": ci,
+        "ci_low": lo,
+        "ci_high": hi,
+        "boot_undefined": undefined,
+        "boot": len(boots),
+        "p_two_sided": p_two,
+        "p_greater": p_greater,
+        "perm": n_perm,
+        "n": n,
+        "_boots": boots,
+    }
 
 
 # --- over seeds -------------------------------------------------------------------------------
@@ -153,5 +183,15 @@ def geomean(xs: Sequence[float]) -> float:
     return math.exp(sum(math.log(x) for x in xs) / len(xs))
 
 
-__all__ = ["kendall_tau", "kendall_tau_pairs", "bootstrap_indices", "bootstrap_taus", "percentile_ci",
-           "permutation_p", "rank_stats", "seed_noise_verdict", "cv_pct", "geomean"]
+__all__ = [
+    "kendall_tau",
+    "kendall_tau_pairs",
+    "bootstrap_indices",
+    "bootstrap_taus",
+    "percentile_ci",
+    "permutation_p",
+    "rank_stats",
+    "seed_noise_verdict",
+    "cv_pct",
+    "geomean",
+]

@@ -41,6 +41,7 @@ mode >= 1.5x naive with no higher peak memory and a GPU-busy share >= 60 % (issu
 
 Exit status: 0 done, 2 no GPU ("not measured"), 3 the CUDA context was lost (culprit printed as
 "CONTEXT_LOST culprit=MODE"; rerun with --resume --exclude MODE)."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,8 +58,19 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (RESULTS, Budget, PeakCPUMemory, PlainSlicing, busy_us, context_lost,  # noqa: E402
-                    cuda_context_ok, device_info, device_intervals, profile_cuda, write_csv)
+from common import (
+    RESULTS,
+    Budget,
+    PeakCPUMemory,
+    PlainSlicing,
+    busy_us,
+    context_lost,  # noqa: E402
+    cuda_context_ok,
+    device_info,
+    device_intervals,
+    profile_cuda,
+    write_csv,
+)
 
 from autodistil import ops  # noqa: E402
 from autodistil.data.text import TokenBlocks  # noqa: E402
@@ -81,35 +93,55 @@ def backend_of(mode: str) -> str:
 def build_trainer(a, device: str) -> SupernetTrainer:
     """The real trainer with a random BERT-base-shaped teacher and random token blocks."""
     from transformers import BertConfig, BertModel
+
     torch.manual_seed(0)
     tc = BertConfig(num_hidden_layers=a.teacher_layers, vocab_size=a.vocab)  # BERT-base: 768, 12 heads of 64
     hf = BertModel(tc)
-    teacher = TeacherNet(hf, TeacherShape(tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads,
-                                          tc.intermediate_size))
+    teacher = TeacherNet(
+        hf, TeacherShape(tc.num_hidden_layers, tc.hidden_size, tc.num_attention_heads, tc.intermediate_size)
+    )
     del hf
     n = 4 * a.batch
     g = torch.Generator().manual_seed(1)
     ids = torch.randint(min(1000, tc.vocab_size // 2), tc.vocab_size, (n, a.seq), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, a.seq - max(1, a.seq // 10):] = 0
+    mask[0, a.seq - max(1, a.seq // 10) :] = 0
     ids[0][mask[0] == 0] = tc.pad_token_id
     data = TokenBlocks(ids, mask)
-    cfg = TrainConfig(spaces=(a.space,), paper_spaces=True, seq_len=a.seq, batch_size=a.batch, steps=1_000_000,
-                      warmup_steps=0, n_random=2, init="teacher", precision=a.precision, backend="torch",
-                      device=device, eval_every=10**9, ckpt_every=10**9)
+    cfg = TrainConfig(
+        spaces=(a.space,),
+        paper_spaces=True,
+        seq_len=a.seq,
+        batch_size=a.batch,
+        steps=1_000_000,
+        warmup_steps=0,
+        n_random=2,
+        init="teacher",
+        precision=a.precision,
+        backend="torch",
+        device=device,
+        eval_every=10**9,
+        ckpt_every=10**9,
+    )
     out = Path(tempfile.mkdtemp(prefix="supernet_step_"))  # the trainer writes nothing here in train_step
     meta = {"name": "random-bert-base", "sha256": None}
     return SupernetTrainer(cfg, PAPER_SPACES[a.space], teacher, meta, data, data, out)
 
 
 def _snapshot(tr):
-    to_cpu = lambda sd: {k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v))
-                         for k, v in sd.items()}
+    to_cpu = lambda sd: {
+        k: (v.detach().to("cpu", copy=True) if torch.is_tensor(v) else copy.deepcopy(v))
+        for k, v in sd.items()
+    }
     opt = tr.opt.state_dict()
-    return {"model": to_cpu(tr.model.state_dict()),
-            "opt": {"state": {k: to_cpu(s) for k, s in opt["state"].items()},
-                    "param_groups": copy.deepcopy(opt["param_groups"])},
-            "sched": copy.deepcopy(tr.sched.state_dict())}
+    return {
+        "model": to_cpu(tr.model.state_dict()),
+        "opt": {
+            "state": {k: to_cpu(s) for k, s in opt["state"].items()},
+            "param_groups": copy.deepcopy(opt["param_groups"]),
+        },
+        "sched": copy.deepcopy(tr.sched.state_dict()),
+    }
 
 
 def _restore(tr, snap):
@@ -199,9 +231,13 @@ def warm_up(tr, m: Mode, snap, a, device: str) -> None:
         if not all(torch.isfinite(torch.tensor(r["loss"])).item() for r in recs):
             raise FloatingPointError(f"{m.name}: a non-finite loss in warm-up")
     _sync(device)
-    m.row.update(warmup_s=round(time.perf_counter() - t, 2), loss_step0=round(first["loss"], 6),
-                 member_losses_step0=";".join(f"{k}={v:.6f}" for k, v in first["members"].items()),
-                 sandwich_step0=";".join(first["subnets"].values()), finite=True)
+    m.row.update(
+        warmup_s=round(time.perf_counter() - t, 2),
+        loss_step0=round(first["loss"], 6),
+        member_losses_step0=";".join(f"{k}={v:.6f}" for k, v in first["members"].items()),
+        sandwich_step0=";".join(first["subnets"].values()),
+        finite=True,
+    )
 
 
 def timed_pass(tr, m: Mode, snap, a, device: str) -> None:
@@ -258,14 +294,23 @@ def finish_row(tr, m: Mode, a, base_mb: float, device: str) -> dict:
     own = m.own_mb(tr, lowp)
     extra = m.extra
     r = m.row
-    r.update(status="ok", tokens_per_s=round(tokens / dt, 1), passes=len(ps),
-             tokens_per_s_slowest=round(tokens / ps[-1], 1), tokens_per_s_fastest=round(tokens / ps[0], 1),
-             step_s=round(dt / a.steps, 4), base_mb=round(base_mb, 1), own_mb=round(own, 1),
-             extra_peak_mb=round(extra, 1), peak_mb=round(base_mb + own + extra, 1))
+    r.update(
+        status="ok",
+        tokens_per_s=round(tokens / dt, 1),
+        passes=len(ps),
+        tokens_per_s_slowest=round(tokens / ps[-1], 1),
+        tokens_per_s_fastest=round(tokens / ps[0], 1),
+        step_s=round(dt / a.steps, 4),
+        base_mb=round(base_mb, 1),
+        own_mb=round(own, 1),
+        extra_peak_mb=round(extra, 1),
+        peak_mb=round(base_mb + own + extra, 1),
+    )
     if m.graphs is not None:
         st = m.graphs.stats()
-        r.update(graph_pool_mb=st["pool_mb"], member_graphs=st["member_graphs"],
-                 random_graphs=st["random_graphs"])
+        r.update(
+            graph_pool_mb=st["pool_mb"], member_graphs=st["member_graphs"], random_graphs=st["random_graphs"]
+        )
         r.update({f"last_pass_{k}": v for k, v in m.graph_counts.items()})
     return r
 
@@ -290,8 +335,11 @@ def profile_modes(tr, snap, a, rows, budget, save, graphs=None) -> None:
                 save()
                 return
         save()
-        print(f"{r['mode']}: GPU busy {r.get('gpu_busy_ms_per_step', '-')} ms per step of "
-              f"{1000 * float(r['step_s']):.1f} ({r.get('gpu_busy_share', r.get('gpu_busy_error'))})", flush=True)
+        print(
+            f"{r['mode']}: GPU busy {r.get('gpu_busy_ms_per_step', '-')} ms per step of "
+            f"{1000 * float(r['step_s']):.1f} ({r.get('gpu_busy_share', r.get('gpu_busy_error'))})",
+            flush=True,
+        )
 
 
 def _error(e) -> str:
@@ -305,26 +353,47 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--steps", type=int, default=2, help="steps per pass (warm-up passes and timed passes)")
-    ap.add_argument("--repeats", type=int, default=5,
-                    help="timed rounds, each one pass of every mode (median)")
+    ap.add_argument(
+        "--repeats", type=int, default=5, help="timed rounds, each one pass of every mode (median)"
+    )
     ap.add_argument("--teacher-layers", type=int, default=12)
-    ap.add_argument("--vocab", type=int, default=30522, help="vocabulary size (smaller only for a quick smoke test)")
-    ap.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp32"],
-                    help="auto: bf16 autocast on CUDA, fp32 on CPU (the trainer's rule)")
-    ap.add_argument("--modes", nargs="+", default=None, choices=MODES,
-                    help=f"default: {' '.join(CUDA_DEFAULT)} on CUDA, {' '.join(CPU_DEFAULT)} on CPU")
-    ap.add_argument("--no-gpu-busy", action="store_true",
-                    help="CUDA: skip the profiled pass that measures the GPU's busy time per step")
+    ap.add_argument(
+        "--vocab", type=int, default=30522, help="vocabulary size (smaller only for a quick smoke test)"
+    )
+    ap.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "bf16", "fp32"],
+        help="auto: bf16 autocast on CUDA, fp32 on CPU (the trainer's rule)",
+    )
+    ap.add_argument(
+        "--modes",
+        nargs="+",
+        default=None,
+        choices=MODES,
+        help=f"default: {' '.join(CUDA_DEFAULT)} on CUDA, {' '.join(CPU_DEFAULT)} on CPU",
+    )
+    ap.add_argument(
+        "--no-gpu-busy",
+        action="store_true",
+        help="CUDA: skip the profiled pass that measures the GPU's busy time per step",
+    )
     ap.add_argument("--out", default=None, help="CSV path (default bench/results/supernet_step_<device>.csv)")
-    ap.add_argument("--budget-s", type=float, default=None,
-                    help="warm up no new mode and start no new round after this many seconds")
+    ap.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="warm up no new mode and start no new round after this many seconds",
+    )
     ap.add_argument("--resume", action="store_true", help="keep the modes already measured in --out")
     ap.add_argument("--exclude", nargs="*", default=[], choices=MODES)
     a = ap.parse_args(argv)
     if a.steps < 1 or a.batch < 1 or a.seq < 2 or a.repeats < 1:
         ap.error("--steps, --repeats and --batch must be >= 1 and --seq >= 2")
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("bench_supernet_step: needs a CUDA GPU (results: not measured); --device cpu runs the smoke test")
+        print(
+            "bench_supernet_step: needs a CUDA GPU (results: not measured); --device cpu runs the smoke test"
+        )
         return 2
     budget = Budget(a.budget_s)
     out = Path(a.out) if a.out else RESULTS / f"supernet_step_{a.device}.csv"
@@ -335,12 +404,29 @@ def main(argv=None):
     rows, done = [], set()
     if a.resume and out.is_file():
         with open(out, newline="") as fh:
-            rows = [r for r in csv.DictReader(fh) if r.get("status") == "ok" or r.get("status", "").startswith("error")]
+            rows = [
+                r
+                for r in csv.DictReader(fh)
+                if r.get("status") == "ok" or r.get("status", "").startswith("error")
+            ]
         done = {r["mode"] for r in rows}
-    info = {**device_info(a.device), "space": a.space, "batch": a.batch, "seq": a.seq, "sandwich": 4,
-            "steps_timed": a.steps, "teacher": f"random BERT-base shape, {a.teacher_layers} layers, vocab {a.vocab}"}
+    info = {
+        **device_info(a.device),
+        "space": a.space,
+        "batch": a.batch,
+        "seq": a.seq,
+        "sandwich": 4,
+        "steps_timed": a.steps,
+        "teacher": f"random BERT-base shape, {a.teacher_layers} layers, vocab {a.vocab}",
+    }
     for m in a.exclude:
-        rows.append({**info, "mode": m, "status": "excluded (--exclude; gpu_check.sh excludes what broke the CUDA context)"})
+        rows.append(
+            {
+                **info,
+                "mode": m,
+                "status": "excluded (--exclude; gpu_check.sh excludes what broke the CUDA context)",
+            }
+        )
 
     def save():
         write_csv(out, rows)
@@ -364,8 +450,17 @@ def main(argv=None):
                     m.extra = cpu_extra_mb(tr, m, snap)
                 finished.append(m)
                 rows.append(finish_row(tr, m, a, base_mb, a.device))
-                keys = ("mode", "status", "tokens_per_s", "passes", "peak_mb", "own_mb", "extra_peak_mb",
-                        "loss_step0", "warmup_s")
+                keys = (
+                    "mode",
+                    "status",
+                    "tokens_per_s",
+                    "passes",
+                    "peak_mb",
+                    "own_mb",
+                    "extra_peak_mb",
+                    "loss_step0",
+                    "warmup_s",
+                )
                 print({k: m.row.get(k) for k in keys}, flush=True)
         save()
 
@@ -374,9 +469,13 @@ def main(argv=None):
         for name in names:  # warm-up, mode by mode
             if name in done:
                 continue
-            row = {**info, "mode": name, "backend": backend_of(name), 
-                   "cuda_graphs": name.startswith("graphs_"),
-                   "grad_delivery": "autograd (full-size slice grads)" if name == "naive" else "inplace"}
+            row = {
+                **info,
+                "mode": name,
+                "backend": backend_of(name),
+                "cuda_graphs": name.startswith("graphs_"),
+                "grad_delivery": "autograd (full-size slice grads)" if name == "naive" else "inplace",
+            }
             if name != "naive" and status[backend_of(name)] != "ok":
                 rows.append({**row, "status": f"unavailable: {status[backend_of(name)]}"})
                 save()
@@ -398,6 +497,7 @@ def main(argv=None):
                     return context_lost(name)
             est = time.perf_counter() - t  # the next mode's warm-up, guessed from the last one's
             print(f"{name}: warmed up in {time.perf_counter() - t:.1f}s", flush=True)
+
         def failed(m, e):
             traceback.print_exc()
             rows.append({**m.row, "status": _error(e)})
@@ -409,8 +509,9 @@ def main(argv=None):
             return context_lost(lost.name)
         finish()
         if a.device == "cuda" and not a.no_gpu_busy:
-            profile_modes(tr, snap, a, [m.row for m in finished], budget, save,
-                          {m.name: m.graphs for m in finished})
+            profile_modes(
+                tr, snap, a, [m.row for m in finished], budget, save, {m.name: m.graphs for m in finished}
+            )
     except KeyboardInterrupt:
         print("interrupted by the time box; rows so far are in", out)
         with contextlib.suppress(BaseException):  # keep what was timed; a second interrupt just stops
@@ -422,8 +523,10 @@ def main(argv=None):
         for name, r in ok.items():
             if name != "naive":
                 x = float(r["tokens_per_s"]) / float(nv["tokens_per_s"])
-                print(f"{name}: {x:.2f}x naive tokens/s, peak {r['peak_mb']} MiB vs naive {nv['peak_mb']} "
-                      f"MiB (extra {r['extra_peak_mb']} vs {nv['extra_peak_mb']})")
+                print(
+                    f"{name}: {x:.2f}x naive tokens/s, peak {r['peak_mb']} MiB vs naive {nv['peak_mb']} "
+                    f"MiB (extra {r['extra_peak_mb']} vs {nv['extra_peak_mb']})"
+                )
     print(write_csv(out, rows))
     return 0
 

@@ -10,6 +10,7 @@ defaults to bench/results/<today>_latency_cpu_<N>threads (N the threads used: al
 process for --threads 0, the default). The noise a report quotes is the `noise` entry of
 latency_validation.json: the split-half noise of the same statistic the validation compares
 (median of all runs of the rounds, anchor-normalised)."""
+
 from __future__ import annotations
 
 import argparse
@@ -26,10 +27,21 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def step(cmd: list) -> dict:
     rec = {"cmd": cmd, "start": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": list(os.getloadavg())}
     t = time.time()
-    r = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "TQDM_DISABLE": "1",
-                                                                  "TOKENIZERS_PARALLELISM": "false"})
-    rec.update({"seconds": round(time.time() - t, 1), "loadavg_after": list(os.getloadavg()), "rc": r.returncode,
-                "stdout": r.stdout, "stderr_tail": r.stderr[-3000:]})
+    r = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env={**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"},
+    )
+    rec.update(
+        {
+            "seconds": round(time.time() - t, 1),
+            "loadavg_after": list(os.getloadavg()),
+            "rc": r.returncode,
+            "stdout": r.stdout,
+            "stderr_tail": r.stderr[-3000:],
+        }
+    )
     print(r.stdout, flush=True)
     if r.returncode:
         print(r.stderr[-3000:], file=sys.stderr)
@@ -53,8 +65,11 @@ def main(argv=None) -> int:
         steps.append(step(cli + ["profile", "--threads", str(a.threads), "--out", str(out / "table.json")]))
         if steps[-1]["rc"]:
             return 1
-    steps.append(step(cli + ["latency-validate", "--table", str(out / "table.json"), "--n", str(a.n),
-                             "--out", str(out)]))
+    steps.append(
+        step(
+            cli + ["latency-validate", "--table", str(out / "table.json"), "--n", str(a.n), "--out", str(out)]
+        )
+    )
     (out / "run.json").write_text(json.dumps({"steps": steps, "cpu_count": os.cpu_count()}, indent=2))
     return steps[-1]["rc"]
 

@@ -14,6 +14,7 @@ and .csv, default OUT experiments/results/<today>_student_recipe: dev metric, F1
 seconds, the share of the teacher's score) and a finished row is not run again, so the script
 resumes when given the same --out. The fine-tuned students go to a temporary folder and are not kept.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,8 +40,9 @@ def parse_recipe(s: str) -> dict:
     except ValueError as e:
         raise argparse.ArgumentTypeError(f"recipe {s!r}: {e}") from None
     if not all(map(math.isfinite, (lr, ep, a))) or lr <= 0 or ep <= 0 or not 0 <= a <= 1:
-        raise argparse.ArgumentTypeError(f"recipe {s!r}: lr and epochs must be finite and > 0, "
-                                         f"kd_alpha within [0, 1]")
+        raise argparse.ArgumentTypeError(
+            f"recipe {s!r}: lr and epochs must be finite and > 0, kd_alpha within [0, 1]"
+        )
     return {"lr": lr, "epochs": ep, "kd_alpha": a}
 
 
@@ -49,9 +51,15 @@ def student_folder(run_dir: Path, name: str) -> Path:
         p = run_dir / sub / name
         if (p / "config.json").is_file():
             return p
-    have = sorted(p.name for sub in ("students", "baselines") for p in (run_dir / sub).glob("*")
-                  if (p / "config.json").is_file())
-    raise FileNotFoundError(f"no exported model '{name}' under {run_dir}/students or /baselines; there are: {have}")
+    have = sorted(
+        p.name
+        for sub in ("students", "baselines")
+        for p in (run_dir / sub).glob("*")
+        if (p / "config.json").is_file()
+    )
+    raise FileNotFoundError(
+        f"no exported model '{name}' under {run_dir}/students or /baselines; there are: {have}"
+    )
 
 
 def main(argv=None):
@@ -66,6 +74,7 @@ def main(argv=None):
 
     from autodistil.finetune.train import finetune, weights_identity
     from autodistil.io import atomic_write_json
+
     if a.threads:
         torch.set_num_threads(a.threads)
     run_dir = Path(a.run)
@@ -78,23 +87,40 @@ def main(argv=None):
     res_path = out / "student_recipe.json"
     doc = json.loads(res_path.read_text()) if res_path.is_file() else {"rows": []}
     # a row stands for (weights it started from, recipe, the run's other settings): names recur across runs
-    setting = {"task": c.data.name, "batch": ft.batch_size, "seq": seq,
-               "max_train_examples": ft.max_train_examples, "max_eval_examples": ft.max_eval_examples}
+    setting = {
+        "task": c.data.name,
+        "batch": ft.batch_size,
+        "seq": seq,
+        "max_train_examples": ft.max_train_examples,
+        "max_eval_examples": ft.max_eval_examples,
+    }
 
     def weights_of(folder):
         return hashlib.sha256(json.dumps(weights_identity(folder)).encode()).hexdigest()[:16]
 
     def key_of(r):
-        return (r["student"], r["weights"], r["lr"], r["epochs"], r["kd_alpha"], r["seed"],
-                json.dumps(r.get("setting"), sort_keys=True))
+        return (
+            r["student"],
+            r["weights"],
+            r["lr"],
+            r["epochs"],
+            r["kd_alpha"],
+            r["seed"],
+            json.dumps(r.get("setting"), sort_keys=True),
+        )
+
     done = {key_of(r) for r in doc["rows"] if "weights" in r}
     t_dir = None
     for name, folder in folders.items():
         for rc in a.recipes:
-            key = key_of({"student": name, "weights": weights_of(folder), **rc, "seed": c.seed, "setting": setting})
+            key = key_of(
+                {"student": name, "weights": weights_of(folder), **rc, "seed": c.seed, "setting": setting}
+            )
             if key in done:
-                print(f"[recipe] {name} lr {rc['lr']:g} epochs {rc['epochs']:g} kd {rc['kd_alpha']:g}: "
-                      f"done before, kept")
+                print(
+                    f"[recipe] {name} lr {rc['lr']:g} epochs {rc['epochs']:g} kd {rc['kd_alpha']:g}: "
+                    f"done before, kept"
+                )
                 continue
             if t_dir is None:
                 t_dir, t_res = run_teacher(run)
@@ -103,18 +129,37 @@ def main(argv=None):
             with tempfile.TemporaryDirectory() as tmp:
                 fc = run.student_finetune_config(folder, Path(tmp) / name, c.seed, t_dir, seq, **rc)
                 r = finetune(fc)
-            row = {"student": name, "weights": key[1], **rc, "seed": c.seed, "setting": setting, "run": str(run_dir),
-                   "threads": torch.get_num_threads(), "score": r["score"], "metric": r["headline"],
-                   "f1": r["metrics"].get("f1"), "share_of_teacher": round(r["score"] / t_score, 4),
-                   "teacher_score": t_score, "steps": r["steps"], "train_seconds": r["train_seconds"],
-                   "loadavg_1min": [load0[0], os.getloadavg()[0]]}
-            print(f"[recipe] {name} lr {rc['lr']:g} epochs {rc['epochs']:g} kd {rc['kd_alpha']:g}: "
-                  f"{r['headline']} {r['score']:.4f} ({row['share_of_teacher']:.1%} of the teacher), "
-                  f"{r['train_seconds']} s", flush=True)
+            row = {
+                "student": name,
+                "weights": key[1],
+                **rc,
+                "seed": c.seed,
+                "setting": setting,
+                "run": str(run_dir),
+                "threads": torch.get_num_threads(),
+                "score": r["score"],
+                "metric": r["headline"],
+                "f1": r["metrics"].get("f1"),
+                "share_of_teacher": round(r["score"] / t_score, 4),
+                "teacher_score": t_score,
+                "steps": r["steps"],
+                "train_seconds": r["train_seconds"],
+                "loadavg_1min": [load0[0], os.getloadavg()[0]],
+            }
+            print(
+                f"[recipe] {name} lr {rc['lr']:g} epochs {rc['epochs']:g} kd {rc['kd_alpha']:g}: "
+                f"{r['headline']} {r['score']:.4f} ({row['share_of_teacher']:.1%} of the teacher), "
+                f"{r['train_seconds']} s",
+                flush=True,
+            )
             doc["rows"].append(row)
             done.add(key)
-            doc.update({"machine": {**device_info("cpu"), "cpu_count": os.cpu_count()},
-                        "updated": time.strftime("%Y-%m-%d %H:%M:%S")})
+            doc.update(
+                {
+                    "machine": {**device_info("cpu"), "cpu_count": os.cpu_count()},
+                    "updated": time.strftime("%Y-%m-%d %H:%M:%S"),
+                }
+            )
             atomic_write_json(res_path, doc)
             write_rows_csv(out / "student_recipe.csv", doc["rows"])
     return doc

@@ -16,6 +16,7 @@ fine-tuning results as they are; other seeds fine-tune only the compared models 
 <run>/finetuned_seed<s>/ (each model resumable). Output (default
 experiments/results/<today>_students_vs_baselines/): students_vs_baselines.{json,csv,md}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -36,8 +37,13 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_
     out = []
     for cmp in comparison:
         names = {r["role"]: r["name"] for r in cmp["rows"]}
-        entry = {"budget": cmp["budget"], "budget_ms": cmp["budget_ms"], "fraction": cmp["fraction"], "roles": {},
-                 "why_none": {}}
+        entry = {
+            "budget": cmp["budget"],
+            "budget_ms": cmp["budget_ms"],
+            "fraction": cmp["fraction"],
+            "roles": {},
+            "why_none": {},
+        }
         for role, r in ((r["role"], r) for r in cmp["rows"]):
             name = names[role]
             if name is None:
@@ -49,10 +55,15 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_
             scores = [per_seed[s][name]["score"] for s in seeds]
             f1 = [per_seed[s][name]["metrics"].get("f1") for s in seeds]
             entry["roles"][role] = {
-                "name": name, "measured_ms": r["measured_ms"], "vs_teacher": r["vs_teacher"], "scores": scores,
-                "mean": statistics.fmean(scores), "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
+                "name": name,
+                "measured_ms": r["measured_ms"],
+                "vs_teacher": r["vs_teacher"],
+                "scores": scores,
+                "mean": statistics.fmean(scores),
+                "std": statistics.stdev(scores) if len(scores) > 1 else 0.0,
                 "f1_mean": statistics.fmean(f1) if None not in f1 else None,
-                "share_of_teacher": statistics.fmean(scores) / teacher_score}
+                "share_of_teacher": statistics.fmean(scores) / teacher_score,
+            }
         base = entry["roles"].get("searched")
         entry["vs"] = {}
         for role in ROLES:
@@ -70,8 +81,11 @@ def summarize(per_seed: dict, comparison: list, teacher_score: float, baselines_
 
 
 def render(summary: dict, metric: str) -> str:
-    L = [f"| budget (x teacher) | role | model | measured x teacher | {metric} mean +- std (n={len(summary['seeds'])}) "
-         f"| share of teacher | searched - this |", "|---|---|---|---|---|---|---|"]
+    L = [
+        f"| budget (x teacher) | role | model | measured x teacher | "
+        f"{metric} mean +- std (n={len(summary['seeds'])}) | share of teacher | searched - this |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for b in summary["budgets"]:
         for role in ROLES:
             if role not in b["roles"]:
@@ -83,16 +97,21 @@ def render(summary: dict, metric: str) -> str:
                 continue
             v = b["vs"].get(role)
             vs = "-" if v is None else f"{v['mean_diff']:+.4f} ({v['verdict']})"
-            L.append(head + f"{r['name']} | {r['vs_teacher']:.2f} | {r['mean']:.4f} +- {r['std']:.4f} | "
-                     f"{100 * r['share_of_teacher']:.1f}% | {vs} |")
+            L.append(
+                head + f"{r['name']} | {r['vs_teacher']:.2f} | {r['mean']:.4f} +- {r['std']:.4f} | "
+                f"{100 * r['share_of_teacher']:.1f}% | {vs} |"
+            )
     return "\n".join(L)
 
 
 def compared_folders(run, comparison: list) -> dict:
     """{name: exported folder} of the models the comparison names (students and baselines)."""
     ex = run.state["export"]
-    folders = {n: m["folder"] for g in ("students", "flops_students", "first_layers")
-               for n, m in ex.get(g, {}).items()}
+    folders = {
+        n: m["folder"]
+        for g in ("students", "flops_students", "first_layers")
+        for n, m in ex.get(g, {}).items()
+    }
     names = {r["name"] for c in comparison for r in c["rows"] if r["name"]}
     missing = sorted(names - set(folders))
     if missing:
@@ -105,19 +124,26 @@ def main(argv=None):
     ap.add_argument("--run", default="runs/main", help="a finished `autodistil run` folder")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--out", default=None, help="default experiments/results/<today>_students_vs_baselines")
-    ap.add_argument("--roles", nargs="+", default=list(ROLES), choices=ROLES,
-                    help="roles to compare (default all; the searched student is always included)")
+    ap.add_argument(
+        "--roles",
+        nargs="+",
+        default=list(ROLES),
+        choices=ROLES,
+        help="roles to compare (default all; the searched student is always included)",
+    )
     a = ap.parse_args(argv)
     if len(a.seeds) < 2:
         ap.error("--seeds needs at least 2 seeds to measure seed noise")
     from autodistil.io import atomic_write_json, atomic_write_text, read_json, write_rows_csv
+
     run_dir = Path(a.run)
     run = load_run(run_dir)
     res = read_json(run_dir / "results.json", "run results")
     t0 = time.time()
     roles = set(a.roles) | {"searched"}
-    res["comparison"] = [{**c, "rows": [r for r in c["rows"] if r["role"] in roles]}
-                         for c in res["comparison"]]
+    res["comparison"] = [
+        {**c, "rows": [r for r in c["rows"] if r["role"] in roles]} for c in res["comparison"]
+    ]
     folders = compared_folders(run, res["comparison"])
     seq = run_seq_len(run)
     t_dir, t_res = run_teacher(run)
@@ -132,25 +158,47 @@ def main(argv=None):
             per_seed[s] = {"teacher": t_res, **tuned}
         seconds[s] = round(time.time() - t, 1)
     teacher = per_seed[a.seeds[0]]["teacher"]
-    summary = summarize(per_seed, res["comparison"], teacher["score"],
-                        baselines_off=not run.cfg.search.baselines)
+    summary = summarize(
+        per_seed, res["comparison"], teacher["score"], baselines_off=not run.cfg.search.baselines
+    )
     ft = run.cfg.finetune
-    summary.update({"run": str(run_dir), "cpu": cpu_model(), "seconds_per_seed": seconds,
-                    "recipe": {"lr": ft.lr, "epochs": ft.epochs, "kd_alpha": ft.kd_alpha,
-                               "batch_size": ft.batch_size, "max_seq_len": seq, "task": run.cfg.data.name},
-                    "teacher": {"folder": teacher["folder"], "score": teacher["score"]},
-                    "wall_s": round(time.time() - t0, 1)})
+    summary.update(
+        {
+            "run": str(run_dir),
+            "cpu": cpu_model(),
+            "seconds_per_seed": seconds,
+            "recipe": {
+                "lr": ft.lr,
+                "epochs": ft.epochs,
+                "kd_alpha": ft.kd_alpha,
+                "batch_size": ft.batch_size,
+                "max_seq_len": seq,
+                "task": run.cfg.data.name,
+            },
+            "teacher": {"folder": teacher["folder"], "score": teacher["score"]},
+            "wall_s": round(time.time() - t0, 1),
+        }
+    )
     out = Path(a.out) if a.out else dated("students_vs_baselines")
     atomic_write_json(out / "students_vs_baselines.json", summary)
     rows = []
     for b in summary["budgets"]:
         for role, r in b["roles"].items():
             if r is not None:
-                rows.append({"budget_ms": b["budget_ms"], "fraction": b["fraction"], "role": role, "name": r["name"],
-                             "vs_teacher": r["vs_teacher"], "mean": r["mean"], "std": r["std"],
-                             "scores": " ".join(f"{x:.4f}" for x in r["scores"]),
-                             "share_of_teacher": r["share_of_teacher"],
-                             "verdict": (b["vs"].get(role) or {}).get("verdict", "")})
+                rows.append(
+                    {
+                        "budget_ms": b["budget_ms"],
+                        "fraction": b["fraction"],
+                        "role": role,
+                        "name": r["name"],
+                        "vs_teacher": r["vs_teacher"],
+                        "mean": r["mean"],
+                        "std": r["std"],
+                        "scores": " ".join(f"{x:.4f}" for x in r["scores"]),
+                        "share_of_teacher": r["share_of_teacher"],
+                        "verdict": (b["vs"].get(role) or {}).get("verdict", ""),
+                    }
+                )
     write_rows_csv(out / "students_vs_baselines.csv", rows)
     table = render(summary, teacher["headline"])
     atomic_write_text(out / "students_vs_baselines.md", table + "\n")

@@ -12,6 +12,7 @@ x the interleaved ratio) and the validation's own files (DIR/latency_validation.
 DIR defaults to experiments/results/<today>_table_reuse.
 The validation refuses a table from another device or settings (latency.validate.validate_table).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,19 +61,30 @@ def main(argv=None) -> int:
     spaces = [SearchSpace.from_dict(d) for d in table.spaces]
     t0 = time.strftime("%Y-%m-%dT%H:%M:%S")
     sp = speed_now(table, st)
-    print(f"anchor now {sp['anchor_ms']:.3f} ms, at profiling ({table.meta.get('created')}) "
-          f"{sp['table_anchor_ms']:.3f} ms: factor {sp['factor']:.3f}", flush=True)
+    print(
+        f"anchor now {sp['anchor_ms']:.3f} ms, at profiling ({table.meta.get('created')}) "
+        f"{sp['table_anchor_ms']:.3f} ms: factor {sp['factor']:.3f}",
+        flush=True,
+    )
     rep = validate_table(table, spaces, st, a.n, a.seed, out)
-    res = {"table": str(a.table), "table_created": table.meta.get("created"), "start": t0, "speed_now": sp,
-           "interleaved_ratio": rep["machine_drift"], "validation_noise": rep["noise"],
-           "scopes": reuse_report(rep["students"], sp["factor"], rep["machine_drift"])}
+    res = {
+        "table": str(a.table),
+        "table_created": table.meta.get("created"),
+        "start": t0,
+        "speed_now": sp,
+        "interleaved_ratio": rep["machine_drift"],
+        "validation_noise": rep["noise"],
+        "scopes": reuse_report(rep["students"], sp["factor"], rep["machine_drift"]),
+    }
     atomic_write_json(out / "table_reuse.json", res)
     print(f"validation's own anchor ratio (interleaved with the students): {rep['machine_drift']:.3f}")
     print("| scope | n | as is: MAPE % / bias % / within 10 % | x pre-timed factor | x interleaved ratio |")
     print("|---|---|---|---|---|")
     for name, s in res["scopes"].items():
         cell = lambda d: f"{d['mape_pct']:.2f} / {d['bias_pct']:+.2f} / {d['within_10_pct']:.0f}"  # noqa: E731
-        print(f"| {name} | {s['n']} | {cell(s['as_is'])} | {cell(s['reanchored'])} | {cell(s['interleaved'])} |")
+        print(
+            f"| {name} | {s['n']} | {cell(s['as_is'])} | {cell(s['reanchored'])} | {cell(s['interleaved'])} |"
+        )
     return 0
 
 

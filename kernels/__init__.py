@@ -14,6 +14,7 @@ bf16/fp16; tiles are cast to the activation dtype in registers (tensor cores), f
 dW added in fp32 to the fp32 grad slice.
 Runs on CUDA GPUs, and on the CPU under TRITON_INTERPRET=1 (fp32/fp16; how CI tests it).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,8 +26,11 @@ def _why_not():
     except ImportError:
         return "Triton is not installed (pip install 'autodistil[triton]')"
     import torch
+
     if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET", "0") != "1":
-        return "Triton needs a CUDA GPU here (or TRITON_INTERPRET=1 for its CPU interpreter, set before import)"
+        return (
+            "Triton needs a CUDA GPU here (or TRITON_INTERPRET=1 for its CPU interpreter, set before import)"
+        )
     return None
 
 

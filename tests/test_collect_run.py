@@ -1,6 +1,7 @@
 """bench/collect_run.py: a finished run's report and stage seconds copied into a dated folder; an
 unfinished run refused before anything is written. bench/ holds scripts, not a package: the script
 is loaded from its file."""
+
 import importlib.util
 import json
 import time
@@ -11,7 +12,8 @@ import pytest
 from autodistil.pipeline import STAGES
 
 _SPEC = importlib.util.spec_from_file_location(
-    "collect_run", Path(__file__).resolve().parent.parent / "bench" / "collect_run.py")
+    "collect_run", Path(__file__).resolve().parent.parent / "bench" / "collect_run.py"
+)
 collect_run = importlib.util.module_from_spec(_SPEC)
 _SPEC.loader.exec_module(collect_run)
 
@@ -28,7 +30,9 @@ def _run(tmp_path, stages=STAGES):
 
 def test_collects_report_and_sums_stage_seconds(tmp_path):
     run = _run(tmp_path)
-    doc = collect_run.main(["--run", str(run), "--name", "x", "--note", "test", "--out", str(tmp_path / "out")])
+    doc = collect_run.main(
+        ["--run", str(run), "--name", "x", "--note", "test", "--out", str(tmp_path / "out")]
+    )
     n = len(STAGES)
     assert doc["total_s"] == pytest.approx(10.0 * n * (n + 1) / 2)
     assert list(doc["stage_seconds"]) == list(STAGES)

@@ -9,6 +9,7 @@ without a GPU and has no attention kernel of its own.
 GPU part (@pytest.mark.gpu): the same through ops.sliced_attention(backend="cuda") in fp32 / fp16 /
 bf16 against an fp32 reference (errors at most 2x torch's own in that dtype plus a floor), on odd
 sequence lengths, probabilities without gradient, and both routes."""
+
 import math
 import subprocess
 import sys
@@ -51,9 +52,9 @@ def _run(fn, leaves, do, mask, B, A, T, d):
 
 def _mask(B, T, dev, all_pad=1):
     m = torch.ones(B, T, dtype=torch.long, device=dev)
-    m[0, T - max(1, T // 3):] = 0                  # sequence 0: trailing padding
+    m[0, T - max(1, T // 3) :] = 0  # sequence 0: trailing padding
     if all_pad is not None:
-        m[all_pad] = 0                             # an all-padding sequence
+        m[all_pad] = 0  # an all-padding sequence
     return m
 
 
@@ -73,7 +74,7 @@ def test_cuda_backend_attention_contract_on_cpu(monkeypatch, route):
     mask = _mask(B, T, "cpu")
     leaves = _leaves(B, A, T, d, 1, torch.float32, "cpu")
     do = torch.randn(B, A, T, d, generator=torch.Generator().manual_seed(2))
-    ours = lambda q, k, v, m: cb.attention(q, k, v, m, False)[0]                   # noqa: E731
+    ours = lambda q, k, v, m: cb.attention(q, k, v, m, False)[0]  # noqa: E731
     got = _run(ours, leaves, do, mask, B, A, T, d)
     again = _run(ours, leaves, do, mask, B, A, T, d)
     ref = _run(lambda q, k, v, m: _ref(q, k, v, m)[0], leaves, do, mask, B, A, T, d)
@@ -87,7 +88,7 @@ def test_cuda_backend_attention_contract_on_cpu(monkeypatch, route):
     with torch.no_grad():
         q, k, v = (t.view(B, T, A, d).transpose(1, 2) for t in leaves)
         o, p = cb.attention(q, k, v, mask, True)
-    assert p.shape == (B, A, T, T) and (p[1] == 0).all() and (p[0, :, :, T - T // 3:] == 0).all()
+    assert p.shape == (B, A, T, T) and (p[1] == 0).all() and (p[0, :, :, T - T // 3 :] == 0).all()
     torch.testing.assert_close(p[[0, 2]], _ref(q, k, v, mask)[1][[0, 2]], atol=1e-6, rtol=1e-5)
 
 
@@ -133,10 +134,16 @@ def test_sdpa_route_is_deterministic_when_asked(monkeypatch):
 
 
 def test_extension_imports_without_gpu_and_has_no_attention_kernel():
-    code = ("import sys; import autodistil.ops.cuda_backend as cb; "
-            "from autodistil import _C; print(_C.device_count(), hasattr(_C, 'attention_forward'))")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"})
+    code = (
+        "import sys; import autodistil.ops.cuda_backend as cb; "
+        "from autodistil import _C; print(_C.device_count(), hasattr(_C, 'attention_forward'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env={"CUDA_VISIBLE_DEVICES": "", "PATH": "/usr/bin:/bin"},
+    )
     if "No module named 'autodistil._C'" in out.stderr:
         pytest.skip("autodistil._C is not built")
     assert out.returncode == 0, out.stderr
@@ -170,13 +177,18 @@ def _gpu_case(route, monkeypatch, dtype, T, d, B=3, A=3):
         return [t.detach().to(dt).requires_grad_() for t in base]
 
     ours = lambda q, k, v, m: ops.sliced_attention(q, k, v, m, backend="cuda")[0]  # noqa: E731
-    ref = lambda q, k, v, m: _ref(q, k, v, m)[0]                                    # noqa: E731
+    ref = lambda q, k, v, m: _ref(q, k, v, m)[0]  # noqa: E731
     got = _run(ours, leaves(dtype), do.to(dtype), mask, B, A, T, d)
     ref32 = _run(ref, leaves(torch.float32), do, mask, B, A, T, d)
     ref_lp = _run(ref, leaves(dtype), do.to(dtype), mask, B, A, T, d) if dtype != torch.float32 else ref32
     keep = [0, 2]
-    _compare([x[keep] for x in got], [x[keep] for x in ref32], [x[keep] for x in ref_lp], dtype,
-             f"{route} {dtype} T={T} d={d}")
+    _compare(
+        [x[keep] for x in got],
+        [x[keep] for x in ref32],
+        [x[keep] for x in ref_lp],
+        dtype,
+        f"{route} {dtype} T={T} d={d}",
+    )
     assert all((x[1] == 0).all() for x in got), "the all-padding sequence must give 0 output and gradients"
     again = _run(ours, leaves(dtype), do.to(dtype), mask, B, A, T, d)
     return got, again
@@ -212,8 +224,10 @@ def test_gpu_probs_without_gradient(monkeypatch, route):
     _routes(monkeypatch, route)
     B, A, T, d = 2, 3, 77, 64
     mask = _mask(B, T, DEV, all_pad=None)
-    q, k, v = (t.detach().to(torch.bfloat16).view(B, T, A, d).transpose(1, 2)
-               for t in _leaves(B, A, T, d, 5, torch.float32, DEV))
+    q, k, v = (
+        t.detach().to(torch.bfloat16).view(B, T, A, d).transpose(1, 2)
+        for t in _leaves(B, A, T, d, 5, torch.float32, DEV)
+    )
     with torch.no_grad():
         _, p = ops.sliced_attention(q, k, v, mask, need_probs=True, backend="cuda")
         rp = _ref(q.float(), k.float(), v.float(), mask)[1]

@@ -1,6 +1,7 @@
 """docs/guides and experiments/README.md stay true to the code: every command of `autodistil` has its
 paragraph in cli.md and every flag named there exists; relative links resolve (links into
 docs/reports/ must follow its naming, and exist once the reports are there); guides carry no dates."""
+
 import re
 from pathlib import Path
 
@@ -15,6 +16,7 @@ REPORT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}-[a-z0-9][a-z0-9-]*\.md$|^README\.m
 def _subparsers():
     import argparse
     from autodistil.cli import build_parser
+
     p = build_parser()
     act = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     return act.choices

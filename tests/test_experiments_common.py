@@ -1,6 +1,7 @@
 """experiments/common.py: a run folder's recorded config read in both forms (flat, as older versions
 wrote it, and in sections), its stages loaded from their markers, and a chosen set of its models
 fine-tuned with the run's recipe (the fine-tuning itself stubbed)."""
+
 import json
 from pathlib import Path
 
@@ -29,11 +30,16 @@ def test_flat_config_of_a_recorded_run_maps_into_sections():
 
 def test_sectioned_config_round_trips():
     from dataclasses import replace
+
     base = RunConfig()
-    c = replace(base, seed=3, train=replace(base.train, steps=7),
-                profile=replace(base.profile, grid=(2, 2, 2)),
-                search=replace(base.search, budget_fractions=(0.5,)),
-                finetune=replace(base.finetune, lr=1e-3))
+    c = replace(
+        base,
+        seed=3,
+        train=replace(base.train, steps=7),
+        profile=replace(base.profile, grid=(2, 2, 2)),
+        search=replace(base.search, budget_fractions=(0.5,)),
+        finetune=replace(base.finetune, lr=1e-3),
+    )
     d = json.loads(json.dumps(c.to_dict()))  # as results.json holds it
     assert not common.is_flat(d) and common.run_config_from_dict(d) == c
 
@@ -50,7 +56,7 @@ def _fake_run(tmp_path, cfg_dict, outputs, hashes=None):
 
 def test_load_run_takes_a_flat_runs_markers_as_they_are(tmp_path):
     flat = json.loads((BENCH_RESULTS / "2026-11-26_main_run" / "results.json").read_text())["config"]
-    outs = {s: {"stage": s} for s in STAGES[:STAGES.index("measure") + 1]}
+    outs = {s: {"stage": s} for s in STAGES[: STAGES.index("measure") + 1]}
     outs["finetune"] = {"_seq_len": {"max_seq_len": 48}, "teacher": {"folder": str(tmp_path), "score": 0.8}}
     run = common.load_run(_fake_run(tmp_path, flat, outs))
     assert run.flat_config and run.state["search"] == {"stage": "search"}
@@ -65,7 +71,7 @@ def test_load_run_takes_a_flat_runs_markers_as_they_are(tmp_path):
 def test_load_run_refuses_a_stale_stage_of_a_sectioned_run(tmp_path):
     (tmp_path / "t").mkdir()  # a teacher folder without config.json: its identity is its name
     cfg = RunConfig(teacher=str(tmp_path / "t"), out_dir=str(tmp_path / "run"))
-    stages = STAGES[:STAGES.index("measure") + 1]
+    stages = STAGES[: STAGES.index("measure") + 1]
     hashes = {s: Run(cfg)._hash(s) for s in stages}
     d = json.loads(json.dumps(cfg.to_dict()))
     run = common.load_run(_fake_run(tmp_path, d, {s: {"stage": s} for s in stages}, hashes))
@@ -77,6 +83,7 @@ def test_load_run_refuses_a_stale_stage_of_a_sectioned_run(tmp_path):
 
 def test_finetune_models_uses_the_runs_recipe_and_overrides(tmp_path, monkeypatch):
     import autodistil.finetune.train as ft_train
+
     flat = json.loads((BENCH_RESULTS / "2026-11-26_main_run" / "results.json").read_text())["config"]
     run = Run(common.run_config_from_dict(flat))
     for name in ("student", "teacher"):
@@ -87,9 +94,18 @@ def test_finetune_models_uses_the_runs_recipe_and_overrides(tmp_path, monkeypatc
     def fake_finetune(fc, extra=None, **kw):
         seen.append(fc)
         return {"headline": "accuracy", "score": 0.75, "steps": 3, "train_seconds": 1.0, "config": {}}
+
     monkeypatch.setattr(ft_train, "finetune", fake_finetune)
-    out = common.finetune_models(run, {"s": tmp_path / "student"}, 2, tmp_path / "ft", tmp_path / "teacher",
-                                 64, log=lambda m: None, lr=1e-3)
+    out = common.finetune_models(
+        run,
+        {"s": tmp_path / "student"},
+        2,
+        tmp_path / "ft",
+        tmp_path / "teacher",
+        64,
+        log=lambda m: None,
+        lr=1e-3,
+    )
     fc = seen[0]
     assert out["s"]["score"] == 0.75 and fc.out_dir == str(tmp_path / "ft" / "s")
     assert (fc.lr, fc.epochs, fc.kd_alpha, fc.seed) == (1e-3, 1.0, 0.5, 2)

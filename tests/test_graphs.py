@@ -10,6 +10,7 @@ warm-up tunes every key before capture (a replay that tunes is an error); what c
 refused with one line; the CLI has the flag.
 GPU part (@pytest.mark.gpu): real captures against the eager step over 20 steps for every backend,
 fp32 to 1e-6 and bf16 autocast to bf16 noise."""
+
 import contextlib
 import math
 
@@ -36,9 +37,16 @@ def tiny_teacher_dir(tmp_path_factory):
     """A tiny random BERT folder (2 layers, hidden 64, 4 heads of 16, vocab 6000), no tokenizer: the
     trainer gets token ids directly, and the GPU machine needs no teacher package."""
     from transformers import BertConfig, BertModel
+
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=6000, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-                     intermediate_size=256, max_position_embeddings=512)
+    cfg = BertConfig(
+        vocab_size=6000,
+        hidden_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=256,
+        max_position_embeddings=512,
+    )
     d = tmp_path_factory.mktemp("tiny_bert")
     BertModel(cfg).save_pretrained(d)
     return d
@@ -46,19 +54,33 @@ def tiny_teacher_dir(tmp_path_factory):
 
 def _trainer(teacher_dir, tmp_path, name, space=SPACE, device="cpu", batch=4, seq=16, graphs=None, **kw):
     from autodistil.teacher import load_teacher
+
     hf, _, info = load_teacher(str(teacher_dir), with_tokenizer=False)
-    base = dict(teacher=str(teacher_dir), out_dir=str(tmp_path / name), spaces=("tiny",), steps=1000,
-                batch_size=batch, seq_len=seq, init="random", lr=3e-3, warmup_steps=1, n_random=2,
-                device=device, eval_every=10**6, ckpt_every=10**6)
+    base = dict(
+        teacher=str(teacher_dir),
+        out_dir=str(tmp_path / name),
+        spaces=("tiny",),
+        steps=1000,
+        batch_size=batch,
+        seq_len=seq,
+        init="random",
+        lr=3e-3,
+        warmup_steps=1,
+        n_random=2,
+        device=device,
+        eval_every=10**6,
+        ckpt_every=10**6,
+    )
     base.update(kw)
     cfg = TrainConfig(**base)
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(1000, 5000, (3 * batch, seq), generator=g)
     mask = torch.ones_like(ids)
-    mask[0, seq - seq // 4:] = 0                           # padded keys in one sequence per epoch
+    mask[0, seq - seq // 4 :] = 0  # padded keys in one sequence per epoch
     data = TokenBlocks(ids, mask)
-    tr = SupernetTrainer(cfg, space, TeacherNet(hf, info.shape), {"sha256": info.sha256}, data, data,
-                         tmp_path / name)
+    tr = SupernetTrainer(
+        cfg, space, TeacherNet(hf, info.shape), {"sha256": info.sha256}, data, data, tmp_path / name
+    )
     if graphs is not None:
         tr.enable_graphs(capture=graphs)
     return tr
@@ -77,7 +99,9 @@ def no_host_sync():
     def make(k):
         def f(self, *a, **kw):
             raise HostSync(f"Tensor.{k} inside a graphed member")
+
         return f
+
     try:
         for k in saved:
             setattr(torch.Tensor, k, make(k))
@@ -88,8 +112,10 @@ def no_host_sync():
 
 
 # --------------------------------------------------------------------------------------- CPU
-@pytest.mark.parametrize("precision,loss", [("fp32", LossWeights(relation=1.0, attention=1.0, hidden=1.0)),
-                                            ("bf16", LossWeights(relation=1.0))])
+@pytest.mark.parametrize(
+    "precision,loss",
+    [("fp32", LossWeights(relation=1.0, attention=1.0, hidden=1.0)), ("bf16", LossWeights(relation=1.0))],
+)
 def test_graph_ready_path_gives_the_eager_losses(tiny_teacher_dir, tmp_path, precision, loss):
     """20 steps, eager trainer against the graph-ready one from the same seed: the same member losses
     and gradient norms each step (same code on the same values: exact up to 1e-6 relative), and the
@@ -114,8 +140,14 @@ def test_no_host_synchronisation_inside_a_member(tiny_teacher_dir, tmp_path, mon
     """After one warm-up step (the bf16 path probes a kernel once, which reads a result), the teacher's
     and every member's body (eager first sightings, captures and replays) runs with host reads
     raising; the losses are read once per step, outside the members."""
-    tr = _trainer(tiny_teacher_dir, tmp_path, "sync", precision=precision, graphs=False,
-                  loss=LossWeights(relation=1.0, attention=1.0, hidden=1.0))
+    tr = _trainer(
+        tiny_teacher_dir,
+        tmp_path,
+        "sync",
+        precision=precision,
+        graphs=False,
+        loss=LossWeights(relation=1.0, attention=1.0, hidden=1.0),
+    )
     tr.train_step()
     runs = []
 
@@ -124,7 +156,9 @@ def test_no_host_synchronisation_inside_a_member(tiny_teacher_dir, tmp_path, mon
             runs.append(real.__name__)
             with no_host_sync():
                 return real(self, *a)
+
         return body
+
     monkeypatch.setattr(SandwichGraphs, "_member_body", guard(SandwichGraphs._member_body))
     monkeypatch.setattr(SandwichGraphs, "_teacher_body", guard(SandwichGraphs._teacher_body))
     for _ in range(4):
@@ -174,24 +208,37 @@ def test_warm_up_tunes_every_triton_key_before_capture(tiny_teacher_dir, tmp_pat
     tuning anything (a replay that tunes raises), and a body that does tune is refused."""
     import importlib
     import triton
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
-    cfgs = [triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 1}, num_warps=1, num_stages=1),
-            triton.Config({"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 1}, num_warps=1, num_stages=1)]
+    cfgs = [
+        triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 1}, num_warps=1, num_stages=1),
+        triton.Config({"BM": 16, "BN": 32, "BK": 16, "GROUP_M": 1}, num_warps=1, num_stages=1),
+    ]
     timed = []
     old = sl.configure_autotune(cfgs, lambda fn: (fn(), timed.append(1), float(len(timed) % 2))[2])
     try:
-        tr = _trainer(tiny_teacher_dir, tmp_path, "tri", space=TINY, batch=2, seq=8, n_random=0,
-                      backend="triton", graphs=False)
-        tr.train_step()                                   # warm-up: both members eager
+        tr = _trainer(
+            tiny_teacher_dir,
+            tmp_path,
+            "tri",
+            space=TINY,
+            batch=2,
+            seq=8,
+            n_random=0,
+            backend="triton",
+            graphs=False,
+        )
+        tr.train_step()  # warm-up: both members eager
         keys = sl.tuned_keys()
         assert timed and len(keys) >= 3, "forward, dX and dW keys should be tuned by the warm-up"
         for _ in range(2):
-            rec = tr.train_step()                         # capture, then replays (stand-ins: run and check)
+            rec = tr.train_step()  # capture, then replays (stand-ins: run and check)
         assert rec["graphs"]["replayed"] == 2 and sl.tuned_keys() == keys
         x = torch.randn(3, 24, requires_grad=True)
         w = torch.randn(40, 24, requires_grad=True)
-        new = _Standin(lambda: ops.sliced_linear(x, w, None, 40, 24, backend="triton").sum().backward(),
-                       "probe")
+        new = _Standin(
+            lambda: ops.sliced_linear(x, w, None, 40, 24, backend="triton").sum().backward(), "probe"
+        )
         with pytest.raises(RuntimeError, match="tuned Triton shapes its warm-up had not"):
             new.replay()
     finally:
@@ -200,8 +247,11 @@ def test_warm_up_tunes_every_triton_key_before_capture(tiny_teacher_dir, tmp_pat
 
 def test_what_cannot_be_graphed_is_refused_in_one_line(tiny_teacher_dir, tmp_path):
     allowed = "allowed: one CUDA device, a single process, no DeepSpeed, dropout=0.0"
-    with pytest.raises(ValueError, match=r"cuda_graphs=True cannot run here "
-                                         r"\(device cpu is not a CUDA device\); " + allowed):
+    with pytest.raises(
+        ValueError,
+        match=r"cuda_graphs=True cannot run here "
+        r"\(device cpu is not a CUDA device\); " + allowed,
+    ):
         _trainer(tiny_teacher_dir, tmp_path, "cpu", cuda_graphs=True)
     cfg = TrainConfig(cuda_graphs=True, deepspeed="ds.json", dropout=0.1)
     with pytest.raises(ValueError) as e:
@@ -210,12 +260,13 @@ def test_what_cannot_be_graphed_is_refused_in_one_line(tiny_teacher_dir, tmp_pat
     assert "\n" not in msg and msg.endswith(allowed)
     for part in ("DeepSpeed", "2 ranks", "dropout=0.1"):
         assert part in msg, msg
-    check_graphable(TrainConfig(), torch.device("cuda", 0), world=1)    # nothing to refuse
+    check_graphable(TrainConfig(), torch.device("cuda", 0), world=1)  # nothing to refuse
     check_graphable(TrainConfig(), torch.device("cpu"), 1, capture=False)  # the graph-ready path: anywhere
 
 
 def test_cli_has_the_flag():
     from autodistil.cli import build_parser
+
     a = build_parser().parse_args(["train", "--cuda-graphs"])
     assert a.cuda_graphs is True
     assert TrainConfig().cuda_graphs is False

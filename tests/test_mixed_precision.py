@@ -1,13 +1,20 @@
 """Mixed precision on the torch backend (CPU bf16 autocast): fp32 master weights, activations in
 bf16, weights read from a low-precision shadow refreshed once per optimizer step (no per-call
 copy of a weight slice), dW accumulated in fp32 into the fp32 grad slices."""
+
 import pytest
 import torch
 
 from autodistil import ops
 from autodistil.nn import SuperBert, SuperBertConfig
-from autodistil.ops.shared import (disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow,
-                                   lowp_shadow_bytes, refresh_lowp_shadows, shadow_refreshes)
+from autodistil.ops.shared import (
+    disable_lowp_shadow,
+    invalidate_lowp_shadow,
+    lowp_shadow,
+    lowp_shadow_bytes,
+    refresh_lowp_shadows,
+    shadow_refreshes,
+)
 from autodistil.space import SubnetConfig
 from conftest import randomize_
 from test_superbert import _Watch
@@ -18,8 +25,12 @@ MEMBERS = [SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfi
 
 def _loss(sb, cfg, ids, mask):
     o = sb(ids, mask, subnet=cfg, output_qkv=True, output_attentions=True)
-    return (o.last_hidden_state.float() * mask[..., None]).pow(2).mean() + o.qkv[-1][0].float().pow(2).mean() \
-        + o.attentions[-1].float().pow(2).mean() + o.pooler_output.float().sum() * 1e-2
+    return (
+        (o.last_hidden_state.float() * mask[..., None]).pow(2).mean()
+        + o.qkv[-1][0].float().pow(2).mean()
+        + o.attentions[-1].float().pow(2).mean()
+        + o.pooler_output.float().sum() * 1e-2
+    )
 
 
 @pytest.mark.parametrize("opt", ["fused", "foreach", "forloop", "load_state_dict"])
@@ -160,8 +171,15 @@ def test_layernorm_output_dtype_rule():
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x32, (12,), w[:12], b[:12], 1e-12))
 
 
-@pytest.mark.parametrize("x_dt,p_dt", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                                       (torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "x_dt,p_dt",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.bfloat16),
+    ],
+)
 @pytest.mark.parametrize("residual", [False, True])
 def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
     """The torch backend's LayerNorm (aten's fused kernels where the dtypes allow, plain ops for the
@@ -183,8 +201,12 @@ def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
     yr = torch.nn.functional.layer_norm(xr + rr if residual else xr, (h,), wr[:h], br[:h], 1e-12)
     yr.backward(dy)
     tol = 1e-5 if x_dt == torch.float32 and p_dt == torch.float32 else 3e-2
-    for name, got, ref in (("y", y, yr), ("dx", x.grad, xr.grad), ("dgamma", w.grad, wr.grad),
-                           ("dbeta", b.grad, br.grad)) + ((("dres", r.grad, rr.grad),) if residual else ()):
+    for name, got, ref in (
+        ("y", y, yr),
+        ("dx", x.grad, xr.grad),
+        ("dgamma", w.grad, wr.grad),
+        ("dbeta", b.grad, br.grad),
+    ) + ((("dres", r.grad, rr.grad),) if residual else ()):
         err = (got.float() - ref.float()).abs().max().item()
         assert err <= tol * max(1.0, ref.abs().max().item()), f"{name}: max err {err:.3g} ({x_dt}, {p_dt})"
     assert w.grad.dtype == p_dt and not w.grad[h:].any() and not b.grad[h:].any()

@@ -1,5 +1,6 @@
 """autodistil.stats (Kendall tau, bootstrap, permutation, seed noise) and autodistil.machine (device
 facts)."""
+
 import math
 
 import pytest
@@ -20,6 +21,7 @@ def test_kendall_tau_b_with_ties_matches_scipy():
 
 def test_latency_validation_uses_the_same_tau():
     from autodistil.latency import validate
+
     assert validate.kendall_tau is stats.kendall_tau and validate.kendall_tau_pairs is stats.kendall_tau_pairs
 
 
@@ -54,11 +56,18 @@ def test_permutation_p_is_seeded_and_one_sided_below_two_sided():
     assert greater <= two < 0.05
 
 
-@pytest.mark.parametrize("a,b,verdict", [
-    ([0.80, 0.81, 0.79], [0.70, 0.72, 0.71], "win"),
-    ([0.70, 0.72, 0.71], [0.80, 0.81, 0.79], "loss"),
-    ([0.78, 0.78, 0.78], [0.75, 0.79, 0.77], "tie (within seed noise)"),  # +0.01 against a seed sd of 0.02
-])
+@pytest.mark.parametrize(
+    "a,b,verdict",
+    [
+        ([0.80, 0.81, 0.79], [0.70, 0.72, 0.71], "win"),
+        ([0.70, 0.72, 0.71], [0.80, 0.81, 0.79], "loss"),
+        (
+            [0.78, 0.78, 0.78],
+            [0.75, 0.79, 0.77],
+            "tie (within seed noise)",
+        ),  # +0.01 against a seed sd of 0.02
+    ],
+)
 def test_seed_noise_verdict(a, b, verdict):
     v = stats.seed_noise_verdict(a, b)
     assert v["verdict"] == verdict

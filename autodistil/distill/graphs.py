@@ -31,6 +31,7 @@ would leave the graphs writing to freed memory): a move is an error naming the t
 body, each replay by running it eagerly, with the same checks around every run (how the CPU tests
 it). What cannot be graphed is refused by ``check_graphable``.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -54,8 +55,10 @@ def check_graphable(cfg, device: torch.device, world: int, capture: bool = True)
     if cfg.dropout > 0:
         why.append(f"dropout={cfg.dropout}: random masks make graphed and eager steps incomparable")
     if why:
-        raise ValueError(f"cuda_graphs=True cannot run here ({'; '.join(why)}); allowed: one CUDA device, "
-                         f"a single process, no DeepSpeed, dropout=0.0")
+        raise ValueError(
+            f"cuda_graphs=True cannot run here ({'; '.join(why)}); allowed: one CUDA device, "
+            f"a single process, no DeepSpeed, dropout=0.0"
+        )
 
 
 def _tuned_keys() -> frozenset:
@@ -72,11 +75,14 @@ def _nothing_new(what: str):
     yield
     new = _tuned_keys() - keys
     if new:
-        raise RuntimeError(f"cuda_graphs: {what} tuned Triton shapes its warm-up had not, "
-                           f"e.g. {sorted(new, key=str)[0]}")
+        raise RuntimeError(
+            f"cuda_graphs: {what} tuned Triton shapes its warm-up had not, e.g. {sorted(new, key=str)[0]}"
+        )
     if ops_shared.shadow_refreshes() != refreshes:
-        raise RuntimeError(f"cuda_graphs: {what} refreshed a weight shadow: shadows must be refreshed "
-                           f"before the graphs (refresh_lowp_shadows), never inside one")
+        raise RuntimeError(
+            f"cuda_graphs: {what} refreshed a weight shadow: shadows must be refreshed "
+            f"before the graphs (refresh_lowp_shadows), never inside one"
+        )
 
 
 class _Standin:
@@ -108,8 +114,9 @@ class SandwichGraphs:
 
     def __init__(self, trainer, capture: bool = True, max_random: int = 64, pool_slack: float = 0.5):
         if max_random < 0 or pool_slack < 0:
-            raise ValueError(f"SandwichGraphs: max_random={max_random} and pool_slack={pool_slack} "
-                             f"must be >= 0")
+            raise ValueError(
+                f"SandwichGraphs: max_random={max_random} and pool_slack={pool_slack} must be >= 0"
+            )
         self.tr = trainer
         self.capture = capture
         self.max_random, self.pool_slack = max_random, pool_slack
@@ -119,11 +126,11 @@ class SandwichGraphs:
         self.fixed = {trainer.space.largest(), trainer.space.smallest()}
         self.named = [(n, p) for n, p in trainer.model.named_parameters() if p.requires_grad]
         self.params = [p for _, p in self.named]
-        self.ids = self.mask = None          # static inputs, allocated at the first step
-        self.teacher = None                  # graph of the teacher's forward
-        self.members: dict = {}              # subnet -> graph of its forward + loss + backward
-        self.seen: set = set()               # subnets run once (warmed up)
-        self.pool_bytes = 0                  # growth of reserved memory over all captures
+        self.ids = self.mask = None  # static inputs, allocated at the first step
+        self.teacher = None  # graph of the teacher's forward
+        self.members: dict = {}  # subnet -> graph of its forward + loss + backward
+        self.seen: set = set()  # subnets run once (warmed up)
+        self.pool_bytes = 0  # growth of reserved memory over all captures
         self.pool_limit = None
         self.addresses = None
         self.last = {"replayed": 0, "captured": 0, "eager": 0}
@@ -152,8 +159,10 @@ class SandwichGraphs:
             self.ids = torch.empty(ids.shape, dtype=ids.dtype, device=self.device)
             self.mask = torch.empty(mask.shape, dtype=mask.dtype, device=self.device)
         elif ids.shape != self.ids.shape or mask.shape != self.mask.shape:
-            raise ValueError(f"cuda_graphs: the batch is {tuple(ids.shape)}, the static buffers "
-                             f"{tuple(self.ids.shape)}: every step needs the same batch shape")
+            raise ValueError(
+                f"cuda_graphs: the batch is {tuple(ids.shape)}, the static buffers "
+                f"{tuple(self.ids.shape)}: every step needs the same batch shape"
+            )
         self._check_addresses()
         self.ids.copy_(ids, non_blocking=True)
         self.mask.copy_(mask, non_blocking=True)
@@ -199,11 +208,19 @@ class SandwichGraphs:
         """The teacher's forward on the static inputs; only what the loss reads is kept."""
         tr, L = self.tr, self.tr.cfg.loss
         out = tr._teacher_out(self.ids, self.mask, cache=False)
-        pick = lambda xs, i: None if xs is None else tuple(x if j == i % len(xs) else None  # noqa: E731
-                                                           for j, x in enumerate(xs))
-        return SimpleNamespace(qkv=pick(out.qkv, L.teacher_layer),
-                               attentions=pick(out.attentions, L.teacher_layer),
-                               hidden_states=out.hidden_states)
+        pick = lambda xs, i: (
+            None
+            if xs is None
+            else tuple(
+                x if j == i % len(xs) else None  # noqa: E731
+                for j, x in enumerate(xs)
+            )
+        )
+        return SimpleNamespace(
+            qkv=pick(out.qkv, L.teacher_layer),
+            attentions=pick(out.attentions, L.teacher_layer),
+            hidden_states=out.hidden_states,
+        )
 
     def _member_body(self, sub) -> torch.Tensor:
         """One member's forward, loss and backward (loss / members, accumulated into the gradients)."""
@@ -225,8 +242,10 @@ class SandwichGraphs:
             with _nothing_new(what), torch.cuda.graph(g, pool=self.pool, stream=self.stream):
                 out = body()
         except Exception as e:
-            raise RuntimeError(f"cuda_graphs: capturing {what} failed ({type(e).__name__}: {e}); "
-                               f"train with cuda_graphs=False to run it eagerly") from e
+            raise RuntimeError(
+                f"cuda_graphs: capturing {what} failed ({type(e).__name__}: {e}); "
+                f"train with cuda_graphs=False to run it eagerly"
+            ) from e
         self.pool_bytes += max(0, torch.cuda.memory_reserved(self.device) - before)
         self.addresses = self._addresses()
         return _Graph(g, out)
@@ -234,9 +253,18 @@ class SandwichGraphs:
     # --- addresses the graphs hold ------------------------------------------------------------
     def _addresses(self) -> tuple:
         """Per parameter (its storage, its gradient's or 0, its shadows'), then the static buffers."""
-        return (tuple((p.data_ptr(), 0 if p.grad is None else p.grad.data_ptr(),
-                       tuple(s.data_ptr() for s in ops_shared.lowp_shadows([p]))) for p in self.params),
-                self.ids.data_ptr(), self.mask.data_ptr())
+        return (
+            tuple(
+                (
+                    p.data_ptr(),
+                    0 if p.grad is None else p.grad.data_ptr(),
+                    tuple(s.data_ptr() for s in ops_shared.lowp_shadows([p])),
+                )
+                for p in self.params
+            ),
+            self.ids.data_ptr(),
+            self.mask.data_ptr(),
+        )
 
     def _check_addresses(self) -> None:
         """Everything the graphs hold is where it was at the last capture. A gradient or shadow that
@@ -252,18 +280,24 @@ class SandwichGraphs:
                 moved.append(f"parameter {n}")
             elif g0 and g0 != g1:
                 moved.append(f"gradient of {n}")
-            elif s0 and s0 != s1[:len(s0)]:
+            elif s0 and s0 != s1[: len(s0)]:
                 moved.append(f"the low-precision shadow of {n}")
         if self.addresses[1:] != now[1:]:
             moved.append("the static input buffers")
         if moved:
-            raise RuntimeError(f"cuda_graphs: {moved[0]} moved since capture ({len(moved)} tensors moved): "
-                               f"the graphs would write to freed memory; keep gradients allocated "
-                               f"(zero_grad(set_to_none=False)) and parameters in place")
+            raise RuntimeError(
+                f"cuda_graphs: {moved[0]} moved since capture ({len(moved)} tensors moved): "
+                f"the graphs would write to freed memory; keep gradients allocated "
+                f"(zero_grad(set_to_none=False)) and parameters in place"
+            )
         self.addresses = now
 
     def stats(self) -> dict:
         """Graphs held and the pool's size, for logs and benchmarks."""
         n_random = sum(1 for s in self.members if s not in self.fixed)
-        return {"member_graphs": len(self.members), "random_graphs": n_random,
-                "pool_mb": round(self.pool_bytes / 2**20, 1), **self.last}
+        return {
+            "member_graphs": len(self.members),
+            "random_graphs": n_random,
+            "pool_mb": round(self.pool_bytes / 2**20, 1),
+            **self.last,
+        }

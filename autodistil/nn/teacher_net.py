@@ -1,4 +1,5 @@
 """The frozen teacher, run through a SuperBert at exactly its own shape."""
+
 from __future__ import annotations
 
 import torch

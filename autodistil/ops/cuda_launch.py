@@ -1,5 +1,6 @@
 """Launch helpers of the CUDA backend (cuda_backend): dtype codes, raw pointers, the current stream,
 the launch device. Importing it never loads autodistil._C."""
+
 from __future__ import annotations
 
 import contextlib

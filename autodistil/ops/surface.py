@@ -5,13 +5,12 @@ autograd Function templates of ``ops.shared`` (so every backend computes gradien
 precision and in-place weight-gradient delivery by the same code), with the backend's rule for
 when the Function runs and what runs otherwise.
 
-| op | torch launchers | triton launchers | cuda launchers | tests |
-|---|---|---|---|---|
-| sliced_linear | ops/torch_backend.py `_TorchLinear` | kernels/sliced_linear.py `_TritonLinear` | ops/cuda_backend.py `_CudaLinear` | tests/test_kernels.py, tests/test_cuda_backend.py |
-| sliced_qkv | (the linear launchers) | (the linear launchers) | (the linear launchers) | tests/test_kernels.py |
-| sliced_layernorm | `_TorchLayerNorm` | kernels/sliced_layernorm.py `_TritonLayerNorm` | `_CudaLayerNorm` | tests/test_kernels.py |
-| sliced_linear_layernorm, sliced_ffn_layernorm | (both) | (both) | (both) | tests/test_kernels.py |
+Launchers: torch ``ops/torch_backend.py`` (``_TorchLinear``, ``_TorchLayerNorm``), Triton
+``kernels/sliced_linear.py`` (``_TritonLinear``) and ``kernels/sliced_layernorm.py``
+(``_TritonLayerNorm``), CUDA ``ops/cuda_backend.py`` (``_CudaLinear``, ``_CudaLayerNorm``); the
+table of ops, launchers and tests is in docs/guides/kernels.md.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -19,9 +18,16 @@ from typing import Callable, Optional, Protocol, runtime_checkable
 
 import torch
 
-from .shared import (ffn_layernorm_parts, linear_layernorm_parts, qkv_parts, sliced_ffn_layernorm_function,
-                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
-                     sliced_qkv_function)
+from .shared import (
+    ffn_layernorm_parts,
+    linear_layernorm_parts,
+    qkv_parts,
+    sliced_ffn_layernorm_function,
+    sliced_layernorm_function,
+    sliced_linear_function,
+    sliced_linear_layernorm_function,
+    sliced_qkv_function,
+)
 
 Tensor = torch.Tensor
 
@@ -34,8 +40,9 @@ class LinearLaunchers(Protocol):
     def check(self, x: Tensor, weight: Tensor, bias: Optional[Tensor]) -> None:
         """Refuse inputs the kernels cannot take (device, dtype, shape), with a one-line message."""
 
-    def forward(self, x2: Tensor, weight: Tensor, bias: Optional[Tensor], o: int, i: int,
-                act: int) -> tuple[Tensor, Optional[Tensor]]:
+    def forward(
+        self, x2: Tensor, weight: Tensor, bias: Optional[Tensor], o: int, i: int, act: int
+    ) -> tuple[Tensor, Optional[Tensor]]:
         """(y (N, o) in x2's dtype, the pre-activation kept for GELU's backward or None); act 1: GELU."""
 
     def gelu_backward(self, dy2: Tensor, pre: Tensor) -> Tensor:
@@ -78,6 +85,7 @@ def launcher_methods(proto) -> list:
 
 def _uses_grad(x, params: tuple, others: tuple = ()) -> bool:
     from .shared import needs_grad
+
     return needs_grad(x, *params, *others)
 
 
@@ -85,6 +93,7 @@ def _uses_grad(x, params: tuple, others: tuple = ()) -> bool:
 class OpSurface:
     """A backend's five sliced ops (the signatures ``autodistil.ops.dispatch`` calls) and the autograd
     Functions they run."""
+
     sliced_linear: Callable
     sliced_qkv: Callable
     sliced_layernorm: Callable
@@ -93,9 +102,14 @@ class OpSurface:
     functions: dict
 
 
-def op_surface(name: str, linear: LinearLaunchers, layernorm: LayerNormLaunchers,
-               linear_otherwise: Callable, layernorm_otherwise: Optional[Callable] = None,
-               use_function: Callable[..., bool] = _uses_grad) -> OpSurface:
+def op_surface(
+    name: str,
+    linear: LinearLaunchers,
+    layernorm: LayerNormLaunchers,
+    linear_otherwise: Callable,
+    layernorm_otherwise: Optional[Callable] = None,
+    use_function: Callable[..., bool] = _uses_grad,
+) -> OpSurface:
     """The op surface of backend `name` over its launchers. ``use_function(x, params, others)`` (the
     input, the op's parameters, its other tensors such as a residual) says when the autograd Functions
     run (default: when a gradient is wanted); otherwise ``linear_otherwise(x, weight, bias, o, i,
@@ -105,12 +119,17 @@ def op_surface(name: str, linear: LinearLaunchers, layernorm: LayerNormLaunchers
     for obj, proto in ((linear, LinearLaunchers), (layernorm, LayerNormLaunchers)):
         missing = [m for m in launcher_methods(proto) if not callable(getattr(obj, m, None))]
         if missing:
-            raise TypeError(f"backend {name!r}: {getattr(obj, '__name__', obj)} is not {proto.__name__}: it lacks "
-                            f"{', '.join(missing)}")
-    fns = {"linear": sliced_linear_function(linear, name), "qkv": sliced_qkv_function(linear, name),
-           "layernorm": sliced_layernorm_function(layernorm, name),
-           "linear_layernorm": sliced_linear_layernorm_function(linear, layernorm, name),
-           "ffn_layernorm": sliced_ffn_layernorm_function(linear, layernorm, name)}
+            raise TypeError(
+                f"backend {name!r}: {getattr(obj, '__name__', obj)} is not {proto.__name__}: it lacks "
+                f"{', '.join(missing)}"
+            )
+    fns = {
+        "linear": sliced_linear_function(linear, name),
+        "qkv": sliced_qkv_function(linear, name),
+        "layernorm": sliced_layernorm_function(layernorm, name),
+        "linear_layernorm": sliced_linear_layernorm_function(linear, layernorm, name),
+        "ffn_layernorm": sliced_ffn_layernorm_function(linear, layernorm, name),
+    }
 
     def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
         if use_function(x, (weight, bias)):
@@ -129,16 +148,30 @@ def op_surface(name: str, linear: LinearLaunchers, layernorm: LayerNormLaunchers
 
     def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
         if use_function(x, (weight, bias, gamma, beta), (residual,)):
-            return fns["linear_layernorm"].apply(x, weight, bias, gamma, beta, out_features, in_features, eps,
-                                                 residual)
-        return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                      in_features, eps, residual)
+            return fns["linear_layernorm"].apply(
+                x, weight, bias, gamma, beta, out_features, in_features, eps, residual
+            )
+        return linear_layernorm_parts(
+            sliced_linear,
+            sliced_layernorm,
+            x,
+            weight,
+            bias,
+            gamma,
+            beta,
+            out_features,
+            in_features,
+            eps,
+            residual,
+        )
 
     def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
         if use_function(x, (w1, b1, w2, b2, gamma, beta)):
             return fns["ffn_layernorm"].apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-        return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden,
-                                   eps)
+        return ffn_layernorm_parts(
+            sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps
+        )
 
-    return OpSurface(sliced_linear, sliced_qkv, sliced_layernorm, sliced_linear_layernorm, sliced_ffn_layernorm,
-                     fns)
+    return OpSurface(
+        sliced_linear, sliced_qkv, sliced_layernorm, sliced_linear_layernorm, sliced_ffn_layernorm, fns
+    )

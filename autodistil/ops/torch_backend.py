@@ -15,12 +15,21 @@ low-precision shadow of the whole parameter (``shared.lowp_shadow``: one copy pe
 step, shared by all sandwich members and by dX in backward); ZeRO-3 partitions (``ds_id``)
 cast just the slice per call. dW accumulates in fp32 into the fp32 grad slice.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .shared import _grad_slot, amp_ctx, delivers_inplace, needs_grad, operand_slice, prefix, reference_attention
+from .shared import (
+    _grad_slot,
+    amp_ctx,
+    delivers_inplace,
+    needs_grad,
+    operand_slice,
+    prefix,
+    reference_attention,
+)
 from .surface import op_surface
 
 
@@ -64,7 +73,9 @@ class _TorchLinear:
             return
         # in-place addmm_ (beta=1) into the slice in its dtype; autocast leaves in-place ops alone
         dt = dst.dtype
-        prefix(dst, o, i).addmm_((dy2 if dy2.dtype == dt else dy2.to(dt)).t(), x2 if x2.dtype == dt else x2.to(dt))
+        prefix(dst, o, i).addmm_(
+            (dy2 if dy2.dtype == dt else dy2.to(dt)).t(), x2 if x2.dtype == dt else x2.to(dt)
+        )
 
 
 _MM_FP32_OUT: dict = {}
@@ -115,6 +126,7 @@ class _TorchLayerNorm:
     each way, statistics in aten's dtype; otherwise (e.g. CUDA autocast with fp32 master gamma and
     bf16 activations) fp32 math in plain ops with fp32 statistics. They allocate their own outputs
     (``owns_outputs``)."""
+
     owns_outputs = True
 
     @staticmethod
@@ -127,11 +139,13 @@ class _TorchLayerNorm:
             torch.add(x2, r2, out=s)
         if _fused_ln_ok(s, weight, bias):
             with amp_ctx((s.device.type, False, None)):  # as called: CUDA autocast would run it in fp32
-                out, mu, r = torch.native_layer_norm(s, [width], prefix(weight, width), prefix(bias, width), eps)
+                out, mu, r = torch.native_layer_norm(
+                    s, [width], prefix(weight, width), prefix(bias, width), eps
+                )
             # the statistics stay as aten returns them ((N, 1), in its own dtype: fp32, except fp16/bf16
             # on the CPU's same-dtype path): its backward takes them back as they came
             return out, mu, r
-        sf = s.float()                                                        # (N, h)
+        sf = s.float()  # (N, h)
         var, mu = torch.var_mean(sf, dim=-1, correction=0)
         r = torch.rsqrt(var + eps)
         # gamma/beta slices are read in their own dtype; type promotion, no copy of them
@@ -143,11 +157,12 @@ class _TorchLayerNorm:
         if _fused_ln_ok(s, weight, bias):  # the forward's own test: the statistics came from that path
             with amp_ctx((s.device.type, False, None)):
                 gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
-                    dy2, s, [h], mean, rstd, prefix(weight, h), prefix(bias, h), [True, True, True])
+                    dy2, s, [h], mean, rstd, prefix(weight, h), prefix(bias, h), [True, True, True]
+                )
             if dgamma.dtype != torch.float32:
                 dgamma, dbeta = dgamma.float(), dbeta.float()
             return dgamma, dbeta, gx
-        xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
+        xhat = (s.float() - mean[:, None]) * rstd[:, None]  # (N, h)
         g = dy2.float()
         dbeta = g.sum(0)
         dgamma = (g * xhat).sum(0)
@@ -177,7 +192,7 @@ class SlicedEmbeddingFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         ids, weight = ctx.saved_tensors
-        g = _grad_slot(weight)[:, :ctx.h]
+        g = _grad_slot(weight)[:, : ctx.h]
         g.index_add_(0, ids.reshape(-1), dout.reshape(-1, ctx.h).to(g.dtype))
         return None, None, None
 
@@ -202,8 +217,14 @@ def _layernorm_views(x, weight, bias, width, eps, residual=None):
 
 
 # PyTorch's own ops on the slice views when every gradient goes through autograd, else our Functions
-OPS = op_surface("torch", _TorchLinear, _TorchLayerNorm, _linear_views, _layernorm_views,
-                 use_function=lambda x, params, others=(): not _autograd_only(*params))
+OPS = op_surface(
+    "torch",
+    _TorchLinear,
+    _TorchLayerNorm,
+    _linear_views,
+    _layernorm_views,
+    use_function=lambda x, params, others=(): not _autograd_only(*params),
+)
 sliced_linear, sliced_qkv, sliced_layernorm = OPS.sliced_linear, OPS.sliced_qkv, OPS.sliced_layernorm
 sliced_linear_layernorm, sliced_ffn_layernorm = OPS.sliced_linear_layernorm, OPS.sliced_ffn_layernorm
 
