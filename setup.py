@@ -3,6 +3,7 @@ CMake when nvcc is found; AUTODISTIL_BUILD_CUDA=0 skips it, AUTODISTIL_CUDA_ARCH
 architectures (default "80;90"). Building needs no torch. The cuBLASLt GEMMs need cublasLt.h at
 build time only (the nvidia-cublas wheel ships it; AUTODISTIL_CUBLAS_ROOT overrides where), the
 library itself is resolved at run time."""
+
 import importlib.util
 import os
 import shutil
@@ -18,7 +19,12 @@ ROOT = Path(__file__).parent.resolve()
 
 
 def _nvcc():
-    for c in (os.environ.get("CUDACXX"), shutil.which("nvcc"), "/usr/local/cuda/bin/nvcc", "/usr/local/bin/nvcc"):
+    for c in (
+        os.environ.get("CUDACXX"),
+        shutil.which("nvcc"),
+        "/usr/local/cuda/bin/nvcc",
+        "/usr/local/bin/nvcc",
+    ):
         if c and Path(c).is_file():
             return c
     return None
@@ -62,20 +68,28 @@ class CMakeBuild(build_ext):
         elif not any((ROOT / "csrc").glob("*.cu")):
             why = "no CUDA sources in csrc/"
         if why:
-            print(f"autodistil: skipping the CUDA extension ({why}); the torch and triton backends still work")
+            print(
+                f"autodistil: skipping the CUDA extension ({why}); the torch and triton backends still work"
+            )
             return
         super().run()
 
     def build_extension(self, ext):
         import pybind11
+
         out = Path(self.get_ext_fullpath(ext.name)).parent.resolve()
         build = Path(self.build_temp).resolve() / ext.name
         build.mkdir(parents=True, exist_ok=True)
         archs = os.environ.get("AUTODISTIL_CUDA_ARCHS", "80;90")
-        cfg = [f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out}", f"-DPython_EXECUTABLE={sys.executable}",
-               f"-Dpybind11_DIR={pybind11.get_cmake_dir()}", f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
-               f"-DCMAKE_CUDA_COMPILER={_nvcc()}", "-DCMAKE_BUILD_TYPE=Release",
-               f"-DAUTODISTIL_CUBLAS_INCLUDE_HINTS={';'.join(_cublas_include_hints())}"]
+        cfg = [
+            f"-DCMAKE_LIBRARY_OUTPUT_DIRECTORY={out}",
+            f"-DPython_EXECUTABLE={sys.executable}",
+            f"-Dpybind11_DIR={pybind11.get_cmake_dir()}",
+            f"-DCMAKE_CUDA_ARCHITECTURES={archs}",
+            f"-DCMAKE_CUDA_COMPILER={_nvcc()}",
+            "-DCMAKE_BUILD_TYPE=Release",
+            f"-DAUTODISTIL_CUBLAS_INCLUDE_HINTS={';'.join(_cublas_include_hints())}",
+        ]
         if shutil.which("ninja"):
             cfg.append("-GNinja")
         subprocess.check_call(["cmake", str(ROOT), *cfg], cwd=build)
@@ -87,17 +101,35 @@ setup(
     version="0.1.0",
     description="AutoDistil: few-shot task-agnostic NAS for distilling BERT, with sliced-weight kernels",
     python_requires=">=3.9",
-    packages=["autodistil", "autodistil.cli", "autodistil.ops", "autodistil.nn", "autodistil.distill", "autodistil.latency",
-              "autodistil.search", "autodistil.data", "autodistil.finetune", "autodistil.kernels"],
+    packages=[
+        "autodistil",
+        "autodistil.cli",
+        "autodistil.ops",
+        "autodistil.nn",
+        "autodistil.distill",
+        "autodistil.latency",
+        "autodistil.search",
+        "autodistil.data",
+        "autodistil.finetune",
+        "autodistil.kernels",
+    ],
     package_dir={"autodistil": "autodistil", "autodistil.kernels": "kernels"},
-    install_requires=["torch>=2.4", "transformers>=4.40", "datasets>=2.18", "safetensors", "numpy", "tqdm",
-                      "matplotlib", "pyyaml"],
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=4.40",
+        "datasets>=2.18",
+        "safetensors",
+        "numpy",
+        "tqdm",
+        "matplotlib",
+        "pyyaml",
+    ],
     extras_require={
         "triton": ["triton>=3.0"],
         "deepspeed": ["deepspeed>=0.14"],
         "onnx": ["onnx", "onnxruntime"],
         "cuda": ["nvidia-cublas>=13,<14"],  # cublasLt.h for the build, libcublasLt.so.13 at run time
-        "dev": ["pytest", "pytest-benchmark", "scipy", "pybind11", "cmake", "ninja"],
+        "dev": ["pytest", "pytest-benchmark", "scipy", "pybind11", "cmake", "ninja", "ruff"],
     },
     ext_modules=[CMakeExtension("autodistil._C")],
     cmdclass={"build_ext": CMakeBuild},

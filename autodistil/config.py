@@ -1,7 +1,7 @@
 """Frozen-dataclass configs <-> CLI flags and YAML/TOML/JSON files (one config object per job).
 
-- A field's documentation is the comment on its line, continued by comment-only lines right below
-  it that are indented further; it becomes the flag's ``--help`` (``field_docs``).
+- A field's documentation is the comment on its line, continued by the comment-only lines right
+  below it (a blank line ends it); it becomes the flag's ``--help`` (``field_docs``).
 - A field whose type is a dataclass is a *section*: its fields get flags ``--<section>-<field>`` and
   a mapping ``<section>: {...}`` in files. Field metadata ``{"flatten": True}`` puts a section's
   fields at its parent's level instead (flags ``--<field>``, file keys beside the parent's own).
@@ -11,6 +11,7 @@
   dataclass serves several jobs with different defaults.
 - Precedence: defaults <- config file <- command-line flags. Unknown file keys are refused.
 """
+
 from __future__ import annotations
 
 import ast
@@ -29,28 +30,33 @@ NONE_WORDS = ("none", "null")
 # --- field documentation ----------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def _class_comments(klass) -> dict:
-    """{field: doc} from one class body's source: the comment on a field's line(s), continued by
-    comment-only lines right below it that are indented further than the field."""
+    """{field: doc} from one class body's source: the comment on a field's line(s), continued by the
+    comment-only lines right below it (a blank line or code ends it; formatters may re-indent them)."""
     try:
         src = textwrap.dedent(inspect.getsource(klass))
     except (OSError, TypeError):
         return {}
-    comments, code_lines = {}, set()  # line -> (column, text); lines holding code
+    comments, code_lines = {}, set()  # line -> comment text; lines holding code
     for t in tokenize.generate_tokens(io.StringIO(src).readline):
         if t.type == tokenize.COMMENT:
-            comments[t.start[0]] = (t.start[1], t.string.lstrip("#").strip())
-        elif t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT,
-                            tokenize.ENDMARKER):
+            comments[t.start[0]] = t.string.lstrip("#").strip()
+        elif t.type not in (
+            tokenize.NL,
+            tokenize.NEWLINE,
+            tokenize.INDENT,
+            tokenize.DEDENT,
+            tokenize.ENDMARKER,
+        ):
             code_lines.update(range(t.start[0], t.end[0] + 1))
     cls_node = next(n for n in ast.parse(src).body if isinstance(n, ast.ClassDef))
     docs = {}
     for node in cls_node.body:
         if not (isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name)):
             continue
-        own = [comments[ln][1] for ln in range(node.lineno, node.end_lineno + 1) if ln in comments]
+        own = [comments[ln] for ln in range(node.lineno, node.end_lineno + 1) if ln in comments]
         ln = node.end_lineno + 1
-        while ln in comments and ln not in code_lines and comments[ln][0] > node.col_offset:
-            own.append(comments[ln][1])
+        while own and ln in comments and ln not in code_lines:
+            own.append(comments[ln])
             ln += 1
         if own:
             docs[node.target.id] = " ".join(own)
@@ -73,8 +79,9 @@ def _args(tp):
 
 
 def _optional(tp) -> bool:
-    return typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) \
-        and type(None) in typing.get_args(tp)
+    return typing.get_origin(tp) in (typing.Union, getattr(__import__("types"), "UnionType", None)) and type(
+        None
+    ) in typing.get_args(tp)
 
 
 def _base_type(tp):
@@ -94,6 +101,7 @@ def _is_tuple(tp) -> bool:
 def _parse_scalar(kind, optional: bool, flag: str):
     """An argparse `type` for one value: int/float/str, 'auto'-style words for int | str fields, and
     'none' for Optional fields."""
+
     def parse(text: str):
         if optional and text.lower() in NONE_WORDS:
             return _NoneValue
@@ -107,8 +115,11 @@ def _parse_scalar(kind, optional: bool, flag: str):
                 pass
         if str in kinds:
             return text
-        raise ValueError(f"{flag}: {text!r} is not a {' or '.join(k.__name__ for k in kinds)}"
-                         + (" (or 'none')" if optional else ""))
+        raise ValueError(
+            f"{flag}: {text!r} is not a {' or '.join(k.__name__ for k in kinds)}"
+            + (" (or 'none')" if optional else "")
+        )
+
     parse.__name__ = "/".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
     return parse
 
@@ -144,6 +155,7 @@ def add_dataclass_args(parser, cls, prefix: str = "", skip=(), base=None) -> Non
     '<section>-' prefixes (or none, flattened). Parsed values default to None so that only flags
     given on the command line override a config file."""
     import argparse
+
     hints, docs = _hints(cls), field_docs(cls)
     for f in dataclasses.fields(cls):
         if f.name in skip:
@@ -156,10 +168,12 @@ def add_dataclass_args(parser, cls, prefix: str = "", skip=(), base=None) -> Non
             group = parser
             if not flat and hasattr(parser, "add_argument_group"):
                 title = f"{(prefix + f.name).replace('_', '-')} section ({bt.__name__})"
-                group = parser.add_argument_group(title, (bt.__doc__ or "").strip().splitlines()[0]
-                                                  if bt.__doc__ else None)
-            add_dataclass_args(group, bt, prefix + ("" if flat else f.name + "_"), f.metadata.get("owned", ()),
-                               default)
+                group = parser.add_argument_group(
+                    title, (bt.__doc__ or "").strip().splitlines()[0] if bt.__doc__ else None
+                )
+            add_dataclass_args(
+                group, bt, prefix + ("" if flat else f.name + "_"), f.metadata.get("owned", ()), default
+            )
             continue
         flag = "--" + (prefix + f.name).replace("_", "-")
         doc = docs.get(f.name) or f.metadata.get("help")
@@ -168,36 +182,63 @@ def add_dataclass_args(parser, cls, prefix: str = "", skip=(), base=None) -> Non
         helptext = (doc if "default" in doc else f"{doc} (default: {_shown(default)})").replace("%", "%%")
         dest = prefix + f.name
         if bt is bool:
-            parser.add_argument(flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext)
+            parser.add_argument(
+                flag, dest=dest, action=argparse.BooleanOptionalAction, default=None, help=helptext
+            )
         elif _is_tuple(bt):
             el = [a for a in typing.get_args(bt) if a is not Ellipsis]
-            parser.add_argument(flag, dest=dest, nargs="+", default=None, help=helptext,
-                                type=_parse_scalar(el[0] if el else str, _optional(tp), flag))
+            parser.add_argument(
+                flag,
+                dest=dest,
+                nargs="+",
+                default=None,
+                help=helptext,
+                type=_parse_scalar(el[0] if el else str, _optional(tp), flag),
+            )
         else:
-            parser.add_argument(flag, dest=dest, default=None, help=helptext,
-                                type=_parse_scalar(bt if bt in (int, float) or isinstance(bt, tuple) else str,
-                                                   _optional(tp), flag))
+            parser.add_argument(
+                flag,
+                dest=dest,
+                default=None,
+                help=helptext,
+                type=_parse_scalar(
+                    bt if bt in (int, float) or isinstance(bt, tuple) else str, _optional(tp), flag
+                ),
+            )
 
 
 # --- building ---------------------------------------------------------------------------
-def build_dataclass(cls, file_values: Optional[dict] = None, args: Any = None, prefix: str = "", base=None,
-                    where: str = "", owned=()):
+def build_dataclass(
+    cls,
+    file_values: Optional[dict] = None,
+    args: Any = None,
+    prefix: str = "",
+    base=None,
+    where: str = "",
+    owned=(),
+):
     """Defaults (`base`, else the class's) <- config file values <- command-line flags. Unknown file
     keys, and keys a parent owns, are refused."""
     file_values = dict(file_values or {})
     hints = _hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls)}
     flat = [n for n, f in fields.items() if f.metadata.get("flatten")]
-    allowed = (set(fields) - set(owned) - set(flat)
-               | {x.name for n in flat for x in dataclasses.fields(_base_type(hints[n]))
-                  if x.name not in fields[n].metadata.get("owned", ())})
+    allowed = set(fields) - set(owned) - set(flat) | {
+        x.name
+        for n in flat
+        for x in dataclasses.fields(_base_type(hints[n]))
+        if x.name not in fields[n].metadata.get("owned", ())
+    }
     given_owned = sorted(set(file_values) & set(owned))
     if given_owned:
-        raise ValueError(f"option(s) {[where + k for k in given_owned]} are set by the job itself, not by a config")
+        raise ValueError(
+            f"option(s) {[where + k for k in given_owned]} are set by the job itself, not by a config"
+        )
     unknown = sorted(set(file_values) - allowed)
     if unknown:
-        raise ValueError(f"unknown option(s) {[where + k for k in unknown]} for {cls.__name__}; allowed: "
-                         f"{sorted(allowed)}")
+        raise ValueError(
+            f"unknown option(s) {[where + k for k in unknown]} for {cls.__name__}; allowed: {sorted(allowed)}"
+        )
     kw = {}
     for name, f in fields.items():
         tp = hints[name]
@@ -212,9 +253,13 @@ def build_dataclass(cls, file_values: Optional[dict] = None, args: Any = None, p
             else:
                 sub = file_values.get(name) or {}
                 if not isinstance(sub, dict):
-                    raise ValueError(f"option '{where}{name}' must be a mapping of "
-                                     f"{sorted(x.name for x in dataclasses.fields(bt))}")
-                kw[name] = build_dataclass(bt, sub, args, prefix + name + "_", default, f"{where}{name}.", sub_owned)
+                    raise ValueError(
+                        f"option '{where}{name}' must be a mapping of "
+                        f"{sorted(x.name for x in dataclasses.fields(bt))}"
+                    )
+                kw[name] = build_dataclass(
+                    bt, sub, args, prefix + name + "_", default, f"{where}{name}.", sub_owned
+                )
             continue
         v = file_values.get(name, dataclasses.MISSING)
         cli = getattr(args, prefix + name, None) if args is not None and name not in owned else None

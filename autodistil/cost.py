@@ -7,6 +7,7 @@ them; FlopCounterMode counts 2 FLOPs per MAC.
     the Q/K/V width were H*A/12 (head dim H/12).
 (b) ``exact_*``: what our model executes: Q/K/V width A*head_dim, independent of H.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -32,13 +33,24 @@ class Cost:
 
 def paper_macs(cfg: SubnetConfig, seq_len: int = 128) -> float:
     n, L, H, R, A = seq_len, cfg.layers, cfg.hidden, cfg.ffn_ratio, cfg.heads
-    return L * (3 * n * H * H * A / 12 + 2 * n * n * H * A / 12 + n * H * H + 2 * n * R * H * H) + n * H * H + 2 * H
+    return (
+        L * (3 * n * H * H * A / 12 + 2 * n * n * H * A / 12 + n * H * H + 2 * n * R * H * H)
+        + n * H * H
+        + 2 * H
+    )
 
 
-def paper_params(cfg: SubnetConfig, vocab: int = VOCAB, positions: int = POSITIONS, types: int = TYPES) -> float:
+def paper_params(
+    cfg: SubnetConfig, vocab: int = VOCAB, positions: int = POSITIONS, types: int = TYPES
+) -> float:
     L, H, R, A = cfg.layers, cfg.hidden, cfg.ffn_ratio, cfg.heads
-    return (H * (vocab + positions + types + 2) + L * (H * H + 3 * H * H * A / 12 + 6 * H)
-            + L * (2 * R * H * H + R * H + 3 * H) + H * H + 2 * H)
+    return (
+        H * (vocab + positions + types + 2)
+        + L * (H * H + 3 * H * H * A / 12 + 6 * H)
+        + L * (2 * R * H * H + R * H + 3 * H)
+        + H * H
+        + 2 * H
+    )
 
 
 def paper_cost(cfg: SubnetConfig, seq_len: int = 128) -> Cost:
@@ -57,14 +69,26 @@ def exact_macs(cfg: SubnetConfig, head_dim: int = 64, seq_len: int = 128, pooler
     return total + (cfg.hidden * cfg.hidden if pooler else 0)  # pooler sees the [CLS] token only
 
 
-def exact_params(cfg: SubnetConfig, head_dim: int = 64, vocab: int = VOCAB, positions: int = POSITIONS,
-                 types: int = TYPES, pooler: bool = True) -> int:
+def exact_params(
+    cfg: SubnetConfig,
+    head_dim: int = 64,
+    vocab: int = VOCAB,
+    positions: int = POSITIONS,
+    types: int = TYPES,
+    pooler: bool = True,
+) -> int:
     H, w, f = cfg.hidden, cfg.heads * head_dim, cfg.ffn
     emb = H * (vocab + positions + types) + 2 * H
     layer = 3 * (H * w + w) + (w * H + H) + 2 * H + (H * f + f) + (f * H + H) + 2 * H
     return emb + cfg.layers * layer + ((H * H + H) if pooler else 0)
 
 
-def exact_cost(cfg: SubnetConfig, head_dim: int = 64, seq_len: int = 128, vocab: int = VOCAB,
-               positions: int = POSITIONS, types: int = TYPES) -> Cost:
+def exact_cost(
+    cfg: SubnetConfig,
+    head_dim: int = 64,
+    seq_len: int = 128,
+    vocab: int = VOCAB,
+    positions: int = POSITIONS,
+    types: int = TYPES,
+) -> Cost:
     return Cost(exact_macs(cfg, head_dim, seq_len), exact_params(cfg, head_dim, vocab, positions, types))

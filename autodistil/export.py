@@ -9,6 +9,7 @@ autodistil`` before ``AutoModel.from_pretrained``; no ``trust_remote_code``).
 ``export_first_layers``: a teacher folder of any supported family cut to its first k encoder
 layers (the "drop the top layers" baseline), as that family's plain class.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 
 from .cost import exact_macs
 from .io import atomic_dir, atomic_write_json
-from .nn import families
+from . import families
 from .nn.superbert import SuperBert
 from .space import SubnetConfig
 
@@ -32,13 +33,22 @@ def subnet_state_dict(model: SuperBert, cfg: SubnetConfig) -> dict:
     h, w, f = cfg.hidden, cfg.heads * c.head_dim, cfg.ffn
     e = c.embedding_size or h
     sizes = {  # (out, in) of each sliced parameter by its suffix
-        "attention.self.query.weight": (w, h), "attention.self.key.weight": (w, h), "attention.self.value.weight": (w, h),
-        "attention.self.query.bias": (w,), "attention.self.key.bias": (w,), "attention.self.value.bias": (w,),
-        "attention.output.dense.weight": (h, w), "attention.output.dense.bias": (h,),
-        "attention.output.LayerNorm.weight": (h,), "attention.output.LayerNorm.bias": (h,),
-        "intermediate.dense.weight": (f, h), "intermediate.dense.bias": (f,),
-        "output.dense.weight": (h, f), "output.dense.bias": (h,),
-        "output.LayerNorm.weight": (h,), "output.LayerNorm.bias": (h,),
+        "attention.self.query.weight": (w, h),
+        "attention.self.key.weight": (w, h),
+        "attention.self.value.weight": (w, h),
+        "attention.self.query.bias": (w,),
+        "attention.self.key.bias": (w,),
+        "attention.self.value.bias": (w,),
+        "attention.output.dense.weight": (h, w),
+        "attention.output.dense.bias": (h,),
+        "attention.output.LayerNorm.weight": (h,),
+        "attention.output.LayerNorm.bias": (h,),
+        "intermediate.dense.weight": (f, h),
+        "intermediate.dense.bias": (f,),
+        "output.dense.weight": (h, f),
+        "output.dense.bias": (h,),
+        "output.LayerNorm.weight": (h,),
+        "output.LayerNorm.bias": (h,),
     }
     full = model.state_dict()
     sl = lambda t, shape: t[tuple(slice(0, s) for s in shape)].detach().clone().contiguous()
@@ -64,17 +74,28 @@ def subnet_state_dict(model: SuperBert, cfg: SubnetConfig) -> dict:
 def hf_config(model: SuperBert, cfg: SubnetConfig):
     """The family's plain config where it expresses the subnet, else an AutoDistilBertConfig with the
     family's conventions."""
-    from .nn.hf import AutoDistilBertConfig
+    from .hf_student import AutoDistilBertConfig
+
     c = model.config
     plain = families.plain_config(c, cfg.layers, cfg.hidden, cfg.heads, cfg.ffn)
     if plain is not None:
         return plain
     return AutoDistilBertConfig(
-        vocab_size=c.vocab_size, hidden_size=cfg.hidden, num_hidden_layers=cfg.layers,
-        num_attention_heads=cfg.heads, attention_head_size=c.head_dim, intermediate_size=cfg.ffn,
-        max_position_embeddings=c.max_position, type_vocab_size=c.type_vocab_size,
-        layer_norm_eps=c.layer_norm_eps, pad_token_id=c.pad_token_id,
-        family=c.family, positions=c.positions, embedding_size=c.embedding_size, pooler=c.pooler)
+        vocab_size=c.vocab_size,
+        hidden_size=cfg.hidden,
+        num_hidden_layers=cfg.layers,
+        num_attention_heads=cfg.heads,
+        attention_head_size=c.head_dim,
+        intermediate_size=cfg.ffn,
+        max_position_embeddings=c.max_position,
+        type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps,
+        pad_token_id=c.pad_token_id,
+        family=c.family,
+        positions=c.positions,
+        embedding_size=c.embedding_size,
+        pooler=c.pooler,
+    )
 
 
 def _load_exactly(student, state: dict, what: str):
@@ -88,7 +109,8 @@ def _load_exactly(student, state: dict, what: str):
 def build_student(model: SuperBert, cfg: SubnetConfig):
     """A standalone HF model holding the subnet's weights: the family's plain class or AutoDistilBertModel."""
     from transformers import AutoModel
-    from .nn.hf import AutoDistilBertConfig
+    from .hf_student import AutoDistilBertConfig
+
     hc = hf_config(model, cfg)
     state = subnet_state_dict(model, cfg)
     if not isinstance(hc, AutoDistilBertConfig):
@@ -102,8 +124,14 @@ def _student_macs(sub: SubnetConfig, head_dim: int, seq_len: int, pooler: bool, 
     return exact_macs(sub, head_dim, seq_len, pooler) + proj
 
 
-def export_subnet(model: SuperBert, cfg: SubnetConfig, out_dir, tokenizer=None, seq_len: int = 128,
-                  extra: dict | None = None) -> Path:
+def export_subnet(
+    model: SuperBert,
+    cfg: SubnetConfig,
+    out_dir,
+    tokenizer=None,
+    seq_len: int = 128,
+    extra: dict | None = None,
+) -> Path:
     """Write the subnet as a HF folder atomically (the folder appears only when complete).
     autodistil_student.json records the subnet, the family and the class."""
     student = build_student(model, cfg)
@@ -115,10 +143,21 @@ def export_subnet(model: SuperBert, cfg: SubnetConfig, out_dir, tokenizer=None, 
         student.save_pretrained(tmp, safe_serialization=True)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
-        atomic_write_json(tmp / STUDENT_META, {
-            "subnet": cfg.as_dict(), "head_dim": c.head_dim, "family": c.family, "model_class": cls,
-            "needs_autodistil": cls == "AutoDistilBertModel", "macs_per_seq": macs,
-            "seq_len": seq_len, "params": sum(p.numel() for p in student.parameters()), **(extra or {})})
+        atomic_write_json(
+            tmp / STUDENT_META,
+            {
+                "subnet": cfg.as_dict(),
+                "head_dim": c.head_dim,
+                "family": c.family,
+                "model_class": cls,
+                "needs_autodistil": cls == "AutoDistilBertModel",
+                "macs_per_seq": macs,
+                "seq_len": seq_len,
+                "params": sum(p.numel() for p in student.parameters()),
+                **(extra or {}),
+            },
+        )
+
     return atomic_dir(Path(out_dir), build)
 
 
@@ -129,8 +168,8 @@ class _OnnxWrap(torch.nn.Module):
     def __init__(self, m):
         super().__init__()
         self.m = m
-        self.token_types = getattr(m.config, "type_vocab_size", 0) > 0     # none in DistilBERT
-        self.pooled = getattr(m, "pooler", None) is not None                # none in ELECTRA, DistilBERT
+        self.token_types = getattr(m.config, "type_vocab_size", 0) > 0  # none in DistilBERT
+        self.pooled = getattr(m, "pooler", None) is not None  # none in ELECTRA, DistilBERT
 
     def forward(self, input_ids, attention_mask, *token_type_ids):
         kw = {"token_type_ids": token_type_ids[0]} if self.token_types else {}
@@ -142,6 +181,7 @@ def onnx_export_model(model, out_path, seq_len: int = 128, opset: int = 17) -> P
     """A HF encoder -> ONNX (inputs input_ids, attention_mask, token_type_ids where the family has
     token types; outputs last_hidden_state, pooler_output where it has a pooler; dynamic batch/seq)."""
     from .io import atomic_save
+
     ids = torch.ones(1, seq_len, dtype=torch.long)
     model = model.float().cpu().eval()
     wrap = _OnnxWrap(model).eval()  # the exporter restores the wrapper's mode afterwards: keep it eval
@@ -149,14 +189,25 @@ def onnx_export_model(model, out_path, seq_len: int = 128, opset: int = 17) -> P
     args = (ids, torch.ones_like(ids)) + ((torch.zeros_like(ids),) if wrap.token_types else ())
     dyn = {n: {0: "batch", 1: "seq"} for n in names}
     outputs = ["last_hidden_state"] + (["pooler_output"] if wrap.pooled else [])
-    return atomic_save(Path(out_path), lambda p: torch.onnx.export(
-        wrap, args, p, input_names=names, output_names=outputs, dynamic_axes=dyn, opset_version=opset,
-        dynamo=False))
+    return atomic_save(
+        Path(out_path),
+        lambda p: torch.onnx.export(
+            wrap,
+            args,
+            p,
+            input_names=names,
+            output_names=outputs,
+            dynamic_axes=dyn,
+            opset_version=opset,
+            dynamo=False,
+        ),
+    )
 
 
 def export_onnx(folder, out_path=None, seq_len: int = 128, opset: int = 17) -> Path:
     """Export a student folder to <folder>/model.onnx."""
     from transformers import AutoModel
+
     folder = Path(folder)
     model = AutoModel.from_pretrained(folder)
     return onnx_export_model(model, out_path or folder / "model.onnx", seq_len, opset)
@@ -172,6 +223,7 @@ def export_first_layers(folder, k: int, out_dir, seq_len: int = 128) -> Path:
     it, randomly initialised; their sequence classifiers do not read it. A BERT source must have one."""
     from transformers.utils import logging as hf_logging
     from .teacher import read_family_config, teacher_hash
+
     folder = Path(folder)
     if not (folder / "config.json").is_file():
         raise FileNotFoundError(f"{folder} has no config.json (expected a Hugging Face model folder)")
@@ -179,7 +231,9 @@ def export_first_layers(folder, k: int, out_dir, seq_len: int = 128) -> Path:
     shape = families.teacher_shape(src_cfg)
     n_layers = shape.layers
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= n_layers:
-        raise ValueError(f"k={k!r} is outside 1..{n_layers}: the model in {folder} has {n_layers} encoder layers")
+        raise ValueError(
+            f"k={k!r} is outside 1..{n_layers}: the model in {folder} has {n_layers} encoder layers"
+        )
     v = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()  # a task head in the source is expected to be left out
     try:
@@ -189,14 +243,19 @@ def export_first_layers(folder, k: int, out_dir, seq_len: int = 128) -> Path:
     unused = ("position_ids", "token_type_ids") + (() if fam.head_reads_pooler else ("pooler.",))
     missing = [n for n in info.get("missing_keys", []) if not any(u in n for u in unused)]
     if missing:
-        raise ValueError(f"{folder} lacks {fam.model_class} weights {sorted(missing)[:6]}"
-                         f"{' ...' if len(missing) > 6 else ''}: they would be random in the export")
-    d = {k_: v_ for k_, v_ in src.config.to_dict().items()  # a bare encoder: no task-head settings
-         if k_ not in ("id2label", "label2id", "num_labels", "problem_type", "finetuning_task")}
+        raise ValueError(
+            f"{folder} lacks {fam.model_class} weights {sorted(missing)[:6]}"
+            f"{' ...' if len(missing) > 6 else ''}: they would be random in the export"
+        )
+    d = {
+        k_: v_
+        for k_, v_ in src.config.to_dict().items()  # a bare encoder: no task-head settings
+        if k_ not in ("id2label", "label2id", "num_labels", "problem_type", "finetuning_task")
+    }
     cfg = type(src.config).from_dict({**d, fam.layers_key: k, "architectures": [fam.model_class]})
     keep = {}
     for n, t in src.state_dict().items():
-        if n.startswith(fam.layer_prefix) and int(n[len(fam.layer_prefix):].split(".")[0]) >= k:
+        if n.startswith(fam.layer_prefix) and int(n[len(fam.layer_prefix) :].split(".")[0]) >= k:
             continue
         keep[n] = t.detach().clone().contiguous()
     model = _load_exactly(fam.model_cls()(cfg), keep, "export_first_layers")
@@ -209,11 +268,26 @@ def export_first_layers(folder, k: int, out_dir, seq_len: int = 128) -> Path:
         model.save_pretrained(tmp, safe_serialization=True)
         if has_tok:
             from transformers import AutoTokenizer
+
             AutoTokenizer.from_pretrained(folder).save_pretrained(tmp)
-        atomic_write_json(tmp / STUDENT_META, {
-            "kind": "first_layers", "source": str(folder), "source_sha256": teacher_hash(str(folder)),
-            "layers_kept": k, "source_layers": n_layers, "subnet": sub.as_dict(), "head_dim": shape.head_dim,
-            "family": fam.name, "model_class": fam.model_class, "needs_autodistil": False,
-            "macs_per_seq": macs, "seq_len": seq_len, "params": sum(p.numel() for p in model.parameters()),
-            "tokenizer": has_tok})
+        atomic_write_json(
+            tmp / STUDENT_META,
+            {
+                "kind": "first_layers",
+                "source": str(folder),
+                "source_sha256": teacher_hash(str(folder)),
+                "layers_kept": k,
+                "source_layers": n_layers,
+                "subnet": sub.as_dict(),
+                "head_dim": shape.head_dim,
+                "family": fam.name,
+                "model_class": fam.model_class,
+                "needs_autodistil": False,
+                "macs_per_seq": macs,
+                "seq_len": seq_len,
+                "params": sum(p.numel() for p in model.parameters()),
+                "tokenizer": has_tok,
+            },
+        )
+
     return atomic_dir(Path(out_dir), build)

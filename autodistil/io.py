@@ -1,4 +1,5 @@
 """Atomic writes and the supernet checkpoint format (supernet.safetensors + supernet.json)."""
+
 from __future__ import annotations
 
 import hashlib
@@ -36,6 +37,7 @@ def write_rows_csv(path, rows: list) -> Path:
     """A list of dicts as CSV (columns in first-seen order), written atomically."""
     import csv
     import io as _io
+
     buf = _io.StringIO()
     w = csv.DictWriter(buf, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
     w.writeheader()
@@ -112,7 +114,9 @@ def safe_torch_load(path):
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})") from None
+        raise ValueError(
+            f"checkpoint {path} is corrupt or not a torch checkpoint ({type(e).__name__}: {e})"
+        ) from None
 
 
 def load_config_file(path) -> dict:
@@ -124,9 +128,11 @@ def load_config_file(path) -> dict:
     try:
         if path.suffix in (".yaml", ".yml"):
             import yaml
+
             data = yaml.safe_load(text) or {}
         elif path.suffix == ".toml":
             import tomllib
+
             data = tomllib.loads(text)
         elif path.suffix == ".json":
             data = json.loads(text)

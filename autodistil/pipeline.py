@@ -39,7 +39,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 import shutil
 import time
 from dataclasses import dataclass, field, replace
@@ -504,5 +503,4 @@ def run_pipeline(cfg: RunConfig, log=print) -> dict:
     return Run(cfg, log).run()
 
 
-__all__ = ["RunConfig", "SearchConfig", "ProfileConfig", "RunFinetuneConfig", "Run", "run_pipeline", "STAGES",
-           "os"]
+__all__ = ["RunConfig", "SearchConfig", "ProfileConfig", "RunFinetuneConfig", "Run", "run_pipeline", "STAGES"]

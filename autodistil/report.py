@@ -9,7 +9,7 @@ from .cost import exact_cost, paper_cost
 from .io import atomic_save, atomic_write_json, atomic_write_text, read_json
 from .space import SubnetConfig
 
-# the compared models of one budget: role -> label (report table, plots, the students-vs-baselines experiment)
+# the compared models of one budget: role -> label (report table and plots; the searched student first)
 ROLES = {"searched": "searched (latency)", "first-layers": "teacher's first k layers",
          "flops-search": "FLOPs-constrained search"}
 _MARKERS = {"teacher": ("*", "k"), "searched": ("o", "C0"), "first-layers": ("s", "C1"), "flops-search": ("^", "C2")}
@@ -194,7 +194,7 @@ def statistic_sentence(s: dict) -> str:
 
 
 def _cpu():
-    from .latency.profile import cpu_model
+    from .machine import cpu_model
     return cpu_model()
 
 

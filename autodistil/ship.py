@@ -2,6 +2,7 @@
 ``AutoModelForSequenceClassification.from_pretrained`` loads (classification head, label names,
 tokenizer; the family's plain class where the shape allows), optionally as ONNX checked against
 torch, and ``ship/manifest.json`` naming which folder meets which budget."""
+
 from __future__ import annotations
 
 import json
@@ -14,7 +15,7 @@ import torch
 from .io import atomic_dir, atomic_save, atomic_write_json
 
 ONNX_NAME = "model.onnx"
-ONNX_RTOL = 1e-3   # onnxruntime vs torch logits: max |diff| / max(1, max |logit|)
+ONNX_RTOL = 1e-3  # onnxruntime vs torch logits: max |diff| / max(1, max |logit|)
 
 
 class _Logits(torch.nn.Module):
@@ -37,12 +38,13 @@ def _inputs(tok, texts: list, token_types: bool, seq_len: int) -> dict:
 def export_classifier_onnx(folder, texts: list, seq_len: int = 128, opset: int = 17) -> dict:
     """<folder>/model.onnx from a fine-tuned classifier folder (inputs input_ids, attention_mask and,
     where the model takes them, token_type_ids; output logits; dynamic batch and length), then
-    onnxruntime's logits on `texts` (one list per text column) checked against torch's. Returns the check; raises when they
-    differ by more than ONNX_RTOL."""
+    onnxruntime's logits on `texts` (one list per text column) checked against torch's. Returns the
+    check; raises when they differ by more than ONNX_RTOL."""
     import onnxruntime as ort
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     import autodistil  # noqa: F401  (registers the AutoDistil classes)
     from .finetune.train import takes_token_types
+
     folder = Path(folder)
     model = AutoModelForSequenceClassification.from_pretrained(folder).float().eval()
     tok = AutoTokenizer.from_pretrained(folder)
@@ -50,25 +52,44 @@ def export_classifier_onnx(folder, texts: list, seq_len: int = 128, opset: int =
     wrap = _Logits(model, tt).eval()
     x = _inputs(tok, texts, tt, seq_len)
     dyn = {k: {0: "batch", 1: "seq"} for k in x}
-    path = atomic_save(folder / ONNX_NAME, lambda p: torch.onnx.export(
-        wrap, tuple(x.values()), p, input_names=list(x), output_names=["logits"],
-        dynamic_axes={**dyn, "logits": {0: "batch"}}, opset_version=opset, dynamo=False))
+    path = atomic_save(
+        folder / ONNX_NAME,
+        lambda p: torch.onnx.export(
+            wrap,
+            tuple(x.values()),
+            p,
+            input_names=list(x),
+            output_names=["logits"],
+            dynamic_axes={**dyn, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+        ),
+    )
     with torch.no_grad():
         ref = wrap(*x.values()).numpy()
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    got = sess.run(["logits"], {k: v.numpy() for k, v in x.items()})[0]
+    names = {i.name for i in sess.get_inputs()}  # an input the model ignores is not in the graph
+    got = sess.run(["logits"], {k: v.numpy() for k, v in x.items() if k in names})[0]
     err = float(np.max(np.abs(got - ref)) / max(1.0, float(np.max(np.abs(ref)))))
-    check = {"file": str(path), "examples": len(texts[0]), "max_rel_diff": err, "tolerance": ONNX_RTOL,
-             "inputs": list(x)}
+    check = {
+        "file": str(path),
+        "examples": len(texts[0]),
+        "max_rel_diff": err,
+        "tolerance": ONNX_RTOL,
+        "inputs": sorted(names),
+    }
     if not err <= ONNX_RTOL:
-        raise RuntimeError(f"ONNX export of {folder}: onnxruntime's logits differ from torch's by {err:.2e} "
-                           f"(relative; allowed {ONNX_RTOL:g})")
+        raise RuntimeError(
+            f"ONNX export of {folder}: onnxruntime's logits differ from torch's by {err:.2e} "
+            f"(relative; allowed {ONNX_RTOL:g})"
+        )
     return check
 
 
 def _dev_texts(run, n: int = 8) -> list:
     """The first `n` dev examples, one list per text column."""
     from .data.tasks import load_data
+
     spec, ds = load_data(run.cfg.data)
     rows = ds["validation"].select(range(min(n, len(ds["validation"]))))
     return [list(rows[k]) for k in spec.text_keys]
@@ -92,24 +113,45 @@ def ship_students(run) -> dict:
             meta = Path(s["folder"]) / "autodistil_student.json"
             if meta.is_file():
                 shutil.copy2(meta, tmp / meta.name)
+
         folder = atomic_dir(ship / name, build)
         onnx = export_classifier_onnx(folder, texts, cfg.profile.seq_len) if cfg.onnx else None
-        info = json.loads((folder / "autodistil_student.json").read_text()) \
-            if (folder / "autodistil_student.json").is_file() else {}
-        entries[name] = {"folder": str(folder), "budgets": s["budgets"], "subnet": s["subnet"],
-                         "model_class": info.get("model_class"), "needs_autodistil": info.get("needs_autodistil"),
-                         "score": ft[name]["score"], "headline": ft[name]["headline"],
-                         "predicted_ms": s["predicted_ms"],
-                         "measured_ms": (meas.get(name) or {}).get("ms"), "onnx": onnx}
+        info = (
+            json.loads((folder / "autodistil_student.json").read_text())
+            if (folder / "autodistil_student.json").is_file()
+            else {}
+        )
+        entries[name] = {
+            "folder": str(folder),
+            "budgets": s["budgets"],
+            "subnet": s["subnet"],
+            "model_class": info.get("model_class"),
+            "needs_autodistil": info.get("needs_autodistil"),
+            "score": ft[name]["score"],
+            "headline": ft[name]["headline"],
+            "predicted_ms": s["predicted_ms"],
+            "measured_ms": (meas.get(name) or {}).get("ms"),
+            "onnx": onnx,
+        }
     budgets = []
     for label, b in st["search"]["best"].items():
         name = next(n for n, e in entries.items() if label in e["budgets"])
-        budgets.append({"budget": label, "budget_ms": b["budget_ms"],
-                        "fraction": b["fraction"] if b.get("fraction_given") else None,
-                        "student": name, "folder": f"ship/{name}"})
-    manifest = {"task": ft["teacher"].get("task"), "budgets": sorted(budgets, key=lambda b: b["budget_ms"]),
-                "students": entries, "latency_table": st["profile"]["table"],
-                "measured_here": not run.foreign_table}
+        budgets.append(
+            {
+                "budget": label,
+                "budget_ms": b["budget_ms"],
+                "fraction": b["fraction"] if b.get("fraction_given") else None,
+                "student": name,
+                "folder": f"ship/{name}",
+            }
+        )
+    manifest = {
+        "task": ft["teacher"].get("task"),
+        "budgets": sorted(budgets, key=lambda b: b["budget_ms"]),
+        "students": entries,
+        "latency_table": st["profile"]["table"],
+        "measured_here": not run.foreign_table,
+    }
     atomic_write_json(ship / "manifest.json", manifest)
     return manifest
 
@@ -117,6 +159,7 @@ def ship_students(run) -> dict:
 def shipped_folders(ship_dir) -> tuple[dict, dict]:
     """(manifest, {student: folder}) of a run's ship/ folder (moved or copied to another machine)."""
     from .io import read_json
+
     ship_dir = Path(ship_dir)
     manifest = read_json(ship_dir / "manifest.json", "ship manifest")
     folders = {}
@@ -145,12 +188,24 @@ def judge_budgets(manifest: dict, res: dict, table) -> list:
         elif t_table:
             at_table = ratio * t_table
             holds = at_table <= b["budget_ms"]
-            judged = (f"{at_table:.3f} ms at the table's speed ({ratio:.3f} x the teacher's {t_table:.2f} ms) <= "
-                      f"{b['budget_ms']:g} ms")
+            judged = (
+                f"{at_table:.3f} ms at the table's speed ({ratio:.3f} x the teacher's {t_table:.2f} ms) <= "
+                f"{b['budget_ms']:g} ms"
+            )
         else:
             at_table = None
             holds, judged = m["ms"] <= b["budget_ms"], f"{m['ms']:.3f} ms <= {b['budget_ms']:g} ms"
-        out.append({**b, "measured_ms": m["ms"], "noise_sd_ms": m["noise_sd_ms"], "teacher_ms_now": t_now,
-                    "vs_teacher": ratio, "ms_at_table_speed": at_table, "holds": holds,
-                    "verdict": f"{'holds' if holds else 'DOES NOT hold'}: {judged} (measured {m['ms']:.3f} ms now)"})
+        out.append(
+            {
+                **b,
+                "measured_ms": m["ms"],
+                "noise_sd_ms": m["noise_sd_ms"],
+                "teacher_ms_now": t_now,
+                "vs_teacher": ratio,
+                "ms_at_table_speed": at_table,
+                "holds": holds,
+                "verdict": f"{'holds' if holds else 'DOES NOT hold'}: {judged} "
+                f"(measured {m['ms']:.3f} ms now)",
+            }
+        )
     return out

@@ -3,6 +3,7 @@
 A subnet is (layers L, hidden H, MLP ratio R, heads A). Every head keeps the teacher's
 head dim d, so the Q/K/V width is A*d, independent of H (as in the paper).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -34,7 +35,8 @@ class SubnetConfig:
         if abs(w - round(w)) > 1e-6:
             raise ValueError(
                 f"SubnetConfig.ffn_ratio={r} with hidden={self.hidden} gives a non-integer FFN width "
-                f"{w:g}: ffn_ratio * hidden must be a whole number")
+                f"{w:g}: ffn_ratio * hidden must be a whole number"
+            )
 
     @property
     def ffn(self) -> int:
@@ -45,7 +47,12 @@ class SubnetConfig:
         return self.heads * head_dim
 
     def as_dict(self) -> dict:
-        return {"layers": self.layers, "hidden": self.hidden, "ffn_ratio": self.ffn_ratio, "heads": self.heads}
+        return {
+            "layers": self.layers,
+            "hidden": self.hidden,
+            "ffn_ratio": self.ffn_ratio,
+            "heads": self.heads,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "SubnetConfig":
@@ -58,10 +65,13 @@ class SubnetConfig:
     def parse(cls, text: str) -> "SubnetConfig":
         """The inverse of ``short``: 'L6-H384-R4-A12' (layers, hidden, MLP ratio, heads)."""
         import re
+
         m = re.fullmatch(r"\s*L(\d+)-H(\d+)-R(\d+(?:\.\d+)?)-A(\d+)\s*", text or "")
         if not m:
-            raise ValueError(f"subnet {text!r} is not of the form L<layers>-H<hidden>-R<MLP ratio>-A<heads>, "
-                             f"e.g. L6-H384-R4-A12")
+            raise ValueError(
+                f"subnet {text!r} is not of the form L<layers>-H<hidden>-R<MLP ratio>-A<heads>, "
+                f"e.g. L6-H384-R4-A12"
+            )
         return cls(int(m[1]), int(m[2]), float(m[3]), int(m[4]))
 
     def short(self) -> str:
@@ -71,6 +81,7 @@ class SubnetConfig:
 @dataclass(frozen=True)
 class Range:
     """Values low, low+step, ..., high (inclusive)."""
+
     low: float
     high: float
     step: float
@@ -82,7 +93,9 @@ class Range:
             raise ValueError(f"Range high {self.high} is below low {self.low}")
         n = (self.high - self.low) / self.step
         if abs(n - round(n)) > 1e-6:
-            raise ValueError(f"Range ({self.low}, {self.high}, {self.step}): high is not reached from low in whole steps")
+            raise ValueError(
+                f"Range ({self.low}, {self.high}, {self.step}): high is not reached from low in whole steps"
+            )
 
     @property
     def values(self) -> tuple:
@@ -105,6 +118,7 @@ class Range:
 @dataclass(frozen=True)
 class SearchSpace:
     """One subspace: a grid over (layers, hidden, ffn_ratio, heads) at a fixed head dim."""
+
     name: str
     layers: Range
     hidden: Range
@@ -123,24 +137,37 @@ class SearchSpace:
 
     # --- enumeration -------------------------------------------------------------
     def __iter__(self) -> Iterator[SubnetConfig]:
-        for l, h, r, a in itertools.product(self.layers.values, self.hidden.values,
-                                            self.ffn_ratio.values, self.heads.values):
+        for l, h, r, a in itertools.product(
+            self.layers.values, self.hidden.values, self.ffn_ratio.values, self.heads.values
+        ):
             yield SubnetConfig(int(l), int(h), float(r), int(a))
 
     def __len__(self) -> int:
-        return (len(self.layers.values) * len(self.hidden.values)
-                * len(self.ffn_ratio.values) * len(self.heads.values))
+        return (
+            len(self.layers.values)
+            * len(self.hidden.values)
+            * len(self.ffn_ratio.values)
+            * len(self.heads.values)
+        )
 
     def largest(self) -> SubnetConfig:
-        return SubnetConfig(int(self.layers.high), int(self.hidden.high), float(self.ffn_ratio.high), int(self.heads.high))
+        return SubnetConfig(
+            int(self.layers.high), int(self.hidden.high), float(self.ffn_ratio.high), int(self.heads.high)
+        )
 
     def smallest(self) -> SubnetConfig:
-        return SubnetConfig(int(self.layers.low), int(self.hidden.low), float(self.ffn_ratio.low), int(self.heads.low))
+        return SubnetConfig(
+            int(self.layers.low), int(self.hidden.low), float(self.ffn_ratio.low), int(self.heads.low)
+        )
 
     def sample(self, rng: random.Random) -> SubnetConfig:
         """Uniform over the grid (each dimension independently uniform)."""
-        return SubnetConfig(int(rng.choice(self.layers.values)), int(rng.choice(self.hidden.values)),
-                            float(rng.choice(self.ffn_ratio.values)), int(rng.choice(self.heads.values)))
+        return SubnetConfig(
+            int(rng.choice(self.layers.values)),
+            int(rng.choice(self.hidden.values)),
+            float(rng.choice(self.ffn_ratio.values)),
+            int(rng.choice(self.heads.values)),
+        )
 
     def __contains__(self, cfg: SubnetConfig) -> bool:
         try:
@@ -154,7 +181,9 @@ class SearchSpace:
             rng: Range = getattr(self, f)
             v = getattr(cfg, f)
             if v not in rng:
-                raise ValueError(f"{f}={v:g} is outside search space '{self.name}': allowed {f} is {rng.describe()}")
+                raise ValueError(
+                    f"{f}={v:g} is outside search space '{self.name}': allowed {f} is {rng.describe()}"
+                )
         return cfg
 
     # --- maxima the supernet is sized to -------------------------------------------
@@ -163,34 +192,58 @@ class SearchSpace:
         return max(int(round(h * r)) for h in self.hidden.values for r in self.ffn_ratio.values)
 
     def describe(self) -> str:
-        return (f"{self.name}: layers {self.layers.describe()}, hidden {self.hidden.describe()}, "
-                f"ffn_ratio {self.ffn_ratio.describe()}, heads {self.heads.describe()} "
-                f"(head dim {self.head_dim}; {len(self)} subnets)")
+        return (
+            f"{self.name}: layers {self.layers.describe()}, hidden {self.hidden.describe()}, "
+            f"ffn_ratio {self.ffn_ratio.describe()}, heads {self.heads.describe()} "
+            f"(head dim {self.head_dim}; {len(self)} subnets)"
+        )
 
     def to_dict(self) -> dict:
-        return {"name": self.name, "layers": self.layers.as_list(), "hidden": self.hidden.as_list(),
-                "ffn_ratio": self.ffn_ratio.as_list(), "heads": self.heads.as_list(), "head_dim": self.head_dim}
+        return {
+            "name": self.name,
+            "layers": self.layers.as_list(),
+            "hidden": self.hidden.as_list(),
+            "ffn_ratio": self.ffn_ratio.as_list(),
+            "heads": self.heads.as_list(),
+            "head_dim": self.head_dim,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "SearchSpace":
         try:
-            return cls(str(d["name"]), Range(*d["layers"]), Range(*d["hidden"]), Range(*d["ffn_ratio"]),
-                       Range(*d["heads"]), int(d.get("head_dim", 64)))
+            return cls(
+                str(d["name"]),
+                Range(*d["layers"]),
+                Range(*d["hidden"]),
+                Range(*d["ffn_ratio"]),
+                Range(*d["heads"]),
+                int(d.get("head_dim", 64)),
+            )
         except (KeyError, TypeError) as e:
             raise ValueError(f"bad search space description {d!r}: {e}") from None
 
 
 def union_max(spaces: Sequence[SearchSpace]) -> SubnetConfig:
     """Element-wise maximum over several spaces (what one shared supernet is sized to)."""
-    return SubnetConfig(max(int(s.layers.high) for s in spaces), max(int(s.hidden.high) for s in spaces),
-                        max(float(s.ffn_ratio.high) for s in spaces), max(int(s.heads.high) for s in spaces))
+    return SubnetConfig(
+        max(int(s.layers.high) for s in spaces),
+        max(int(s.hidden.high) for s in spaces),
+        max(float(s.ffn_ratio.high) for s in spaces),
+        max(int(s.heads.high) for s in spaces),
+    )
 
 
 # The paper's K=3 subspaces (PAPER.md section 2); head dim 64 (BERT-base teacher).
 PAPER_SPACES = {
-    "tiny": SearchSpace("tiny", Range(4, 7, 1), Range(128, 224, 32), Range(2.0, 3.5, 0.5), Range(7, 10, 1), 64),
-    "small": SearchSpace("small", Range(9, 12, 1), Range(256, 352, 32), Range(2.5, 4.0, 0.5), Range(7, 10, 1), 64),
-    "base": SearchSpace("base", Range(9, 12, 1), Range(544, 640, 32), Range(2.5, 4.0, 0.5), Range(9, 12, 1), 64),
+    "tiny": SearchSpace(
+        "tiny", Range(4, 7, 1), Range(128, 224, 32), Range(2.0, 3.5, 0.5), Range(7, 10, 1), 64
+    ),
+    "small": SearchSpace(
+        "small", Range(9, 12, 1), Range(256, 352, 32), Range(2.5, 4.0, 0.5), Range(7, 10, 1), 64
+    ),
+    "base": SearchSpace(
+        "base", Range(9, 12, 1), Range(544, 640, 32), Range(2.5, 4.0, 0.5), Range(9, 12, 1), 64
+    ),
 }
 BERT_BASE_SHAPE = dict(layers=12, hidden=768, heads=12, ffn_ratio=4.0, head_dim=64)
 
@@ -215,7 +268,9 @@ class TeacherShape:
 
     def as_subnet(self, layers: int | None = None) -> "SubnetConfig":
         """The teacher (or its first `layers` layers) as a SubnetConfig."""
-        return SubnetConfig(self.layers if layers is None else layers, self.hidden, self.ffn_ratio, self.heads)
+        return SubnetConfig(
+            self.layers if layers is None else layers, self.hidden, self.ffn_ratio, self.heads
+        )
 
 
 def _round_to(v: float, m: int) -> int:
@@ -248,9 +303,14 @@ def derive_space(paper: SearchSpace, teacher: TeacherShape) -> SearchSpace:
     r_lo = min(float(paper.ffn_ratio.low), r_hi)
     r_step = float(paper.ffn_ratio.step)
     r_hi = r_lo + r_step * math.floor((r_hi - r_lo) / r_step + 1e-9)
-    return SearchSpace(paper.name, _scale_layers(paper.layers, teacher.layers / 12, teacher.layers),
-                       Range(h_lo, h_hi, h_step), Range(r_lo, r_hi, r_step), Range(a_lo, a_hi, 1),
-                       teacher.head_dim)
+    return SearchSpace(
+        paper.name,
+        _scale_layers(paper.layers, teacher.layers / 12, teacher.layers),
+        Range(h_lo, h_hi, h_step),
+        Range(r_lo, r_hi, r_step),
+        Range(a_lo, a_hi, 1),
+        teacher.head_dim,
+    )
 
 
 def derive_spaces(teacher: TeacherShape, names: Sequence[str] = ("tiny", "small", "base")) -> dict:
@@ -266,5 +326,11 @@ def teacher_space(teacher: TeacherShape, name: str = "teacher") -> SearchSpace:
     """A single-point-at-the-top space whose maximum is exactly the teacher's shape
     (useful to check teacher initialisation): layers 1..L, hidden 16-steps up to H, ..."""
     r = teacher.ffn_ratio
-    return SearchSpace(name, Range(1, teacher.layers, 1), Range(teacher.hidden % 16 or 16, teacher.hidden, 16),
-                       Range(r, r, 1.0), Range(1, teacher.heads, 1), teacher.head_dim)
+    return SearchSpace(
+        name,
+        Range(1, teacher.layers, 1),
+        Range(teacher.hidden % 16 or 16, teacher.hidden, 16),
+        Range(r, r, 1.0),
+        Range(1, teacher.heads, 1),
+        teacher.head_dim,
+    )

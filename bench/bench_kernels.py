@@ -3,17 +3,24 @@
   sliced linear forward+backward (y, dX, dW into an fp32 gradient with beta = 1, db), at the
   layer shapes of the three paper subspaces' smallest and largest subnets:
       ours: ops.sliced_linear(x bf16, W fp32 master, b fp32) under torch.autocast(bf16), as the
-            trainer calls it; dW lands in W.grad[:o, :i] (fp32)
-      (a) cublas_contiguous: cuBLAS on a contiguous bf16 copy Wc of the same sub-shape, written
+            trainer calls it; dW lands in W.grad[:o, :i] (fp32). autodistil_triton reads the cached
+            bf16 shadow of W (the default), autodistil_triton_cast loads fp32 tiles of W and casts
+            them in registers (weight_operand("cast")); the Triton rows name the config chosen for
+            each product (`triton_config`)
+      (a) cublas_contiguous: cuBLAS on a ready contiguous bf16 copy Wc of the same sub-shape, written
           out op by op (no autograd): y = addmm(b, x, Wc^T), dX = dy @ Wc,
           gW(fp32) = addmm(gW, dy^T, x, out_dtype=fp32, beta=1), gb(fp32) += sum(dy)
+      (a') cublas_cast_per_call: the same with the bf16 copy cast from the fp32 master slice inside
+          every call (what reading an fp32 master costs cuBLAS): precision and kernel quality apart
       (b) torch_F.linear_on_slice: F.linear(x, W[:o, :i], b[:o]) under the same autocast with the
           fp32 master W, through autograd (its slice backward allocates a full-size gradient)
   attention forward+backward at d = 64, heads 7, 9, 12, with the SAME padding mask on both sides
-  (the last 10% of keys of sequence 0 padded):
+  (the last 10% of keys of sequence 0 padded). Both sides get the model's inputs: q, k, v as
+  head-split views (B, A, T, d) of (B, T, A*d) tensors, and the (B, T) integer mask, converted
+  inside the timed call:
       ours (triton, cuda): ops.sliced_attention(q, k, v, key_mask (B, T))
-      torch_sdpa: F.scaled_dot_product_attention(q, k, v, attn_mask=bool (B, 1, 1, T)); the SDPA
-          backend that ran with the mask is named in the `note` column
+      torch_sdpa: F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool());
+          the SDPA backend that ran with the mask is named in the `note` column
 
     python bench/bench_kernels.py [--out CSV] [--budget-s S] [--section all|linear|attention]
                                   [--resume] [--exclude IMPL ...]
@@ -25,10 +32,12 @@ CUDA graph (triton.testing.do_bench_cudagraph; gpu_ms_*; a capture failure is no
 graph_note); peak memory of one call above what was allocated before it; for the first 4
 base-space linear shapes and every attention shape (--breakdown-shapes), one more call under
 torch.profiler, once everything is timed, gives each kernel's device time (`kernels`: label,
-launches, us per call, then the busy total), so a ratio below target says which kernel to work on. Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
+launches, us per call, then the busy total), so a ratio below target says which kernel to work on.
+Every row carries device name, driver, CUDA, torch and triton versions. The CSV is
 rewritten after every shape, so a run cut off by its time box keeps what it measured.
 Exit status: 0 done, 2 no GPU ("not measured"), 3 the CUDA context was lost (the culprit is
 printed as "CONTEXT_LOST culprit=IMPL"; rerun with --resume --exclude IMPL)."""
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +52,21 @@ import torch.nn.functional as F
 from torch.utils._python_dispatch import TorchDispatchMode
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import (RESULTS, Budget, context_lost, cuda_context_ok, cuda_graph_time, cuda_peak_mb,  # noqa: E402
-                    cuda_time, device_events, device_info, kernel_breakdown, median_time, profile_cuda,
-                    write_csv)
+from common import (
+    RESULTS,
+    Budget,
+    context_lost,
+    cuda_context_ok,
+    cuda_graph_time,
+    cuda_peak_mb,  # noqa: E402
+    cuda_time,
+    device_events,
+    device_info,
+    kernel_breakdown,
+    median_time,
+    profile_cuda,
+    write_csv,
+)
 
 from autodistil import ops  # noqa: E402
 from autodistil.space import PAPER_SPACES  # noqa: E402
@@ -122,6 +143,7 @@ def sdpa_backend_used(fn) -> str:
 def _dw_accumulate(dtype):
     """The cuBLAS dW update gW(fp32) += dy^T @ x from bf16 operands with beta = 1, written in place
     when this torch has addmm's out_dtype overload; else an fp32 add of a bf16 product (noted)."""
+
     def inplace(gW, dyT, x):
         torch.addmm(gW, dyT, x, out_dtype=torch.float32, out=gW)
 
@@ -141,10 +163,29 @@ def _dw_accumulate(dtype):
 
 
 def _row(info, a, op, shape, o, i, impl, note=""):
-    return {**info, "op": op, "shape": shape, "o": o, "i": i, "tokens": a.batch * a.seq, "dtype": a.dtype,
-            "impl": impl, "status": "ok", "ms_median": "", "ms_p20": "", "ms_p80": "", "peak_mem_mb": "",
-            "max_abs_diff_vs_ref": "", "gpu_ms_median": "", "gpu_ms_p20": "", "gpu_ms_p80": "", "graph_note": "",
-            "note": note, "kernels": ""}
+    return {
+        **info,
+        "op": op,
+        "shape": shape,
+        "o": o,
+        "i": i,
+        "tokens": a.batch * a.seq,
+        "dtype": a.dtype,
+        "impl": impl,
+        "status": "ok",
+        "ms_median": "",
+        "ms_p20": "",
+        "ms_p80": "",
+        "peak_mem_mb": "",
+        "max_abs_diff_vs_ref": "",
+        "gpu_ms_median": "",
+        "gpu_ms_p20": "",
+        "gpu_ms_p80": "",
+        "graph_note": "",
+        "note": note,
+        "kernels": "",
+        "triton_config": "",
+    }
 
 
 def _skip_rows(info, a, op, shape, o, i, impls, done, emit):
@@ -177,7 +218,9 @@ def _measure(row, fn, grad_to_none, check=None, breakdown=False):
             gm, glo, ghi = cuda_graph_time(fn, grad_to_none=grad_to_none)
             row.update(gpu_ms_median=round(gm, 5), gpu_ms_p20=round(glo, 5), gpu_ms_p80=round(ghi, 5))
         except Exception as e:  # noqa: BLE001  (eager times stand; the graph failure is noted)
-            row["graph_note"] = f"graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            row["graph_note"] = (
+                f"graph capture failed: {type(e).__name__}: {str(e).splitlines()[0][:160] if str(e) else ''}"
+            )
             print(f"{row['impl']} {row['shape']}: {row['graph_note']}")
             if not cuda_context_ok():
                 row["status"] = "error: CUDA context lost in graph capture"
@@ -202,23 +245,46 @@ def profile_pending(budget, save) -> None:
         else:
             try:
                 evs = profile_cuda(fn)
-                row["kernels"] = kernel_breakdown(evs) if device_events(evs) else "profile failed: no device events"
+                row["kernels"] = (
+                    kernel_breakdown(evs) if device_events(evs) else "profile failed: no device events"
+                )
             except Exception as e:  # noqa: BLE001  (no CUPTI, ...: the times stand)
-                row["kernels"] = f"profile failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                row["kernels"] = (
+                    f"profile failed: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"
+                )
                 if not cuda_context_ok():
-                    print(f"the CUDA context was lost while profiling {row['impl']} {row['shape']}: no further profiling")
+                    print(
+                        f"the CUDA context was lost while profiling {row['impl']} {row['shape']}: "
+                        f"no further profiling"
+                    )
                     PENDING.clear()
         save()
+
+
+def _operand_note(be: str) -> str:
+    if be.endswith("_cast"):
+        return "; forward/dX read fp32 tiles of W cast in registers"
+    return "; forward/dX read the cached bf16 shadow of W" if "triton" in be else ""
+
+
+def _triton_configs(n, o, i, weight_dtype) -> str:
+    """'fwd ...; dx ...; dw ...': the Triton configs chosen for the three products of this shape."""
+    from autodistil.kernels.sliced_linear import chosen_configs
+
+    got = chosen_configs(n, o, i, weight_dtype)
+    return "; ".join(f"{k} {got[k]}" for k in ("fwd", "dx", "dw") if k in got)
 
 
 def bench_linear(a, info, impls, dt, budget, done, emit):
     N = a.batch * a.seq
     dw_update, dw_note = _dw_accumulate(dt)
     print(dw_note)
-    shapes = [sh for sh in _round_robin(_shapes_in_order()) if a.shapes is None or sh[0] in a.shapes][:a.max_shapes]
+    shapes = [sh for sh in _round_robin(_shapes_in_order()) if a.shapes is None or sh[0] in a.shapes][
+        : a.max_shapes
+    ]
     # a kernel breakdown for the first --breakdown-shapes shapes of the base space (the largest layers)
     profiled = {sh for sh in shapes if sh[0].startswith("base-")}
-    profiled = set(sorted(profiled, key=shapes.index)[:a.breakdown_shapes])
+    profiled = set(sorted(profiled, key=shapes.index)[: a.breakdown_shapes])
     for k, (name, o, i) in enumerate(shapes):
         if not budget.allows():
             print(f"time budget reached: {len(shapes) - k} linear shapes not measured")
@@ -227,23 +293,31 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
             break
         O, I = _full_shape(name, name.split("-")[0])
         g = torch.Generator(device=DEV).manual_seed(k)
-        W = (torch.randn(O, I, device=DEV, generator=g) * 0.02).requires_grad_()   # fp32 master, full size
+        W = (torch.randn(O, I, device=DEV, generator=g) * 0.02).requires_grad_()  # fp32 master, full size
         b = (torch.randn(O, device=DEV, generator=g) * 0.02).requires_grad_()
         x = torch.randn(N, i, device=DEV, dtype=dt, generator=g).requires_grad_()  # (N, i) bf16 activation
-        dy = torch.randn(N, o, device=DEV, dtype=dt, generator=g)                   # (N, o)
-        Wc = W.detach()[:o, :i].to(dt).contiguous()       # (a): contiguous bf16 copy of the sub-shape
+        dy = torch.randn(N, o, device=DEV, dtype=dt, generator=g)  # (N, o)
+        Wc = W.detach()[:o, :i].to(dt).contiguous()  # (a): contiguous bf16 copy of the sub-shape
         bc = b.detach()[:o].to(dt).contiguous()
-        gW = torch.zeros(o, i, device=DEV)               # fp32 dW, beta = 1
+        gW = torch.zeros(o, i, device=DEV)  # fp32 dW, beta = 1
         gb = torch.zeros(o, device=DEV)
-        dyT = dy.t()                                        # a transposed view: cuBLAS takes it without a copy
+        dyT = dy.t()  # a transposed view: cuBLAS takes it without a copy
         xd = x.detach()
         with torch.no_grad():
             y_ref = torch.addmm(bc, x, Wc.t())
 
         def cublas():
-            y = torch.addmm(bc, xd, Wc.t())                  # (N, o)
-            dx = dy @ Wc                                     # (N, i)
-            dw_update(gW, dyT, xd)                           # gW += dy^T x  (fp32, beta = 1)
+            y = torch.addmm(bc, xd, Wc.t())  # (N, o)
+            dx = dy @ Wc  # (N, i)
+            dw_update(gW, dyT, xd)  # gW += dy^T x  (fp32, beta = 1)
+            gb.add_(dy.sum(0, dtype=torch.float32))
+            return y, dx
+
+        def cublas_cast():  # the bf16 operand cast from the fp32 master slice in every call
+            w16, b16 = W.detach()[:o, :i].to(dt), b.detach()[:o].to(dt)
+            y = torch.addmm(b16, xd, w16.t())
+            dx = dy @ w16
+            dw_update(gW, dyT, xd)
             gb.add_(dy.sum(0, dtype=torch.float32))
             return y, dx
 
@@ -252,10 +326,11 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 y = F.linear(x, W[:o, :i], b[:o])
             y.backward(dy)
 
-        def operand(be):  # "triton_shadow": the Triton backend reading the cached bf16 shadow of W
-            if be == "triton_shadow":
+        def operand(be):  # "triton_cast": the Triton backend loading fp32 tiles of W (not the bf16 shadow)
+            if be == "triton_cast":
                 from autodistil.kernels import weight_operand
-                return weight_operand("shadow")
+
+                return weight_operand("cast")
             return contextlib.nullcontext()
 
         def ours(be):
@@ -263,6 +338,7 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 with operand(be), torch.autocast(DEV, dtype=dt):
                     y = ops.sliced_linear(x, W, b, o, i, None, backend=be.split("_")[0])
                 y.backward(dy)
+
             return fn
 
         def diff(be):
@@ -270,15 +346,25 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
                 with operand(be), torch.no_grad(), torch.autocast(DEV, dtype=dt):
                     y = ops.sliced_linear(x.detach(), W, b, o, i, None, backend=be.split("_")[0])
                 return (y.float() - y_ref.float()).abs().max().item()
+
             return fn
 
-        variants = {"cublas_contiguous": (cublas, None, dw_note),
-                    "torch_F.linear_on_slice": (torch_slice, None, "autocast bf16, fp32 master W, autograd")}
+        variants = {
+            "cublas_contiguous": (cublas, None, f"a ready bf16 copy of the slice; {dw_note}"),
+            "cublas_cast_per_call": (
+                cublas_cast,
+                None,
+                f"bf16 cast of the fp32 master slice per call; {dw_note}",
+            ),
+            "torch_F.linear_on_slice": (torch_slice, None, "autocast bf16, fp32 master W, autograd"),
+        }
         for be in impls:
             if be.startswith("autodistil_"):
-                variants[be] = (ours(be.split("_", 1)[1]), diff(be.split("_", 1)[1]),
-                                "autocast bf16, fp32 master W, dW into W.grad[:o, :i]"
-                                + ("; forward/dX read the cached bf16 shadow of W" if be.endswith("_shadow") else ""))
+                variants[be] = (
+                    ours(be.split("_", 1)[1]),
+                    diff(be.split("_", 1)[1]),
+                    "autocast bf16, fp32 master W, dW into W.grad[:o, :i]" + _operand_note(be),
+                )
         line = {}
         for v, (fn, check, note) in variants.items():
             if v not in impls or (name, str(o), str(i), v) in done:
@@ -286,6 +372,8 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
             W.grad = b.grad = None
             r = _row(info, a, "sliced_linear_fwd_bwd", name, o, i, v, note)
             ok = _measure(r, fn, [x], check, breakdown=(name, o, i) in profiled)
+            if ok and v.startswith("autodistil_triton"):
+                r["triton_config"] = _triton_configs(N, o, i, torch.float32 if v.endswith("_cast") else dt)
             emit(r)
             line[v] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -296,9 +384,8 @@ def bench_linear(a, info, impls, dt, budget, done, emit):
 
 def bench_attention(a, info, impls, dt, budget, done, emit):
     B, T = a.batch, a.seq
-    mask = torch.ones(B, T, device=DEV, dtype=torch.long)
-    mask[0, T - max(1, T // 10):] = 0                        # the last 10% of sequence 0 is padding
-    amask = mask[:, None, None, :].bool()                    # (B, 1, 1, T) for SDPA: True = attend
+    mask = torch.ones(B, T, device=DEV, dtype=torch.long)  # (B, T): what the model passes, 1 = attend
+    mask[0, T - max(1, T // 10) :] = 0  # the last 10% of sequence 0 is padding
     for heads in a.heads:
         shape = f"heads{heads}-d{HEAD_DIM}-T{T}"
         if not budget.allows():
@@ -306,30 +393,41 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
             _skip_rows(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, impls, done, emit)
             continue
         g = torch.Generator(device=DEV).manual_seed(100 + heads)
-        q, k, v = (torch.randn(B, heads, T, HEAD_DIM, device=DEV, dtype=dt, generator=g).requires_grad_()
-                   for _ in range(3))                       # (B, A, T, d)
+        leaves = [
+            torch.randn(B, T, heads * HEAD_DIM, device=DEV, dtype=dt, generator=g).requires_grad_()
+            for _ in range(3)
+        ]  # (B, T, A*d): the projections' outputs
         do = torch.randn(B, heads, T, HEAD_DIM, device=DEV, dtype=dt, generator=g)
+
+        def views(detach=False):  # the model's head-split views (B, A, T, d)
+            return [(t.detach() if detach else t).view(B, T, heads, HEAD_DIM).transpose(1, 2) for t in leaves]
+
+        def sdpa_fwd(q, k, v):
+            return F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None, None, :].bool())
+
         with torch.no_grad():
-            ref = F.scaled_dot_product_attention(q, k, v, attn_mask=amask)
+            ref = sdpa_fwd(*views(True))
 
         def sdpa():
-            F.scaled_dot_product_attention(q, k, v, attn_mask=amask).backward(do)
+            sdpa_fwd(*views()).backward(do)
 
         def ours(be):
             def fn():
                 with torch.autocast(DEV, dtype=dt):
-                    out, _ = ops.sliced_attention(q, k, v, mask, backend=be)
+                    out, _ = ops.sliced_attention(*views(), mask, backend=be)
                 out.backward(do)
+
             return fn
 
         def diff(be):
             def fn():
                 with torch.no_grad():
-                    out, _ = ops.sliced_attention(q.detach(), k.detach(), v.detach(), mask, backend=be)
+                    out, _ = ops.sliced_attention(*views(True), mask, backend=be)
                 return (out.float() - ref.float()).abs().max().item()
+
             return fn
 
-        sdpa_kind = sdpa_backend_used(lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=amask))
+        sdpa_kind = sdpa_backend_used(lambda: sdpa_fwd(*views(True)))
         variants = {"torch_sdpa": (sdpa, None, f"SDPA backend with the bool mask: {sdpa_kind}")}
         for be in impls:
             if be.startswith("autodistil_"):
@@ -339,7 +437,7 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
             if vname not in impls or (shape, str(heads), str(HEAD_DIM), vname) in done:
                 continue
             r = _row(info, a, "attention_fwd_bwd", shape, heads, HEAD_DIM, vname, note)
-            ok = _measure(r, fn, [q, k, v], check, breakdown=a.breakdown_shapes > 0)
+            ok = _measure(r, fn, leaves, check, breakdown=a.breakdown_shapes > 0)
             emit(r)
             line[vname] = f"{r['ms_median']} (gpu {r['gpu_ms_median'] or '-'})" if ok else r["status"]
             if not ok and DEV == "cuda" and not cuda_context_ok():
@@ -351,23 +449,37 @@ def bench_attention(a, info, impls, dt, budget, done, emit):
 def main(argv=None):
     ap = argparse.ArgumentParser()
     ap.add_argument("--dtype", default="bf16", choices=["bf16", "fp16"])
-    ap.add_argument("--device", default="cuda", choices=["cuda", "cpu"],
-                    help="cpu: dry run of the code paths with small --batch/--seq (fp16 for the Triton interpreter)")
+    ap.add_argument(
+        "--device",
+        default="cuda",
+        choices=["cuda", "cpu"],
+        help="cpu: dry run of the code paths with small --batch/--seq (fp16 for the Triton interpreter)",
+    )
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seq", type=int, default=128)
     ap.add_argument("--out", default=str(RESULTS / "kernels_gpu.csv"), help="CSV path")
     ap.add_argument("--budget-s", type=float, default=None, help="start no new shape after this many seconds")
     ap.add_argument("--section", default="all", choices=["all", "linear", "attention"])
-    ap.add_argument("--resume", action="store_true", help="keep the rows already in --out and skip what they measured")
-    ap.add_argument("--exclude", nargs="*", default=[], help="implementations to leave out (e.g. autodistil_cuda)")
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the rows already in --out and skip what they measured"
+    )
+    ap.add_argument(
+        "--exclude", nargs="*", default=[], help="implementations to leave out (e.g. autodistil_cuda)"
+    )
     ap.add_argument("--max-shapes", type=int, default=None, help="measure only the first N linear shapes")
     ap.add_argument("--no-graphs", action="store_true", help="skip the CUDA-graph (GPU time) measurement")
-    ap.add_argument("--shapes", nargs="+", default=None, help="measure only these linear shapes (names, e.g. tiny-qkv)")
+    ap.add_argument(
+        "--shapes", nargs="+", default=None, help="measure only these linear shapes (names, e.g. tiny-qkv)"
+    )
     ap.add_argument("--heads", type=int, nargs="+", default=list(ATTN_HEADS), help="attention head counts")
-    ap.add_argument("--breakdown-shapes", type=int, default=4,
-                    help="CUDA: profile one more call of every implementation on the first N base-space linear "
-                         "shapes and every attention shape: each kernel's device time in the `kernels` column "
-                         "(0: none)")
+    ap.add_argument(
+        "--breakdown-shapes",
+        type=int,
+        default=4,
+        help="CUDA: profile one more call of every implementation on the first N base-space linear "
+        "shapes and every attention shape: each kernel's device time in the `kernels` column "
+        "(0: none)",
+    )
     a = ap.parse_args(argv)
     global DEV, GRAPHS
     if a.device == "cuda" and not torch.cuda.is_available():
@@ -394,13 +506,23 @@ def main(argv=None):
             ours.append(f"autodistil_{be}")
         else:
             print(f"backend {be}: not measured ({status[be]})")
-    # the shadow variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
-    shadow = ["autodistil_triton_shadow"] if "autodistil_triton" in ours and "autodistil_triton" not in a.exclude else []
-    lin = [v for v in ["cublas_contiguous", "torch_F.linear_on_slice", *ours, *shadow] if v not in a.exclude]
+    # the cast variant runs the same kernel: left out with autodistil_triton (e.g. after it broke the context)
+    tri = "autodistil_triton" in ours and "autodistil_triton" not in a.exclude
+    cast = ["autodistil_triton_cast"] if tri else []
+    lin = [
+        v
+        for v in ["cublas_contiguous", "cublas_cast_per_call", "torch_F.linear_on_slice", *ours, *cast]
+        if v not in a.exclude
+    ]
     att = [v for v in ["torch_sdpa", *ours] if v not in a.exclude]
     for v in a.exclude:
         if v.startswith("autodistil_"):
-            rows.append({**_row(info, a, "all", "all", "", "", v), "status": "excluded (--exclude; gpu_check.sh excludes what broke the CUDA context)"})
+            rows.append(
+                {
+                    **_row(info, a, "all", "all", "", "", v),
+                    "status": "excluded (--exclude; gpu_check.sh excludes what broke the CUDA context)",
+                }
+            )
 
     def emit(r):
         rows.append(r)

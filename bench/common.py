@@ -1,5 +1,6 @@
 """Shared benchmark helpers: device facts for every CSV row, CSV writing, GPU timing and
 memory peaks, the one "naive slicing" mode, CPU memory peaks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -30,6 +31,7 @@ def cpu_model() -> str:  # no autodistil import: the device-facts part runs befo
 
 def write_rows_csv(path, rows):
     from autodistil.io import write_rows_csv as f
+
     return f(path, rows)
 
 
@@ -41,19 +43,33 @@ def _nvidia_smi(query: str) -> str:
     if shutil.which("nvidia-smi") is None:
         return "n/a"
     try:
-        out = subprocess.run(["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"], capture_output=True,
-                             text=True, timeout=20)
-        return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 and out.stdout.strip() else "n/a"
+        out = subprocess.run(
+            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        return (
+            out.stdout.strip().splitlines()[0].strip()
+            if out.returncode == 0 and out.stdout.strip()
+            else "n/a"
+        )
     except (OSError, subprocess.SubprocessError):
         return "n/a"
 
 
 def device_info(device: str = "cpu") -> dict:
     """Facts every CSV row carries: device name, NVIDIA driver, CUDA runtime, torch, triton."""
-    info = {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda or "n/a",
-            "threads": torch.get_num_threads(), "python": platform.python_version()}
+    info = {
+        "device": device,
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda or "n/a",
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+    }
     try:
         import triton
+
         info["triton"] = triton.__version__
     except ImportError:
         info["triton"] = "none"
@@ -72,10 +88,16 @@ def device_facts() -> dict:
     f.update(cuda_available=torch.cuda.is_available(), cpu_count=os.cpu_count(), cpu=cpu_model())
     if torch.cuda.is_available():
         p = torch.cuda.get_device_properties(0)
-        f.update(capability=f"{p.major}.{p.minor}", sm_count=p.multi_processor_count,
-                 memory_gib=round(p.total_memory / 2**30, 1), bf16=torch.cuda.is_bf16_supported(),
-                 max_sm_clock_mhz=_nvidia_smi("clocks.max.sm"))
-    nvcc = shutil.which("nvcc") or ("/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None)
+        f.update(
+            capability=f"{p.major}.{p.minor}",
+            sm_count=p.multi_processor_count,
+            memory_gib=round(p.total_memory / 2**30, 1),
+            bf16=torch.cuda.is_bf16_supported(),
+            max_sm_clock_mhz=_nvidia_smi("clocks.max.sm"),
+        )
+    nvcc = shutil.which("nvcc") or (
+        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
+    )
     f["nvcc"] = "none"
     if nvcc:
         try:
@@ -106,6 +128,7 @@ def naive_slicing(model=None):
     E[:, :h]) and F.layer_norm on slices, whose slice backward allocates a zero tensor of the
     full parameter size per sliced use. With `model`, its backend is set to "torch" meanwhile."""
     from autodistil.ops.shared import grad_mode_ctx
+
     old = getattr(model, "backend", None)
     if model is not None:
         model.backend = "torch"
@@ -117,8 +140,86 @@ def naive_slicing(model=None):
             model.backend = old
 
 
+class PlainSlicing(torch.nn.Module):
+    """The naive baseline of the supernet step: a SuperBert's own parameters run through plain PyTorch
+    slicing in a plain model, autograd end to end, with no autodistil op, dispatch or autograd
+    Function: F.embedding(ids, E[:, :h]), F.linear(x, W[:o, :i], b[:o]), F.layer_norm(x, (h,),
+    g[:h], b[:h]), F.gelu, SDPA with the bool padding mask (softmax attention when probabilities are
+    asked for). Each sliced use's backward allocates a full-size gradient of its parameter, which
+    autograd adds into .grad. Same signature and output as SuperBert.forward; parameters() are the
+    SuperBert's (an optimizer over them steps this model too)."""
+
+    def __init__(self, model):
+        super().__init__()
+        self.sb = model
+
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        *,
+        output_hidden_states=False,
+        output_qkv=False,
+        output_attentions=False,
+        subnet=None,
+    ):
+        import torch.nn.functional as F
+        from autodistil.nn.superbert import SuperBertOutput
+
+        m, c = self.sb, self.sb.config
+        cfg = m.check_subnet(subnet) if subnet is not None else m.active
+        h, a, f, d = cfg.hidden, cfg.heads, cfg.ffn, c.head_dim
+        w, (B, T) = a * d, input_ids.shape
+        drop = lambda t, p: F.dropout(t, p, self.training) if p > 0 else t  # noqa: E731
+        lin = lambda x, mod, o, i: F.linear(x, mod.weight[:o, :i], mod.bias[:o])  # noqa: E731
+        ln = lambda x, mod, n: F.layer_norm(x, (n,), mod.weight[:n], mod.bias[:n], mod.eps)  # noqa: E731
+        e = m.embeddings
+        tt = torch.zeros_like(input_ids) if token_type_ids is None else token_type_ids
+        x = F.embedding(input_ids, e.word_embeddings.weight[:, :h])  # (B, T, h)
+        x = x + F.embedding(tt, e.token_type_embeddings.weight[:, :h])
+        x = x + F.embedding(torch.arange(T, device=input_ids.device), e.position_embeddings.weight[:, :h])
+        x = drop(ln(x, e.LayerNorm, h), c.dropout)
+        keep = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        hs, qkvs, atts = [x], [], []
+        for li in m.layer_indices(cfg):
+            L = m.encoder.layer[li]
+            sa = L.attention.self
+            q, k, v = (lin(x, mod, w, h) for mod in (sa.query, sa.key, sa.value))  # (B, T, A*d)
+            qh, kh, vh = (t.view(B, T, a, d).transpose(1, 2) for t in (q, k, v))  # (B, A, T, d)
+            probs = None
+            if output_attentions:
+                s = (qh @ kh.transpose(-1, -2)) / d**0.5  # (B, A, T, T)
+                if keep is not None:
+                    s = s.masked_fill(~keep, torch.finfo(s.dtype).min)
+                probs = torch.softmax(s, -1)
+                ctx = drop(probs, c.attention_dropout) @ vh
+            else:
+                ctx = F.scaled_dot_product_attention(
+                    qh, kh, vh, attn_mask=keep, dropout_p=c.attention_dropout if self.training else 0.0
+                )
+            ctx = ctx.transpose(1, 2).reshape(B, T, w)  # (B, T, A*d)
+            o = L.attention.output
+            x = ln(drop(lin(ctx, o.dense, h, w), c.dropout) + x, o.LayerNorm, h)
+            z = F.gelu(lin(x, L.intermediate.dense, f, h))  # (B, T, f)
+            o = L.output
+            x = ln(drop(lin(z, o.dense, h, f), c.dropout) + x, o.LayerNorm, h)
+            hs.append(x)
+            qkvs.append((q, k, v))
+            atts.append(probs)
+        pooled = torch.tanh(lin(x[:, 0], m.pooler.dense, h, h))  # (B, h)
+        return SuperBertOutput(
+            x,
+            pooled,
+            tuple(hs) if output_hidden_states else None,
+            tuple(qkvs) if output_qkv else None,
+            tuple(atts) if output_attentions else None,
+        )
+
+
 class Budget:
     """Wall-clock budget of one benchmark process, counted from its start (import time)."""
+
     t0 = time.perf_counter()
 
     def __init__(self, seconds: float | None):
@@ -135,9 +236,12 @@ def cuda_time(fn, warmup_ms: int = 5, rep_ms: int = 25, grad_to_none=None) -> tu
     """(median, p20, p80) ms of fn with triton.testing.do_bench; call fn once before (compiles,
     autotunes), so do_bench's own estimate of the iteration count is not skewed by that."""
     from triton.testing import do_bench
+
     fn()
     torch.cuda.synchronize()
-    ms, lo, hi = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none)
+    ms, lo, hi = do_bench(
+        fn, warmup=warmup_ms, rep=rep_ms, quantiles=[0.5, 0.2, 0.8], grad_to_none=grad_to_none
+    )
     return float(ms), float(lo), float(hi)
 
 
@@ -146,6 +250,7 @@ def cuda_graph_time(fn, rep_ms: int = 15, grad_to_none=None) -> tuple[float, flo
     the GPU time of its kernels without the CPU launch overhead (Python, autograd) that an eager
     call of a small shape is bound by. fn must already be warm (compiled, autotuned)."""
     from triton.testing import do_bench_cudagraph
+
     r = do_bench_cudagraph(fn, rep=rep_ms, grad_to_none=grad_to_none, quantiles=[0.5, 0.2, 0.8])
     return float(r[0]), float(r[1]), float(r[2])
 
@@ -192,6 +297,7 @@ def device_intervals(events) -> list:
 def profile_cuda(fn, calls: int = 1) -> list:
     """The torch.profiler events (CUDA activity) of `calls` calls of fn, synchronised."""
     from torch.profiler import ProfilerActivity, profile
+
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(calls):
             fn()
@@ -205,7 +311,7 @@ def _kernel_label(name: str, width: int = 48) -> str:
     for ch in "<(":
         n = n.split(ch, 1)[0]
     n = n.replace(",", " ").replace(";", " ").strip() or name[:width]
-    return n if len(n) <= width else n[:width - 1] + "~"
+    return n if len(n) <= width else n[: width - 1] + "~"
 
 
 def kernel_breakdown(events, calls: int = 1, top: int = 8) -> str:
@@ -257,9 +363,21 @@ def median_time(fn, warmup: int = 2, reps: int = 5) -> tuple[float, float, float
 
 
 class _MallInfo2(ctypes.Structure):
-    _fields_ = [(n, ctypes.c_size_t) for n in
-                ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks",
-                 "keepcost")]
+    _fields_ = [
+        (n, ctypes.c_size_t)
+        for n in (
+            "arena",
+            "ordblks",
+            "smblks",
+            "hblks",
+            "hblkhd",
+            "usmblks",
+            "fsmblks",
+            "uordblks",
+            "fordblks",
+            "keepcost",
+        )
+    ]
 
 
 def _malloc_bytes_fn():
@@ -272,6 +390,7 @@ def _malloc_bytes_fn():
     def f():
         m = libc.mallinfo2()
         return m.uordblks + m.hblkhd  # heap in use + mmapped chunks (large tensors)
+
     return f
 
 

@@ -9,7 +9,8 @@
 #   tests    the GPU tests: tests/test_kernels.py whole, and the `gpu`-marked tests of every other
 #            test file that has some (test_cuda_backend.py, test_cuda_attention.py, ...) (JUnit XML)
 #   kernels  bench/bench_kernels.py: sliced linear vs cuBLAS / F.linear, attention vs SDPA
-#   step     bench/bench_supernet_step.py: supernet step tokens/s and memory vs naive slicing
+#   step     bench/bench_supernet_step.py: supernet step tokens/s, GPU-busy share and memory vs naive
+#            slicing, eager backends and the graphed step (cuda_graphs) with the cuda and Triton backends
 #   latency  bench/gpu_latency.py when present (latency owner's part)
 # and after every part bench/gpu_summary.py (re)writes OUTDIR/summary.json and summary.md, so a run
 # cut off anywhere still leaves its verdicts. OUTDIR ends with at most 7 files: gpu_check.log,
@@ -67,9 +68,10 @@ RESERVE=6                      # the final summary
 T0=$(date +%s)
 
 # suggested boxes: the benchmarks get the most (the 2026-11-27 H200 run: the first kernel shape alone
-# took 34 s of Triton compiling and tuning, the step's trainer 11 s; the sm_90 build 32-60 s)
-declare -A BOX=([facts]=15 [build]=100 [imports]=25 [tests]=70 [kernels]=150 [step]=75 [latency]=90)
-declare -A MINBOX=([facts]=10 [build]=90 [imports]=20 [tests]=40 [kernels]=40 [step]=35 [latency]=40)
+# took 34 s of Triton compiling and tuning, the step's trainer 11 s and its Triton warm-up 21 s; the
+# sm_90 build 32-60 s). The step gets the largest share: it times six modes, two of them graphed.
+declare -A BOX=([facts]=15 [build]=100 [imports]=25 [tests]=60 [kernels]=100 [step]=110 [latency]=70)
+declare -A MINBOX=([facts]=10 [build]=90 [imports]=20 [tests]=35 [kernels]=40 [step]=55 [latency]=35)
 PARTS=(facts build imports tests kernels step latency)
 [ -f bench/gpu_latency.py ] || BOX[latency]=0
 for p in "${PARTS[@]}"; do selected "$p" || BOX[$p]=0; done   # time is shared among the selected parts only
@@ -199,13 +201,16 @@ gpu_tests() {
 part tests gpu_tests
 
 # --- benchmarks: if one implementation breaks the CUDA context (exit 3), rerun without it -----
-bench_with_rerun() {  # bench_with_rerun SCRIPT OUTFILE MARGIN_S
+bench_with_rerun() {  # bench_with_rerun SCRIPT OUTFILE MARGIN_S [ARGS...]
     local script=$1 out=$2 margin=$3 args=() excluded=() k rc culprit
+    shift 3
+    local extra=("$@")
     rm -f "$out"
     for k in 1 2 3; do
         local budget=$(( $(part_left) - margin ))
         if [ $budget -lt 5 ]; then echo "no time left for another try"; return 124; fi
-        boxed 100000 "$PY" "$script" --out "$out" --budget-s "$budget" "${args[@]}" 2>&1 | tee "$TMPD/last.out"
+        boxed 100000 "$PY" "$script" --out "$out" --budget-s "$budget" "${extra[@]}" "${args[@]}" 2>&1 \
+            | tee "$TMPD/last.out"
         rc=${PIPESTATUS[0]}
         [ "$rc" != 3 ] && return "$rc"
         culprit=$(grep -o 'CONTEXT_LOST culprit=[^ ]*' "$TMPD/last.out" | tail -1 | cut -d= -f2)
@@ -218,7 +223,12 @@ bench_with_rerun() {  # bench_with_rerun SCRIPT OUTFILE MARGIN_S
     return 3
 }
 kernels() { bench_with_rerun bench/bench_kernels.py "$OUTDIR/kernels_gpu.csv" 12; }
-step() { bench_with_rerun bench/bench_supernet_step.py "$OUTDIR/supernet_step_gpu.csv" 8; }
+# the step's modes in order of priority (a mode past the budget is skipped): naive and the graphed
+# step first, Triton after the others (its first steps compile and tune)
+STEP_MODES=(naive graphs_cuda cuda triton graphs_triton torch)
+step() {
+    bench_with_rerun bench/bench_supernet_step.py "$OUTDIR/supernet_step_gpu.csv" 8 --modes "${STEP_MODES[@]}"
+}
 part kernels kernels
 part step step
 

@@ -1,7 +1,7 @@
 """Host time per transformer layer of the sliced ops: naive eager slicing vs our autograd Functions.
 
 On a GPU at the paper's batch sizes the supernet step is bound by host work (Python, dispatch,
-kernel launches), not by the kernels: on the H200 (bench/results/gpu/2026-11-27_h200_bench) a
+kernel launches), not by the kernels: on the H200 (bench/results/2026-11-27_gpu_h200_bench) a
 base-space sandwich step took 0.19-0.27 s where its matrix products need a few tens of
 milliseconds. This benchmark measures that host work on the CPU, with tensors so small that the
 arithmetic is negligible next to it: a stack of L layers of
@@ -24,10 +24,12 @@ Modes alternate within every round (the machine's speed drifts; interleaving sha
 a mode's figure is the median over rounds of the per-layer microseconds.
 
     python bench/host_overhead.py [--layers 24] [--rounds 15] [--section all|ops|model] [--out JSON]
+        (default JSON: bench/results/<today>_host_overhead/host_overhead.json)
 
 The JSON records which autodistil tree was measured (its path and git commit), so the same
 script run with PYTHONPATH set to an older checkout gives the before/after comparison.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,10 +55,12 @@ MODES = ("naive", "torch")
 
 def make_stack(layers: int, width: int, full: int, tokens: int, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
-    P = {"W": [(torch.randn(full, full, generator=g) * 0.1).requires_grad_() for _ in range(layers)],
-         "b": [torch.zeros(full).requires_grad_() for _ in range(layers)],
-         "g": [torch.ones(full).requires_grad_() for _ in range(layers)],
-         "e": [torch.zeros(full).requires_grad_() for _ in range(layers)]}
+    P = {
+        "W": [(torch.randn(full, full, generator=g) * 0.1).requires_grad_() for _ in range(layers)],
+        "b": [torch.zeros(full).requires_grad_() for _ in range(layers)],
+        "g": [torch.ones(full).requires_grad_() for _ in range(layers)],
+        "e": [torch.zeros(full).requires_grad_() for _ in range(layers)],
+    }
     x0 = torch.randn(tokens, width, generator=g)
 
     def run(mode: str, gelu: bool) -> None:
@@ -81,8 +85,11 @@ def make_model(layers: int, seed: int = 0):
     from autodistil.nn import SuperBert, SuperBertConfig
     from autodistil.ops.shared import grad_mode_ctx
     from autodistil.space import SubnetConfig
+
     torch.manual_seed(seed)
-    c = SuperBertConfig(layers=layers, hidden=64, heads=4, ffn=128, head_dim=16, vocab_size=100, max_position=32)
+    c = SuperBertConfig(
+        layers=layers, hidden=64, heads=4, ffn=128, head_dim=16, vocab_size=100, max_position=32
+    )
     m = SuperBert(c, backend="torch").train()
     sub = SubnetConfig(layers=layers, hidden=48, ffn_ratio=2.0, heads=3)
     ids = torch.randint(1, 100, (2, 4), generator=torch.Generator().manual_seed(seed))
@@ -105,8 +112,15 @@ def per_layer_us(fn, layers: int, calls: int) -> float:
 
 def _commit(path: Path) -> str:
     try:
-        return subprocess.run(["git", "-C", str(path), "describe", "--always", "--dirty"], capture_output=True,
-                              text=True, timeout=10).stdout.strip() or "unknown"
+        return (
+            subprocess.run(
+                ["git", "-C", str(path), "describe", "--always", "--dirty"],
+                capture_output=True,
+                text=True,
+                timeout=10,
+            ).stdout.strip()
+            or "unknown"
+        )
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
@@ -119,7 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=15)
     ap.add_argument("--calls", type=int, default=20, help="stack calls per mode per round")
     ap.add_argument("--section", choices=("all", "ops", "model"), default="all")
-    ap.add_argument("--out", default=str(RESULTS / "host_overhead" / "host_overhead.json"))
+    day = time.strftime("%Y-%m-%d")
+    ap.add_argument("--out", default=str(RESULTS / f"{day}_host_overhead" / "host_overhead.json"))
     a = ap.parse_args(argv)
     if min(a.layers, a.width, a.tokens, a.rounds, a.calls) < 1 or a.width > 64:
         ap.error("--layers, --tokens, --rounds, --calls must be >= 1 and --width in 1..64")
@@ -129,8 +144,12 @@ def main(argv=None) -> int:
         runs["ops"] = make_stack(a.layers, a.width, 64, a.tokens)[0]
     if a.section in ("all", "model"):
         runs["model"] = make_model(a.layers)
-    cases = [(sec, amp, gelu) for sec in runs for amp in (False, True) for gelu in ((False, True) if sec == "ops"
-                                                                                   else (True,))]
+    cases = [
+        (sec, amp, gelu)
+        for sec in runs
+        for amp in (False, True)
+        for gelu in ((False, True) if sec == "ops" else (True,))
+    ]
     samples = {(sec, amp, gelu, m): [] for sec, amp, gelu in cases for m in MODES}
     for sec, amp, gelu in cases:  # warm-up: allocator, dispatcher caches, lazy imports
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
@@ -140,8 +159,10 @@ def main(argv=None) -> int:
     for r in range(a.rounds):
         for sec, amp, gelu in cases:
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
-                for m in (MODES if r % 2 == 0 else MODES[::-1]):
-                    samples[(sec, amp, gelu, m)].append(per_layer_us(lambda: runs[sec](m, gelu), a.layers, a.calls))
+                for m in MODES if r % 2 == 0 else MODES[::-1]:
+                    samples[(sec, amp, gelu, m)].append(
+                        per_layer_us(lambda: runs[sec](m, gelu), a.layers, a.calls)
+                    )
         print(f"round {r + 1}/{a.rounds}", flush=True)
     rows = []
     for sec, amp, gelu in cases:
@@ -149,28 +170,44 @@ def main(argv=None) -> int:
         for m in MODES:
             xs = sorted(samples[(sec, amp, gelu, m)])
             med = statistics.median(xs)
-            rows.append({"section": sec, "autocast_bf16": amp, "gelu": gelu, "mode": m,
-                         "us_per_layer_median": round(med, 1),
-                         "us_per_layer_p20": round(xs[int(0.2 * (len(xs) - 1))], 1),
-                         "us_per_layer_p80": round(xs[int(0.8 * (len(xs) - 1))], 1),
-                         "x_naive": round(med / base, 3)})
+            rows.append(
+                {
+                    "section": sec,
+                    "autocast_bf16": amp,
+                    "gelu": gelu,
+                    "mode": m,
+                    "us_per_layer_median": round(med, 1),
+                    "us_per_layer_p20": round(xs[int(0.2 * (len(xs) - 1))], 1),
+                    "us_per_layer_p80": round(xs[int(0.8 * (len(xs) - 1))], 1),
+                    "x_naive": round(med / base, 3),
+                }
+            )
     tree = Path(autodistil.__file__).resolve().parent.parent
-    res = {"what": "host microseconds per layer, forward and backward, CPU, 1 thread, tensors too small for the "
-                   "arithmetic to count; section ops: sliced linear [+GELU] + sliced LayerNorm with residual; "
-                   "section model: whole SuperBert layers",
-           "config": vars(a), "autodistil_tree": str(tree), "autodistil_commit": _commit(tree),
-           "torch": torch.__version__, "python": platform.python_version(), "cpu": platform.processor() or
-           platform.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
-           "seconds": round(time.time() - t_start, 1), "rows": rows}
+    res = {
+        "what": "host microseconds per layer, forward and backward, CPU, 1 thread, tensors too small for the "
+        "arithmetic to count; section ops: sliced linear [+GELU] + sliced LayerNorm with residual; "
+        "section model: whole SuperBert layers",
+        "config": vars(a),
+        "autodistil_tree": str(tree),
+        "autodistil_commit": _commit(tree),
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "cpu": platform.processor() or platform.machine(),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(t_start)),
+        "seconds": round(time.time() - t_start, 1),
+        "rows": rows,
+    }
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(".tmp")
     tmp.write_text(json.dumps(res, indent=1) + "\n")
     tmp.replace(out)
     for r in rows:
-        print(f"{r['section']:5} amp={r['autocast_bf16']!s:5} gelu={r['gelu']!s:5} {r['mode']:6} "
-              f"{r['us_per_layer_median']:7.1f} us/layer "
-              f"[{r['us_per_layer_p20']}, {r['us_per_layer_p80']}]  {r['x_naive']:.2f}x naive")
+        print(
+            f"{r['section']:5} amp={r['autocast_bf16']!s:5} gelu={r['gelu']!s:5} {r['mode']:6} "
+            f"{r['us_per_layer_median']:7.1f} us/layer "
+            f"[{r['us_per_layer_p20']}, {r['us_per_layer_p80']}]  {r['x_naive']:.2f}x naive"
+        )
     print(out)
     return 0
 

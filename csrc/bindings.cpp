@@ -1,7 +1,8 @@
 // pybind11 bindings of autodistil._C: raw device pointers (as integers), sizes, strides in
 // elements, dtype codes (0 fp32, 1 fp16, 2 bf16) and the CUDA stream handle. No torch headers.
 // std::invalid_argument from a check reaches Python as ValueError, std::runtime_error as
-// RuntimeError. The attention kernels bind themselves (csrc/attention_bindings.cpp).
+// RuntimeError. Attention is not here: the CUDA backend runs the Triton flash kernel or SDPA
+// (autodistil/ops/cuda_backend.py).
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <cuda_runtime.h>
@@ -32,7 +33,6 @@ void layernorm_forward(int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uin
 int64_t layernorm_backward_rows(int64_t);
 void layernorm_backward(int, int, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t, uintptr_t,
                         uintptr_t, uintptr_t, uintptr_t, int64_t, int64_t, int64_t, uintptr_t);
-void bind_attention(pybind11::module_& m);
 }  // namespace autodistil
 
 static int device_count() {
@@ -47,7 +47,7 @@ static int device_count() {
 PYBIND11_MODULE(_C, m) {
   namespace py = pybind11;
   using namespace autodistil;
-  m.doc() = "autodistil CUDA kernels: cuBLASLt sliced GEMMs, exact GELU, sliced LayerNorm, attention";
+  m.doc() = "autodistil CUDA kernels: cuBLASLt sliced GEMMs, exact GELU, sliced LayerNorm";
   m.def("device_count", &device_count, "CUDA devices visible to this build (0 without a GPU)");
   m.def("cuda_runtime_version", [] { int v = 0; cudaRuntimeGetVersion(&v); return v; });
   m.def("has_cublaslt", &has_cublaslt, "whether the build found cublasLt.h (the GEMMs need it)");
@@ -86,5 +86,4 @@ PYBIND11_MODULE(_C, m) {
   m.def("layernorm_forward", &layernorm_forward);
   m.def("layernorm_backward_rows", &layernorm_backward_rows);
   m.def("layernorm_backward", &layernorm_backward);
-  bind_attention(m);
 }

@@ -11,6 +11,7 @@ Limits (checked at the boundary by `check_limits`): T <= MAX_T, d <= MAX_D, B*A 
 65,535 each, which MAX_T keeps). Offsets that scale with B*A*T*d or B*A*T*T are 64-bit.
 A query row whose keys are all masked (an all-padding sequence) gives 0 output, LSE 0 and zero
 gradients."""
+
 from __future__ import annotations
 
 import math
@@ -21,9 +22,9 @@ import triton.language as tl
 
 from ._common import INTERPRET, check_device
 
-MAX_T = 65536   # documented maximum sequence length (>= 16 rows per block keeps axes 1/2 <= 4096 blocks)
-MAX_D = 128     # largest head dim (register budget of the (BM, BLOCK_D) accumulators)
-MAX_GRID_X = 2 ** 31 - 1
+MAX_T = 65536  # documented maximum sequence length (>= 16 rows per block keeps axes 1/2 <= 4096 blocks)
+MAX_D = 128  # largest head dim (register budget of the (BM, BLOCK_D) accumulators)
+MAX_GRID_X = 2**31 - 1
 MAX_GRID_YZ = 65535
 
 # Block sizes per kernel: kind -> (BM, BN, num_warps, num_stages). BLOCK_OVERRIDE (same keys)
@@ -43,7 +44,7 @@ def blocks(kind: str, T: int, BD: int, dtype) -> tuple:
     if kind == "fwd":
         if small:
             return (32, 32, 4, 2) if T <= 32 else (64, 64, 4, 2)
-        return (128, 64, 4 if BD <= 64 else 8, 3)   # one program per (128 queries, b*h) at T=128
+        return (128, 64, 4 if BD <= 64 else 8, 3)  # one program per (128 queries, b*h) at T=128
     if kind == "probs":
         return 64, 64, 4, 2
     if small:
@@ -56,17 +57,23 @@ def check_limits(B: int, A: int, T: int, D: int) -> None:
     if T > MAX_T:
         raise ValueError(f"triton attention: sequence length T={T} exceeds the maximum T={MAX_T}")
     if D > MAX_D:
-        raise ValueError(f"triton attention: head dim {D} > {MAX_D} is not supported (1..{MAX_D}: 32, 64, 128, ...)")
+        raise ValueError(
+            f"triton attention: head dim {D} > {MAX_D} is not supported (1..{MAX_D}: 32, 64, 128, ...)"
+        )
     if B * A > MAX_GRID_X:
-        raise ValueError(f"triton attention: batch*heads = {B}*{A} = {B * A} exceeds the grid limit {MAX_GRID_X}")
+        raise ValueError(
+            f"triton attention: batch*heads = {B}*{A} = {B * A} exceeds the grid limit {MAX_GRID_X}"
+        )
 
 
 def grid(B: int, A: int, T: int, BM: int, BN: int | None = None) -> tuple:
     """(B*A on axis 0, query blocks on axis 1[, key blocks on axis 2]); axes 1/2 capped at 65,535."""
     g = (B * A, triton.cdiv(T, BM)) + ((triton.cdiv(T, BN),) if BN is not None else ())
     if g[0] > MAX_GRID_X or any(n > MAX_GRID_YZ for n in g[1:]):
-        raise ValueError(f"triton attention: grid {g} is past the limits (axis 0 <= {MAX_GRID_X}, "
-                         f"axes 1/2 <= {MAX_GRID_YZ})")
+        raise ValueError(
+            f"triton attention: grid {g} is past the limits (axis 0 <= {MAX_GRID_X}, "
+            f"axes 1/2 <= {MAX_GRID_YZ})"
+        )
     return g
 
 
@@ -86,9 +93,33 @@ def _key_valid(mask_ptr, b, s_mb, rn, T, HAS_MASK: tl.constexpr):
 
 
 @triton.jit
-def _attn_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, A, T, D, scale,
-              sq_b, sq_a, sq_t, sk_b, sk_a, sk_t, sv_b, sv_a, sv_t, s_mb,
-              HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _attn_fwd(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    o_ptr,
+    lse_ptr,
+    A,
+    T,
+    D,
+    scale,
+    sq_b,
+    sq_a,
+    sq_t,
+    sk_b,
+    sk_a,
+    sk_t,
+    sv_b,
+    sv_a,
+    sv_t,
+    s_mb,
+    HAS_MASK: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+):
     bh = tl.program_id(0).to(tl.int64)  # bh * T * D can pass 2^31
     pid_m = tl.program_id(1)
     b, a = bh // A, bh % A
@@ -96,8 +127,11 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, A, T, D, scale,
     rd = tl.arange(0, BD)
     rn0 = tl.arange(0, BN)
     dm = rd < D
-    q = tl.load(q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :],
-                mask=(rm[:, None] < T) & dm[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :],
+        mask=(rm[:, None] < T) & dm[None, :],
+        other=0.0,
+    )
     k_ptrs = k_ptr + b * sk_b + a * sk_a + rn0.to(tl.int64)[:, None] * sk_t + rd[None, :]
     v_ptrs = v_ptr + b * sv_b + a * sv_a + rn0.to(tl.int64)[:, None] * sv_t + rd[None, :]
     m_i = tl.full((BM,), float("-inf"), tl.float32)
@@ -108,7 +142,7 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, A, T, D, scale,
         kv_m = (rn[:, None] < T) & dm[None, :]
         k = tl.load(k_ptrs, mask=kv_m, other=0.0)
         v = tl.load(v_ptrs, mask=kv_m, other=0.0)
-        s = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale                      # (BM, BN)
+        s = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale  # (BM, BN)
         valid = _key_valid(mask_ptr, b, s_mb, rn, T, HAS_MASK)
         s = tl.where(valid[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, axis=1))
@@ -122,14 +156,18 @@ def _attn_fwd(q_ptr, k_ptr, v_ptr, mask_ptr, o_ptr, lse_ptr, A, T, D, scale,
         v_ptrs += BN * sv_t
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)  # fully masked row: output 0, LSE 0
     out = acc / l_safe[:, None]
-    tl.store(o_ptr + bh * T * D + rm[:, None] * D + rd[None, :], out.to(o_ptr.dtype.element_ty),
-             mask=(rm[:, None] < T) & dm[None, :])
+    tl.store(
+        o_ptr + bh * T * D + rm[:, None] * D + rd[None, :],
+        out.to(o_ptr.dtype.element_ty),
+        mask=(rm[:, None] < T) & dm[None, :],
+    )
     tl.store(lse_ptr + bh * T + rm, tl.where(m_i == float("-inf"), 0.0, m_i) + tl.log(l_safe), mask=rm < T)
 
 
 @triton.jit
-def _attn_bwd_delta(o_ptr, do_ptr, delta_ptr, A, T, D, sdo_b, sdo_a, sdo_t,
-                    BM: tl.constexpr, BD: tl.constexpr):
+def _attn_bwd_delta(
+    o_ptr, do_ptr, delta_ptr, A, T, D, sdo_b, sdo_a, sdo_t, BM: tl.constexpr, BD: tl.constexpr
+):
     """delta[bh, t] = sum_d dO * O (fp32), do read by its strides."""
     bh = tl.program_id(0).to(tl.int64)
     rm = tl.program_id(1) * BM + tl.arange(0, BM)
@@ -137,15 +175,46 @@ def _attn_bwd_delta(o_ptr, do_ptr, delta_ptr, A, T, D, sdo_b, sdo_a, sdo_t,
     mk = (rm[:, None] < T) & (rd[None, :] < D)
     b, a = bh // A, bh % A
     o = tl.load(o_ptr + bh * T * D + rm[:, None] * D + rd[None, :], mask=mk, other=0.0).to(tl.float32)
-    do = tl.load(do_ptr + b * sdo_b + a * sdo_a + rm.to(tl.int64)[:, None] * sdo_t + rd[None, :], mask=mk,
-                 other=0.0).to(tl.float32)
+    do = tl.load(
+        do_ptr + b * sdo_b + a * sdo_a + rm.to(tl.int64)[:, None] * sdo_t + rd[None, :], mask=mk, other=0.0
+    ).to(tl.float32)
     tl.store(delta_ptr + bh * T + rm, tl.sum(o * do, axis=1), mask=rm < T)
 
 
 @triton.jit
-def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk_ptr, dv_ptr, A, T, D, scale,
-                   sq_b, sq_a, sq_t, sk_b, sk_a, sk_t, sv_b, sv_a, sv_t, s_mb, sdo_b, sdo_a, sdo_t,
-                   HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _attn_bwd_dkdv(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dk_ptr,
+    dv_ptr,
+    A,
+    T,
+    D,
+    scale,
+    sq_b,
+    sq_a,
+    sq_t,
+    sk_b,
+    sk_a,
+    sk_t,
+    sv_b,
+    sv_a,
+    sv_t,
+    s_mb,
+    sdo_b,
+    sdo_a,
+    sdo_t,
+    HAS_MASK: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+):
     bh = tl.program_id(0).to(tl.int64)
     pid_n = tl.program_id(1)
     b, a = bh // A, bh % A
@@ -154,8 +223,12 @@ def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk
     rm0 = tl.arange(0, BM)
     dm = rd < D
     kv_m = (rn[:, None] < T) & dm[None, :]
-    k = tl.load(k_ptr + b * sk_b + a * sk_a + rn.to(tl.int64)[:, None] * sk_t + rd[None, :], mask=kv_m, other=0.0)
-    v = tl.load(v_ptr + b * sv_b + a * sv_a + rn.to(tl.int64)[:, None] * sv_t + rd[None, :], mask=kv_m, other=0.0)
+    k = tl.load(
+        k_ptr + b * sk_b + a * sk_a + rn.to(tl.int64)[:, None] * sk_t + rd[None, :], mask=kv_m, other=0.0
+    )
+    v = tl.load(
+        v_ptr + b * sv_b + a * sv_a + rn.to(tl.int64)[:, None] * sv_t + rd[None, :], mask=kv_m, other=0.0
+    )
     valid = _key_valid(mask_ptr, b, s_mb, rn, T, HAS_MASK)
     q_ptrs = q_ptr + b * sq_b + a * sq_a + rm0.to(tl.int64)[:, None] * sq_t + rd[None, :]
     do_ptrs = do_ptr + b * sdo_b + a * sdo_a + rm0.to(tl.int64)[:, None] * sdo_t + rd[None, :]
@@ -168,7 +241,7 @@ def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk
         do = tl.load(do_ptrs, mask=q_m, other=0.0)
         lse = tl.load(lse_ptr + bh * T + rm, mask=rm < T, other=0.0)
         delta = tl.load(delta_ptr + bh * T + rm, mask=rm < T, other=0.0)
-        s = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale                      # (BM, BN)
+        s = _dot(q, tl.trans(k), IEEE).to(tl.float32) * scale  # (BM, BN)
         p = tl.exp(s - lse[:, None])
         p = tl.where(valid[None, :] & (rm[:, None] < T), p, 0.0)
         dv += _dot(tl.trans(p).to(do.dtype), do, IEEE).to(tl.float32)
@@ -183,9 +256,38 @@ def _attn_bwd_dkdv(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dk
 
 
 @triton.jit
-def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_ptr, A, T, D, scale,
-                 sq_b, sq_a, sq_t, sk_b, sk_a, sk_t, sv_b, sv_a, sv_t, s_mb, sdo_b, sdo_a, sdo_t,
-                 HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _attn_bwd_dq(
+    q_ptr,
+    k_ptr,
+    v_ptr,
+    mask_ptr,
+    do_ptr,
+    lse_ptr,
+    delta_ptr,
+    dq_ptr,
+    A,
+    T,
+    D,
+    scale,
+    sq_b,
+    sq_a,
+    sq_t,
+    sk_b,
+    sk_a,
+    sk_t,
+    sv_b,
+    sv_a,
+    sv_t,
+    s_mb,
+    sdo_b,
+    sdo_a,
+    sdo_t,
+    HAS_MASK: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+):
     bh = tl.program_id(0).to(tl.int64)
     pid_m = tl.program_id(1)
     b, a = bh // A, bh % A
@@ -194,9 +296,12 @@ def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_p
     rn0 = tl.arange(0, BN)
     dm = rd < D
     q_m = (rm[:, None] < T) & dm[None, :]
-    q = tl.load(q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :], mask=q_m, other=0.0)
-    do = tl.load(do_ptr + b * sdo_b + a * sdo_a + rm.to(tl.int64)[:, None] * sdo_t + rd[None, :], mask=q_m,
-                 other=0.0)
+    q = tl.load(
+        q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :], mask=q_m, other=0.0
+    )
+    do = tl.load(
+        do_ptr + b * sdo_b + a * sdo_a + rm.to(tl.int64)[:, None] * sdo_t + rd[None, :], mask=q_m, other=0.0
+    )
     lse = tl.load(lse_ptr + bh * T + rm, mask=rm < T, other=0.0)
     delta = tl.load(delta_ptr + bh * T + rm, mask=rm < T, other=0.0)
     k_ptrs = k_ptr + b * sk_b + a * sk_a + rn0.to(tl.int64)[:, None] * sk_t + rd[None, :]
@@ -215,12 +320,37 @@ def _attn_bwd_dq(q_ptr, k_ptr, v_ptr, mask_ptr, do_ptr, lse_ptr, delta_ptr, dq_p
         dq += _dot(ds.to(k.dtype), k, IEEE).to(tl.float32)
         k_ptrs += BN * sk_t
         v_ptrs += BN * sv_t
-    tl.store(dq_ptr + bh * T * D + rm[:, None] * D + rd[None, :], (dq * scale).to(dq_ptr.dtype.element_ty), mask=q_m)
+    tl.store(
+        dq_ptr + bh * T * D + rm[:, None] * D + rd[None, :],
+        (dq * scale).to(dq_ptr.dtype.element_ty),
+        mask=q_m,
+    )
 
 
 @triton.jit
-def _attn_probs(q_ptr, k_ptr, mask_ptr, lse_ptr, p_ptr, A, T, D, scale, sq_b, sq_a, sq_t, sk_b, sk_a, sk_t, s_mb,
-                HAS_MASK: tl.constexpr, IEEE: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BD: tl.constexpr):
+def _attn_probs(
+    q_ptr,
+    k_ptr,
+    mask_ptr,
+    lse_ptr,
+    p_ptr,
+    A,
+    T,
+    D,
+    scale,
+    sq_b,
+    sq_a,
+    sq_t,
+    sk_b,
+    sk_a,
+    sk_t,
+    s_mb,
+    HAS_MASK: tl.constexpr,
+    IEEE: tl.constexpr,
+    BM: tl.constexpr,
+    BN: tl.constexpr,
+    BD: tl.constexpr,
+):
     bh = tl.program_id(0).to(tl.int64)  # bh * T * T passes 2^31 long before anything else
     pid_m, pid_n = tl.program_id(1), tl.program_id(2)
     b, a = bh // A, bh % A
@@ -228,15 +358,26 @@ def _attn_probs(q_ptr, k_ptr, mask_ptr, lse_ptr, p_ptr, A, T, D, scale, sq_b, sq
     rn = pid_n * BN + tl.arange(0, BN)
     rd = tl.arange(0, BD)
     dm = rd < D
-    q = tl.load(q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :],
-                mask=(rm[:, None] < T) & dm[None, :], other=0.0)
-    k = tl.load(k_ptr + b * sk_b + a * sk_a + rn.to(tl.int64)[:, None] * sk_t + rd[None, :],
-                mask=(rn[:, None] < T) & dm[None, :], other=0.0)
+    q = tl.load(
+        q_ptr + b * sq_b + a * sq_a + rm.to(tl.int64)[:, None] * sq_t + rd[None, :],
+        mask=(rm[:, None] < T) & dm[None, :],
+        other=0.0,
+    )
+    k = tl.load(
+        k_ptr + b * sk_b + a * sk_a + rn.to(tl.int64)[:, None] * sk_t + rd[None, :],
+        mask=(rn[:, None] < T) & dm[None, :],
+        other=0.0,
+    )
     lse = tl.load(lse_ptr + bh * T + rm, mask=rm < T, other=0.0)
     valid = _key_valid(mask_ptr, b, s_mb, rn, T, HAS_MASK)
-    p = tl.where(valid[None, :], tl.exp(_dot(q, tl.trans(k), IEEE).to(tl.float32) * scale - lse[:, None]), 0.0)
-    tl.store(p_ptr + bh * T * T + rm.to(tl.int64)[:, None] * T + rn[None, :], p.to(p_ptr.dtype.element_ty),
-             mask=(rm[:, None] < T) & (rn[None, :] < T))
+    p = tl.where(
+        valid[None, :], tl.exp(_dot(q, tl.trans(k), IEEE).to(tl.float32) * scale - lse[:, None]), 0.0
+    )
+    tl.store(
+        p_ptr + bh * T * T + rm.to(tl.int64)[:, None] * T + rn[None, :],
+        p.to(p_ptr.dtype.element_ty),
+        mask=(rm[:, None] < T) & (rn[None, :] < T),
+    )
 
 
 def _common_args(q, k, v, key_mask):
@@ -250,8 +391,18 @@ def _common_args(q, k, v, key_mask):
             raise ValueError(f"triton attention: {name} dtype {t.dtype} != q dtype {q.dtype}")
     BD = max(16, triton.next_power_of_2(D))
     m = key_mask.to(torch.int32).contiguous() if key_mask is not None else q
-    strides = (q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-               v.stride(0), v.stride(1), v.stride(2), m.stride(0) if key_mask is not None else 0)
+    strides = (
+        q.stride(0),
+        q.stride(1),
+        q.stride(2),
+        k.stride(0),
+        k.stride(1),
+        k.stride(2),
+        v.stride(0),
+        v.stride(1),
+        v.stride(2),
+        m.stride(0) if key_mask is not None else 0,
+    )
     return B, A, T, D, BD, m, strides
 
 
@@ -263,8 +414,26 @@ class FlashAttentionTriton(torch.autograd.Function):
         o = torch.empty((B, A, T, D), device=q.device, dtype=q.dtype)
         lse = torch.empty((B, A, T), device=q.device, dtype=torch.float32)
         BM, BN, w, s = blocks("fwd", T, BD, q.dtype)
-        _attn_fwd[grid(B, A, T, BM)](q, k, v, m, o, lse, A, T, D, scale, *st, HAS_MASK=key_mask is not None,
-                                     IEEE=q.dtype == torch.float32, BM=BM, BN=BN, BD=BD, num_warps=w, num_stages=s)
+        _attn_fwd[grid(B, A, T, BM)](
+            q,
+            k,
+            v,
+            m,
+            o,
+            lse,
+            A,
+            T,
+            D,
+            scale,
+            *st,
+            HAS_MASK=key_mask is not None,
+            IEEE=q.dtype == torch.float32,
+            BM=BM,
+            BN=BN,
+            BD=BD,
+            num_warps=w,
+            num_stages=s,
+        )
         ctx.save_for_backward(q, k, v, m, o, lse)
         ctx.has_mask, ctx.scale, ctx.st, ctx.BD = key_mask is not None, scale, st, BD
         ctx.mark_non_differentiable(lse)
@@ -283,13 +452,54 @@ class FlashAttentionTriton(torch.autograd.Function):
         _attn_bwd_delta[grid(B, A, T, dbm)](o, do, delta, A, T, D, *sdo, BM=dbm, BD=BD)
         dq, dk, dv = (torch.empty((B, A, T, D), device=q.device, dtype=q.dtype) for _ in range(3))
         BM, BN, w, s = blocks("bwd_dkdv", T, BD, q.dtype)
-        _attn_bwd_dkdv[grid(B, A, T, BN)](q, k, v, m, do, lse, delta, dk, dv, A, T, D, ctx.scale, *st, *sdo,
-                                          HAS_MASK=ctx.has_mask, IEEE=ieee, BM=BM, BN=BN, BD=BD,
-                                          num_warps=w, num_stages=s)
+        _attn_bwd_dkdv[grid(B, A, T, BN)](
+            q,
+            k,
+            v,
+            m,
+            do,
+            lse,
+            delta,
+            dk,
+            dv,
+            A,
+            T,
+            D,
+            ctx.scale,
+            *st,
+            *sdo,
+            HAS_MASK=ctx.has_mask,
+            IEEE=ieee,
+            BM=BM,
+            BN=BN,
+            BD=BD,
+            num_warps=w,
+            num_stages=s,
+        )
         BM, BN, w, s = blocks("bwd_dq", T, BD, q.dtype)
-        _attn_bwd_dq[grid(B, A, T, BM)](q, k, v, m, do, lse, delta, dq, A, T, D, ctx.scale, *st, *sdo,
-                                        HAS_MASK=ctx.has_mask, IEEE=ieee, BM=BM, BN=BN, BD=BD,
-                                        num_warps=w, num_stages=s)
+        _attn_bwd_dq[grid(B, A, T, BM)](
+            q,
+            k,
+            v,
+            m,
+            do,
+            lse,
+            delta,
+            dq,
+            A,
+            T,
+            D,
+            ctx.scale,
+            *st,
+            *sdo,
+            HAS_MASK=ctx.has_mask,
+            IEEE=ieee,
+            BM=BM,
+            BN=BN,
+            BD=BD,
+            num_warps=w,
+            num_stages=s,
+        )
         return dq, dk, dv, None
 
 
@@ -298,9 +508,26 @@ def attention_probs(q, k, key_mask, lse):
     B, A, T, D, BD, m, st = _common_args(q, k, k, key_mask)
     p = torch.empty((B, A, T, T), device=q.device, dtype=q.dtype)
     BM, BN, w, s = blocks("probs", T, BD, q.dtype)
-    _attn_probs[grid(B, A, T, BM, BN)](q, k, m, lse, p, A, T, D, 1.0 / math.sqrt(D), *st[:6], st[9],
-                                       HAS_MASK=key_mask is not None, IEEE=q.dtype == torch.float32,
-                                       BM=BM, BN=BN, BD=BD, num_warps=w, num_stages=s)
+    _attn_probs[grid(B, A, T, BM, BN)](
+        q,
+        k,
+        m,
+        lse,
+        p,
+        A,
+        T,
+        D,
+        1.0 / math.sqrt(D),
+        *st[:6],
+        st[9],
+        HAS_MASK=key_mask is not None,
+        IEEE=q.dtype == torch.float32,
+        BM=BM,
+        BN=BN,
+        BD=BD,
+        num_warps=w,
+        num_stages=s,
+    )
     return p
 
 
@@ -309,8 +536,10 @@ def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
     the dispatch (autodistil.ops.dispatch.sliced_attention) sends attention dropout and
     probabilities that carry gradient to the torch reference before calling this."""
     if dropout_p > 0:
-        raise ValueError(f"triton attention: dropout_p={dropout_p} is not supported by the kernels "
-                         f"(only 0.0; ops.sliced_attention routes dropout to the torch path)")
+        raise ValueError(
+            f"triton attention: dropout_p={dropout_p} is not supported by the kernels "
+            f"(only 0.0; ops.sliced_attention routes dropout to the torch path)"
+        )
     if q.is_cuda and torch.is_autocast_enabled("cuda"):  # as SDPA: fp32 q/k/v run in the autocast dtype
         dt = torch.get_autocast_dtype("cuda")
         q, k, v = (t.to(dt) if t.dtype == torch.float32 else t for t in (q, k, v))

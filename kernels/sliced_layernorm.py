@@ -5,23 +5,31 @@ Mixed precision (launcher contract, autodistil.ops.shared): x, residual, the sav
 in the activation dtype (bf16/fp16 under autocast); gamma/beta stay in their own dtype (fp32
 master parameters) and are read as such; all statistics and arithmetic are fp32; dgamma/dbeta
 are fp32 per-program partial sums reduced in a fixed order (deterministic)."""
+
 from __future__ import annotations
 
 import torch
 import triton
 import triton.language as tl
 
-from autodistil.ops.shared import (ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
-                                   sliced_ffn_layernorm_function, sliced_layernorm_function,
-                                   sliced_linear_layernorm_function)
-
 from ._common import check_device
-from .sliced_linear import _TritonLinear, sliced_linear
 
 
 @triton.jit
-def _ln_fwd(x_ptr, r_ptr, s_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, H, eps,
-            HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+def _ln_fwd(
+    x_ptr,
+    r_ptr,
+    s_ptr,
+    y_ptr,
+    w_ptr,
+    b_ptr,
+    mean_ptr,
+    rstd_ptr,
+    H,
+    eps,
+    HAS_RES: tl.constexpr,
+    BLOCK: tl.constexpr,
+):
     row = tl.program_id(0).to(tl.int64)  # rows * H can pass 2^31
     cols = tl.arange(0, BLOCK)
     m = cols < H
@@ -41,8 +49,9 @@ def _ln_fwd(x_ptr, r_ptr, s_ptr, y_ptr, w_ptr, b_ptr, mean_ptr, rstd_ptr, H, eps
 
 
 @triton.jit
-def _ln_bwd(dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, N, H, ROWS,
-            BLOCK: tl.constexpr):
+def _ln_bwd(
+    dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, N, H, ROWS, BLOCK: tl.constexpr
+):
     """Each program: ROWS rows; dx per row, dgamma/dbeta partial sums per program."""
     pid = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
@@ -71,12 +80,25 @@ def _ln_bwd(dy_ptr, s_ptr, w_ptr, mean_ptr, rstd_ptr, dx_ptr, dw_part, db_part, 
 
 class _TritonLayerNorm:
     """The launchers behind the shared autograd Function (autodistil.ops.shared)."""
+
     check = staticmethod(check_device)
 
     @staticmethod
     def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
-        _ln_fwd[(x2.shape[0],)](x2, r2 if r2 is not None else x2, s, y, weight, bias, mean, rstd, width, eps,
-                                HAS_RES=r2 is not None, BLOCK=triton.next_power_of_2(width))
+        _ln_fwd[(x2.shape[0],)](
+            x2,
+            r2 if r2 is not None else x2,
+            s,
+            y,
+            weight,
+            bias,
+            mean,
+            rstd,
+            width,
+            eps,
+            HAS_RES=r2 is not None,
+            BLOCK=triton.next_power_of_2(width),
+        )
 
     @staticmethod
     def backward(dy2, s, weight, mean, rstd, dx, h):
@@ -84,29 +106,7 @@ class _TritonLayerNorm:
         n_prog = triton.cdiv(N, ROWS)
         dw_part = torch.empty((n_prog, h), device=dy2.device, dtype=torch.float32)
         db_part = torch.empty_like(dw_part)
-        _ln_bwd[(n_prog,)](dy2, s, weight, mean, rstd, dx, dw_part, db_part, N, h, ROWS,
-                           BLOCK=triton.next_power_of_2(h))
+        _ln_bwd[(n_prog,)](
+            dy2, s, weight, mean, rstd, dx, dw_part, db_part, N, h, ROWS, BLOCK=triton.next_power_of_2(h)
+        )
         return dw_part.sum(0), db_part.sum(0)
-
-
-SlicedLayerNormTriton = sliced_layernorm_function(_TritonLayerNorm, "triton")
-SlicedLinearLayerNormTriton = sliced_linear_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
-SlicedFFNLayerNormTriton = sliced_ffn_layernorm_function(_TritonLinear, _TritonLayerNorm, "triton")
-
-
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    return SlicedLayerNormTriton.apply(x, weight, bias, width, eps, residual)
-
-
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if needs_grad(x, weight, bias, gamma, beta, residual):
-        return SlicedLinearLayerNormTriton.apply(x, weight, bias, gamma, beta, out_features, in_features, eps,
-                                                 residual)
-    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                  in_features, eps, residual)
-
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
-        return SlicedFFNLayerNormTriton.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)

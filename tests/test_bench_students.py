@@ -1,36 +1,45 @@
-"""bench/students_vs_baselines.py and bench/student_recipe.py without fine-tuning: the seed-noise
-verdicts on known inputs, and the recipe parser's errors."""
+"""experiments/students_vs_baselines.py and experiments/student_recipe.py without fine-tuning: the
+seed-noise verdicts on known inputs, and the recipe parser's errors."""
+
 import argparse
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "bench"))
-
-import student_recipe as recipe  # noqa: E402
-import students_vs_baselines as svb  # noqa: E402
+from experiments import student_recipe as recipe
+from experiments import students_vs_baselines as svb
 
 
 def _comparison():
-    rows = [{"role": "searched", "name": "s", "measured_ms": 9.0, "vs_teacher": 0.23},
-            {"role": "first-layers", "name": "f", "measured_ms": 7.4, "vs_teacher": 0.19},
-            {"role": "flops-search", "name": "p", "measured_ms": 15.8, "vs_teacher": 0.41}]
+    rows = [
+        {"role": "searched", "name": "s", "measured_ms": 9.0, "vs_teacher": 0.23},
+        {"role": "first-layers", "name": "f", "measured_ms": 7.4, "vs_teacher": 0.19},
+        {"role": "flops-search", "name": "p", "measured_ms": 15.8, "vs_teacher": 0.41},
+    ]
     return [{"budget": "0.3", "budget_ms": 11.77, "fraction": 0.3, "rows": rows}]
 
 
 def _per_seed(scores: dict) -> dict:
-    return {s: {n: {"score": v[i], "metrics": {"f1": v[i] + 0.05}} for n, v in scores.items()}
-            for i, s in enumerate((0, 1, 2))}
+    return {
+        s: {n: {"score": v[i], "metrics": {"f1": v[i] + 0.05}} for n, v in scores.items()}
+        for i, s in enumerate((0, 1, 2))
+    }
 
 
-@pytest.mark.parametrize("searched,first,flops,v_first,v_flops", [
-    # a clear win over the first layers, a loss to the FLOPs pick
-    ([0.78, 0.79, 0.78], [0.70, 0.71, 0.69], [0.80, 0.81, 0.82], "win", "loss"),
-    # the mean difference (+0.01) is smaller than the first layers' seed std (0.02): no win
-    ([0.78, 0.78, 0.78], [0.75, 0.79, 0.77], [0.78, 0.78, 0.78], "tie (within seed noise)",
-     "tie (within seed noise)"),
-])
+@pytest.mark.parametrize(
+    "searched,first,flops,v_first,v_flops",
+    [
+        # a clear win over the first layers, a loss to the FLOPs pick
+        ([0.78, 0.79, 0.78], [0.70, 0.71, 0.69], [0.80, 0.81, 0.82], "win", "loss"),
+        # the mean difference (+0.01) is smaller than the first layers' seed std (0.02): no win
+        (
+            [0.78, 0.78, 0.78],
+            [0.75, 0.79, 0.77],
+            [0.78, 0.78, 0.78],
+            "tie (within seed noise)",
+            "tie (within seed noise)",
+        ),
+    ],
+)
 def test_verdict_is_a_win_only_beyond_seed_noise(searched, first, flops, v_first, v_flops):
     out = svb.summarize(_per_seed({"s": searched, "f": first, "p": flops}), _comparison(), teacher_score=0.82)
     b = out["budgets"][0]

@@ -22,21 +22,67 @@ def test_space_and_cost(capsys):
     assert rc == 0 and "paper formula : 0.275 GMACs  6.89M params" in out and "MACs" in out
 
 
-@pytest.mark.parametrize("args,msg", [
-    (["cost", "1"], "the following arguments are required: H, R, A"),
-    (["cost", "4", "101", "2.5", "7"], "non-integer FFN width 252.5"),
-    (["space", "--paper", "--space", "huge"], "unknown subspace ['huge']"),
-    (["export", "--supernet", "/nonexistent", "--layers", "1", "--hidden", "32", "--ffn-ratio", "2",
-      "--heads", "2", "--out", "x"], "supernet folder not found: /nonexistent"),
-    (["frobnicate"], "invalid choice: 'frobnicate'"),
-    (["measure", "--table", "/nonexistent.json", "--model", "a=/x", "--out", "o.json"], "/nonexistent.json"),
-    (["profile", "--stat", "mean", "--out", "t.json"], "stat 'mean' is not allowed"),
-    (["profile", "--depths", "3", "--out", "t.json"], "depths (3,) must hold at least two distinct depths"),
-    (["search", "--supernet", "x", "--reanchor", "--latency-ms", "5", "--out", "o"], "--reanchor needs --table"),
-    (["search", "--supernet", "x", "--table", "t.json", "--reanchor", "--verify-top", "2", "--latency-ms", "5",
-      "--out", "o"], "--reanchor needs --table and no --verify-top"),
-    (["search", "--supernet", "x", "--objective", "proxy", "--reanchor", "--out", "o"], "--reanchor needs --table"),
-])
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["cost", "1"], "the following arguments are required: H, R, A"),
+        (["cost", "4", "101", "2.5", "7"], "non-integer FFN width 252.5"),
+        (["space", "--paper", "--space", "huge"], "unknown subspace ['huge']"),
+        (
+            [
+                "export",
+                "--supernet",
+                "/nonexistent",
+                "--layers",
+                "1",
+                "--hidden",
+                "32",
+                "--ffn-ratio",
+                "2",
+                "--heads",
+                "2",
+                "--out",
+                "x",
+            ],
+            "supernet folder not found: /nonexistent",
+        ),
+        (["frobnicate"], "invalid choice: 'frobnicate'"),
+        (
+            ["measure", "--table", "/nonexistent.json", "--model", "a=/x", "--out", "o.json"],
+            "/nonexistent.json",
+        ),
+        (["profile", "--stat", "mean", "--out", "t.json"], "stat 'mean' is not allowed"),
+        (
+            ["profile", "--depths", "3", "--out", "t.json"],
+            "depths (3,) must hold at least two distinct depths",
+        ),
+        (
+            ["search", "--supernet", "x", "--reanchor", "--latency-ms", "5", "--out", "o"],
+            "--reanchor needs --table",
+        ),
+        (
+            [
+                "search",
+                "--supernet",
+                "x",
+                "--table",
+                "t.json",
+                "--reanchor",
+                "--verify-top",
+                "2",
+                "--latency-ms",
+                "5",
+                "--out",
+                "o",
+            ],
+            "--reanchor needs --table and no --verify-top",
+        ),
+        (
+            ["search", "--supernet", "x", "--objective", "proxy", "--reanchor", "--out", "o"],
+            "--reanchor needs --table",
+        ),
+    ],
+)
 def test_bad_arguments_one_line_exit_2(args, msg, capsys):
     rc, _, err = run(args, capsys)
     assert rc == 2
@@ -46,15 +92,50 @@ def test_bad_arguments_one_line_exit_2(args, msg, capsys):
 def test_export_cli(small_space, tmp_path, capsys):
     sb = SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=200))
     save_supernet(tmp_path / "ck", sb, [small_space])
-    rc, out, _ = run(["export", "--supernet", str(tmp_path / "ck"), "--layers", "2", "--hidden", "48",
-                      "--ffn-ratio", "2.5", "--heads", "3", "--out", str(tmp_path / "s")], capsys)
+    rc, out, _ = run(
+        [
+            "export",
+            "--supernet",
+            str(tmp_path / "ck"),
+            "--layers",
+            "2",
+            "--hidden",
+            "48",
+            "--ffn-ratio",
+            "2.5",
+            "--heads",
+            "3",
+            "--out",
+            str(tmp_path / "s"),
+        ],
+        capsys,
+    )
     assert rc == 0 and (tmp_path / "s" / "config.json").is_file()
-    rc, _, err = run(["export", "--supernet", str(tmp_path / "ck"), "--layers", "9", "--hidden", "48",
-                      "--ffn-ratio", "2.5", "--heads", "3", "--out", str(tmp_path / "s2")], capsys)
+    rc, _, err = run(
+        [
+            "export",
+            "--supernet",
+            str(tmp_path / "ck"),
+            "--layers",
+            "9",
+            "--hidden",
+            "48",
+            "--ffn-ratio",
+            "2.5",
+            "--heads",
+            "3",
+            "--out",
+            str(tmp_path / "s2"),
+        ],
+        capsys,
+    )
     assert rc == 2 and "in none of the checkpoint's spaces" in err
 
 
 def test_console_script_runs():
-    r = subprocess.run([sys.executable, "-m", "autodistil.cli", "cost", "12", "768", "4", "12"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "autodistil.cli", "cost", "12", "768", "4", "12"],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0 and "11.249 GMACs" in r.stdout

@@ -1,5 +1,6 @@
 """One config tree: sections, flattened sections, fields a job owns, documentation as --help, and
 the same vocabulary from flags and files."""
+
 import argparse
 import dataclasses
 from dataclasses import dataclass, field
@@ -13,15 +14,15 @@ from autodistil.pipeline import RunConfig
 
 @dataclass(frozen=True)
 class _Inner:
-    a: int = 1                  # the a knob
-    b: Optional[int] = None     # the b knob, spread over
-                                # two comment lines
-    c: tuple[float, ...] = ()   # some floats
+    a: int = 1  # the a knob
+    b: Optional[int] = None  # the b knob, spread over
+    # two comment lines
+    c: tuple[float, ...] = ()  # some floats
 
 
 @dataclass(frozen=True)
 class _Outer:
-    name: str = "x"             # a name
+    name: str = "x"  # a name
     inner: _Inner = field(default_factory=lambda: _Inner(a=5), metadata={"owned": ("b",)})
     flat: _Inner = field(default_factory=_Inner, metadata={"flatten": True})
 
@@ -32,9 +33,22 @@ def _parse(cls, argv):
     return p.parse_args(argv)
 
 
+@dataclass(frozen=True)
+class _Formatted:
+    x: int = 1  # x's doc
+    # continued at the block's indentation (as a formatter leaves it)
+
+    # a section heading, after a blank line: nobody's doc
+    y: int = 2  # y's doc
+
+
 def test_field_docs_read_the_comments():
     d = field_docs(_Inner)
     assert d == {"a": "the a knob", "b": "the b knob, spread over two comment lines", "c": "some floats"}
+    assert field_docs(_Formatted) == {
+        "x": "x's doc continued at the block's indentation (as a formatter leaves it)",
+        "y": "y's doc",
+    }
 
 
 def test_sections_flatten_owned_and_defaults_of_the_parent():
@@ -66,6 +80,7 @@ def test_every_flag_of_every_command_has_help():
     """Every option of every `autodistil` command says what it does (config-backed commands take the
     field's own comment); a field without a comment fails add_dataclass_args outright."""
     from autodistil.cli import build_parser
+
     p = build_parser()
     sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
     missing = []
@@ -94,6 +109,7 @@ def test_run_config_is_built_from_the_component_configs():
     from autodistil.distill.train import TrainConfig
     from autodistil.finetune.train import FinetuneConfig
     from autodistil.latency.profile import ProfileSettings
+
     cfg = RunConfig()
     assert isinstance(cfg.train, TrainConfig) and isinstance(cfg.profile, ProfileSettings)
     assert isinstance(cfg.finetune, FinetuneConfig)
@@ -110,9 +126,29 @@ def test_run_config_is_built_from_the_component_configs():
         assert f"--train-{f.name.replace('_', '-')}" in flags, f.name
     for knob in ("precision", "clip-norm", "dropout", "weight-decay", "depth-mapping"):
         assert f"--train-{knob}" in flags
-    a = p.parse_args(["--train-precision", "fp32", "--train-clip-norm", "0.5", "--train-loss-hidden", "1",
-                      "--profile-seq-len", "64", "--profile-dtype", "bf16", "--finetune-teacher-epochs", "0",
-                      "--latency-ms", "5", "10", "--train-file", "a.csv", "--dev-file", "b.csv"])
+    a = p.parse_args(
+        [
+            "--train-precision",
+            "fp32",
+            "--train-clip-norm",
+            "0.5",
+            "--train-loss-hidden",
+            "1",
+            "--profile-seq-len",
+            "64",
+            "--profile-dtype",
+            "bf16",
+            "--finetune-teacher-epochs",
+            "0",
+            "--latency-ms",
+            "5",
+            "10",
+            "--train-file",
+            "a.csv",
+            "--dev-file",
+            "b.csv",
+        ]
+    )
     cfg = build_dataclass(RunConfig, {}, a)
     assert (cfg.train.precision, cfg.train.clip_norm, cfg.train.loss.hidden) == ("fp32", 0.5, 1.0)
     assert (cfg.profile.seq_len, cfg.train.seq_len, cfg.profile.dtype) == (64, 128, "bf16")
@@ -125,6 +161,7 @@ def test_stage_hashes_follow_their_sections(tmp_path):
     """Each stage's section is its dependency list: a fine-tuning knob reruns finetune (and after), not
     train; a training knob reruns everything."""
     import autodistil.pipeline as pl
+
     base = build_dataclass(RunConfig, {"out_dir": str(tmp_path)})
     h = lambda cfg: {s: pl.Run(cfg)._hash(s) for s in pl.STAGES}  # noqa: E731
     ref = h(base)

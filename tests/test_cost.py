@@ -30,11 +30,14 @@ def test_paper_formula_reproduces_paper_tables(shape, f_macs, f_params, p_macs, 
         assert got == pytest.approx(printed, rel=0.01) or float(f"{got:.{digits}g}") == printed
 
 
-@pytest.mark.parametrize("cfg,head_dim,seq", [
-    (SubnetConfig(2, 48, 2.5, 3), 16, 37),
-    (SubnetConfig(1, 64, 2.0, 2), 16, 128),   # A*d != H: AutoDistilBert
-    (SubnetConfig(3, 32, 3.0, 4), 16, 9),
-])
+@pytest.mark.parametrize(
+    "cfg,head_dim,seq",
+    [
+        (SubnetConfig(2, 48, 2.5, 3), 16, 37),
+        (SubnetConfig(1, 64, 2.0, 2), 16, 128),  # A*d != H: AutoDistilBert
+        (SubnetConfig(3, 32, 3.0, 4), 16, 9),
+    ],
+)
 def test_exact_count_matches_flop_counter_and_numel(cfg, head_dim, seq):
     sb = SuperBert(SuperBertConfig(layers=3, hidden=64, heads=4, ffn=192, head_dim=head_dim, vocab_size=1000))
     student = build_student(sb, cfg)

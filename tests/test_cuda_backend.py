@@ -3,6 +3,7 @@ run, boundary checks (before any launch, so they run on CPU too), and on a GPU t
 (fp32 exact, bf16 from fp32 masters, beta = 1 accumulation into a strided fp32 slice, plan-cache
 reuse, bit-identical gradients), the exact-GELU epilogue and the mixed-precision LayerNorm.
 The generic kernel suite (tests/test_kernels.py) runs on backend="cuda" as well."""
+
 import importlib.util
 import os
 import subprocess
@@ -38,7 +39,9 @@ def test_build_found_cublaslt_header_when_the_wheel_is_installed():
     if inc is None or not (inc / "cublasLt.h").is_file():
         if os.environ.get("AUTODISTIL_CUBLAS_ROOT") is None:
             pytest.skip("no nvidia-cublas wheel here: the build has no cublasLt.h by design")
-    assert info["has_cublaslt"], "setup.py/CMake did not find cublasLt.h although the nvidia-cublas wheel is installed"
+    assert info["has_cublaslt"], (
+        "setup.py/CMake did not find cublasLt.h although the nvidia-cublas wheel is installed"
+    )
     assert info["cublaslt_soname"] == f"libcublasLt.so.{info['cublaslt_header_version'] // 10000}"
 
 
@@ -59,9 +62,11 @@ def test_cublaslt_loader_names_the_missing_library_and_the_fix():
     where it looked and what to install."""
     if not _C.has_cublaslt():
         pytest.skip("built without cublasLt.h")
-    rc, out = _run_py("import autodistil._C as C\n"
-                      "try:\n    C.cublaslt_load(['/nonexistent/dir/libcublasLt.so.13'], False)\n"
-                      "except RuntimeError as e:\n    print('ERR', e)\n")
+    rc, out = _run_py(
+        "import autodistil._C as C\n"
+        "try:\n    C.cublaslt_load(['/nonexistent/dir/libcublasLt.so.13'], False)\n"
+        "except RuntimeError as e:\n    print('ERR', e)\n"
+    )
     assert rc == 0, out
     assert "ERR libcublasLt.so.13 not found" in out and "pip install nvidia-cublas" in out, out
     assert "/nonexistent/dir/libcublasLt.so.13" in out, out
@@ -75,8 +80,10 @@ def test_cublaslt_resolves_from_the_wheel_without_a_gpu():
     lib = _wheel_dir("lib")
     if lib is None or not (lib / "libcublasLt.so.13").is_file():
         pytest.skip("no nvidia-cublas wheel library here")
-    rc, out = _run_py("import autodistil._C as C\nfrom autodistil.ops import cuda_backend as cb\n"
-                      "print('PATH', cb.load_cublaslt())\nprint('VER', C.cublaslt_runtime_version())\n")
+    rc, out = _run_py(
+        "import autodistil._C as C\nfrom autodistil.ops import cuda_backend as cb\n"
+        "print('PATH', cb.load_cublaslt())\nprint('VER', C.cublaslt_runtime_version())\n"
+    )
     assert rc == 0, out
     assert "libcublasLt.so.13" in out.split("PATH", 1)[1].splitlines()[0], out
     ver = int(out.split("VER", 1)[1].split()[0])
@@ -93,7 +100,9 @@ def test_launcher_checks_name_the_tensor():
         cb._CudaLinear.check(x, w, torch.randn(32)[::2])
     with pytest.raises(ValueError, match=r"cuda sliced_layernorm: residual has dtype torch.int32"):
         cb._CudaLayerNorm.check(x, torch.ones(8), torch.zeros(8), torch.ones(3, 8, dtype=torch.int32))
-    with pytest.raises(ValueError, match=r"cuda sliced_layernorm: weight must be a 1-D tensor with unit stride"):
+    with pytest.raises(
+        ValueError, match=r"cuda sliced_layernorm: weight must be a 1-D tensor with unit stride"
+    ):
         cb._CudaLayerNorm.check(x, torch.ones(16)[::2], torch.zeros(8), None)
 
 
@@ -125,8 +134,10 @@ def _rand(shape, dtype=torch.float32, seed=0, scale=1.0):
 
 def _report(name, got, ref):
     err = (got.double() - ref.double()).abs()
-    print(f"{name}: max abs err {err.max().item():.3e} (ref max {ref.abs().max().item():.3e}), "
-          f"shape {tuple(got.shape)}")
+    print(
+        f"{name}: max abs err {err.max().item():.3e} (ref max {ref.abs().max().item():.3e}), "
+        f"shape {tuple(got.shape)}"
+    )
     return err.max().item()
 
 
@@ -172,7 +183,7 @@ def test_gemm_bf16_from_fp32_master_matches_torch_autocast(n, o, i, act):
     assert ours <= 2 * theirs + 1e-2, f"y: ours {ours} vs torch {theirs}"
     if act:  # the pre-activation is the bias-epilogue GEMM output; y = gelu(pre) exactly (erf, fp32 math)
         assert _report("pre bf16", pre, lin32) <= 2 * (lin16.float() - lin32).abs().max().item() + 1e-2
-        torch.testing.assert_close(y.float(), F.gelu(pre.float()).bfloat16().float(), rtol=2 ** -8, atol=1e-6)
+        torch.testing.assert_close(y.float(), F.gelu(pre.float()).bfloat16().float(), rtol=2**-8, atol=1e-6)
 
 
 @pytest.mark.gpu
@@ -194,8 +205,9 @@ def test_dw_accumulates_into_strided_fp32_slice_and_nothing_else(dtype):
     outside = torch.ones_like(big, dtype=torch.bool)
     outside[:o, :i] = False
     changed = (big != before) & outside
-    assert not changed.any(), f"{int(changed.sum())} elements outside the slice changed, e.g. at " \
-                              f"{changed.nonzero()[:5].tolist()}"
+    assert not changed.any(), (
+        f"{int(changed.sum())} elements outside the slice changed, e.g. at {changed.nonzero()[:5].tolist()}"
+    )
 
 
 @pytest.mark.gpu
@@ -229,7 +241,10 @@ def test_gemm_with_unaligned_operands():
     assert x.data_ptr() % 16 != 0
     y, _ = cb._CudaLinear.forward(x, W, None, 33, 37, 0)
     ref32 = F.linear(x.float(), W[:33, :37].float())
-    assert _report("y unaligned", y, ref32) <= 2 * (F.linear(x, W[:33, :37]).float() - ref32).abs().max().item() + 1e-2
+    assert (
+        _report("y unaligned", y, ref32)
+        <= 2 * (F.linear(x, W[:33, :37]).float() - ref32).abs().max().item() + 1e-2
+    )
 
 
 @pytest.mark.gpu
@@ -238,6 +253,7 @@ def test_autocast_end_to_end_and_shadow_refresh():
     """Under bf16 autocast with fp32 parameters: y is bf16, dW/db land in the fp32 grads, the
     shadow holds 2 bytes per element, and an in-place update of W is seen by the next call."""
     from autodistil.ops.shared import lowp_shadow_bytes
+
     W = _rand((256, 192), seed=1, scale=0.05).requires_grad_()
     b = _rand((256,), seed=2, scale=0.1).requires_grad_()
     x = _rand((4, 33, 150), seed=3)
@@ -269,6 +285,7 @@ def test_autocast_end_to_end_and_shadow_refresh():
 def test_gradients_bit_identical_on_two_identical_runs():
     """cuBLASLt (fixed plan per shape) and the LayerNorm's fixed-order dgamma/dbeta reduction: two
     identical backward passes give the same bits."""
+
     def run():
         W = _rand((512, 384), seed=1, scale=0.05).requires_grad_()
         g = (1 + 0.1 * _rand((512,), seed=2)).requires_grad_()
@@ -321,6 +338,7 @@ def test_fused_functions_equal_their_parts_on_cuda(variant):
     autocast with fp32 masters, against the separate ops: the same bits (tests/test_kernels.py runs
     the full matrix; this quick copy runs early in bench/gpu_check.sh's test box)."""
     import test_kernels as tk
+
     v = next(x for x in tk.VARIANTS if x[0] == variant)
     tk.test_fused_qkv_equals_three_linears("cuda", torch.bfloat16, "inplace", "qkv")
     tk.test_fused_linear_layernorm_equals_its_parts("cuda", torch.bfloat16, "inplace", v)

@@ -1,12 +1,25 @@
 """Labelled data: the embedded task, GLUE offline, and the user's own files (CSV, TSV, JSON lines; their
 column names and labels), with one-line errors naming the file, the line and the column."""
+
 import json
 
 import numpy as np
 import pytest
 
-from autodistil.data.tasks import (GLUE, SENTIMENT, DataConfig, DataError, TaskSpec, compute_metrics,
-                                   covering_length, data_identity, film_in_dev, load_data, load_sentiment, load_task)
+from autodistil.data.tasks import (
+    GLUE,
+    SENTIMENT,
+    DataConfig,
+    DataError,
+    TaskSpec,
+    compute_metrics,
+    covering_length,
+    data_identity,
+    film_in_dev,
+    load_data,
+    load_sentiment,
+    load_task,
+)
 
 
 def test_sentiment_task_split_by_film():
@@ -21,8 +34,11 @@ def test_sentiment_task_split_by_film():
 
 def test_glue_without_the_hub_is_an_error_naming_the_ways_out():
     """No silent swap: a hub task with no hub fails, naming local files and the embedded task."""
-    with pytest.raises(ConnectionError, match=r"GLUE task 'mrpc' needs the Hugging Face hub.*--train-file, "
-                                              r"--dev-file.*--task sentiment"):
+    with pytest.raises(
+        ConnectionError,
+        match=r"GLUE task 'mrpc' needs the Hugging Face hub.*--train-file, "
+        r"--dev-file.*--task sentiment",
+    ):
         load_task("mrpc")
     with pytest.raises(ValueError, match="unknown task 'imdb'"):
         load_task("imdb")
@@ -36,16 +52,21 @@ def _write(path, text):
 def test_glue_task_from_local_files_keeps_its_columns_and_metrics(tmp_path):
     for split in ("train", "validation"):
         _write(tmp_path / f"{split}.csv", "sentence1,sentence2,label\na b,c d,1\ne f,g h,0\n")
-    spec, ds = load_task("mrpc", files={"train": str(tmp_path / "train.csv"),
-                                        "validation": str(tmp_path / "validation.csv")})
+    spec, ds = load_task(
+        "mrpc", files={"train": str(tmp_path / "train.csv"), "validation": str(tmp_path / "validation.csv")}
+    )
     assert spec.name == "mrpc" and spec.text_keys == ("sentence1", "sentence2") and len(ds["validation"]) == 2
     assert spec.metrics == GLUE["mrpc"].metrics
 
 
 def test_own_csv_with_string_labels_and_own_columns(tmp_path):
-    tr = _write(tmp_path / "tr.csv", 'review,verdict,id\n"good, fun",pos,1\nbad,neg,2\nmeh,neutral,3\nok,pos,4\n')
+    tr = _write(
+        tmp_path / "tr.csv", 'review,verdict,id\n"good, fun",pos,1\nbad,neg,2\nmeh,neutral,3\nok,pos,4\n'
+    )
     dv = _write(tmp_path / "dv.csv", "review,verdict,id\nfine,pos,9\nawful,neg,8\n")
-    spec, ds = load_data(DataConfig(train_file=tr, dev_file=dv, text_columns=("review",), label_column="verdict"))
+    spec, ds = load_data(
+        DataConfig(train_file=tr, dev_file=dv, text_columns=("review",), label_column="verdict")
+    )
     assert spec.labels == ("neg", "neutral", "pos") and spec.num_labels == 3 and spec.text_keys == ("review",)
     assert spec.metrics == ("accuracy", "macro_f1") and spec.name == "tr"
     assert ds["train"]["label"] == [2, 0, 1, 2] and ds["validation"]["label"] == [2, 0]
@@ -59,14 +80,22 @@ def test_own_jsonl_sentence_pairs_integer_labels_and_tsv(tmp_path):
     dv = _write(tmp_path / "dev.tsv", "q\tp\ty\nx y\tz\t10\n")
     spec, ds = load_data(DataConfig(train_file=tr, dev_file=dv, text_columns=("q", "p"), label_column="y"))
     # integers sort numerically (10 after 1), and a CSV '10' matches the JSON 10
-    assert spec.labels == ("0", "1", "10") and ds["train"]["label"] == [1, 0, 2] and ds["validation"]["label"] == [2]
+    assert (
+        spec.labels == ("0", "1", "10")
+        and ds["train"]["label"] == [1, 0, 2]
+        and ds["validation"]["label"] == [2]
+    )
     assert spec.text_keys == ("q", "p") and spec.name == tmp_path.name  # 'train.jsonl': its folder names it
 
 
 def test_regression_and_binary_positive_label(tmp_path):
     tr = _write(tmp_path / "r.csv", "text,score\na,0.5\nb,3\nc,4.25\n")
     spec, ds = load_data(DataConfig(train_file=tr, dev_file=tr, label_column="score", regression=True))
-    assert spec.num_labels == 1 and spec.metrics == ("pearson", "spearman") and ds["train"]["label"] == [0.5, 3, 4.25]
+    assert (
+        spec.num_labels == 1
+        and spec.metrics == ("pearson", "spearman")
+        and ds["train"]["label"] == [0.5, 3, 4.25]
+    )
     b = _write(tmp_path / "b.csv", "text,label\na,yes\nb,no\nc,yes\n")
     spec, _ = load_data(DataConfig(train_file=b, dev_file=b))
     assert spec.labels == ("no", "yes") and spec.positive == 1
@@ -74,8 +103,12 @@ def test_regression_and_binary_positive_label(tmp_path):
     assert spec.positive == 0
     # F1 is the positive class's: predicting every example 'yes' scores F1 1 for 'yes', 0 for 'no'
     logits, y = np.array([[0.0, 1.0]] * 3), np.array([1, 1, 1])
-    assert compute_metrics(TaskSpec("t", ("text",), 2, ("accuracy", "f1"), positive=1), logits, y)["f1"] == 1.0
-    assert compute_metrics(TaskSpec("t", ("text",), 2, ("accuracy", "f1"), positive=0), logits, y)["f1"] == 0.0
+    assert (
+        compute_metrics(TaskSpec("t", ("text",), 2, ("accuracy", "f1"), positive=1), logits, y)["f1"] == 1.0
+    )
+    assert (
+        compute_metrics(TaskSpec("t", ("text",), 2, ("accuracy", "f1"), positive=0), logits, y)["f1"] == 0.0
+    )
 
 
 def test_metrics():
@@ -94,30 +127,57 @@ def test_metrics():
 
 
 def test_covering_length():
-    lengths = list(range(1, 1001))               # 99.9% of 1000 examples hold <= 999 tokens
+    lengths = list(range(1, 1001))  # 99.9% of 1000 examples hold <= 999 tokens
     assert covering_length(lengths, cap=4096) == 1000  # the next multiple of 8
     assert covering_length([5] * 100 + [300]) == 304  # one long example in 101 is 1%: kept whole
-    assert covering_length([5] * 5000 + [300]) == 8   # one in 5001 is 0.02%: cut
+    assert covering_length([5] * 5000 + [300]) == 8  # one in 5001 is 0.02%: cut
     assert covering_length([900], cap=512) == 512
 
 
-@pytest.mark.parametrize("train,dev,kw,msg", [
-    ("text,label\na,x\n", None, {}, r"^data file not found: .*missing\.csv$"),
-    ("text,label\n", "text,label\na,x\n", {}, r"train\.csv: no examples \(an empty split\)"),
-    ("text,label\na,x\nb,y\n", "text,label\n", {}, r"dev\.csv: no examples \(an empty split\)"),
-    ("body,label\na,x\n", "body,label\na,x\n", {}, r"train\.csv: no column 'text'; name your text column\(s\) with "
-                                                   r"--text-columns \(columns: body, label\)"),
-    ("text,label\na,x\nb,y\n", "text,lbl\na,x\n", {}, r"dev\.csv: no column 'label' \(columns: text, lbl\); name it "
-                                                      r"with --label-column"),
-    ("text,label\na,x\n,y\n", "text,label\na,x\n", {}, r"train\.csv, line 3, column 'text': empty text"),
-    ("text,label\na,x\nb,y\n", "text,label\na,z\n", {}, r"dev\.csv, line 2, column 'label': label 'z' never appears "
-                                                        r"in the train file \(its labels: x, y\)"),
-    ("text,label\na,x\nb,\n", "text,label\na,x\n", {}, r"train\.csv, line 3, column 'label': no label"),
-    ("text,label\na,x\nb,x\n", "text,label\na,x\n", {}, r"one label only \('x'\)"),
-    ("text,label\na,1\nb,two\n", "text,label\na,1\n", {"regression": True},
-     r"train\.csv, line 3, column 'label': 'two' is not a number; --regression needs numeric labels"),
-    ("text,label\na,x,extra\n", "text,label\na,x\n", {}, r"train\.csv, line 2: more fields than the header's 2"),
-])
+@pytest.mark.parametrize(
+    "train,dev,kw,msg",
+    [
+        ("text,label\na,x\n", None, {}, r"^data file not found: .*missing\.csv$"),
+        ("text,label\n", "text,label\na,x\n", {}, r"train\.csv: no examples \(an empty split\)"),
+        ("text,label\na,x\nb,y\n", "text,label\n", {}, r"dev\.csv: no examples \(an empty split\)"),
+        (
+            "body,label\na,x\n",
+            "body,label\na,x\n",
+            {},
+            r"train\.csv: no column 'text'; name your text column\(s\) with "
+            r"--text-columns \(columns: body, label\)",
+        ),
+        (
+            "text,label\na,x\nb,y\n",
+            "text,lbl\na,x\n",
+            {},
+            r"dev\.csv: no column 'label' \(columns: text, lbl\); name it "
+            r"with --label-column",
+        ),
+        ("text,label\na,x\n,y\n", "text,label\na,x\n", {}, r"train\.csv, line 3, column 'text': empty text"),
+        (
+            "text,label\na,x\nb,y\n",
+            "text,label\na,z\n",
+            {},
+            r"dev\.csv, line 2, column 'label': label 'z' never appears "
+            r"in the train file \(its labels: x, y\)",
+        ),
+        ("text,label\na,x\nb,\n", "text,label\na,x\n", {}, r"train\.csv, line 3, column 'label': no label"),
+        ("text,label\na,x\nb,x\n", "text,label\na,x\n", {}, r"one label only \('x'\)"),
+        (
+            "text,label\na,1\nb,two\n",
+            "text,label\na,1\n",
+            {"regression": True},
+            r"train\.csv, line 3, column 'label': 'two' is not a number; --regression needs numeric labels",
+        ),
+        (
+            "text,label\na,x,extra\n",
+            "text,label\na,x\n",
+            {},
+            r"train\.csv, line 2: more fields than the header's 2",
+        ),
+    ],
+)
 def test_bad_files_one_line_naming_file_line_column(tmp_path, train, dev, kw, msg):
     tr = _write(tmp_path / "train.csv", train)
     dv = _write(tmp_path / "dev.csv", dev) if dev is not None else str(tmp_path / "missing.csv")
@@ -131,8 +191,11 @@ def test_bad_files_one_line_naming_file_line_column(tmp_path, train, dev, kw, ms
 def test_bad_jsonl_labels_and_values(tmp_path):
     dv = _write(tmp_path / "d.jsonl", '{"text": "a", "label": "x"}\n')
     mixed = _write(tmp_path / "m.jsonl", '{"text": "a", "label": "x"}\n\n{"text": "b", "label": 3}\n')
-    with pytest.raises(DataError, match=r"m\.jsonl, line 3, column 'label': label 3 is number where line 1's "
-                                        r"label 'x' is text; use one type for every label"):
+    with pytest.raises(
+        DataError,
+        match=r"m\.jsonl, line 3, column 'label': label 3 is number where line 1's "
+        r"label 'x' is text; use one type for every label",
+    ):
         load_data(DataConfig(train_file=mixed, dev_file=dv))
     null = _write(tmp_path / "n.jsonl", '{"text": null, "label": "x"}\n')
     with pytest.raises(DataError, match=r"n\.jsonl, line 1, column 'text': empty text"):
@@ -141,9 +204,13 @@ def test_bad_jsonl_labels_and_values(tmp_path):
     with pytest.raises(DataError, match=r"b\.jsonl, line 2: not a JSON object"):
         load_data(DataConfig(train_file=broken, dev_file=dv))
     many = _write(tmp_path / "many.csv", "text,label\n" + "".join(f"t,{i / 7:.3f}\n" for i in range(150)))
-    with pytest.raises(DataError, match="150 distinct numeric labels; for numbers to predict pass --regression"):
+    with pytest.raises(
+        DataError, match="150 distinct numeric labels; for numbers to predict pass --regression"
+    ):
         load_data(DataConfig(train_file=many, dev_file=many))
-    with pytest.raises(DataError, match=r"files of type '\.txt' are not supported; use \.csv, \.tsv or \.jsonl"):
+    with pytest.raises(
+        DataError, match=r"files of type '\.txt' are not supported; use \.csv, \.tsv or \.jsonl"
+    ):
         load_data(DataConfig(train_file=_write(tmp_path / "x.txt", "a"), dev_file=dv))
 
 
@@ -166,14 +233,27 @@ def test_data_identity_follows_the_files_contents(tmp_path):
 
 def test_example_data_are_real_files_of_the_documented_shape(tmp_path):
     from autodistil.data.examples import write_examples
+
     paths = write_examples(tmp_path)
     p = paths["debates-party"]
-    spec, ds = load_data(DataConfig(train_file=str(p["train"]), dev_file=str(p["dev"]), text_columns=("statement",),
-                                    label_column="party"))
+    spec, ds = load_data(
+        DataConfig(
+            train_file=str(p["train"]),
+            dev_file=str(p["dev"]),
+            text_columns=("statement",),
+            label_column="party",
+        )
+    )
     assert spec.labels == ("Democratic", "Moderator", "Republican") and spec.name == "debates-party"
     assert len(ds["train"]) + len(ds["validation"]) > 1000 and len(ds["validation"]) > 100
     r = paths["debates-reply"]
-    spec, ds = load_data(DataConfig(train_file=str(r["train"]), dev_file=str(r["dev"]), text_columns=("first", "second"),
-                                    label_column="relation"))
+    spec, ds = load_data(
+        DataConfig(
+            train_file=str(r["train"]),
+            dev_file=str(r["dev"]),
+            text_columns=("first", "second"),
+            label_column="relation",
+        )
+    )
     assert spec.labels == ("elsewhere", "reply") and spec.text_keys == ("first", "second")
     assert sum(ds["train"]["label"]) * 2 == len(ds["train"])  # one 'reply' and one 'elsewhere' per statement

@@ -27,15 +27,25 @@ torch.save(outs, sys.argv[3])
 
 def _subnets(space):
     lo, hi = space.smallest(), space.largest()
-    return [lo, hi, SubnetConfig(hi.layers, lo.hidden, lo.ffn_ratio, lo.heads),
-            SubnetConfig(lo.layers, hi.hidden, lo.ffn_ratio, lo.heads),
-            SubnetConfig(lo.layers, lo.hidden, hi.ffn_ratio, hi.heads),
-            SubnetConfig(2, 48, 2.5, 3), SubnetConfig(2, 64, 2.0, 2), SubnetConfig(3, 32, 3.0, 4)]
+    return [
+        lo,
+        hi,
+        SubnetConfig(hi.layers, lo.hidden, lo.ffn_ratio, lo.heads),
+        SubnetConfig(lo.layers, hi.hidden, lo.ffn_ratio, lo.heads),
+        SubnetConfig(lo.layers, lo.hidden, hi.ffn_ratio, hi.heads),
+        SubnetConfig(2, 48, 2.5, 3),
+        SubnetConfig(2, 64, 2.0, 2),
+        SubnetConfig(3, 32, 3.0, 4),
+    ]
 
 
 def test_exported_students_match_supernet_in_fresh_process(small_space, tmp_path, tokenizer):
-    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=tokenizer.vocab_size))).eval()
-    enc = tokenizer(["a short one", "a somewhat longer sentence to pad against"], padding=True, return_tensors="pt")
+    sb = randomize_(
+        SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=tokenizer.vocab_size))
+    ).eval()
+    enc = tokenizer(
+        ["a short one", "a somewhat longer sentence to pad against"], padding=True, return_tensors="pt"
+    )
     ids, mask = enc["input_ids"], enc["attention_mask"]
     expected, folders = {}, []
     for cfg in _subnets(small_space):
@@ -51,8 +61,17 @@ def test_exported_students_match_supernet_in_fresh_process(small_space, tmp_path
         meta = json.loads(open(f"{folder}/{STUDENT_META}").read())
         assert meta["needs_autodistil"] == (cfg.heads * 16 != cfg.hidden)
     torch.save((ids, mask), tmp_path / "in.pt")
-    subprocess.run([sys.executable, "-c", LOADER, str(tmp_path / "in.pt"), json.dumps(folders),
-                    str(tmp_path / "out.pt")], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            LOADER,
+            str(tmp_path / "in.pt"),
+            json.dumps(folders),
+            str(tmp_path / "out.pt"),
+        ],
+        check=True,
+    )
     got = torch.load(tmp_path / "out.pt", weights_only=False)
     valid = mask.bool()
     for folder, (cfg, last, pooled) in expected.items():
@@ -73,6 +92,7 @@ def test_supernet_checkpoint_round_trip_and_refusals(small_space, tmp_path):
     with pytest.raises(ValueError, match="was distilled from teacher 't' .*not the teacher given"):
         load_supernet(folder, teacher_sha256="b" * 64)
     from autodistil.space import PAPER_SPACES
+
     with pytest.raises(ValueError, match="was trained for spaces \\['unit'\\]"):
         load_supernet(folder, spaces=[PAPER_SPACES["tiny"]])
     (folder / "supernet.safetensors").write_bytes(b"garbage")
@@ -99,7 +119,10 @@ def test_onnx_export_matches_torch(small_space, tmp_path, tokenizer):
     ort = pytest.importorskip("onnxruntime")
     import numpy as np
     from autodistil.export import export_onnx
-    sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=tokenizer.vocab_size))).eval()
+
+    sb = randomize_(
+        SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=tokenizer.vocab_size))
+    ).eval()
     enc = tokenizer(["short", "a longer sentence with padding against it"], padding=True, return_tensors="pt")
     for cfg in (SubnetConfig(2, 32, 2.0, 2), SubnetConfig(2, 48, 2.5, 2)):  # BertModel and AutoDistilBert
         folder = export_subnet(sb, cfg, tmp_path / cfg.short(), tokenizer=tokenizer)

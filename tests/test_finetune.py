@@ -1,5 +1,6 @@
 """Fine-tuning: length-grouped batching, cached teacher logits for KD, the cached fine-tuned
 teacher, and the first-k-layers export."""
+
 import json
 import random
 from collections import Counter
@@ -11,12 +12,27 @@ import torch
 from conftest import randomize_
 
 from autodistil.finetune import train as ft
-from autodistil.finetune.train import FinetuneConfig, batch_stream, finetune, length_grouped_batches, padded_positions
+from autodistil.finetune.train import (
+    FinetuneConfig,
+    batch_stream,
+    finetune,
+    length_grouped_batches,
+    padded_positions,
+)
 
 
 def _tiny(tmp, model, **kw):
-    base = dict(model=str(model), out_dir=str(tmp), max_train_examples=48, max_eval_examples=24, batch_size=8,
-                max_seq_len=32, max_steps=6, log_every=1, eval_batch_size=32)
+    base = dict(
+        model=str(model),
+        out_dir=str(tmp),
+        max_train_examples=48,
+        max_eval_examples=24,
+        batch_size=8,
+        max_seq_len=32,
+        max_steps=6,
+        log_every=1,
+        eval_batch_size=32,
+    )
     return FinetuneConfig(**{**base, **kw})
 
 
@@ -35,6 +51,7 @@ def tiny_classifier(tmp_path_factory, tiny_teacher_dir):
 
 
 # ---------------------------------------------------------------- batching
+
 
 @pytest.mark.parametrize("n,bs", [(1000, 32), (64, 8), (5, 8), (333, 7)])
 def test_length_grouped_every_example_once_per_epoch(n, bs):
@@ -67,7 +84,7 @@ def test_no_grouping_keeps_the_original_order():
             if pos + bs > len(order):
                 order, pos = list(range(n)), 0
                 rng.shuffle(order)
-            old.append(order[pos:pos + bs])
+            old.append(order[pos : pos + bs])
             pos += bs
         s = batch_stream([1] * n, bs, 7, group_by_length=False)
         assert [next(s) for _ in range(20)] == old
@@ -75,6 +92,7 @@ def test_no_grouping_keeps_the_original_order():
 
 def test_grouping_cuts_padding_on_the_real_task(tokenizer):
     from autodistil.data.tasks import load_task
+
     spec, ds = load_task("sentiment")
     enc = ft.encode(spec, ds["train"], tokenizer, 64)
     lengths = [len(x) for x in enc["input_ids"]]
@@ -89,6 +107,7 @@ def test_grouping_cuts_padding_on_the_real_task(tokenizer):
 
 # ---------------------------------------------------------------- cached KD logits
 
+
 def test_kd_cached_logits_match_per_step_teacher(tmp_path, tiny_teacher_dir, tiny_classifier):
     kw = dict(teacher=str(tiny_classifier), kd_alpha=0.8, kd_temperature=2.0, lr=1e-3)
     kd_dir = tiny_classifier / "kd_logits"
@@ -99,7 +118,9 @@ def test_kd_cached_logits_match_per_step_teacher(tmp_path, tiny_teacher_dir, tin
     files = set(kd_dir.glob("*.npy")) - before
     assert len(files) == 1 and cached["kd"]["file"] == str(next(iter(files))) and not cached["kd"]["reused"]
     arr = np.load(next(iter(files)))
-    assert arr.shape == (48, 2) and (arr[:, 0] - arr[:, 1]).std() > 0.2  # the teacher's margins vary by example
+    assert (
+        arr.shape == (48, 2) and (arr[:, 0] - arr[:, 1]).std() > 0.2
+    )  # the teacher's margins vary by example
     a, b = [r["loss"] for r in live["log"]], [r["loss"] for r in cached["log"]]
     assert len(a) == len(b) == 6
     np.testing.assert_allclose(b, a, rtol=1e-4, atol=1e-5)
@@ -122,7 +143,10 @@ def test_kd_cached_logits_match_per_step_teacher(tmp_path, tiny_teacher_dir, tin
 
 def test_kd_teacher_must_be_a_classifier(tmp_path, tiny_teacher_dir):
     with pytest.raises(ValueError, match="not a fine-tuned classifier"):
-        finetune(_tiny(tmp_path / "x", tiny_teacher_dir, teacher=str(tiny_teacher_dir), kd_alpha=0.5), progress=False)
+        finetune(
+            _tiny(tmp_path / "x", tiny_teacher_dir, teacher=str(tiny_teacher_dir), kd_alpha=0.5),
+            progress=False,
+        )
 
 
 def test_result_has_seconds_and_dev_metrics(tmp_path, tiny_teacher_dir):
@@ -135,16 +159,27 @@ def test_result_has_seconds_and_dev_metrics(tmp_path, tiny_teacher_dir):
 
 # ---------------------------------------------------------------- cached fine-tuned teacher
 
+
 def test_finetuned_teacher_is_cached(tmp_path, tiny_teacher_dir, monkeypatch):
     from autodistil.finetune.teacher import finetuned_teacher
-    kw = dict(epochs=1.0, batch_size=16, max_seq_len=32, seed=0, max_train_examples=32, max_eval_examples=16,
-              cache_root=tmp_path, progress=False)
+
+    kw = dict(
+        epochs=1.0,
+        batch_size=16,
+        max_seq_len=32,
+        seed=0,
+        max_train_examples=32,
+        max_eval_examples=16,
+        cache_root=tmp_path,
+        progress=False,
+    )
     calls = Counter()
     real = ft.finetune
 
     def counting(cfg, **k):
         calls[cfg.lr] += 1
         return real(cfg, **k)
+
     monkeypatch.setattr(ft, "finetune", counting)
     logs = []
     folder, r = finetuned_teacher(str(tiny_teacher_dir), "sentiment", lr=1e-3, log=logs.append, **kw)
@@ -153,6 +188,7 @@ def test_finetuned_teacher_is_cached(tmp_path, tiny_teacher_dir, monkeypatch):
 
     def boom(cfg, **k):
         raise AssertionError("the cached teacher was trained again")
+
     monkeypatch.setattr(ft, "finetune", boom)
     folder2, r2 = finetuned_teacher(str(tiny_teacher_dir), "sentiment", lr=1e-3, log=logs.append, **kw)
     assert folder2 == folder and r2["cached"] and r2["score"] == r["score"] and "cached" in logs[-1]
@@ -166,34 +202,44 @@ def test_finetuned_teacher_is_cached(tmp_path, tiny_teacher_dir, monkeypatch):
     assert calls[1e-3] == 2
 
 
-
 def test_reusable_result_rules(tmp_path):
     """One rule for both fine-tuning caches: a finished folder stands for a config only when the
     recorded config (ignored fields aside), the task and every expected entry match."""
     from dataclasses import asdict, replace
 
     from autodistil.data.tasks import DataConfig
-    cfg = FinetuneConfig(model="m", out_dir=str(tmp_path), data=DataConfig(task="sst2"), lr=3e-4, max_seq_len=64)
-    rec = {"task": "sst2", "config": json.loads(json.dumps(asdict(cfg))), "model_identity": [["config.json", 1, 2]],
-           "score": 0.7, "data_identity": "builtin:sst2"}
+
+    cfg = FinetuneConfig(
+        model="m", out_dir=str(tmp_path), data=DataConfig(task="sst2"), lr=3e-4, max_seq_len=64
+    )
+    rec = {
+        "task": "sst2",
+        "config": json.loads(json.dumps(asdict(cfg))),
+        "model_identity": [["config.json", 1, 2]],
+        "score": 0.7,
+        "data_identity": "builtin:sst2",
+    }
     p = tmp_path / ft.RESULTS_FILE
 
     def write(r):
         p.write_text(json.dumps(r))
+
     write(rec)
-    assert ft.reusable_result(tmp_path, cfg) is None                       # no model in the folder
+    assert ft.reusable_result(tmp_path, cfg) is None  # no model in the folder
     (tmp_path / "config.json").write_text("{}")
     assert ft.reusable_result(tmp_path, cfg, model_identity=[("config.json", 1, 2)])["score"] == 0.7
-    assert ft.reusable_result(tmp_path, cfg, model_identity=[("config.json", 1, 3)]) is None  # weights rewritten
-    assert ft.reusable_result(tmp_path, replace(cfg, lr=1e-4)) is None   # other recipe
+    assert (
+        ft.reusable_result(tmp_path, cfg, model_identity=[("config.json", 1, 3)]) is None
+    )  # weights rewritten
+    assert ft.reusable_result(tmp_path, replace(cfg, lr=1e-4)) is None  # other recipe
     moved = replace(cfg, model="elsewhere", out_dir="x")
     assert ft.reusable_result(tmp_path, moved) is None
     assert ft.reusable_result(tmp_path, moved, ignore=("model", "out_dir")) is not None
-    write({**rec, "data_identity": "builtin:sentiment"})                    # trained on other data
+    write({**rec, "data_identity": "builtin:sentiment"})  # trained on other data
     assert ft.reusable_result(tmp_path, cfg) is None
-    write({k: v for k, v in rec.items() if k != "data_identity"})          # a record that does not say
+    write({k: v for k, v in rec.items() if k != "data_identity"})  # a record that does not say
     assert ft.reusable_result(tmp_path, cfg) is None
-    p.write_text('{"task": "sst2", "conf')                                  # cut short
+    p.write_text('{"task": "sst2", "conf')  # cut short
     assert ft.reusable_result(tmp_path, cfg) is None
     write([1, 2])
     assert ft.reusable_result(tmp_path, cfg) is None
@@ -207,6 +253,7 @@ def test_pipeline_reuses_a_finished_finetuning_until_its_teacher_changes(tmp_pat
 
     from autodistil.data.tasks import data_identity
     from autodistil.pipeline import _finetune_cached
+
     model, teacher = tmp_path / "student", tmp_path / "teacher"
     for d in (model, teacher):
         d.mkdir()
@@ -219,23 +266,33 @@ def test_pipeline_reuses_a_finished_finetuning_until_its_teacher_changes(tmp_pat
         out = Path(cfg.out_dir)
         out.mkdir(exist_ok=True)
         (out / "config.json").write_text("{}")
-        r = {"task": cfg.task, "score": 0.5, "config": asdict(cfg), "data_identity": data_identity(cfg.data), **extra}
+        r = {
+            "task": cfg.task,
+            "score": 0.5,
+            "config": asdict(cfg),
+            "data_identity": data_identity(cfg.data),
+            **extra,
+        }
         (out / ft.RESULTS_FILE).write_text(json.dumps(r))
         return r
+
     cfg = FinetuneConfig(model=str(model), out_dir=str(tmp_path / "out"), teacher=str(teacher), kd_alpha=0.5)
     assert _finetune_cached(cfg, fake)["score"] == 0.5 and len(calls) == 1
-    assert _finetune_cached(cfg, fake)["score"] == 0.5 and len(calls) == 1      # served from disk
-    (teacher / "model.safetensors").write_bytes(b"1" * 9)                      # the teacher trained again
+    assert _finetune_cached(cfg, fake)["score"] == 0.5 and len(calls) == 1  # served from disk
+    (teacher / "model.safetensors").write_bytes(b"1" * 9)  # the teacher trained again
     os.utime(teacher / "model.safetensors", ns=(1, 1))
     _finetune_cached(cfg, fake)
     assert len(calls) == 2
-    _finetune_cached(replace(cfg, lr=1e-3), fake)                                # another recipe
+    _finetune_cached(replace(cfg, lr=1e-3), fake)  # another recipe
     assert len(calls) == 3
+
 
 # ---------------------------------------------------------------- first-k-layers export
 
+
 def _hidden(folder, tokenizer, sentences, layers_out=False):
     from transformers import AutoModel
+
     m = AutoModel.from_pretrained(folder, attn_implementation="eager").eval()
     b = tokenizer(sentences, padding=True, return_tensors="pt")
     with torch.no_grad():
@@ -243,15 +300,18 @@ def _hidden(folder, tokenizer, sentences, layers_out=False):
 
 
 @pytest.mark.parametrize("source,k", [("base", 1), ("classifier", 1), ("classifier", 2)])
-def test_export_first_layers_matches_hidden_state_k(tmp_path, tiny_teacher_dir, tiny_classifier, tokenizer,
-                                                     sentences, source, k):
+def test_export_first_layers_matches_hidden_state_k(
+    tmp_path, tiny_teacher_dir, tiny_classifier, tokenizer, sentences, source, k
+):
     from autodistil.export import STUDENT_META, export_first_layers
+
     src = tiny_teacher_dir if source == "base" else tiny_classifier
     out = export_first_layers(src, k, tmp_path / "cut")
     cut, b, o = _hidden(out, tokenizer, sentences)
     assert type(cut).__name__ == "BertModel" and cut.config.num_hidden_layers == k
     # the source's encoder read as a BertModel (its task head dropped), all hidden states
     from transformers import BertModel
+
     full = BertModel.from_pretrained(src, attn_implementation="eager").eval()
     with torch.no_grad():
         ref = full(**b, output_hidden_states=True)
@@ -262,18 +322,28 @@ def test_export_first_layers_matches_hidden_state_k(tmp_path, tiny_teacher_dir, 
     assert meta["layers_kept"] == k and meta["source_layers"] == 2 and meta["model_class"] == "BertModel"
     assert meta["params"] == sum(p.numel() for p in cut.parameters())
     from transformers import AutoTokenizer
+
     assert AutoTokenizer.from_pretrained(out)(sentences)["input_ids"] == tokenizer(sentences)["input_ids"]
 
 
 def test_export_first_layers_errors(tmp_path, tiny_teacher_dir):
     from transformers import AlbertConfig, AlbertModel
     from autodistil.export import export_first_layers
+
     for k in (0, 3):
         with pytest.raises(ValueError, match=r"outside 1\.\.2"):
             export_first_layers(tiny_teacher_dir, k, tmp_path / "x")
     d = tmp_path / "albert"
-    AlbertModel(AlbertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                             intermediate_size=64, embedding_size=16)).save_pretrained(d)
+    AlbertModel(
+        AlbertConfig(
+            vocab_size=100,
+            hidden_size=32,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            intermediate_size=64,
+            embedding_size=16,
+        )
+    ).save_pretrained(d)
     with pytest.raises(ValueError, match="model_type 'albert' is not supported; supported families: bert, "):
         export_first_layers(d, 1, tmp_path / "y")
     with pytest.raises(FileNotFoundError, match="no config.json"):

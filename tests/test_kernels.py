@@ -3,6 +3,7 @@ on the CPU interpreter in CI (and on a GPU when present); CUDA needs a GPU and s
 Tests marked `gpu` (bench/gpu_check.sh runs them with TRITON_INTERPRET=0) cover bf16, the
 paper's layer sizes, head dims 32/64/128/24, first-call exactness of the autotuned kernels,
 bit-identical backward passes and offsets past 2^31; every failure prints its max errors."""
+
 import importlib
 import os
 import math
@@ -46,8 +47,10 @@ def _one_triton_candidate_on_gpu(request):
         yield
         return
     sl = importlib.import_module("autodistil.kernels.sliced_linear")  # the module, not the function
-    old = sl.configure_autotune([_smallest_tile(sl.default_configs(torch.bfloat16))],
-                                fp32_configs=[_smallest_tile(sl.default_configs(torch.float32))])
+    old = sl.configure_autotune(
+        [_smallest_tile(sl.default_configs(torch.bfloat16))],
+        fp32_configs=[_smallest_tile(sl.default_configs(torch.float32))],
+    )
     try:
         yield
     finally:
@@ -55,7 +58,9 @@ def _one_triton_candidate_on_gpu(request):
 
 
 def _where(err):
-    return tuple(int(j) for j in torch.unravel_index(torch.nan_to_num(err, nan=float("inf")).argmax(), err.shape))
+    return tuple(
+        int(j) for j in torch.unravel_index(torch.nan_to_num(err, nan=float("inf")).argmax(), err.shape)
+    )
 
 
 def _check(got, ref32, ref_lowp, dtype, name):
@@ -72,15 +77,19 @@ def _check(got, ref32, ref_lowp, dtype, name):
         bad = ~(err <= 1e-5 * scale + 1e-5 * ref32.abs())  # NaN counts as bad
         if bad.any():
             i = _where(err)
-            raise AssertionError(f"{name} (fp32): {int(bad.sum())} of {err.numel()} elements off; max abs err "
-                                 f"{ours:.3g} at {i} (got {got[i].item():.7g}, ref {ref32[i].item():.7g}); "
-                                 f"allowed 1e-5*|ref| + 1e-5*max(1, max|ref|={scale:.3g})")
+            raise AssertionError(
+                f"{name} (fp32): {int(bad.sum())} of {err.numel()} elements off; max abs err "
+                f"{ours:.3g} at {i} (got {got[i].item():.7g}, ref {ref32[i].item():.7g}); "
+                f"allowed 1e-5*|ref| + 1e-5*max(1, max|ref|={scale:.3g})"
+            )
         return
     theirs = (ref_lowp.detach().float() - ref32).abs().max().item()
     if not ours <= 2 * theirs + FLOOR[dtype]:
         i = _where(err)
-        raise AssertionError(f"{name} ({dtype}): max abs err vs fp32 {ours:.4g} at {i} (got {got[i].item():.6g}, "
-                             f"ref {ref32[i].item():.6g}) > 2 x torch's own {theirs:.4g} + floor {FLOOR[dtype]}")
+        raise AssertionError(
+            f"{name} ({dtype}): max abs err vs fp32 {ours:.4g} at {i} (got {got[i].item():.6g}, "
+            f"ref {ref32[i].item():.6g}) > 2 x torch's own {theirs:.4g} + floor {FLOOR[dtype]}"
+        )
 
 
 def _mk(shape, dtype, seed, scale=1.0):
@@ -153,6 +162,7 @@ def test_autotune_never_repeats_an_accumulating_update():
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     import triton
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")  # the module, not the function
     runs = []
 
@@ -162,8 +172,10 @@ def test_autotune_never_repeats_an_accumulating_update():
         runs.append(1)
         return float(len(runs) % 2)  # alternate winners
 
-    cfgs = [triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1),
-            triton.Config({"BM": 32, "BN": 16, "BK": 16, "GROUP_M": 1}, num_warps=1)]
+    cfgs = [
+        triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1),
+        triton.Config({"BM": 32, "BN": 16, "BK": 16, "GROUP_M": 1}, num_warps=1),
+    ]
     old = sl.configure_autotune(cfgs, bench)
     try:
         W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
@@ -186,15 +198,72 @@ def test_split_k_rule():
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     import triton
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
     cfg = lambda bm, bn, bk: triton.Config({"BM": bm, "BN": bn, "BK": bk, "GROUP_M": 8})  # noqa: E731
     assert sl.split_k(cfg(128, 256, 64), 576, 544, 4096, 132) == (8, 512)
     assert sl.split_k(cfg(128, 128, 64), 2560, 640, 4096, 132) == (1, 4096)
-    assert sl.split_k(cfg(64, 64, 64), 128, 128, 300, 132) == (2, 192)   # at most cdiv(K, 4 BK) chunks
+    assert sl.split_k(cfg(64, 64, 64), 128, 128, 300, 132) == (2, 192)  # at most cdiv(K, 4 BK) chunks
     assert sl.split_k(cfg(128, 256, 64), 576, 544, 4096, 1) == (1, 4096)  # one SM: nothing to fill
     for M, N, K in ((50, 37, 129), (7, 5, 1000), (1, 1, 65)):
         S, chunk = sl.split_k(cfg(16, 16, 16), M, N, K, 64)
         assert chunk % 16 == 0 and (S - 1) * chunk < K <= S * chunk, (M, N, K, S, chunk)
+
+
+def test_shared_memory_estimate_and_pruning():
+    """A 128x256x64 stage needs 48 KB with bf16 operands and 80 KB when the B tile is an fp32 master
+    weight cast per tile: 3 stages fit an H100/H200 block (227 KB opt-in) only in bf16. Pruning keeps
+    what fits, and the least hungry config when nothing does."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    big = triton.Config({"BM": 128, "BN": 256, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=3)
+    mid = triton.Config({"BM": 128, "BN": 128, "BK": 64, "GROUP_M": 8}, num_warps=8, num_stages=4)
+    bf16, fp32 = torch.bfloat16, torch.float32
+    assert sl.smem_bytes(big, bf16, bf16) == 3 * 48 * 1024
+    assert sl.smem_bytes(big, bf16, fp32) == 3 * 80 * 1024
+    assert sl.smem_bytes(mid, bf16, fp32) == 4 * (16 + 32) * 1024
+    h100 = 227 * 1024
+    assert sl.fitting_configs([big, mid], bf16, bf16, h100) == [big, mid]
+    assert sl.fitting_configs([big, mid], bf16, fp32, h100) == [mid]
+    assert sl.fitting_configs([big, mid], bf16, fp32, 1024) == [mid]  # nothing fits: the smallest need
+    assert sl.fitting_configs([big, mid], bf16, fp32, None) == [big, mid]
+    assert sl.device_smem_limit(torch.device("cpu")) is None
+
+
+def test_tuner_never_times_a_config_that_does_not_fit():
+    """With a shared-memory limit only one of two candidates fits: it is chosen for every product
+    without timing (the other is never compiled), and the result is exact."""
+    if STATUS["triton"] != "ok":
+        pytest.skip(STATUS["triton"])
+    import triton
+
+    sl = importlib.import_module("autodistil.kernels.sliced_linear")
+    small = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1, num_stages=1)
+    large = triton.Config({"BM": 32, "BN": 32, "BK": 16, "GROUP_M": 4}, num_warps=1, num_stages=2)
+    timed = []
+    old = sl.configure_autotune(
+        [large, small],
+        lambda fn: timed.append(fn) or 1.0,
+        smem_limit=sl.smem_bytes(small, torch.float32, torch.float32),
+    )
+    try:
+        W0 = _mk((64, 48), torch.float32, 1, 0.1)
+        x, dy = _mk((9, 37), torch.float32, 3), _mk((9, 50), torch.float32, 4)
+        W, xg = W0.clone().requires_grad_(), x.clone().requires_grad_()
+        ops.sliced_linear(xg, W, None, 50, 37, None, backend="triton").backward(dy)
+        assert timed == [], "a config that does not fit was timed"
+        assert sl.tuned_keys() and all(sl.tuned_config(k) is small for k in sl.tuned_keys())
+        got = sl.chosen_configs(9, 50, 37)
+        assert set(got) == {"fwd", "dx", "dw"}, got
+        assert all(v.startswith("16x16x16 w1 s1") for v in got.values()), got
+        Wr = W0.clone().requires_grad_()
+        F.linear(x, Wr[:50, :37]).backward(dy)
+        _check(W.grad, Wr.grad, None, torch.float32, "dW with the pruned candidate list")
+    finally:
+        sl.configure_autotune(*old)
 
 
 @pytest.mark.parametrize("n", [129, 1000])
@@ -206,6 +275,7 @@ def test_split_k_dw_is_exact_and_deterministic(n):
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     import triton
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
     cfg = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1)
     old = sl.configure_autotune([cfg], fp32_configs=[cfg], sms=64)
@@ -231,9 +301,13 @@ def test_split_k_dw_is_exact_and_deterministic(n):
 # --- sliced LayerNorm ------------------------------------------------------------------------
 def _layernorm_case(backend, dtype, n, h, residual, mixed=False, full=128):
     """mixed=True: gamma/beta fp32 (master parameters), x and residual in `dtype` (activations)."""
-    w_full = (1 + 0.1 * _mk((full,), torch.float32, 5))
+    w_full = 1 + 0.1 * _mk((full,), torch.float32, 5)
     b_full = 0.1 * _mk((full,), torch.float32, 6)
-    x32, r32, dy32 = _mk((n, h), torch.float32, 7), _mk((n, h), torch.float32, 8), _mk((n, h), torch.float32, 9)
+    x32, r32, dy32 = (
+        _mk((n, h), torch.float32, 7),
+        _mk((n, h), torch.float32, 8),
+        _mk((n, h), torch.float32, 9),
+    )
 
     def run(impl, dt):
         pdt = torch.float32 if mixed else dt
@@ -280,7 +354,7 @@ def _ref_attn(q, k, v, mask):
 
 def _attention_case(backend, dtype, T, d, B=2, A=3):
     mask = torch.ones(B, T, dtype=torch.long, device=DEV)
-    mask[1, max(1, T - 3):] = 0  # padding in the second sequence
+    mask[1, max(1, T - 3) :] = 0  # padding in the second sequence
     qkv32 = [_mk((B, T, A * d), torch.float32, s) for s in (10, 11, 12)]
     do32 = _mk((B, A, T, d), torch.float32, 13)
 
@@ -338,8 +412,9 @@ def test_attention_all_padding_sequence_gives_zeros(impl):
     assert torch.isfinite(o).all(), "non-finite context"
     assert not o[1].any(), f"all-padding sequence: max |context| {o[1].abs().max().item():.3g}, expected 0"
     for name, t in zip("qkv", leaves):
-        assert torch.isfinite(t.grad).all() and not t.grad[1].any(), \
+        assert torch.isfinite(t.grad).all() and not t.grad[1].any(), (
             f"d{name} of the all-padding sequence: max {t.grad[1].abs().max().item():.3g}, expected 0"
+        )
     ro, _ = _ref_attn(*[t.detach()[:1] for t in leaves], mask[:1])
     _check(o[:1], ro, None, torch.float32, "context of the unmasked sequence")
     with torch.no_grad():
@@ -360,8 +435,8 @@ def test_attention_limits_are_checked_at_the_boundary():
     with pytest.raises(ValueError, match="head dim 129 > 128"):
         ka.check_limits(1, 1, 8, 129)
     with pytest.raises(ValueError, match="exceeds the grid limit"):
-        ka.check_limits(2 ** 16, 2 ** 15, 8, 64)
-    assert ka.grid(35000, 2, 128, 64) == (70000, 2)          # B*A = 70,000 > 65,535: on axis 0
+        ka.check_limits(2**16, 2**15, 8, 64)
+    assert ka.grid(35000, 2, 128, 64) == (70000, 2)  # B*A = 70,000 > 65,535: on axis 0
     assert ka.grid(1, 1, ka.MAX_T, 16, 16) == (1, 4096, 4096)  # the smallest blocks at MAX_T stay < 65,536
     with pytest.raises(ValueError, match="past the limits"):
         ka.grid(1, 1, 65536 * 17, 16)
@@ -373,6 +448,7 @@ def test_attention_limits_are_checked_at_the_boundary():
 
 def _unit_cfgs():
     from autodistil.space import SubnetConfig
+
     return [SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfig(3, 64, 3.0, 4)]
 
 
@@ -389,19 +465,21 @@ def test_superbert_autocast_matches_torch(backend, small_space):
 def _superbert_case(backend, space, amp_dtype, cfgs, vocab=300, shape=(2, 9)):
     from autodistil.nn import SuperBert, SuperBertConfig
     from conftest import randomize_
+
     torch.manual_seed(0)
     base = randomize_(SuperBert(SuperBertConfig.for_spaces(space, vocab_size=vocab)))
     ids = torch.randint(0, vocab, shape, device=DEV)
     mask = torch.ones_like(ids)
-    mask[1, shape[1] * 2 // 3:] = 0
+    mask[1, shape[1] * 2 // 3 :] = 0
 
     def run(impl, amp):
         m = SuperBert(base.config, backend=impl).to(DEV)
         m.load_state_dict(base.state_dict())
         with _amp(amp):
             out = m(ids, mask, subnet=cfg, output_qkv=True)
-            loss = (out.last_hidden_state.float() * mask[..., None]).pow(2).mean() \
-                + out.qkv[-1][0].float().sum() * 1e-3
+            loss = (out.last_hidden_state.float() * mask[..., None]).pow(2).mean() + out.qkv[-1][
+                0
+            ].float().sum() * 1e-3
         loss.backward()
         return loss.detach(), {n: p.grad.clone() for n, p in m.named_parameters() if p.grad is not None}
 
@@ -413,8 +491,9 @@ def _superbert_case(backend, space, amp_dtype, cfgs, vocab=300, shape=(2, 9)):
             torch.testing.assert_close(got[0], ref32[0], rtol=1e-5, atol=1e-6)
             for n, g in ref32[1].items():
                 err = (got[1][n] - g).abs().max().item()
-                assert torch.allclose(got[1][n], g, rtol=1e-4, atol=1e-5), \
+                assert torch.allclose(got[1][n], g, rtol=1e-4, atol=1e-5), (
                     f"{cfg.short()} {n}: max abs err {err:.3g} (max |ref| {g.abs().max().item():.3g})"
+                )
         else:
             _check(got[0], ref32[0], ref_lp[0], amp_dtype, f"{cfg.short()} loss")
             for n, g in ref32[1].items():
@@ -428,15 +507,24 @@ def _superbert_case(backend, space, amp_dtype, cfgs, vocab=300, shape=(2, 9)):
 # below is kept small (the Triton GPU part took ~4 min on an H200 with a cold cache before it was
 # trimmed).
 @pytest.mark.gpu
-@pytest.mark.parametrize("mode,n,o,i,act,has_bias", [
-    ("fp32", 1000, 333, 197, "gelu", True), ("fp32", 4096, 2560, 640, None, False),
-    ("bf16", 1000, 333, 197, None, False), ("bf16", 4096, 2560, 640, "gelu", True),
-    ("bf16-autocast", 1000, 333, 197, "gelu", True), ("bf16-autocast", 4096, 2560, 640, "gelu", True),
-    ("bf16-autocast", 4096, 640, 2560, None, False)])
+@pytest.mark.parametrize(
+    "mode,n,o,i,act,has_bias",
+    [
+        ("fp32", 1000, 333, 197, "gelu", True),
+        ("fp32", 4096, 2560, 640, None, False),
+        ("bf16", 1000, 333, 197, None, False),
+        ("bf16", 4096, 2560, 640, "gelu", True),
+        ("bf16-autocast", 1000, 333, 197, "gelu", True),
+        ("bf16-autocast", 4096, 2560, 640, "gelu", True),
+        ("bf16-autocast", 4096, 640, 2560, None, False),
+    ],
+)
 def test_gpu_sliced_linear(backend, mode, n, o, i, act, has_bias):
     """fp32, bf16 parameters, and fp32 master weights under bf16 autocast; odd and paper-sized shapes."""
     dt = torch.float32 if mode == "fp32" else torch.bfloat16
-    _linear_case(backend, dt, n, o, i, act, has_bias, full=(3072, 3072), amp=mode == "bf16-autocast", scale=0.05)
+    _linear_case(
+        backend, dt, n, o, i, act, has_bias, full=(3072, 3072), amp=mode == "bf16-autocast", scale=0.05
+    )
 
 
 @pytest.mark.gpu
@@ -460,9 +548,12 @@ def test_gpu_superbert_matches_torch(backend, precision):
     """A head-dim-64 supernet on 4 x 129 tokens: loss and every gradient vs the torch backend
     (fp32: 1e-4 relative; bf16 autocast: 2x torch's own autocast error vs fp32 + floor)."""
     from autodistil.space import Range, SearchSpace, SubnetConfig
+
     space = SearchSpace("gpu", Range(1, 2, 1), Range(128, 256, 64), Range(2.0, 4.0, 1.0), Range(2, 4, 1), 64)
     cfgs = [SubnetConfig(2, 192, 3.0, 3), SubnetConfig(2, 256, 4.0, 4)]
-    _superbert_case(backend, space, None if precision == "fp32" else torch.bfloat16, cfgs, vocab=1000, shape=(4, 129))
+    _superbert_case(
+        backend, space, None if precision == "fp32" else torch.bfloat16, cfgs, vocab=1000, shape=(4, 129)
+    )
 
 
 def _n_candidates() -> int:
@@ -483,6 +574,7 @@ def test_gpu_every_triton_config_is_exact(dtype, k):
     if not TRITON_ON_GPU:
         pytest.skip("needs Triton on a GPU (the interpreter has one config)")
     from triton.runtime.errors import OutOfResources
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
     cfgs = sl.default_configs(dtype)
     if k >= len(cfgs):
@@ -490,8 +582,18 @@ def test_gpu_every_triton_config_is_exact(dtype, k):
     assert sl.split_k(cfgs[k], 333, 197, 1000, 132)[0] > 1, "the dW product must take the split path"
     old = sl.configure_autotune([cfgs[k]], fp32_configs=[cfgs[k]], sms=132)
     try:
-        _linear_case("triton", dtype, 1000, 333, 197, "gelu", True, full=(512, 256), amp=dtype != torch.float32,
-                     scale=0.05)
+        _linear_case(
+            "triton",
+            dtype,
+            1000,
+            333,
+            197,
+            "gelu",
+            True,
+            full=(512, 256),
+            amp=dtype != torch.float32,
+            scale=0.05,
+        )
     except OutOfResources as e:
         pytest.skip(f"candidate {cfgs[k]} does not fit this GPU: {e}")
     finally:
@@ -519,8 +621,11 @@ def test_gpu_first_call_dw_is_exact(backend, amp):
         W, b = W0.clone().requires_grad_(), b0.clone().requires_grad_()
         W.grad = earlier.clone()
         with _amp(amp_dt):
-            y = (ops.sliced_linear(x, W, b, o, i, "gelu", backend=impl) if impl != "ref"
-                 else F.gelu(F.linear(x, W[:o, :i], b[:o])))
+            y = (
+                ops.sliced_linear(x, W, b, o, i, "gelu", backend=impl)
+                if impl != "ref"
+                else F.gelu(F.linear(x, W[:o, :i], b[:o]))
+            )
             y.backward(dy.to(y.dtype))
         return W.grad - earlier
 
@@ -537,7 +642,10 @@ def test_gpu_backward_is_bit_identical(backend):
     """Two identical backward passes give bit-identical dW, db, dgamma, dbeta, dX and dQ/dK/dV
     (no atomics anywhere: resuming on a GPU can be exact)."""
     g = torch.Generator().manual_seed(0)
-    W0, b0 = (torch.randn(1024, 1024, generator=g) * 0.03).to(DEV), (torch.randn(1024, generator=g) * 0.1).to(DEV)
+    W0, b0 = (
+        (torch.randn(1024, 1024, generator=g) * 0.03).to(DEV),
+        (torch.randn(1024, generator=g) * 0.1).to(DEV),
+    )
     x0 = torch.randn(8, 128, 768, generator=g).to(DEV)
     qkv0 = [torch.randn(8, 12, 128, 64, generator=g).to(DEV, torch.bfloat16) for _ in range(3)]
     mask = torch.ones(8, 128, dtype=torch.long, device=DEV)
@@ -546,7 +654,10 @@ def test_gpu_backward_is_bit_identical(backend):
 
     def once():
         W, b = W0.clone().requires_grad_(), b0.clone().requires_grad_()
-        gam, bet = torch.ones(1024, device=DEV, requires_grad=True), torch.zeros(1024, device=DEV, requires_grad=True)
+        gam, bet = (
+            torch.ones(1024, device=DEV, requires_grad=True),
+            torch.zeros(1024, device=DEV, requires_grad=True),
+        )
         x = x0.clone().requires_grad_()
         with torch.autocast(DEV, dtype=torch.bfloat16):
             h = ops.sliced_linear(x, W, b, 768, 768, "gelu", backend=backend)
@@ -559,8 +670,10 @@ def test_gpu_backward_is_bit_identical(backend):
 
     first, second = once(), once()
     for name, u, w in zip(("dW", "db", "dgamma", "dbeta", "dx", "dq", "dk", "dv"), first, second):
-        assert torch.equal(u, w), f"{name} differs between two identical passes: max diff " \
-                                  f"{(u.float() - w.float()).abs().max().item():.3g}"
+        assert torch.equal(u, w), (
+            f"{name} differs between two identical passes: max diff "
+            f"{(u.float() - w.float()).abs().max().item():.3g}"
+        )
 
 
 @pytest.mark.gpu
@@ -568,7 +681,7 @@ def test_gpu_attention_offsets_past_2_31(backend):
     """B*A*T*T = 2*17*8192^2 > 2^31 probabilities: the rows at the end of the last head sit past
     2^31 elements (int32 offsets would wrap). Checked against torch on sampled rows."""
     B, A, T, d = 2, 17, 8192, 32
-    assert B * A * T * T > 2 ** 31
+    assert B * A * T * T > 2**31
     q, k, v = (_mk((B, A, T, d), torch.bfloat16, s) for s in (30, 31, 32))
     with torch.no_grad():
         o, p = ops.sliced_attention(q, k, v, None, need_probs=True, backend=backend)
@@ -588,6 +701,7 @@ def test_kernels_take_the_full_parameter_and_never_copy_it(backend, small_space)
     interpreter mirrors each argument's whole storage to host memory as a flat byte buffer,
     its emulation of device memory: that is not a slice copy and is told apart by its shape.)"""
     from test_superbert import _Watch
+
     W = _mk((128, 64), torch.float32, 1).requires_grad_()
     x = _mk((7, 37), torch.float32, 2)
     with _Watch([W]) as w:
@@ -602,9 +716,11 @@ def test_kernels_take_the_full_parameter_and_never_copy_it(backend, small_space)
 def test_cuda_extension_builds_and_imports_without_gpu():
     """CI compiles csrc/ with nvcc (setup.py -> CMake); importing never needs a GPU."""
     import shutil
+
     if shutil.which("nvcc") is None and not __import__("os").path.exists("/usr/local/cuda/bin/nvcc"):
         pytest.skip("no nvcc on this machine: the extension is skipped by design")
     from autodistil import _C
+
     assert _C.cuda_runtime_version() > 0
     if not torch.cuda.is_available():
         assert _C.device_count() == 0
@@ -614,8 +730,10 @@ def test_cuda_extension_builds_and_imports_without_gpu():
 def test_gpu_benchmark_reports_not_measured_without_gpu(capsys):
     import sys
     from pathlib import Path
+
     sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
     import bench_kernels
+
     shapes = bench_kernels.linear_shapes()
     assert ("tiny-qkv", 7 * 64, 128) in shapes and ("base-ffn-in", 2560, 640) in shapes
     if torch.cuda.is_available():
@@ -630,6 +748,7 @@ def test_grad_modes_deliver_the_same_gradients(backend, mode):
     so the reduction hooks fire; in "inplace" mode they write the grad slices directly. Both must
     equal the reference."""
     from autodistil.ops.shared import grad_mode_ctx
+
     W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
     x = _mk((9, 37), torch.float32, 3)
     hooked = []
@@ -665,16 +784,23 @@ def test_only_dw_splits_k(monkeypatch):
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     import triton
+
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
     cfg = triton.Config({"BM": 16, "BN": 16, "BK": 16, "GROUP_M": 4}, num_warps=1)
     old = sl.configure_autotune([cfg], fp32_configs=[cfg], sms=64)
     asked = []
     real = sl.split_k
-    monkeypatch.setattr(sl, "split_k", lambda c, M, N, K, sms: asked.append((M, N, K)) or real(c, M, N, K, sms))
+    monkeypatch.setattr(
+        sl, "split_k", lambda c, M, N, K, sms: asked.append((M, N, K)) or real(c, M, N, K, sms)
+    )
     try:
         W = _mk((64, 48), torch.float32, 1, 0.1).requires_grad_()
-        x = _mk((3, 200, 37), torch.float32, 3).requires_grad_()   # 600 tokens: forward/dX would split if asked
-        ops.sliced_linear(x, W, None, 50, 37, None, backend="triton").backward(_mk((3, 200, 50), torch.float32, 4))
+        x = _mk(
+            (3, 200, 37), torch.float32, 3
+        ).requires_grad_()  # 600 tokens: forward/dX would split if asked
+        ops.sliced_linear(x, W, None, 50, 37, None, backend="triton").backward(
+            _mk((3, 200, 50), torch.float32, 4)
+        )
         assert asked and set(asked) == {(50, 37, 600)}, asked
     finally:
         sl.configure_autotune(*old)
@@ -684,6 +810,7 @@ def test_torch_layernorm_fused_rule_by_device():
     """aten's mixed-dtype LayerNorm (fp32 gamma/beta, bf16 activations) exists on the CPU only: on
     any other device that mix takes the plain-ops path; same-dtype parameters are fused anywhere."""
     from autodistil.ops.torch_backend import _fused_ln_ok
+
     for dev in ("cpu", "meta"):
         s = torch.empty(2, 8, dtype=torch.bfloat16, device=dev)
         w32, wbf = torch.empty(8, device=dev), torch.empty(8, dtype=torch.bfloat16, device=dev)
@@ -693,14 +820,16 @@ def test_torch_layernorm_fused_rule_by_device():
 
 
 def test_triton_shadow_weight_operand_gives_the_same_bits():
-    """weight_operand("shadow") makes forward and dX read the cached low-precision shadow instead of
-    casting fp32 tiles in registers: the same rounding of the same weights, so y, dX and dW are
-    bit-identical to the default under the interpreter (one config; close on a GPU, where each
-    weight dtype is tuned apart); the shadow exists only in that mode; a bad mode is refused."""
+    """weight_operand("shadow") (the default) makes forward and dX read the cached low-precision
+    shadow instead of casting fp32 tiles in registers ("cast"): the same rounding of the same
+    weights, so y, dX and dW are bit-identical under the interpreter (one config; close on a GPU,
+    where each weight dtype is tuned apart); the shadow exists only in that mode; a bad mode is
+    refused."""
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     from autodistil.kernels import weight_operand
     from autodistil.ops.shared import lowp_shadow_bytes
+
     W0, b0 = _mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1)
     x0, dy = _mk((9, 37), torch.float32, 3), _mk((9, 50), torch.float32, 4)
     got = {}
@@ -713,8 +842,10 @@ def test_triton_shadow_weight_operand_gives_the_same_bits():
     for k, name in enumerate(("y", "dx", "dW")):
         a, c = got["cast"][k], got["shadow"][k]
         if GPU:  # the two weight dtypes are tuned as separate keys: the configs (sum order) may differ
-            assert (a.float() - c.float()).abs().max().item() <= 1e-2 * max(1.0, a.float().abs().max().item()), name
-        else:    # one config under the interpreter: the same rounding, the same bits
+            assert (a.float() - c.float()).abs().max().item() <= 1e-2 * max(
+                1.0, a.float().abs().max().item()
+            ), name
+        else:  # one config under the interpreter: the same rounding, the same bits
             assert torch.equal(a, c), f"{name} differs between weight operands"
     assert got["cast"][3] == 0 and got["shadow"][3] == 64 * 48 * 2
     with pytest.raises(ValueError, match="not allowed"):
@@ -724,30 +855,32 @@ def test_triton_shadow_weight_operand_gives_the_same_bits():
 
 def test_backward_reads_the_weight_operand_forward_read(monkeypatch):
     """The weight operand is captured at forward and re-entered for backward: with forward under
-    weight_operand("shadow") and backward called after the block (autograd may also run it on
-    another thread), dX still reads the shadow; a bad AUTODISTIL_TRITON_WEIGHT fails the linear
-    that reads it, not the import of the backend."""
+    weight_operand("cast") and backward called after the block (autograd may also run it on
+    another thread), dX still reads what forward read (not the default shadow); a bad
+    AUTODISTIL_TRITON_WEIGHT fails the linear that reads it, not the import of the backend."""
     if STATUS["triton"] != "ok":
         pytest.skip(STATUS["triton"])
     sl = importlib.import_module("autodistil.kernels.sliced_linear")
     from autodistil.kernels import weight_operand
+
     seen = []
     real = sl._weight_for
     monkeypatch.setattr(sl, "_weight_for", lambda w, dt: seen.append(sl.current_operand()) or real(w, dt))
     W = _mk((64, 48), torch.float32, 1, 0.1).requires_grad_()
     x = _mk((9, 37), torch.float32, 3).requires_grad_()
-    with weight_operand("shadow"), _amp(LOWP):
+    with weight_operand("cast"), _amp(LOWP):
         y = ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
-    assert sl.current_operand() == "cast"
+    assert sl.current_operand() == "shadow"  # the default outside the block
     y.backward(_mk((9, 50), torch.float32, 4).to(y.dtype))
-    assert seen == ["shadow", "shadow"], seen  # forward, then dX in backward
+    assert seen == ["cast", "cast"], seen  # forward, then dX in backward
     monkeypatch.setenv("AUTODISTIL_TRITON_WEIGHT", "copy")
     with pytest.raises(ValueError, match="AUTODISTIL_TRITON_WEIGHT='copy' is not allowed"):
         with _amp(LOWP):
             ops.sliced_linear(x, W, None, 50, 37, None, backend="triton")
 
 
-# --- fused Functions (sliced_qkv, sliced_linear_layernorm, sliced_ffn_layernorm): the same numbers as their parts
+# --- fused Functions (sliced_qkv, sliced_linear_layernorm, sliced_ffn_layernorm): the same numbers as
+# their parts
 @pytest.fixture(params=["torch", "triton", "cuda"])
 def any_backend(request):
     if STATUS[request.param] != "ok":
@@ -755,24 +888,48 @@ def any_backend(request):
     return request.param
 
 
-def _fused_vs_parts(backend, amp, mode, fused_fn, parts_fn, params, inputs, dys, frozen=(), no_grad_inputs=(),
-                    nonleaf=(), x_dtype=torch.float32):
+def _fused_vs_parts(
+    backend,
+    amp,
+    mode,
+    fused_fn,
+    parts_fn,
+    params,
+    inputs,
+    dys,
+    frozen=(),
+    no_grad_inputs=(),
+    nonleaf=(),
+    x_dtype=torch.float32,
+):
     """Run fused_fn and parts_fn on fresh copies of params/inputs under the grad mode and autocast;
     returns (outputs, input grads, param grads) of each, to be compared bit for bit. frozen: indices
     of parameters without grad; no_grad_inputs: inputs without grad; nonleaf: parameters used as a
     computed (non-leaf) tensor, whose gradient goes through autograd (mixed delivery), compared on
     the leaf they come from."""
     from autodistil.ops.shared import grad_mode_ctx
+
     got = []
     for fn in (fused_fn, parts_fn):
-        leaves = [None if p is None else p.clone().requires_grad_(k not in frozen) for k, p in enumerate(params)]
+        leaves = [
+            None if p is None else p.clone().requires_grad_(k not in frozen) for k, p in enumerate(params)
+        ]
         ps = [p * 1.0 if k in nonleaf else p for k, p in enumerate(leaves)]
         xs = [x.to(x_dtype).requires_grad_(k not in no_grad_inputs) for k, x in enumerate(inputs)]
         with grad_mode_ctx(mode), _amp(amp):
             outs = fn(xs, ps)
-            loss = sum(((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None), torch.zeros((), device=DEV))
+            loss = sum(
+                ((o.float() * d).sum() for o, d in zip(outs, dys) if d is not None),
+                torch.zeros((), device=DEV),
+            )
             loss.backward()
-        got.append(([o.detach() for o in outs], [x.grad for x in xs], [None if p is None else p.grad for p in leaves]))
+        got.append(
+            (
+                [o.detach() for o in outs],
+                [x.grad for x in xs],
+                [None if p is None else p.grad for p in leaves],
+            )
+        )
     return got
 
 
@@ -781,10 +938,13 @@ def _assert_same(a, b, what, exact=True):
         if u is None or v is None:
             assert u is None and v is None, f"{what}[{k}]: one side has no gradient"
             continue
-        assert u.dtype == v.dtype and u.shape == v.shape, \
+        assert u.dtype == v.dtype and u.shape == v.shape, (
             f"{what}[{k}]: {u.dtype}{tuple(u.shape)} vs {v.dtype}{tuple(v.shape)}"
+        )
         if exact:
-            assert torch.equal(u, v), f"{what}[{k}]: max abs diff {(u.float() - v.float()).abs().max().item():.3g}"
+            assert torch.equal(u, v), (
+                f"{what}[{k}]: max abs diff {(u.float() - v.float()).abs().max().item():.3g}"
+            )
         else:
             torch.testing.assert_close(u, v, rtol=1e-5, atol=1e-6)
 
@@ -798,8 +958,12 @@ def _trim_on_gpu(backend, *default):
 
 
 # (name, frozen parameter indices, inputs without grad, non-leaf parameters, bias/residual dropped)
-VARIANTS = [("all", (), (), (), False), ("frozen-W-no-bias-no-residual", (0,), (), (), True),
-            ("x-without-grad", (), (0,), (), False), ("mixed-delivery", (), (), (0,), False)]
+VARIANTS = [
+    ("all", (), (), (), False),
+    ("frozen-W-no-bias-no-residual", (0,), (), (), True),
+    ("x-without-grad", (), (0,), (), False),
+    ("mixed-delivery", (), (), (0,), False),
+]
 
 
 @pytest.mark.parametrize("amp", [None, LOWP])
@@ -813,20 +977,42 @@ def test_fused_linear_layernorm_equals_its_parts(any_backend, amp, mode, variant
     _trim_on_gpu(any_backend, amp is not None, mode == "inplace", variant[0] == "all")
     _, frozen, no_grad, nonleaf, drop = variant
     o, i = 40, 37
-    params = [_mk((64, 48), torch.float32, 1, 0.1), None if drop else _mk((64,), torch.float32, 2, 0.1),
-              1 + _mk((64,), torch.float32, 3, 0.1), _mk((64,), torch.float32, 4, 0.1)]
+    params = [
+        _mk((64, 48), torch.float32, 1, 0.1),
+        None if drop else _mk((64,), torch.float32, 2, 0.1),
+        1 + _mk((64,), torch.float32, 3, 0.1),
+        _mk((64,), torch.float32, 4, 0.1),
+    ]
     inputs = [_mk((2, 5, i), torch.float32, 5)] + ([] if drop else [_mk((2, 5, o), torch.float32, 6)])
 
     def fused(xs, ps):
-        return [ops.sliced_linear_layernorm(xs[0], *ps, o, i, 1e-12, xs[1] if len(xs) > 1 else None,
-                                            backend=any_backend)]
+        return [
+            ops.sliced_linear_layernorm(
+                xs[0], *ps, o, i, 1e-12, xs[1] if len(xs) > 1 else None, backend=any_backend
+            )
+        ]
 
     def parts(xs, ps):
         y = ops.sliced_linear(xs[0], ps[0], ps[1], o, i, None, backend=any_backend)
-        return [ops.sliced_layernorm(y, ps[2], ps[3], o, 1e-12, xs[1] if len(xs) > 1 else None, backend=any_backend)]
+        return [
+            ops.sliced_layernorm(
+                y, ps[2], ps[3], o, 1e-12, xs[1] if len(xs) > 1 else None, backend=any_backend
+            )
+        ]
 
-    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, o), torch.float32, 7)],
-                           frozen, no_grad, nonleaf)
+    a, b = _fused_vs_parts(
+        any_backend,
+        amp,
+        mode,
+        fused,
+        parts,
+        params,
+        inputs,
+        [_mk((2, 5, o), torch.float32, 7)],
+        frozen,
+        no_grad,
+        nonleaf,
+    )
     for k, what in enumerate(("output", "input grads", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
     assert (a[2][0] is None) == (0 in frozen)
@@ -842,9 +1028,14 @@ def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode, variant):
     _trim_on_gpu(any_backend, amp is not None, mode == "inplace", variant[0] == "all")
     _, frozen, no_grad, nonleaf, drop = variant
     f, h = 50, 37
-    params = [_mk((64, 48), torch.float32, 1, 0.1), None if drop else _mk((64,), torch.float32, 2, 0.1),
-              _mk((48, 64), torch.float32, 3, 0.1), None if drop else _mk((48,), torch.float32, 4, 0.1),
-              1 + _mk((48,), torch.float32, 5, 0.1), _mk((48,), torch.float32, 6, 0.1)]
+    params = [
+        _mk((64, 48), torch.float32, 1, 0.1),
+        None if drop else _mk((64,), torch.float32, 2, 0.1),
+        _mk((48, 64), torch.float32, 3, 0.1),
+        None if drop else _mk((48,), torch.float32, 4, 0.1),
+        1 + _mk((48,), torch.float32, 5, 0.1),
+        _mk((48,), torch.float32, 6, 0.1),
+    ]
     inputs = [_mk((2, 5, h), torch.float32, 7)]
 
     def fused(xs, ps):
@@ -855,8 +1046,19 @@ def test_fused_ffn_block_equals_its_parts(any_backend, amp, mode, variant):
         y = ops.sliced_linear(z, ps[2], ps[3], h, f, None, backend=any_backend)
         return [ops.sliced_layernorm(y, ps[4], ps[5], h, 1e-12, xs[0], backend=any_backend)]
 
-    a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, [_mk((2, 5, h), torch.float32, 8)],
-                           frozen, no_grad, nonleaf)
+    a, b = _fused_vs_parts(
+        any_backend,
+        amp,
+        mode,
+        fused,
+        parts,
+        params,
+        inputs,
+        [_mk((2, 5, h), torch.float32, 8)],
+        frozen,
+        no_grad,
+        nonleaf,
+    )
     for k, what in enumerate(("output", "dx", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} {what}")
 
@@ -871,8 +1073,11 @@ def test_fused_qkv_equals_three_linears(any_backend, amp, mode, used):
     separate call would."""
     _trim_on_gpu(any_backend, amp is not None, mode == "inplace")
     o, i = 40, 37
-    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + \
-             [_mk((64,), torch.float32, 4, 0.1), None, _mk((64,), torch.float32, 6, 0.1)]
+    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + [
+        _mk((64,), torch.float32, 4, 0.1),
+        None,
+        _mk((64,), torch.float32, 6, 0.1),
+    ]
     inputs = [_mk((2, 5, i), torch.float32, 7)]
     dys = [_mk((2, 5, o), torch.float32, s) for s in (8, 9, 10)]
     if used == "qv":
@@ -882,7 +1087,9 @@ def test_fused_qkv_equals_three_linears(any_backend, amp, mode, used):
         return list(ops.sliced_qkv(xs[0], ps[:3], ps[3:], o, i, backend=any_backend))
 
     def parts(xs, ps):
-        return [ops.sliced_linear(xs[0], w, b, o, i, None, backend=any_backend) for w, b in zip(ps[:3], ps[3:])]
+        return [
+            ops.sliced_linear(xs[0], w, b, o, i, None, backend=any_backend) for w, b in zip(ps[:3], ps[3:])
+        ]
 
     a, b = _fused_vs_parts(any_backend, amp, mode, fused, parts, params, inputs, dys)
     for k, what in enumerate(("q/k/v", "dx", "parameter grads")):
@@ -897,38 +1104,59 @@ def test_fused_ops_sum_dx_terms_in_x_dtype(any_backend):
     once rounds differently)."""
     other = torch.bfloat16 if LOWP == torch.float16 else torch.float16
     o, i = 40, 37
-    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + [_mk((64,), torch.float32, s, 0.1)
-                                                                           for s in (4, 5, 6)]
-    a, b = _fused_vs_parts(any_backend, LOWP, "inplace",
-                           lambda xs, ps: list(ops.sliced_qkv(xs[0], ps[:3], ps[3:], o, i, backend=any_backend)),
-                           lambda xs, ps: [ops.sliced_linear(xs[0], w, c, o, i, None, backend=any_backend)
-                                           for w, c in zip(ps[:3], ps[3:])],
-                           params, [_mk((2, 5, i), torch.float32, 7)], [_mk((2, 5, o), torch.float32, s) for s in (8, 9, 10)],
-                           x_dtype=other)
+    params = [_mk((64, 48), torch.float32, s, 0.1) for s in (1, 2, 3)] + [
+        _mk((64,), torch.float32, s, 0.1) for s in (4, 5, 6)
+    ]
+    a, b = _fused_vs_parts(
+        any_backend,
+        LOWP,
+        "inplace",
+        lambda xs, ps: list(ops.sliced_qkv(xs[0], ps[:3], ps[3:], o, i, backend=any_backend)),
+        lambda xs, ps: [
+            ops.sliced_linear(xs[0], w, c, o, i, None, backend=any_backend) for w, c in zip(ps[:3], ps[3:])
+        ],
+        params,
+        [_mk((2, 5, i), torch.float32, 7)],
+        [_mk((2, 5, o), torch.float32, s) for s in (8, 9, 10)],
+        x_dtype=other,
+    )
     _assert_same(a[1], b[1], f"{any_backend} q/k/v dx ({other} x under {LOWP} autocast)")
     f, h = 50, 37
-    params = [_mk((64, 48), torch.float32, 1, 0.1), _mk((64,), torch.float32, 2, 0.1),
-              _mk((48, 64), torch.float32, 3, 0.1), _mk((48,), torch.float32, 4, 0.1),
-              1 + _mk((48,), torch.float32, 5, 0.1), _mk((48,), torch.float32, 6, 0.1)]
+    params = [
+        _mk((64, 48), torch.float32, 1, 0.1),
+        _mk((64,), torch.float32, 2, 0.1),
+        _mk((48, 64), torch.float32, 3, 0.1),
+        _mk((48,), torch.float32, 4, 0.1),
+        1 + _mk((48,), torch.float32, 5, 0.1),
+        _mk((48,), torch.float32, 6, 0.1),
+    ]
 
     def parts(xs, ps):
         z = ops.sliced_linear(xs[0], ps[0], ps[1], f, h, "gelu", backend=any_backend)
         y = ops.sliced_linear(z, ps[2], ps[3], h, f, None, backend=any_backend)
         return [ops.sliced_layernorm(y, ps[4], ps[5], h, 1e-12, xs[0], backend=any_backend)]
 
-    a, b = _fused_vs_parts(any_backend, LOWP, "inplace",
-                           lambda xs, ps: [ops.sliced_ffn_layernorm(xs[0], *ps, f, h, 1e-12, backend=any_backend)],
-                           parts, params, [_mk((2, 5, h), torch.float32, 7)], [_mk((2, 5, h), torch.float32, 8)],
-                           x_dtype=other)
+    a, b = _fused_vs_parts(
+        any_backend,
+        LOWP,
+        "inplace",
+        lambda xs, ps: [ops.sliced_ffn_layernorm(xs[0], *ps, f, h, 1e-12, backend=any_backend)],
+        parts,
+        params,
+        [_mk((2, 5, h), torch.float32, 7)],
+        [_mk((2, 5, h), torch.float32, 8)],
+        x_dtype=other,
+    )
     for k, what in enumerate(("output", "dx", "parameter grads")):
         _assert_same(a[k], b[k], f"{any_backend} FFN {what} ({other} x under {LOWP} autocast)")
 
 
 def test_prefix_is_a_checked_leading_block():
     from autodistil.ops.shared import prefix
+
     W = torch.arange(24.0).reshape(4, 6)
     assert torch.equal(prefix(W, 3, 2), W[:3, :2]) and prefix(W, 3, 2).data_ptr() == W.data_ptr()
-    assert torch.equal(prefix(W[1:], 2, 5), W[1:3, :5])   # storage offset kept
+    assert torch.equal(prefix(W[1:], 2, 5), W[1:3, :5])  # storage offset kept
     with pytest.raises(ValueError, match="not inside a tensor of shape \\(4, 6\\) \\(1-D or 2-D\\)"):
         prefix(W, 3)
     with pytest.raises(ValueError, match="not inside"):
@@ -968,15 +1196,18 @@ def test_triton_availability_is_decided_once_at_import():
     with AttributeError on the first op)."""
     import subprocess
     import sys
+
     if GPU:
         pytest.skip("a GPU is present: Triton is available either way")
-    code = ("import os, torch; import autodistil.kernels; os.environ['TRITON_INTERPRET'] = '1'\n"
-            "from autodistil import ops\n"
-            "print(ops.backend_status()['triton'])\n"
-            "try:\n"
-            "    ops.sliced_linear(torch.zeros(2, 4), torch.zeros(4, 4), None, 4, 4, backend='triton')\n"
-            "except ops.BackendUnavailable as e:\n"
-            "    print('refused:', type(e).__name__)\n")
+    code = (
+        "import os, torch; import autodistil.kernels; os.environ['TRITON_INTERPRET'] = '1'\n"
+        "from autodistil import ops\n"
+        "print(ops.backend_status()['triton'])\n"
+        "try:\n"
+        "    ops.sliced_linear(torch.zeros(2, 4), torch.zeros(4, 4), None, 4, 4, backend='triton')\n"
+        "except ops.BackendUnavailable as e:\n"
+        "    print('refused:', type(e).__name__)\n"
+    )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
     assert r.returncode == 0, r.stderr[-2000:]

@@ -4,8 +4,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from autodistil.distill.losses import (LossWeights, attention_map_loss, hidden_state_loss, logits_loss,
-                                       qkv_relation_loss, relation_loss, uniform_layer_map)
+from autodistil.distill.losses import (
+    LossWeights,
+    attention_map_loss,
+    hidden_state_loss,
+    logits_loss,
+    qkv_relation_loss,
+    relation_loss,
+    uniform_layer_map,
+)
 
 
 def _ref_relation(t, s, mask, r):
@@ -57,9 +64,9 @@ def test_attention_map_loss_head_matched_and_averaged():
 
 def test_hidden_state_loss_with_projection_and_mapping():
     torch.manual_seed(2)
-    t_hs = [torch.randn(2, 4, 8) for _ in range(5)]   # 4 teacher layers + embeddings
+    t_hs = [torch.randn(2, 4, 8) for _ in range(5)]  # 4 teacher layers + embeddings
     proj = torch.nn.Linear(6, 8)
-    s_hs = [torch.randn(2, 4, 6) for _ in range(3)]   # 2 student layers
+    s_hs = [torch.randn(2, 4, 6) for _ in range(3)]  # 2 student layers
     lm = uniform_layer_map(4, 2)
     assert lm == [(2, 1), (4, 2)]
     got = hidden_state_loss(t_hs, s_hs, lm, proj)

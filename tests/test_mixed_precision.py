@@ -1,12 +1,20 @@
 """Mixed precision on the torch backend (CPU bf16 autocast): fp32 master weights, activations in
 bf16, weights read from a low-precision shadow refreshed once per optimizer step (no per-call
 copy of a weight slice), dW accumulated in fp32 into the fp32 grad slices."""
+
 import pytest
 import torch
 
 from autodistil import ops
 from autodistil.nn import SuperBert, SuperBertConfig
-from autodistil.ops.shared import disable_lowp_shadow, invalidate_lowp_shadow, lowp_shadow, lowp_shadow_bytes
+from autodistil.ops.shared import (
+    disable_lowp_shadow,
+    invalidate_lowp_shadow,
+    lowp_shadow,
+    lowp_shadow_bytes,
+    refresh_lowp_shadows,
+    shadow_refreshes,
+)
 from autodistil.space import SubnetConfig
 from conftest import randomize_
 from test_superbert import _Watch
@@ -17,8 +25,12 @@ MEMBERS = [SubnetConfig(2, 48, 2.5, 3), SubnetConfig(1, 32, 2.0, 2), SubnetConfi
 
 def _loss(sb, cfg, ids, mask):
     o = sb(ids, mask, subnet=cfg, output_qkv=True, output_attentions=True)
-    return (o.last_hidden_state.float() * mask[..., None]).pow(2).mean() + o.qkv[-1][0].float().pow(2).mean() \
-        + o.attentions[-1].float().pow(2).mean() + o.pooler_output.float().sum() * 1e-2
+    return (
+        (o.last_hidden_state.float() * mask[..., None]).pow(2).mean()
+        + o.qkv[-1][0].float().pow(2).mean()
+        + o.attentions[-1].float().pow(2).mean()
+        + o.pooler_output.float().sum() * 1e-2
+    )
 
 
 @pytest.mark.parametrize("opt", ["fused", "foreach", "forloop", "load_state_dict"])
@@ -33,10 +45,45 @@ def test_lowp_shadow_refreshes_after_a_real_optimizer_step(opt):
         o = torch.optim.AdamW(lin.parameters(), lr=0.1, **kw)
         lin(torch.randn(3, 6)).sum().backward()
         o.step()
+    ptr = s1.data_ptr()
     s2 = lowp_shadow(lin.weight, BF16)
-    assert s2 is not s1
+    # refreshed in place: the same tensor at the same address (CUDA graphs read it by address)
+    assert s2 is s1 and s2.data_ptr() == ptr
     assert torch.equal(s2, lin.weight.detach().to(BF16))
     assert lowp_shadow(lin.weight, torch.float32) is lin.weight  # same dtype: the parameter itself
+
+
+def test_refresh_lowp_shadows_writes_in_place_whatever_the_key():
+    """The explicit refresh (what a CUDA-graph step runs before its replays) copies the current values
+    into every cached shadow at its address, also after a write the key cannot see (.data), and
+    records the keys: the next lookup is a hit, not a second refresh."""
+    lin = torch.nn.Linear(6, 8)
+    s1, b1 = lowp_shadow(lin.weight, BF16), lowp_shadow(lin.bias, BF16)
+    ptrs = (s1.data_ptr(), b1.data_ptr())
+    lin.weight.data.mul_(-2.0)
+    lin.bias.data.add_(1.0)
+    assert refresh_lowp_shadows(lin.parameters()) == 2
+    assert (s1.data_ptr(), b1.data_ptr()) == ptrs
+    assert torch.equal(s1, lin.weight.detach().to(BF16)) and torch.equal(b1, lin.bias.detach().to(BF16))
+    n = shadow_refreshes()
+    assert lowp_shadow(lin.weight, BF16) is s1 and shadow_refreshes() == n
+
+
+def test_frozen_parameter_shadow_survives_optimizer_steps_elsewhere():
+    """A frozen parameter without a gradient (a teacher's) cannot be stepped: another model's optimizer
+    step does not refresh its shadow (which would cost a full copy per training step), an in-place
+    write (version bump) still does."""
+    frozen, lin = torch.nn.Linear(6, 8).requires_grad_(False), torch.nn.Linear(6, 8)
+    s = lowp_shadow(frozen.weight, BF16)
+    o = torch.optim.AdamW(lin.parameters(), lr=0.1)
+    lin(torch.randn(3, 6)).sum().backward()
+    o.step()
+    n = shadow_refreshes()
+    assert lowp_shadow(frozen.weight, BF16) is s and shadow_refreshes() == n
+    with torch.no_grad():
+        frozen.weight.mul_(2.0)
+    assert torch.equal(lowp_shadow(frozen.weight, BF16), frozen.weight.to(BF16))
+    assert shadow_refreshes() == n + 1
 
 
 def test_data_writes_are_invisible_until_invalidated():
@@ -98,7 +145,8 @@ def test_autocast_never_copies_a_weight_slice_and_grads_stay_fp32(small_space):
     opt.step()
     w = sandwich()
     full = {tuple(p.shape) for p in shadowed}
-    assert w.copies and all(name == "aten._to_copy.default" and shape in full for name, shape in w.copies)
+    # refreshed in place (copy_ into the existing shadow), never reallocated
+    assert w.copies and all(name == "aten.copy_.default" and shape in full for name, shape in w.copies)
     assert len(w.copies) == len(shadowed)  # one refresh per parameter, shared by all members and dX
 
     ref = SuperBert(sb.config)
@@ -123,8 +171,15 @@ def test_layernorm_output_dtype_rule():
     torch.testing.assert_close(y, torch.nn.functional.layer_norm(x32, (12,), w[:12], b[:12], 1e-12))
 
 
-@pytest.mark.parametrize("x_dt,p_dt", [(torch.float32, torch.float32), (torch.bfloat16, torch.float32),
-                                       (torch.float16, torch.float16), (torch.float32, torch.bfloat16)])
+@pytest.mark.parametrize(
+    "x_dt,p_dt",
+    [
+        (torch.float32, torch.float32),
+        (torch.bfloat16, torch.float32),
+        (torch.float16, torch.float16),
+        (torch.float32, torch.bfloat16),
+    ],
+)
 @pytest.mark.parametrize("residual", [False, True])
 def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
     """The torch backend's LayerNorm (aten's fused kernels where the dtypes allow, plain ops for the
@@ -146,8 +201,12 @@ def test_torch_layernorm_paths_match_f_layer_norm(x_dt, p_dt, residual):
     yr = torch.nn.functional.layer_norm(xr + rr if residual else xr, (h,), wr[:h], br[:h], 1e-12)
     yr.backward(dy)
     tol = 1e-5 if x_dt == torch.float32 and p_dt == torch.float32 else 3e-2
-    for name, got, ref in (("y", y, yr), ("dx", x.grad, xr.grad), ("dgamma", w.grad, wr.grad),
-                           ("dbeta", b.grad, br.grad)) + ((("dres", r.grad, rr.grad),) if residual else ()):
+    for name, got, ref in (
+        ("y", y, yr),
+        ("dx", x.grad, xr.grad),
+        ("dgamma", w.grad, wr.grad),
+        ("dbeta", b.grad, br.grad),
+    ) + ((("dres", r.grad, rr.grad),) if residual else ()):
         err = (got.float() - ref.float()).abs().max().item()
         assert err <= tol * max(1.0, ref.abs().max().item()), f"{name}: max err {err:.3g} ({x_dt}, {p_dt})"
     assert w.grad.dtype == p_dt and not w.grad[h:].any() and not b.grad[h:].any()

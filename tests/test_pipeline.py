@@ -34,6 +34,7 @@ def tiny_config(tmp_path, teacher, **kw) -> RunConfig:
 _tiny = tiny_config
 
 
+@pytest.mark.slow
 def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
     logs = []
     state = run_pipeline(_tiny(tmp_path, tiny_teacher_dir, stop_after="search"), log=logs.append)

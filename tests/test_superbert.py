@@ -76,7 +76,7 @@ class _Watch(TorchDispatchMode):
             if src.untyped_storage().data_ptr() in self.ptrs:
                 self.copies.append((name, tuple(src.shape)))
         out = func(*args, **kwargs)
-        for o in (out if isinstance(out, (tuple, list)) else [out]):
+        for o in out if isinstance(out, (tuple, list)) else [out]:
             if isinstance(o, torch.Tensor):
                 self.shapes.append(tuple(o.shape))
         return out
@@ -148,8 +148,9 @@ def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, a
     """In training the layer runs q/k/v as one autograd Function, the attention output projection +
     residual + LayerNorm as one and the whole FFN block as one (host time per op is what a GPU step
     waits on); its loss equals the module-by-module path's and every gradient is within an ulp-level
-    tolerance of it (q/k/v's dX is summed before the residual's gradient), which a hook on any of those modules selects (DeepSpeed
-    ZeRO-3 gathers parameters in forward pre-hooks; rewire reads forward hooks), so the hook fires."""
+    tolerance of it (q/k/v's dX is summed before the residual's gradient), which a hook on any of those
+    modules selects (DeepSpeed ZeRO-3 gathers parameters in forward pre-hooks; rewire reads forward
+    hooks), so the hook fires."""
     torch.manual_seed(0)
     sb = randomize_(SuperBert(SuperBertConfig.for_spaces(small_space, vocab_size=500)))
     ids = torch.randint(0, 500, (2, 5))
@@ -165,12 +166,18 @@ def test_fused_layer_ops_match_the_module_calls_and_respect_hooks(small_space, a
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             out = sb(ids, subnet=cfg, output_qkv=True)
             loss = out.last_hidden_state.float().pow(2).mean() + sum(
-                t.float().pow(2).mean() for qkv in out.qkv for t in qkv)
+                t.float().pow(2).mean() for qkv in out.qkv for t in qkv
+            )
         names = _grad_fn_names(loss)
         loss.backward()
         for h in handles:
             h.remove()
-        return loss.detach(), {n: p.grad.clone() for n, p in sb.named_parameters() if p.grad is not None}, names, calls
+        return (
+            loss.detach(),
+            {n: p.grad.clone() for n, p in sb.named_parameters() if p.grad is not None},
+            names,
+            calls,
+        )
 
     fused, parts = run(False), run(True)
     fused_fns = ("SlicedQKVBackward", "SlicedLinearLayerNormBackward", "SlicedFFNLayerNormBackward")
@@ -210,8 +217,10 @@ def test_fused_path_keeps_container_hooks_and_foreign_modules(small_space):
     calls.clear()
     sb(ids, subnet=cfg)
     assert "query" in calls, "a module of another class was bypassed by the fused q/k/v"
-    layer.attention.output.dense.forward = lambda *a, **k: calls.append("patched") or \
-        type(layer.attention.output.dense).forward(layer.attention.output.dense, *a, **k)
+    layer.attention.output.dense.forward = lambda *a, **k: (
+        calls.append("patched")
+        or type(layer.attention.output.dense).forward(layer.attention.output.dense, *a, **k)
+    )
     sb(ids, subnet=cfg)
     assert "patched" in calls, "a patched forward was bypassed"
     del layer.attention.output.dense.forward
@@ -249,6 +258,7 @@ def test_backend_dispatch_errors():
 
 def test_backend_context_restores_and_stays_in_its_thread():
     import threading
+
     assert ops.get_backend() == "torch"
     seen = []
     with pytest.raises(RuntimeError, match="boom"):
@@ -265,11 +275,12 @@ def test_backend_context_restores_and_stays_in_its_thread():
 
 def test_attention_dispatch_routes_dropout_and_differentiable_probs_to_the_reference(monkeypatch):
     from autodistil.ops import torch_backend
+
     calls = []
     real = torch_backend.attention
     monkeypatch.setattr(torch_backend, "attention", lambda *a: calls.append(a[4:]) or real(*a))
     q, k, v = (torch.randn(1, 2, 5, 8, requires_grad=True) for _ in range(3))
-    ops.sliced_attention(q, k, v, None, need_probs=True)              # probabilities with gradient
+    ops.sliced_attention(q, k, v, None, need_probs=True)  # probabilities with gradient
     ops.sliced_attention(q, k, v, None, need_probs=False, dropout_p=0.1)
     assert calls == []
     with torch.no_grad():

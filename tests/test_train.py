@@ -58,8 +58,19 @@ def _records(path):
 
 def test_short_real_run_lowers_heldout_loss(tmp_path):
     """Real teacher, real text, random init: the held-out relation loss falls (CI-sized)."""
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), spaces=("tiny",), steps=30, batch_size=8, seq_len=64,
-                      eval_every=30, eval_blocks=16, max_train_blocks=600, init="random", lr=3e-4, warmup_steps=3)
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        spaces=("tiny",),
+        steps=30,
+        batch_size=8,
+        seq_len=64,
+        eval_every=30,
+        eval_blocks=16,
+        max_train_blocks=600,
+        init="random",
+        lr=3e-4,
+        warmup_steps=3,
+    )
     s = train_supernets(cfg)["tiny"]
     for k in ("largest", "smallest", "random"):
         assert s["final_eval"][k] < s["first_eval"][k], (k, s)
@@ -71,9 +82,21 @@ def test_short_real_run_lowers_heldout_loss(tmp_path):
 
 
 def _tiny_cfg(teacher, out, **kw):
-    base = dict(teacher=str(teacher), out_dir=str(out), spaces=("tiny",), steps=6, batch_size=4, seq_len=32,
-                eval_every=3, eval_blocks=4, max_train_blocks=40, init="random", lr=1e-3, warmup_steps=1,
-                ckpt_every=100)
+    base = dict(
+        teacher=str(teacher),
+        out_dir=str(out),
+        spaces=("tiny",),
+        steps=6,
+        batch_size=4,
+        seq_len=32,
+        eval_every=3,
+        eval_blocks=4,
+        max_train_blocks=40,
+        init="random",
+        lr=1e-3,
+        warmup_steps=1,
+        ckpt_every=100,
+    )
     base.update(kw)
     return TrainConfig(**base)
 
@@ -84,6 +107,7 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_teacher_dir, tmp_path):
     def interrupt(step):
         if step == 3:
             raise KeyboardInterrupt
+
     with pytest.raises(KeyboardInterrupt):
         train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "cut"), on_step=interrupt)
     assert (tmp_path / "cut" / "tiny" / "state" / "trainer.pt").is_file()
@@ -98,17 +122,50 @@ def test_interrupt_and_resume_equals_uninterrupted(tiny_teacher_dir, tmp_path):
     train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "cut", resume=True))
     with pytest.raises(ValueError, match="checkpoint .* is for space"):
         import shutil
+
         shutil.copytree(tmp_path / "cut" / "tiny" / "state", tmp_path / "other" / "small" / "state")
         train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "other", spaces=("small",), resume=True))
 
 
 def _launch(tmp_path, teacher, out, extra, nproc=2):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "TQDM_DISABLE": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(nproc), "--master_port",
-           str(29600 + abs(hash(str(out))) % 300), "-m", "autodistil.cli", "train", "--teacher", str(teacher),
-           "--out-dir", str(out), "--spaces", "tiny", "--steps", "4", "--batch-size", "4", "--seq-len", "32",
-           "--eval-every", "2", "--eval-blocks", "4", "--max-train-blocks", "40", "--init", "random",
-           "--lr", "1e-3", "--warmup-steps", "1", *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        str(nproc),
+        "--master_port",
+        str(29600 + abs(hash(str(out))) % 300),
+        "-m",
+        "autodistil.cli",
+        "train",
+        "--teacher",
+        str(teacher),
+        "--out-dir",
+        str(out),
+        "--spaces",
+        "tiny",
+        "--steps",
+        "4",
+        "--batch-size",
+        "4",
+        "--seq-len",
+        "32",
+        "--eval-every",
+        "2",
+        "--eval-blocks",
+        "4",
+        "--max-train-blocks",
+        "40",
+        "--init",
+        "random",
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "1",
+        *extra,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return _records(out / "tiny" / "metrics.jsonl"), json.loads((out / "summary.json").read_text())["tiny"]
@@ -119,16 +176,29 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
     single = train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / "single", steps=4, eval_every=2))["tiny"]
     ref = _records(tmp_path / "single" / "tiny" / "metrics.jsonl")
     for stage in (2, 3):
-        (tmp_path / f"z{stage}.json").write_text(json.dumps({"zero_optimization": {"stage": stage}, "optimizer": {
-            "type": "AdamW", "params": {"torch_adam": True, "weight_decay": 0.01}}}))
-    runs = {"ddp": [], "zero2": ["--deepspeed", str(tmp_path / "z2.json")],
-            "zero3": ["--deepspeed", str(tmp_path / "z3.json")]}
+        (tmp_path / f"z{stage}.json").write_text(
+            json.dumps(
+                {
+                    "zero_optimization": {"stage": stage},
+                    "optimizer": {"type": "AdamW", "params": {"torch_adam": True, "weight_decay": 0.01}},
+                }
+            )
+        )
+    runs = {
+        "ddp": [],
+        "zero2": ["--deepspeed", str(tmp_path / "z2.json")],
+        "zero3": ["--deepspeed", str(tmp_path / "z3.json")],
+    }
     for name, extra in runs.items():
         recs, summary = _launch(tmp_path, tiny_teacher_dir, tmp_path / name, extra)
         assert [r["step"] for r in recs] == [r["step"] for r in ref], name
         for a, b in zip(ref, recs):
             for k, v in a.get("members", a.get("eval")).items():
-                assert b.get("members", b.get("eval"))[k] == pytest.approx(v, rel=2e-4, abs=2e-5), (name, a["step"], k)
+                assert b.get("members", b.get("eval"))[k] == pytest.approx(v, rel=2e-4, abs=2e-5), (
+                    name,
+                    a["step"],
+                    k,
+                )
         model, spaces, _ = load_supernet(tmp_path / name / "tiny")  # consolidated: safetensors + JSON
         assert spaces[0].name == "tiny"
         if name.startswith("zero"):
@@ -136,7 +206,10 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
             assert 0.4 < ratio < 0.6, (name, ratio)  # per-rank optimizer state is about half
     # consolidate command (ZeRO checkpoint -> plain supernet), which records the training config
     from autodistil.cli import main
-    assert main(["consolidate", "--run", str(tmp_path / "zero3" / "tiny"), "--out", str(tmp_path / "cons")]) == 0
+
+    assert (
+        main(["consolidate", "--run", str(tmp_path / "zero3" / "tiny"), "--out", str(tmp_path / "cons")]) == 0
+    )
     m1, _, cons_meta = load_supernet(tmp_path / "cons")
     run_cfg = json.loads((tmp_path / "zero3" / "train_config.json").read_text())
     assert cons_meta["extra"]["train"] == run_cfg and cons_meta["extra"]["train"]["loss"]["relation"] == 1.0
@@ -145,12 +218,22 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
         assert torch.equal(p, q), n
 
 
-@pytest.mark.slow
+@pytest.mark.figures
 def test_few_hundred_steps_lower_heldout_relation_loss(tmp_path):
     """README figures: real teacher, Penn Treebank, the teacher-derived 'tiny' space, random init."""
-    cfg = TrainConfig(out_dir=str(tmp_path / "run"), spaces=("tiny",), steps=300, batch_size=16, seq_len=128,
-                      eval_every=100, eval_blocks=32, max_train_blocks=4000, init="random", lr=3e-4,
-                      warmup_steps=20)
+    cfg = TrainConfig(
+        out_dir=str(tmp_path / "run"),
+        spaces=("tiny",),
+        steps=300,
+        batch_size=16,
+        seq_len=128,
+        eval_every=100,
+        eval_blocks=32,
+        max_train_blocks=4000,
+        init="random",
+        lr=3e-4,
+        warmup_steps=20,
+    )
     s = train_supernets(cfg)["tiny"]
     print(json.dumps(s))
     for k in ("largest", "smallest", "random"):
@@ -162,6 +245,7 @@ def _trainer(teacher_dir, out, **kw):
     from autodistil.nn import TeacherNet
     from autodistil.space import derive_spaces
     from autodistil.teacher import load_teacher
+
     hf, _, info = load_teacher(str(teacher_dir), with_tokenizer=False)
     cfg = _tiny_cfg(teacher_dir, out, **kw)
     space = derive_spaces(info.shape, ("tiny",))["tiny"]
@@ -174,18 +258,25 @@ def test_deepspeed_and_single_process_get_the_same_param_groups(tiny_teacher_dir
     deepspeed = pytest.importorskip("deepspeed")
     single = _trainer(tiny_teacher_dir, tmp_path / "a", loss=LossWeights(relation=1.0, hidden=1.0))
     names = {id(p): n for n, p in single.model.named_parameters()}
-    got_single = [(sorted(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in single.opt.param_groups]
+    got_single = [
+        (sorted(names[id(p)] for p in g["params"]), g["weight_decay"]) for g in single.opt.param_groups
+    ]
     captured = {}
 
     def fake_initialize(model, model_parameters, config, lr_scheduler):
         captured["groups"] = model_parameters
         captured["names"] = {id(p): n for n, p in model.named_parameters()}
         raise RuntimeError("captured")
+
     monkeypatch.setattr(deepspeed, "initialize", fake_initialize)
     (tmp_path / "ds.json").write_text(json.dumps({"zero_optimization": {"stage": 2}}))
     with pytest.raises(RuntimeError, match="captured"):
-        _trainer(tiny_teacher_dir, tmp_path / "b", loss=LossWeights(relation=1.0, hidden=1.0),
-                 deepspeed=str(tmp_path / "ds.json"))
+        _trainer(
+            tiny_teacher_dir,
+            tmp_path / "b",
+            loss=LossWeights(relation=1.0, hidden=1.0),
+            deepspeed=str(tmp_path / "ds.json"),
+        )
     groups = captured["groups"]
     assert isinstance(groups, list) and all(isinstance(g, dict) for g in groups), "DeepSpeed got a flat list"
     got_ds = [(sorted(captured["names"][id(p)] for p in g["params"]), g["weight_decay"]) for g in groups]
@@ -193,7 +284,10 @@ def test_deepspeed_and_single_process_get_the_same_param_groups(tiny_teacher_dir
     decay, no_decay = got_single
     assert decay[1] == 0.01 and no_decay[1] == 0.0
     assert "embeddings.word_embeddings.weight" in decay[0] and "hidden_proj.weight" in decay[0]
-    assert "embeddings.LayerNorm.weight" in no_decay[0] and "encoder.layer.0.intermediate.dense.bias" in no_decay[0]
+    assert (
+        "embeddings.LayerNorm.weight" in no_decay[0]
+        and "encoder.layer.0.intermediate.dense.bias" in no_decay[0]
+    )
 
 
 def test_bf16_autocast_step_with_every_loss_is_close_to_fp32(tiny_teacher_dir, tmp_path):
@@ -202,8 +296,9 @@ def test_bf16_autocast_step_with_every_loss_is_close_to_fp32(tiny_teacher_dir, t
     losses = LossWeights(relation=1.0, attention=1.0, hidden=1.0)
     recs = {}
     for prec in ("fp32", "bf16"):
-        train_supernets(_tiny_cfg(tiny_teacher_dir, tmp_path / prec, steps=1, eval_every=1, loss=losses,
-                                  precision=prec))
+        train_supernets(
+            _tiny_cfg(tiny_teacher_dir, tmp_path / prec, steps=1, eval_every=1, loss=losses, precision=prec)
+        )
         recs[prec] = [r for r in _records(tmp_path / prec / "tiny" / "metrics.jsonl") if "members" in r][0]
     for k, v in recs["fp32"]["members"].items():
         b = recs["bf16"]["members"][k]
@@ -230,6 +325,7 @@ def test_train_step_reads_the_member_losses_once(tiny_teacher_dir, tmp_path):
             return func(*args, **(kwargs or {}))
 
     from autodistil.data.text import TokenBlocks
+
     ids = torch.randint(1000, 5000, (12, 32), generator=torch.Generator().manual_seed(0))
     tr = _trainer(tiny_teacher_dir, tmp_path / "r", loss=LossWeights(relation=1.0, hidden=1.0))
     tr.train_data = tr.held = TokenBlocks(ids, torch.ones_like(ids))
@@ -245,6 +341,7 @@ def test_loss_collective_runs_on_the_trainers_device(monkeypatch):
     tensors only), not on whatever device is current: a process group set up outside
     init_distributed may never have called set_device. Under gloo it runs on the CPU."""
     import autodistil.distill.train as tr
+
     seen = []
     monkeypatch.setattr(tr, "world", lambda: (0, 2))
     monkeypatch.setattr(tr.dist, "all_reduce", lambda t: seen.append(t.device) or t.mul_(2))

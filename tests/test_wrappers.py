@@ -2,6 +2,7 @@
 non-DTensor parameter without a ZeRO-3 ds_id, and returns it through autograd otherwise; the
 wrappers' reduction hooks run on autograd's AccumulateGrad node, which autograd still runs after
 an in-place write (with no incoming gradient), so they read the complete p.grad."""
+
 import os
 import subprocess
 import sys
@@ -30,7 +31,9 @@ def test_non_leaf_weight_gets_its_gradient_through_autograd():
         ops.sliced_linear(x, w, lin.bias, 7, 4, "gelu").pow(2).sum().backward()
     got = lin.parametrizations.weight.original.grad
     ref_w = lin.parametrizations.weight.original.detach().clone().requires_grad_()
-    torch.nn.functional.gelu(torch.nn.functional.linear(x, (2 * ref_w)[:7, :4], lin.bias.detach()[:7])).pow(2).sum().backward()
+    torch.nn.functional.gelu(torch.nn.functional.linear(x, (2 * ref_w)[:7, :4], lin.bias.detach()[:7])).pow(
+        2
+    ).sum().backward()
     assert got is not None, "the leaf behind a computed weight got no gradient"
     torch.testing.assert_close(got, ref_w.grad)
 
@@ -55,8 +58,18 @@ def test_grad_mode_is_a_context_and_decided_per_parameter():
 
 def _launch(wrappers: str, out: Path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "DS_ACCELERATOR": "cpu"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(29300 + abs(hash(str(out))) % 300), str(Path(__file__).parent / "wrapper_worker.py"), wrappers, str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_port",
+        str(29300 + abs(hash(str(out))) % 300),
+        str(Path(__file__).parent / "wrapper_worker.py"),
+        wrappers,
+        str(out),
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     return torch.load(out)

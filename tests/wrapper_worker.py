@@ -6,6 +6,7 @@ full (reduced, gathered) gradient of every parameter saved by rank 0.
 WRAPPERS: comma-separated ddp | fsdp2 | zero1 | zero2 | zero3 (ZeRO optionally "-autograd": run under
 grad_mode_ctx("autograd")); OUT.pt: {wrapper: {name: full gradient}}
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -29,8 +30,11 @@ def make_model() -> SuperBert:
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for n, p in m.named_parameters():
-            p.copy_((1 + 0.1 * torch.randn(p.shape, generator=g)) if "LayerNorm.weight" in n
-                    else 0.05 * torch.randn(p.shape, generator=g))
+            p.copy_(
+                (1 + 0.1 * torch.randn(p.shape, generator=g))
+                if "LayerNorm.weight" in n
+                else 0.05 * torch.randn(p.shape, generator=g)
+            )
     return m
 
 
@@ -53,39 +57,49 @@ def single_process_grads() -> dict:
     ids, mask = batch()
     for cfg in MEMBERS:
         member_loss(m, ids, mask, cfg).backward()
-    return {n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in m.named_parameters()}
+    return {
+        n: (p.grad.clone() if p.grad is not None else torch.zeros_like(p)) for n, p in m.named_parameters()
+    }
 
 
 def wrapped_grads(wrapper: str, rank: int, world: int) -> dict:
     ids, mask = batch()
     per = B // world
-    ids, mask = ids[rank * per:(rank + 1) * per], mask[rank * per:(rank + 1) * per]
+    ids, mask = ids[rank * per : (rank + 1) * per], mask[rank * per : (rank + 1) * per]
     model = make_model()
     if wrapper == "ddp":
         from torch.nn.parallel import DistributedDataParallel as DDP
+
         net = DDP(model, find_unused_parameters=True)
         for k, cfg in enumerate(MEMBERS):  # as the trainer: no_sync for all but the last member
-            with (contextlib.nullcontext() if k == len(MEMBERS) - 1 else net.no_sync()):
+            with contextlib.nullcontext() if k == len(MEMBERS) - 1 else net.no_sync():
                 member_loss(net, ids, mask, cfg).backward()
         return {n: p.grad.clone() for n, p in model.named_parameters()}
     if wrapper == "fsdp2":
         from torch.distributed.device_mesh import init_device_mesh
         from torch.distributed.fsdp import fully_shard
+
         mesh = init_device_mesh("cpu", (world,))
         for layer in model.encoder.layer:
             fully_shard(layer, mesh=mesh)
         fully_shard(model, mesh=mesh)
         for cfg in MEMBERS:
             member_loss(model, ids, mask, cfg).backward()
-        return {n: (p.grad.full_tensor() if p.grad is not None else torch.zeros(p.shape))
-                for n, p in model.named_parameters()}
+        return {
+            n: (p.grad.full_tensor() if p.grad is not None else torch.zeros(p.shape))
+            for n, p in model.named_parameters()
+        }
     # DeepSpeed ZeRO-<stage>, applied by the user ("-autograd": under grad_mode_ctx("autograd"))
     import deepspeed
     from deepspeed.utils import safe_get_full_grad
+
     ctx = grad_mode_ctx("autograd") if wrapper.endswith("-autograd") else contextlib.nullcontext()
-    cfg = {"train_micro_batch_size_per_gpu": per, "gradient_accumulation_steps": len(MEMBERS),
-           "zero_optimization": {"stage": int(wrapper[4])},
-           "optimizer": {"type": "AdamW", "params": {"torch_adam": True}}}
+    cfg = {
+        "train_micro_batch_size_per_gpu": per,
+        "gradient_accumulation_steps": len(MEMBERS),
+        "zero_optimization": {"stage": int(wrapper[4])},
+        "optimizer": {"type": "AdamW", "params": {"torch_adam": True}},
+    }
     engine, *_ = deepspeed.initialize(model=model, model_parameters=model.parameters(), config=cfg)
     with ctx:  # as the trainer: one backward per member, reduced at the accumulation boundary
         for k, c in enumerate(MEMBERS):
@@ -94,16 +108,22 @@ def wrapped_grads(wrapper: str, rank: int, world: int) -> dict:
     full = {}
     for n, p in engine.module.named_parameters():
         g = safe_get_full_grad(p)
-        full[n] = torch.zeros(tuple(getattr(p, "ds_shape", p.shape))) if g is None else g.detach().clone() * len(MEMBERS)
+        full[n] = (
+            torch.zeros(tuple(getattr(p, "ds_shape", p.shape)))
+            if g is None
+            else g.detach().clone() * len(MEMBERS)
+        )
     return full
 
 
 def main(wrappers: str, out: str) -> None:
     """Every wrapper averages over ranks; equal local batches make that the whole batch's mean."""
     import os
+
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     if "zero" in wrappers:
         import deepspeed
+
         deepspeed.init_distributed(dist_backend="gloo")
     else:
         dist.init_process_group("gloo")

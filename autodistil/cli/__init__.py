@@ -1,17 +1,21 @@
 """`autodistil` console script: one module per group of commands, each parser beside its handler.
 Bad arguments and bad inputs: a one-line error and exit code 2."""
+
 from __future__ import annotations
 
 import sys
 
 from .common import CLIError, Parser
 
-DESCRIPTION = ("AutoDistil: distil a BERT-style teacher into students that meet latency budgets on your "
-               "device (K-shot supernets, latency-aware search, fine-tuning, export)")
+DESCRIPTION = (
+    "AutoDistil: distil a BERT-style teacher into students that meet latency budgets on your "
+    "device (K-shot supernets, latency-aware search, fine-tuning, export)"
+)
 
 
 def build_parser() -> Parser:
     from . import jobs, latency, model, search
+
     p = Parser(prog="autodistil", description=DESCRIPTION)
     sub = p.add_subparsers(dest="cmd", required=True, parser_class=Parser, metavar="COMMAND")
     jobs.register_run(sub)

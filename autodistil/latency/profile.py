@@ -29,7 +29,6 @@ import dataclasses
 import gc
 import math
 import os
-import platform
 import random
 import statistics
 import time
@@ -39,50 +38,14 @@ from typing import Callable, Optional
 
 import torch
 
+from ..machine import cpu_id, cpu_model, loadavg as _loadavg  # noqa: F401  (cpu_id, cpu_model re-exported)
+
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
 WEIGHTING = "runs"   # how a model's runs of all rounds make its statistic: every run alike ("runs") or every
                      # round alike ("rounds", see round_weighted_percentile)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATS = ("median", "low", "pNN")  # pNN: any percentile 1-99 of per-call latency (p90, p95, p99: tail budgets)
 VOCAB = 30522
-
-
-def cpu_model() -> str:
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown-cpu"
-
-
-def cpu_id(cpuinfo: str | None = None) -> str | None:
-    """The processor's identity below its marketing name, which a VM may mask ("AMD EPYC" on this
-    project's machines, from hosts of different speed), read from the first processor's block of
-    /proc/cpuinfo: x86 vendor, family, model, stepping and cache size (the fields present), or the
-    ARM implementer/part. None where it says neither."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo") as fh:
-                cpuinfo = fh.read()
-        except OSError:
-            return None
-    first = {}
-    for line in cpuinfo.strip().splitlines():
-        if not line.strip():
-            break  # the end of the first processor's block
-        k, sep, v = line.partition(":")
-        if sep:
-            first.setdefault(k.strip(), v.strip())
-    if first.get("cpu family") is not None and first.get("model") is not None:
-        parts = [first.get("vendor_id"), f"family {first['cpu family']}", f"model {first['model']}",
-                 f"stepping {first['stepping']}" if first.get("stepping") else None,
-                 f"cache {first['cache size']}" if first.get("cache size") else None]
-        return " ".join(p for p in parts if p)
-    if first.get("CPU implementer") and first.get("CPU part"):
-        return f"arm implementer {first['CPU implementer']} part {first['CPU part']}"
-    return None
 
 
 @dataclass(frozen=True)
@@ -185,13 +148,6 @@ def set_threads(s: ProfileSettings) -> dict:
             "affinity": now, "cores_available": len(cpus), "loadavg": _loadavg()}
 
 
-def _loadavg():
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:
-        return None
-
-
 def machine_key(s: ProfileSettings) -> dict:
     """Everything that changes latency: where and how a table was measured."""
     key = {"device_type": "cuda" if s.device.startswith("cuda") else "cpu", "torch": torch.__version__,
@@ -237,7 +193,7 @@ class ModelSpec:
 def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int, vocab: int = VOCAB,
                    max_position: int = 512, cls: str = "auto"):
     from transformers import BertConfig
-    from ..nn.hf import AutoDistilBertConfig
+    from ..hf_student import AutoDistilBertConfig
     if cls == "bert" and heads * head_dim != hidden:
         raise ValueError(f"a BertModel needs heads x head_dim == hidden ({heads} x {head_dim} != {hidden})")
     common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
@@ -258,7 +214,8 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
     CUDA optionally replayed from a CUDA graph, falling back to eager with a note if capture fails)."""
     dev = torch.device(s.device)
     g = torch.Generator().manual_seed(0)
-    ids = torch.randint(1000, 2000, (s.batch, s.seq_len), generator=g)
+    vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 2000
+    ids = torch.randint(min(1000, vocab // 2), min(2000, vocab), (s.batch, s.seq_len), generator=g)  # in its vocab
     mask = torch.ones_like(ids)
     if s.runtime == "onnxruntime":
         import onnxruntime as ort

@@ -17,35 +17,10 @@ from typing import Optional
 from ..cost import exact_cost
 from ..io import atomic_write_json, write_rows_csv
 from ..space import SearchSpace, SubnetConfig
+from ..stats import kendall_tau, kendall_tau_pairs  # noqa: F401  (the validation's statistics; re-exported)
 from .predict import LatencyTable
-from .profile import ModelSpec, ProfileSettings, TorchDevice, _loadavg, anchor_spec, machine_key, measure
-
-
-def kendall_tau(x: list, y: list) -> float:
-    """Kendall's tau-b (ties handled) over all pairs, O(n^2)."""
-    n = len(x)
-    if n < 2:
-        return float("nan")
-    return kendall_tau_pairs(x, y, [(i, j) for i in range(n) for j in range(i + 1, n)])
-
-
-def kendall_tau_pairs(x: list, y: list, pairs: list) -> float:
-    """Kendall's tau-b over the given index pairs only."""
-    conc = disc = tx = ty = 0
-    for i, j in pairs:
-        dx, dy = x[i] - x[j], y[i] - y[j]
-        if dx == 0 and dy == 0:
-            continue
-        if dx == 0:
-            tx += 1
-        elif dy == 0:
-            ty += 1
-        elif (dx > 0) == (dy > 0):
-            conc += 1
-        else:
-            disc += 1
-    den = ((conc + disc + tx) * (conc + disc + ty)) ** 0.5
-    return (conc - disc) / den if den else float("nan")
+from ..machine import loadavg
+from .profile import ModelSpec, ProfileSettings, TorchDevice, anchor_spec, machine_key, measure
 
 
 def separable_pairs(meas: list, noise_sd_pct: float, k: float = 2.0) -> list[tuple]:
@@ -127,9 +102,9 @@ def check_same_device(table: LatencyTable, settings: ProfileSettings, what: str,
 def speed_now(table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None) -> dict:
     """The machine's speed now against when the table was profiled: the table's anchor alone, timed
     with the table's protocol (its rounds: about rounds x round_s seconds), over the anchor then.
-    `factor` goes to ``table.rescaled``. On this 2-core CPU the machine's speed moved by 5-10 % between
-    a profile and a use minutes later (README, "Validation on this CPU"). Refuses another device or
-    settings (the anchor there says nothing about the table's) and a table without an anchor."""
+    `factor` goes to ``table.rescaled`` (docs/guides/latency.md, "Re-anchoring"). Refuses another
+    device or settings (the anchor there says nothing about the table's) and a table without an
+    anchor."""
     if not table.anchor_ms:
         raise ValueError("the latency table records no anchor timing: profile again with `autodistil profile`")
     if device is None:
@@ -215,7 +190,7 @@ def validation_report(table, spaces, students, res, key, out_dir=None) -> dict:
         st.update({f"{k}_drift_adjusted": adj[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
         st.update({f"{k}_low": low[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
         return st
-    report = {"key": key, "n": len(rows), "when": res["when"], "loadavg_after": _loadavg(),
+    report = {"key": key, "n": len(rows), "when": res["when"], "loadavg_after": loadavg(),
               "threads": res["threads"], "machine_drift": drift, "anchor_ms": res["anchor_ms"],
               "anchor_spread_pct": res["anchor_spread_pct"], "table_anchor_ms": table.anchor_ms,
               "stat": table.settings.get("stat", "median"), "seconds": res["seconds"],

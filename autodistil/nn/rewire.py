@@ -17,6 +17,7 @@ likewise for heads and neurons), the permuted teacher computes the same hidden s
 output, with features reordered the same way. LayerNorm statistics do not depend on the order
 of features, so permuting the residual stream is exact.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -26,15 +27,20 @@ from typing import Optional
 
 import torch
 
-_EMB_MATRICES = ("embeddings.word_embeddings.weight", "embeddings.position_embeddings.weight",
-                 "embeddings.token_type_embeddings.weight")
+_EMB_MATRICES = (
+    "embeddings.word_embeddings.weight",
+    "embeddings.position_embeddings.weight",
+    "embeddings.token_type_embeddings.weight",
+)
 _LAYER_KEY = re.compile(r"^encoder\.layer\.(\d+)\.(.+)$")
 
 
 def _check_perm(p, n: Optional[int], what: str) -> torch.Tensor:
     p = torch.as_tensor(p).detach().cpu()
     if p.dim() != 1 or p.dtype not in (torch.int32, torch.int64):
-        raise ValueError(f"Rewiring.{what} must be a 1-D integer tensor, got {p.dtype} of shape {tuple(p.shape)}")
+        raise ValueError(
+            f"Rewiring.{what} must be a 1-D integer tensor, got {p.dtype} of shape {tuple(p.shape)}"
+        )
     p = p.long()
     if n is not None and p.numel() != n:
         raise ValueError(f"Rewiring.{what} has {p.numel()} entries, expected {n}")
@@ -48,6 +54,7 @@ class Rewiring:
     """Orderings of a teacher's features, most important first. Entry j of each permutation is
     the teacher index that moves to position j: hidden (H,), heads[l] (A,), ffn[l] (F,) for every
     teacher layer l. `note` says how the orderings were obtained."""
+
     hidden: torch.Tensor
     heads: tuple
     ffn: tuple
@@ -57,9 +64,13 @@ class Rewiring:
         object.__setattr__(self, "hidden", _check_perm(self.hidden, None, "hidden"))
         heads, ffn = tuple(self.heads), tuple(self.ffn)
         if len(heads) != len(ffn) or not heads:
-            raise ValueError(f"Rewiring needs one head and one FFN permutation per teacher layer, got "
-                             f"{len(heads)} and {len(ffn)}")
-        object.__setattr__(self, "heads", tuple(_check_perm(p, None, f"heads[{l}]") for l, p in enumerate(heads)))
+            raise ValueError(
+                f"Rewiring needs one head and one FFN permutation per teacher layer, got "
+                f"{len(heads)} and {len(ffn)}"
+            )
+        object.__setattr__(
+            self, "heads", tuple(_check_perm(p, None, f"heads[{l}]") for l, p in enumerate(heads))
+        )
         object.__setattr__(self, "ffn", tuple(_check_perm(p, None, f"ffn[{l}]") for l, p in enumerate(ffn)))
 
     @property
@@ -73,23 +84,39 @@ class Rewiring:
         if not keep:
             return self
         heads = [torch.arange(p.numel()) if l in keep else p for l, p in enumerate(self.heads)]
-        return Rewiring(self.hidden, heads, self.ffn,
-                        f"{self.note}; heads of teacher layer {sorted(keep)} in the teacher's order")
+        return Rewiring(
+            self.hidden,
+            heads,
+            self.ffn,
+            f"{self.note}; heads of teacher layer {sorted(keep)} in the teacher's order",
+        )
 
     def reversed(self) -> "Rewiring":
         """The opposite order (least important first): a control, never an initialisation."""
-        return Rewiring(self.hidden.flip(0), [p.flip(0) for p in self.heads], [p.flip(0) for p in self.ffn],
-                        f"reversed ({self.note})")
+        return Rewiring(
+            self.hidden.flip(0),
+            [p.flip(0) for p in self.heads],
+            [p.flip(0) for p in self.ffn],
+            f"reversed ({self.note})",
+        )
 
     def to_dict(self) -> dict:
-        return {"hidden": self.hidden.tolist(), "heads": [p.tolist() for p in self.heads],
-                "ffn": [p.tolist() for p in self.ffn], "note": self.note}
+        return {
+            "hidden": self.hidden.tolist(),
+            "heads": [p.tolist() for p in self.heads],
+            "ffn": [p.tolist() for p in self.ffn],
+            "note": self.note,
+        }
 
     @classmethod
     def from_dict(cls, d: dict) -> "Rewiring":
         try:
-            return cls(torch.tensor(d["hidden"]), [torch.tensor(p) for p in d["heads"]],
-                       [torch.tensor(p) for p in d["ffn"]], str(d.get("note", "")))
+            return cls(
+                torch.tensor(d["hidden"]),
+                [torch.tensor(p) for p in d["heads"]],
+                [torch.tensor(p) for p in d["ffn"]],
+                str(d.get("note", "")),
+            )
         except KeyError as e:
             raise ValueError(f"rewiring description lacks {e}; it needs hidden, heads, ffn") from None
 
@@ -103,6 +130,7 @@ class Rewiring:
 @dataclass(frozen=True)
 class Importance:
     """Importance scores (higher = keep first): hidden (H,), heads (L, A), ffn (L, F); fp32."""
+
     hidden: torch.Tensor
     heads: torch.Tensor
     ffn: torch.Tensor
@@ -112,11 +140,14 @@ class Importance:
 # --- measuring ------------------------------------------------------------------------------
 def _as_superbert(teacher):
     from .superbert import SuperBert
+
     net = getattr(teacher, "net", teacher)  # TeacherNet holds a SuperBert at exactly its shape
     if not isinstance(net, SuperBert):
         raise TypeError(f"importance is measured on a SuperBert or TeacherNet, got {type(teacher).__name__}")
     if net.active != net.config.max_subnet:
-        raise ValueError(f"importance needs the teacher at its full shape, but subnet {net.active.short()} is active")
+        raise ValueError(
+            f"importance needs the teacher at its full shape, but subnet {net.active.short()} is active"
+        )
     return net
 
 
@@ -137,27 +168,39 @@ def measure_importance(teacher, batches) -> Importance:
     for l, layer in enumerate(net.encoder.layer):
         # attention output projection: its input is the per-head context (B, T, A*d);
         # intermediate dense: its output is gelu(x W1 + b1) (B, T, F) (the activation is fused)
-        hooks.append(layer.attention.output.dense.register_forward_hook(
-            lambda m, args, out, l=l: cur.__setitem__(("ctx", l), args[0])))
-        hooks.append(layer.intermediate.dense.register_forward_hook(
-            lambda m, args, out, l=l: cur.__setitem__(("ffn", l), out)))
-    w_o = [layer.attention.output.dense.weight.float().view(H, A, d) for layer in net.encoder.layer]  # (H, A, d)
+        hooks.append(
+            layer.attention.output.dense.register_forward_hook(
+                lambda m, args, out, l=l: cur.__setitem__(("ctx", l), args[0])
+            )
+        )
+        hooks.append(
+            layer.intermediate.dense.register_forward_hook(
+                lambda m, args, out, l=l: cur.__setitem__(("ffn", l), out)
+            )
+        )
+    w_o = [
+        layer.attention.output.dense.weight.float().view(H, A, d) for layer in net.encoder.layer
+    ]  # (H, A, d)
     was_training = net.training
     net.eval()
     tokens = 0
     try:
-        with torch.autocast(dev.type, enabled=False) if dev.type in ("cpu", "cuda") else contextlib.nullcontext():
+        with (
+            torch.autocast(dev.type, enabled=False)
+            if dev.type in ("cpu", "cuda")
+            else contextlib.nullcontext()
+        ):
             for ids, mask in batches:
                 ids = ids.to(dev)
                 mask = torch.ones_like(ids) if mask is None else mask.to(dev)
-                m = mask.to(torch.float64)                                          # (B, T)
+                m = mask.to(torch.float64)  # (B, T)
                 n = float(m.sum())
                 if n == 0:
                     continue
                 tokens += int(n)
                 cur.clear()
                 out = net(ids, mask, output_hidden_states=True)
-                for x in out.hidden_states:                                         # L+1 x (B, T, H)
+                for x in out.hidden_states:  # L+1 x (B, T, H)
                     hidden += torch.einsum("bt,bth->h", m, x.double().abs())
                 for l in range(L):
                     B, T, _ = cur[("ctx", l)].shape
@@ -171,13 +214,20 @@ def measure_importance(teacher, batches) -> Importance:
         net.train(was_training)
     if tokens == 0:
         raise ValueError("importance needs at least one valid (unmasked) token")
-    w2_norm = torch.stack([layer.output.dense.weight.double().norm(dim=0) for layer in net.encoder.layer])  # (L, F)
-    return Importance((hidden / tokens).float().cpu(), (heads / tokens).float().cpu(),
-                      (ffn_act / tokens * w2_norm).float().cpu(), tokens)
+    w2_norm = torch.stack(
+        [layer.output.dense.weight.double().norm(dim=0) for layer in net.encoder.layer]
+    )  # (L, F)
+    return Importance(
+        (hidden / tokens).float().cpu(),
+        (heads / tokens).float().cpu(),
+        (ffn_act / tokens * w2_norm).float().cpu(),
+        tokens,
+    )
 
 
-def importance_rewiring(teacher, blocks, n_blocks: int = 8, seed: int = 0, batch_size: int = 8,
-                        keep_head_order=()) -> Rewiring:
+def importance_rewiring(
+    teacher, blocks, n_blocks: int = 8, seed: int = 0, batch_size: int = 8, keep_head_order=()
+) -> Rewiring:
     """The rewiring of `teacher` from `n_blocks` blocks of `blocks` (a TokenBlocks: len() and
     .batch(idx)), drawn without replacement with a generator seeded by `seed`.
 
@@ -185,12 +235,12 @@ def importance_rewiring(teacher, blocks, n_blocks: int = 8, seed: int = 0, batch
     order. Give the layer the distillation loss reads: the relation loss splits that layer's
     concatenated Q/K/V into relation heads by position, and the attention-map loss matches
     heads by index, so a student that keeps it (full depth) compares like with like only when
-    its heads are in the teacher's order (bench/rewire_init.py measures both)."""
+    its heads are in the teacher's order (docs/guides/supernet-distillation.md, "Rewiring")."""
     n = len(blocks)
     if n == 0 or n_blocks <= 0:
         raise ValueError(f"importance needs blocks: got {n} blocks and n_blocks={n_blocks}")
     idx = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:n_blocks]
-    batches = (blocks.batch(idx[s:s + batch_size]) for s in range(0, len(idx), batch_size))
+    batches = (blocks.batch(idx[s : s + batch_size]) for s in range(0, len(idx), batch_size))
     imp = measure_importance(teacher, batches)
     rw = Rewiring.from_importance(imp, f"importance on {len(idx)} blocks ({imp.tokens} tokens), seed {seed}")
     return rw.keep_heads(keep_head_order)
@@ -209,12 +259,17 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
     (with a projection, the embeddings keep their order and its rows are permuted). Integer buffers
     (position_ids) pass unchanged; any other tensor it does not know is refused."""
     if "embeddings.word_embeddings.weight" not in state:
-        raise ValueError("rewire_state_dict needs a BertModel state dict (no 'embeddings.word_embeddings.weight'; "
-                         "strip a 'bert.' prefix first)")
+        raise ValueError(
+            "rewire_state_dict needs a BertModel state dict (no 'embeddings.word_embeddings.weight'; "
+            "strip a 'bert.' prefix first)"
+        )
     # with a projection (ELECTRA) the residual stream starts at its output: the embeddings keep their order
     projected = "embeddings.project.weight" in state
-    H = (state["embeddings.project.weight"].shape[0] if projected
-         else state["embeddings.word_embeddings.weight"].shape[1])
+    H = (
+        state["embeddings.project.weight"].shape[0]
+        if projected
+        else state["embeddings.word_embeddings.weight"].shape[1]
+    )
     hp = _check_perm(rw.hidden, H, "hidden")
     layers = sorted({int(m.group(1)) for k in state if (m := _LAYER_KEY.match(k))})
     if layers != list(range(rw.layers)):
@@ -224,7 +279,9 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
         q = state[f"encoder.layer.{l}.attention.self.query.weight"]
         A = rw.heads[l].numel()
         if q.shape[0] % A:
-            raise ValueError(f"layer {l}: Q/K/V width {q.shape[0]} is not a multiple of the rewiring's {A} heads")
+            raise ValueError(
+                f"layer {l}: Q/K/V width {q.shape[0]} is not a multiple of the rewiring's {A} heads"
+            )
         ap = _check_perm(rw.heads[l], A, f"heads[{l}]")
         F = state[f"encoder.layer.{l}.intermediate.dense.weight"].shape[0]
         rows[l] = (_head_rows(ap, q.shape[0] // A), _check_perm(rw.ffn[l], F, f"ffn[{l}]"))
@@ -243,12 +300,20 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
             out[k] = t[on(hp)][:, on(hp)]
         elif k == "pooler.dense.bias":
             out[k] = t[on(hp)]
-        elif (m := _LAYER_KEY.match(k)):
+        elif m := _LAYER_KEY.match(k):
             l, rest = int(m.group(1)), m.group(2)
             head_rows, fp = (on(p) for p in rows[l])
-            if rest in ("attention.self.query.weight", "attention.self.key.weight", "attention.self.value.weight"):
+            if rest in (
+                "attention.self.query.weight",
+                "attention.self.key.weight",
+                "attention.self.value.weight",
+            ):
                 out[k] = t[head_rows][:, on(hp)]
-            elif rest in ("attention.self.query.bias", "attention.self.key.bias", "attention.self.value.bias"):
+            elif rest in (
+                "attention.self.query.bias",
+                "attention.self.key.bias",
+                "attention.self.value.bias",
+            ):
                 out[k] = t[head_rows]
             elif rest == "attention.output.dense.weight":
                 out[k] = t[on(hp)][:, head_rows]
@@ -258,14 +323,24 @@ def rewire_state_dict(state: dict, rw: Rewiring) -> dict:
                 out[k] = t[fp]
             elif rest == "output.dense.weight":
                 out[k] = t[on(hp)][:, fp]
-            elif rest in ("attention.output.dense.bias", "output.dense.bias", "attention.output.LayerNorm.weight",
-                          "attention.output.LayerNorm.bias", "output.LayerNorm.weight", "output.LayerNorm.bias"):
+            elif rest in (
+                "attention.output.dense.bias",
+                "output.dense.bias",
+                "attention.output.LayerNorm.weight",
+                "attention.output.LayerNorm.bias",
+                "output.LayerNorm.weight",
+                "output.LayerNorm.bias",
+            ):
                 out[k] = t[on(hp)]
             else:
-                raise ValueError(f"rewire_state_dict: unknown teacher tensor '{k}' (BertModel layer tensors only)")
+                raise ValueError(
+                    f"rewire_state_dict: unknown teacher tensor '{k}' (BertModel layer tensors only)"
+                )
         else:
-            raise ValueError(f"rewire_state_dict: unknown teacher tensor '{k}': only BertModel's embeddings.*, "
-                             f"encoder.layer.* and pooler.* can be permuted")
+            raise ValueError(
+                f"rewire_state_dict: unknown teacher tensor '{k}': only BertModel's embeddings.*, "
+                f"encoder.layer.* and pooler.* can be permuted"
+            )
     return out
 
 
@@ -285,6 +360,7 @@ def broadcast_rewiring(rw: Rewiring, device: torch.device, src: int = 0) -> Rewi
     """Every rank gets rank `src`'s orderings (shapes agree: they come from the same teacher),
     so a near-tie measured differently on two ranks cannot give them different inits."""
     import torch.distributed as dist
+
     if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return rw
     dev = device if dist.get_backend() == "nccl" else torch.device("cpu")
@@ -293,8 +369,16 @@ def broadcast_rewiring(rw: Rewiring, device: torch.device, src: int = 0) -> Rewi
         t = p.to(dev).contiguous()
         dist.broadcast(t, src)
         return t.cpu()
+
     return Rewiring(bc(rw.hidden), [bc(p) for p in rw.heads], [bc(p) for p in rw.ffn], rw.note)
 
 
-__all__ = ["Importance", "Rewiring", "broadcast_rewiring", "importance_rewiring", "is_body_key",
-           "measure_importance", "rewire_state_dict"]
+__all__ = [
+    "Importance",
+    "Rewiring",
+    "broadcast_rewiring",
+    "importance_rewiring",
+    "is_body_key",
+    "measure_importance",
+    "rewire_state_dict",
+]

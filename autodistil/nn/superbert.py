@@ -4,6 +4,7 @@ Parameter names follow Hugging Face's BertModel (without the "bert." prefix) so 
 teacher initialises the supernet by slicing and a subnet exports to a plain BertModel.
 Every sliced use goes through ``autodistil.ops`` (the one backend dispatch point).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -16,17 +17,27 @@ from transformers.utils import ModelOutput
 
 from .. import ops
 from ..space import SearchSpace, SubnetConfig, union_max
-from . import families
+from .. import families
 
 DEPTH_MAPPINGS = ("spaced", "first")
-CONVENTIONS = ("family", "positions", "vocab_size", "max_position", "type_vocab_size", "embedding_size",
-               "pooler", "layer_norm_eps", "pad_token_id")
+CONVENTIONS = (
+    "family",
+    "positions",
+    "vocab_size",
+    "max_position",
+    "type_vocab_size",
+    "embedding_size",
+    "pooler",
+    "layer_norm_eps",
+    "pad_token_id",
+)
 
 
 @dataclass(frozen=True)
 class SuperBertConfig:
     """Maximum shape of the supernet (all subnets fit inside it) and the teacher family's
-    conventions (nn/families.py; the defaults are BERT's)."""
+    conventions (autodistil/families.py; the defaults are BERT's)."""
+
     layers: int
     hidden: int
     heads: int
@@ -34,17 +45,17 @@ class SuperBertConfig:
     head_dim: int = 64
     vocab_size: int = 30522
     max_position: int = 512
-    type_vocab_size: int = 2                  # 0: no token-type embedding (DistilBERT)
+    type_vocab_size: int = 2  # 0: no token-type embedding (DistilBERT)
     layer_norm_eps: float = 1e-12
     dropout: float = 0.0
     attention_dropout: float = 0.0
     pad_token_id: int = 0
     depth_mapping: str = "spaced"
-    family: str = "bert"                  # the teacher family: its weight names, its plain class on export
-    positions: str = "absolute"           # "absolute": 0..T-1 | "padded": pad + cumsum(ids != pad) (RoBERTa)
+    family: str = "bert"  # the teacher family: its weight names, its plain class on export
+    positions: str = "absolute"  # "absolute": 0..T-1 | "padded": pad + cumsum(ids != pad) (RoBERTa)
     embedding_size: Optional[int] = None  # None: embeddings as wide as the subnet's hidden; else this fixed
-                                          # width, then a sliced projection to the hidden width (ELECTRA)
-    pooler: bool = True                   # tanh(dense(x[:, 0])) (BERT, RoBERTa, XLM-R)
+    # width, then a sliced projection to the hidden width (ELECTRA)
+    pooler: bool = True  # tanh(dense(x[:, 0])) (BERT, RoBERTa, XLM-R)
 
     def __post_init__(self):
         for f in ("layers", "hidden", "heads", "ffn", "head_dim", "vocab_size", "max_position"):
@@ -57,14 +68,19 @@ class SuperBertConfig:
         if e is not None and (not isinstance(e, int) or e <= 0):
             raise ValueError(f"SuperBertConfig.embedding_size={e!r}: must be None or a positive integer")
         if self.depth_mapping not in DEPTH_MAPPINGS:
-            raise ValueError(f"depth_mapping {self.depth_mapping!r} is not allowed: choose {list(DEPTH_MAPPINGS)}")
+            raise ValueError(
+                f"depth_mapping {self.depth_mapping!r} is not allowed: choose {list(DEPTH_MAPPINGS)}"
+            )
         if self.positions not in families.POSITIONS:
-            raise ValueError(f"positions {self.positions!r} is not allowed: choose "
-                             f"{list(families.POSITIONS)}")
+            raise ValueError(
+                f"positions {self.positions!r} is not allowed: choose {list(families.POSITIONS)}"
+            )
         families.get_family(self.family)
         if self.max_seq_len <= 0:
-            raise ValueError(f"max_position={self.max_position} leaves no position after pad id "
-                             f"{self.pad_token_id} ('padded' positions start at pad + 1)")
+            raise ValueError(
+                f"max_position={self.max_position} leaves no position after pad id "
+                f"{self.pad_token_id} ('padded' positions start at pad + 1)"
+            )
 
     @property
     def max_seq_len(self) -> int:
@@ -81,8 +97,14 @@ class SuperBertConfig:
         if len(hd) != 1:
             raise ValueError(f"spaces disagree on head dim: {sorted(hd)}")
         m = union_max(spaces)
-        return cls(layers=m.layers, hidden=m.hidden, heads=m.heads, ffn=max(s.max_ffn for s in spaces),
-                   head_dim=hd.pop(), **kw)
+        return cls(
+            layers=m.layers,
+            hidden=m.hidden,
+            heads=m.heads,
+            ffn=max(s.max_ffn for s in spaces),
+            head_dim=hd.pop(),
+            **kw,
+        )
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,11 +117,12 @@ class SuperBertConfig:
 @dataclass
 class SuperBertOutput(ModelOutput):
     """A dict-like output (HF ModelOutput), so DeepSpeed's ZeRO-3 hooks see its tensors."""
-    last_hidden_state: torch.Tensor = None               # (B, T, h)
-    pooler_output: Optional[torch.Tensor] = None         # (B, h)
-    hidden_states: Optional[tuple] = None                # L+1 x (B, T, h): embeddings, then each layer
-    qkv: Optional[tuple] = None                          # L x (q, k, v), each (B, T, A*d)
-    attentions: Optional[tuple] = None                   # L x (B, A, T, T)
+
+    last_hidden_state: torch.Tensor = None  # (B, T, h)
+    pooler_output: Optional[torch.Tensor] = None  # (B, h)
+    hidden_states: Optional[tuple] = None  # L+1 x (B, T, h): embeddings, then each layer
+    qkv: Optional[tuple] = None  # L x (q, k, v), each (B, T, A*d)
+    attentions: Optional[tuple] = None  # L x (B, A, T, T)
 
 
 def depth_map(layers: int, max_layers: int, mode: str = "spaced") -> list[int]:
@@ -158,14 +181,14 @@ class SuperEmbeddings(nn.Module):
     def forward(self, ids, type_ids, h, backend):
         c = self.c
         e = c.embedding_size or h
-        pos = families.position_ids(ids, c.positions, c.pad_token_id)                    # (T,) or (B, T)
-        x = self.word_embeddings(ids, e, backend)                                        # (B, T, e)
+        pos = families.position_ids(ids, c.positions, c.pad_token_id)  # (T,) or (B, T)
+        x = self.word_embeddings(ids, e, backend)  # (B, T, e)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(type_ids, e, backend)
-        x = x + self.position_embeddings(pos, e, backend)                                # (T, e) or (B, T, e)
+        x = x + self.position_embeddings(pos, e, backend)  # (T, e) or (B, T, e)
         x = self.dropout(self.LayerNorm(x, e, backend=backend))
         if self.project is not None:
-            x = self.project(x, h, e, backend=backend)                                   # (B, T, h)
+            x = self.project(x, h, e, backend=backend)  # (B, T, h)
         return x
 
 
@@ -180,14 +203,24 @@ def _plain(*modules) -> bool:
     """May these modules' ops run fused, without calling each module's forward? Only when nothing
     would miss its call: each is exactly one of this file's module classes (or nn.Dropout) with the
     forward its class had at import (not a wrapper such as an FSDP1 unit, a LoRA or quantised
-    linear, nor a patched class or instance), none has a hook (DeepSpeed ZeRO-3 gathers parameters in forward pre-hooks;
-    rewire's importance scores read a forward hook), and no global module hook is registered."""
+    linear, nor a patched class or instance), none has a hook (DeepSpeed ZeRO-3 gathers parameters in
+    forward pre-hooks; rewire's importance scores read a forward hook), and no global module hook is
+    registered."""
     from torch.nn.modules import module as m
-    if m._global_forward_hooks or m._global_forward_pre_hooks or m._global_backward_hooks \
-            or m._global_backward_pre_hooks:
+
+    if (
+        m._global_forward_hooks
+        or m._global_forward_pre_hooks
+        or m._global_backward_hooks
+        or m._global_backward_pre_hooks
+    ):
         return False
-    return all(_OWN_FORWARD.get(type(x)) is type(x).forward and "forward" not in x.__dict__ and not (
-        x._forward_hooks or x._forward_pre_hooks or x._backward_hooks or x._backward_pre_hooks) for x in modules)
+    return all(
+        _OWN_FORWARD.get(type(x)) is type(x).forward
+        and "forward" not in x.__dict__
+        and not (x._forward_hooks or x._forward_pre_hooks or x._backward_hooks or x._backward_pre_hooks)
+        for x in modules
+    )
 
 
 def _no_dropout(d: nn.Dropout) -> bool:
@@ -205,8 +238,9 @@ class _Out(nn.Module):
         ln = self.LayerNorm
         if _plain(self.dense, ln, self.dropout) and _no_dropout(self.dropout):
             # one autograd Function for linear + residual + LayerNorm (host time; same numbers)
-            return ops.sliced_linear_layernorm(y, self.dense.weight, self.dense.bias, ln.weight, ln.bias, o, i,
-                                               ln.eps, residual, backend)
+            return ops.sliced_linear_layernorm(
+                y, self.dense.weight, self.dense.bias, ln.weight, ln.bias, o, i, ln.eps, residual, backend
+            )
         return ln(self.dropout(self.dense(y, o, i, backend=backend)), o, residual, backend)
 
 
@@ -241,23 +275,42 @@ class SuperLayer(nn.Module):
         w = a * d
         sa = self.attention.self
         if _plain(sa.query, sa.key, sa.value):  # one autograd Function for the three (host time)
-            q, k, v = ops.sliced_qkv(x, (sa.query.weight, sa.key.weight, sa.value.weight),
-                                     (sa.query.bias, sa.key.bias, sa.value.bias), w, h, backend)  # (B, T, A*d)
+            q, k, v = ops.sliced_qkv(
+                x,
+                (sa.query.weight, sa.key.weight, sa.value.weight),
+                (sa.query.bias, sa.key.bias, sa.value.bias),
+                w,
+                h,
+                backend,
+            )  # (B, T, A*d)
         else:
             q, k, v = (m(x, w, h, backend=backend) for m in (sa.query, sa.key, sa.value))
-        split = lambda t: t.view(B, T, a, d).transpose(1, 2)                              # (B, A, T, d)
+        split = lambda t: t.view(B, T, a, d).transpose(1, 2)  # (B, A, T, d)
         p_drop = self.c.attention_dropout if self.training else 0.0
         ctx, probs = ops.sliced_attention(split(q), split(k), split(v), key_mask, need_probs, p_drop, backend)
-        ctx = ctx.transpose(1, 2).reshape(B, T, w)                                       # (B, T, A*d)
-        x = self.attention.output(ctx, x, h, w, backend)                                  # (B, T, h)
+        ctx = ctx.transpose(1, 2).reshape(B, T, w)  # (B, T, A*d)
+        x = self.attention.output(ctx, x, h, w, backend)  # (B, T, h)
         out, dense = self.output, self.intermediate.dense
-        if _plain(self.intermediate, dense, out, out.dense, out.LayerNorm, out.dropout) and _no_dropout(out.dropout):
+        if _plain(self.intermediate, dense, out, out.dense, out.LayerNorm, out.dropout) and _no_dropout(
+            out.dropout
+        ):
             # the whole FFN block as one autograd Function (host time; same numbers)
-            x = ops.sliced_ffn_layernorm(x, dense.weight, dense.bias, out.dense.weight, out.dense.bias,
-                                         out.LayerNorm.weight, out.LayerNorm.bias, f, h, out.LayerNorm.eps, backend)
+            x = ops.sliced_ffn_layernorm(
+                x,
+                dense.weight,
+                dense.bias,
+                out.dense.weight,
+                out.dense.bias,
+                out.LayerNorm.weight,
+                out.LayerNorm.bias,
+                f,
+                h,
+                out.LayerNorm.eps,
+                backend,
+            )
         else:
-            z = dense(x, f, h, activation="gelu", backend=backend)                        # (B, T, f)
-            x = out(z, x, h, f, backend)                                                  # (B, T, h)
+            z = dense(x, f, h, activation="gelu", backend=backend)  # (B, T, f)
+            x = out(z, x, h, f, backend)  # (B, T, h)
         return x, (q, k, v), probs
 
 
@@ -273,7 +326,7 @@ class _Pooler(nn.Module):
         self.dense = SlicedLinear(c.hidden, c.hidden)
 
     def forward(self, x, h, backend):
-        return torch.tanh(self.dense(x[:, 0], h, h, backend=backend))                    # (B, h)
+        return torch.tanh(self.dense(x[:, 0], h, h, backend=backend))  # (B, h)
 
 
 class SuperBert(nn.Module):
@@ -301,8 +354,12 @@ class SuperBert(nn.Module):
     # --- subnet selection ----------------------------------------------------------
     def check_subnet(self, cfg: SubnetConfig) -> SubnetConfig:
         c = self.config
-        for name, v, hi in (("layers", cfg.layers, c.layers), ("hidden", cfg.hidden, c.hidden),
-                            ("heads", cfg.heads, c.heads), ("ffn width", cfg.ffn, c.ffn)):
+        for name, v, hi in (
+            ("layers", cfg.layers, c.layers),
+            ("hidden", cfg.hidden, c.hidden),
+            ("heads", cfg.heads, c.heads),
+            ("ffn width", cfg.ffn, c.ffn),
+        ):
             if v > hi:
                 raise ValueError(f"subnet {cfg.short()}: {name}={v} exceeds the supernet's maximum {hi}")
         return cfg
@@ -324,15 +381,26 @@ class SuperBert(nn.Module):
         return depth_map(cfg.layers, self.config.layers, self.config.depth_mapping)
 
     # --- forward -------------------------------------------------------------------
-    def forward(self, input_ids, attention_mask=None, token_type_ids=None, *, output_hidden_states=False,
-                output_qkv=False, output_attentions=False, subnet: SubnetConfig | None = None) -> SuperBertOutput:
+    def forward(
+        self,
+        input_ids,
+        attention_mask=None,
+        token_type_ids=None,
+        *,
+        output_hidden_states=False,
+        output_qkv=False,
+        output_attentions=False,
+        subnet: SubnetConfig | None = None,
+    ) -> SuperBertOutput:
         cfg = self.check_subnet(subnet) if subnet is not None else self.active
         if input_ids.dim() != 2:
             raise ValueError(f"input_ids must be (B, T), got shape {tuple(input_ids.shape)}")
         if input_ids.shape[1] > self.config.max_seq_len:
             c = self.config
-            raise ValueError(f"sequence length {input_ids.shape[1]} exceeds the {c.max_seq_len} positions of "
-                             f"max_position {c.max_position} ({c.positions})")
+            raise ValueError(
+                f"sequence length {input_ids.shape[1]} exceeds the {c.max_seq_len} positions of "
+                f"max_position {c.max_position} ({c.positions})"
+            )
         h, a, f = cfg.hidden, cfg.heads, cfg.ffn
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
@@ -340,7 +408,7 @@ class SuperBert(nn.Module):
         # resolved once per forward: a recomputed forward (activation checkpointing) runs outside
         # the caller's use_backend() context and must not fall back to another backend
         backend = self.backend or ops.get_backend()
-        x = self.embeddings(input_ids, token_type_ids, h, backend)                       # (B, T, h)
+        x = self.embeddings(input_ids, token_type_ids, h, backend)  # (B, T, h)
         hs, qkvs, atts = [x], [], []
         for li in self.layer_indices(cfg):
             x, qkv, probs = self.encoder.layer[li](x, key_mask, h, a, f, output_attentions, backend)
@@ -348,14 +416,19 @@ class SuperBert(nn.Module):
             qkvs.append(qkv)
             atts.append(probs)
         pooled = None if self.pooler is None else self.pooler(x, h, backend)
-        return SuperBertOutput(x, pooled, tuple(hs) if output_hidden_states else None,
-                               tuple(qkvs) if output_qkv else None, tuple(atts) if output_attentions else None)
+        return SuperBertOutput(
+            x,
+            pooled,
+            tuple(hs) if output_hidden_states else None,
+            tuple(qkvs) if output_qkv else None,
+            tuple(atts) if output_attentions else None,
+        )
 
     # --- teacher initialisation ----------------------------------------------------
     @torch.no_grad()
     def load_from_teacher(self, teacher_state: dict) -> None:
         """Initialise by slicing a teacher's state dict: its family's HF model (or task model) or a
-        SuperBert's, mapped to BertModel names by nn/families.py (leading slices; layer i <- teacher
+        SuperBert's, mapped to BertModel names by autodistil/families.py (leading slices; layer i <- teacher
         layer round(i * (L_t - 1) / (L_max - 1)) when depths differ). For importance-ordered
         slices pass nn.rewire.rewired_teacher_state(state, rewiring)."""
         sd = families.to_bert_names(teacher_state, self.config.family)
@@ -372,6 +445,8 @@ class SuperBert(nn.Module):
                 raise ValueError(f"teacher state dict has no '{key}' (needed for supernet '{name}')")
             t = sd[key]
             if any(a > b for a, b in zip(p.shape, t.shape)):
-                raise ValueError(f"teacher tensor '{key}' {tuple(t.shape)} is smaller than supernet "
-                                 f"'{name}' {tuple(p.shape)}: the space exceeds the teacher")
+                raise ValueError(
+                    f"teacher tensor '{key}' {tuple(t.shape)} is smaller than supernet "
+                    f"'{name}' {tuple(p.shape)}: the space exceeds the teacher"
+                )
             p.copy_(t[tuple(slice(0, s) for s in p.shape)])

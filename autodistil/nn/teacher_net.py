@@ -1,16 +1,17 @@
 """The frozen teacher, run through a SuperBert at exactly its own shape."""
+
 from __future__ import annotations
 
 import torch
 
 from ..space import TeacherShape, teacher_space
-from . import families
+from .. import families
 from .superbert import SuperBert, SuperBertConfig
 
 
 class TeacherNet(torch.nn.Module):
     """The frozen teacher run through a SuperBert at exactly its shape and with its family's
-    conventions (nn/families.py; reproduces the HF teacher, tested for every family) so Q/K/V,
+    conventions (autodistil/families.py; reproduces the HF teacher, tested for every family) so Q/K/V,
     attention maps and hidden states come from one code path."""
 
     def __init__(self, hf_model, shape: TeacherShape | None = None):

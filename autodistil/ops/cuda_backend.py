@@ -15,22 +15,27 @@ current stream.
   autocast does for F.linear.
 - Sliced LayerNorm: csrc/layernorm.cu (fp32 or activation-dtype gamma/beta, deterministic
   dgamma/dbeta).
-- Attention: ``autodistil.ops.cuda_attention`` (imported on first use).
+- Attention: the Triton flash kernel (``autodistil.kernels.attention``: the padding mask inside the
+  kernel, 0 for an all-padding sequence, a deterministic backward without atomics) when the Triton
+  backend can run, else PyTorch's SDPA with the same contract (``sdpa_attention``); no attention
+  kernel of its own.
 
 cuBLASLt is resolved at run time: the copy torch already loaded, then the nvidia-cublas wheel's
 lib folder ($AUTODISTIL_CUBLAS_ROOT/lib first), then the plain soname.
 """
+
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 
 import torch
+import torch.nn.functional as F
 
 from .cuda_launch import DTYPE_CODE, on as _on, ptr as _p, stream as _stream
-from .shared import (amp_state, compute_dtype, ffn_layernorm_parts, linear_layernorm_parts, lowp_shadow, needs_grad,
-                     qkv_parts, sliced_ffn_layernorm_function, sliced_layernorm_function, sliced_linear_function,
-                     sliced_linear_layernorm_function, sliced_qkv_function)
+from .shared import amp_state, compute_dtype, lowp_shadow, reference_attention
+from .surface import op_surface
 
 _DTYPE = DTYPE_CODE
 WORKSPACE_BYTES = 32 << 20  # cuBLASLt workspace per (device, stream)
@@ -86,8 +91,10 @@ def unavailable_reason():
     if not hasattr(_C, "gemm_forward"):
         return "autodistil._C is out of date (built from older sources): reinstall with pip install -e ."
     if not _C.has_cublaslt():
-        return ("autodistil._C was built without cublasLt.h: pip install nvidia-cublas (or set "
-                "AUTODISTIL_CUBLAS_ROOT to a folder with include/cublasLt.h), then reinstall autodistil")
+        return (
+            "autodistil._C was built without cublasLt.h: pip install nvidia-cublas (or set "
+            "AUTODISTIL_CUBLAS_ROOT to a folder with include/cublasLt.h), then reinstall autodistil"
+        )
     if not torch.cuda.is_available() or _C.device_count() == 0:
         return "the CUDA extension is built but no CUDA GPU is visible"
     try:
@@ -135,8 +142,10 @@ def _check_tensors(op, named, vectors=()):
 
 def _check_vector(op, name, t):
     if t is not None and (t.dim() != 1 or t.stride(0) != 1):
-        raise ValueError(f"cuda {op}: {name} must be a 1-D tensor with unit stride, got shape {tuple(t.shape)} "
-                         f"and strides {t.stride()}")
+        raise ValueError(
+            f"cuda {op}: {name} must be a 1-D tensor with unit stride, got shape {tuple(t.shape)} "
+            f"and strides {t.stride()}"
+        )
 
 
 def _operand(param, dtype, index):
@@ -154,13 +163,27 @@ def _linear_forward(x2, weight, bias, o, i, act, keep_pre):
     w = _operand(weight, dt, (slice(0, o), slice(0, i)))
     b = None if bias is None else _operand(bias, dt, slice(0, o))
     if w.stride(1) != 1:
-        raise ValueError(f"cuda sliced_linear: weight must have unit stride on its last dim, got {weight.stride()}")
+        raise ValueError(
+            f"cuda sliced_linear: weight must have unit stride on its last dim, got {weight.stride()}"
+        )
     _check_vector("sliced_linear", "bias", b)
     pre = torch.empty((n, o), device=x2.device, dtype=dt)  # (N, o)
     with _on(x2.device):
         ws, wsz, stream = _workspace(x2.device)
-        _C.gemm_forward(_code(x2), x2.data_ptr(), w.data_ptr(), w.stride(0), _p(b), pre.data_ptr(), n, o, i,
-                        ws, wsz, stream)
+        _C.gemm_forward(
+            _code(x2),
+            x2.data_ptr(),
+            w.data_ptr(),
+            w.stride(0),
+            _p(b),
+            pre.data_ptr(),
+            n,
+            o,
+            i,
+            ws,
+            wsz,
+            stream,
+        )
         if not act:
             return pre, None
         y = torch.empty_like(pre) if keep_pre else pre  # in place when the pre-activation is not kept
@@ -183,8 +206,9 @@ class _CudaLinear:
     def gelu_backward(dy2, pre):
         g = torch.empty_like(dy2)
         with _on(dy2.device):
-            _C.gelu_backward(_code(dy2), dy2.data_ptr(), pre.data_ptr(), g.data_ptr(), dy2.numel(),
-                             _stream(dy2.device))
+            _C.gelu_backward(
+                _code(dy2), dy2.data_ptr(), pre.data_ptr(), g.data_ptr(), dy2.numel(), _stream(dy2.device)
+            )
         return g
 
     @staticmethod
@@ -194,8 +218,9 @@ class _CudaLinear:
         dx = torch.empty((n, i), device=dy2.device, dtype=dt)  # (N, i)
         with _on(dy2.device):
             ws, wsz, stream = _workspace(dy2.device)
-            _C.gemm_dx(_code(dy2), dy2.data_ptr(), w.data_ptr(), w.stride(0), dx.data_ptr(), n, o, i, ws, wsz,
-                       stream)
+            _C.gemm_dx(
+                _code(dy2), dy2.data_ptr(), w.data_ptr(), w.stride(0), dx.data_ptr(), n, o, i, ws, wsz, stream
+            )
         return dx
 
     @staticmethod
@@ -205,17 +230,33 @@ class _CudaLinear:
         if x2.dtype != dy2.dtype:
             raise ValueError(f"cuda sliced_linear: dy dtype {dy2.dtype} != x dtype {x2.dtype}")
         if dst.dtype not in _DTYPE or dst.stride(1) != 1:
-            raise ValueError(f"cuda sliced_linear: the weight gradient must be fp32/fp16/bf16 with unit stride on "
-                             f"its last dim, got {dst.dtype} with strides {dst.stride()}")
+            raise ValueError(
+                f"cuda sliced_linear: the weight gradient must be fp32/fp16/bf16 with unit stride on "
+                f"its last dim, got {dst.dtype} with strides {dst.stride()}"
+            )
         n = dy2.shape[0]
         with _on(dy2.device):
             ws, wsz, stream = _workspace(dy2.device)
             if dst.dtype in (torch.float32, dy2.dtype):
-                _C.gemm_dw(_code(dy2), _code(dst), dy2.data_ptr(), x2.data_ptr(), dst.data_ptr(), dst.stride(0), n,
-                           o, i, ws, wsz, stream)
+                _C.gemm_dw(
+                    _code(dy2),
+                    _code(dst),
+                    dy2.data_ptr(),
+                    x2.data_ptr(),
+                    dst.data_ptr(),
+                    dst.stride(0),
+                    n,
+                    o,
+                    i,
+                    ws,
+                    wsz,
+                    stream,
+                )
             else:  # e.g. a bf16 parameter trained with fp32 activations: accumulate in fp32, then add
                 tmp = torch.zeros((o, i), device=dst.device, dtype=torch.float32)
-                _C.gemm_dw(_code(dy2), 0, dy2.data_ptr(), x2.data_ptr(), tmp.data_ptr(), i, n, o, i, ws, wsz, stream)
+                _C.gemm_dw(
+                    _code(dy2), 0, dy2.data_ptr(), x2.data_ptr(), tmp.data_ptr(), i, n, o, i, ws, wsz, stream
+                )
                 dst[:o, :i].add_(tmp)
 
 
@@ -231,8 +272,11 @@ def _ln_param(p, dt, h):
 class _CudaLayerNorm:
     @staticmethod
     def check(x, weight, bias, residual):
-        _check_tensors("sliced_layernorm", (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
-                       vectors=("weight", "bias"))
+        _check_tensors(
+            "sliced_layernorm",
+            (("x", x), ("weight", weight), ("bias", bias), ("residual", residual)),
+            vectors=("weight", "bias"),
+        )
 
     @staticmethod
     def forward(x2, r2, s, y, weight, bias, mean, rstd, width, eps):
@@ -240,9 +284,22 @@ class _CudaLayerNorm:
         if w.dtype != b.dtype:
             b = b.to(w.dtype)
         with _on(x2.device):
-            _C.layernorm_forward(_code(x2), _code(w), x2.data_ptr(), _p(r2), _p(s) if r2 is not None else 0,
-                                 y.data_ptr(), w.data_ptr(), b.data_ptr(), mean.data_ptr(), rstd.data_ptr(),
-                                 x2.shape[0], width, eps, _stream(x2.device))
+            _C.layernorm_forward(
+                _code(x2),
+                _code(w),
+                x2.data_ptr(),
+                _p(r2),
+                _p(s) if r2 is not None else 0,
+                y.data_ptr(),
+                w.data_ptr(),
+                b.data_ptr(),
+                mean.data_ptr(),
+                rstd.data_ptr(),
+                x2.shape[0],
+                width,
+                eps,
+                _stream(x2.device),
+            )
 
     @staticmethod
     def backward(dy2, s, weight, mean, rstd, dx, h):
@@ -257,54 +314,83 @@ class _CudaLayerNorm:
         dw_part = torch.empty((blocks, h), device=dy2.device, dtype=torch.float32)  # per-block partials
         db_part = torch.empty_like(dw_part)
         with _on(dy2.device):
-            _C.layernorm_backward(_code(dy2), _code(w), dy2.data_ptr(), s.data_ptr(), w.data_ptr(), mean.data_ptr(),
-                                  rstd.data_ptr(), dx.data_ptr(), dw_part.data_ptr(), db_part.data_ptr(),
-                                  dgamma.data_ptr(), dbeta.data_ptr(), n, h, rows, _stream(dy2.device))
+            _C.layernorm_backward(
+                _code(dy2),
+                _code(w),
+                dy2.data_ptr(),
+                s.data_ptr(),
+                w.data_ptr(),
+                mean.data_ptr(),
+                rstd.data_ptr(),
+                dx.data_ptr(),
+                dw_part.data_ptr(),
+                db_part.data_ptr(),
+                dgamma.data_ptr(),
+                dbeta.data_ptr(),
+                n,
+                h,
+                rows,
+                _stream(dy2.device),
+            )
         return dgamma, dbeta
 
 
-SlicedLinearCUDA = sliced_linear_function(_CudaLinear, "cuda")
-SlicedLayerNormCUDA = sliced_layernorm_function(_CudaLayerNorm, "cuda")
-SlicedQKVCUDA = sliced_qkv_function(_CudaLinear, "cuda")
-SlicedLinearLayerNormCUDA = sliced_linear_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
-SlicedFFNLayerNormCUDA = sliced_ffn_layernorm_function(_CudaLinear, _CudaLayerNorm, "cuda")
-
-
-def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if needs_grad(x, weight, bias):
-        return SlicedLinearCUDA.apply(x, weight, bias, out_features, in_features, activation)
-    # inference: same compute dtype rule as the template, GELU in place (no pre-activation kept)
+def _linear_inference(x, weight, bias, out_features, in_features, activation=None):
+    """No gradient: the template's compute dtype rule, GELU in place (no pre-activation kept)."""
     _CudaLinear.check(x, weight, bias)
     x2 = x.reshape(-1, in_features).to(compute_dtype(x, amp_state(x.device.type))).contiguous()
-    y, _ = _linear_forward(x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False)
+    y, _ = _linear_forward(
+        x2, weight, bias, out_features, in_features, 1 if activation == "gelu" else 0, False
+    )
     return y.reshape(*x.shape[:-1], out_features)
 
 
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    return SlicedLayerNormCUDA.apply(x, weight, bias, width, eps, residual)
+OPS = op_surface("cuda", _CudaLinear, _CudaLayerNorm, _linear_inference)
+sliced_linear, sliced_qkv, sliced_layernorm = OPS.sliced_linear, OPS.sliced_qkv, OPS.sliced_layernorm
+sliced_linear_layernorm, sliced_ffn_layernorm = OPS.sliced_linear_layernorm, OPS.sliced_ffn_layernorm
 
 
-def sliced_qkv(x, weights, biases, out_features, in_features):
-    if needs_grad(x, *weights, *biases):
-        return SlicedQKVCUDA.apply(x, *weights, *biases, out_features, in_features)
-    return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
+def _triton_attention():
+    """The Triton backend's attention when that backend can run here, else None (the reason is
+    what ``ops.backend_status()["triton"]`` says)."""
+    from .dispatch import BackendUnavailable, backend_module
+
+    try:
+        return backend_module("triton").attention
+    except BackendUnavailable:
+        return None
 
 
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if needs_grad(x, weight, bias, gamma, beta, residual):
-        return SlicedLinearLayerNormCUDA.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
-    return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                  in_features, eps, residual)
+def sdpa_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):
+    """PyTorch's SDPA with what the contract adds: masked keys get probability 0; a sequence whose
+    keys are all padding gets 0 context and zero gradients (SDPA alone gives NaN or uniform rows:
+    such rows attend to every key here and are multiplied by 0); under
+    ``torch.use_deterministic_algorithms(True)`` the math backend, whose backward has no atomics.
+    Probabilities or dropout: the torch reference (``shared.reference_attention``)."""
+    if need_probs or dropout_p > 0:
+        return reference_attention(q, k, v, key_mask, need_probs, dropout_p)
+    m = has = None
+    if key_mask is not None:
+        valid = key_mask.to(torch.bool)  # (B, T)
+        has = valid.any(-1)  # (B,) no host read
+        m = (valid | ~has[:, None])[:, None, None, :]  # (B, 1, 1, T)
+    ctx = contextlib.nullcontext()
+    if torch.are_deterministic_algorithms_enabled():
+        from torch.nn.attention import SDPBackend, sdpa_kernel
 
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if needs_grad(x, w1, b1, w2, b2, gamma, beta):
-        return SlicedFFNLayerNormCUDA.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
+        ctx = sdpa_kernel([SDPBackend.MATH])
+    with ctx:
+        o = F.scaled_dot_product_attention(q, k, v, attn_mask=m)  # (B, A, T, d)
+    if has is not None:
+        o = o * has[:, None, None, None].to(o.dtype)
+    return o, None
 
 
 def attention(q, k, v, key_mask, need_probs, dropout_p=0.0):
-    """The CUDA attention kernels (autodistil.ops.cuda_attention, imported on first use). The
-    dispatch routes dropout and probabilities with gradient to the torch reference itself."""
-    from . import cuda_attention
-    return cuda_attention.attention(q, k, v, key_mask, need_probs, dropout_p)
+    """(context (B, A, T, d), probs (B, A, T, T) without gradient, or None): the Triton flash kernel
+    when the Triton backend can run, else ``sdpa_attention``. The dispatch routes dropout and
+    probabilities with gradient to the torch reference before a backend is called."""
+    tri = _triton_attention()
+    if tri is not None:
+        return tri(q, k, v, key_mask, need_probs, dropout_p)
+    return sdpa_attention(q, k, v, key_mask, need_probs, dropout_p)

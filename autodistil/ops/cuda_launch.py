@@ -1,5 +1,6 @@
-"""Launch helpers shared by the CUDA backend's modules (cuda_backend, cuda_attention): dtype codes,
-raw pointers, the current stream, the launch device. Importing it never loads autodistil._C."""
+"""Launch helpers of the CUDA backend (cuda_backend): dtype codes, raw pointers, the current stream,
+the launch device. Importing it never loads autodistil._C."""
+
 from __future__ import annotations
 
 import contextlib

@@ -8,6 +8,7 @@ restores; default "torch"). There is no process-wide switch.
 Backends other than "torch" load lazily on first use and, when they cannot run, say once
 and clearly why (``backend_status()``).
 """
+
 from __future__ import annotations
 
 import contextvars
@@ -19,8 +20,11 @@ import torch
 from .shared import needs_grad, reference_attention, set_context
 
 BACKENDS = ("torch", "triton", "cuda")
-_MODULES = {"torch": "autodistil.ops.torch_backend", "triton": "autodistil.kernels",
-            "cuda": "autodistil.ops.cuda_backend"}
+_MODULES = {
+    "torch": "autodistil.ops.torch_backend",
+    "triton": "autodistil.kernels",
+    "cuda": "autodistil.ops.cuda_backend",
+}
 _BACKEND: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_backend", default="torch")
 _loaded: dict[str, ModuleType] = {}
 _failed: dict[str, str] = {}
@@ -89,13 +93,22 @@ def _check_linear(x, weight, bias, o, i):
     if weight.stride(1) != 1:
         raise ValueError("sliced_linear: weight must be row-major (stride 1 on its last dim)")
     if bias is not None and (bias.dim() != 1 or bias.shape[0] < o):
-        raise ValueError(f"sliced_linear: bias must be 1-D with >= {o} entries, got shape {tuple(bias.shape)}")
+        raise ValueError(
+            f"sliced_linear: bias must be 1-D with >= {o} entries, got shape {tuple(bias.shape)}"
+        )
     if not x.is_floating_point():
         raise ValueError(f"sliced_linear: x must be floating point, got {x.dtype}")
 
 
-def sliced_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, out_features: int,
-                  in_features: int, activation: str | None = None, backend: str | None = None) -> torch.Tensor:
+def sliced_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    out_features: int,
+    in_features: int,
+    activation: str | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """act(x @ weight[:o, :i].T + bias[:o]); x: (..., i) -> (..., o). activation: None | "gelu"."""
     if activation not in (None, "gelu"):
         raise ValueError(f"sliced_linear: activation {activation!r} is not allowed: None or 'gelu'")
@@ -111,24 +124,35 @@ def _check_norm_params(op: str, gamma, beta, width: int) -> None:
             raise ValueError(f"{op}: width {width} outside {name} of size {t.shape[0]}")
 
 
-def sliced_qkv(x: torch.Tensor, weights, biases, out_features: int, in_features: int,
-               backend: str | None = None) -> tuple:
+def sliced_qkv(
+    x: torch.Tensor, weights, biases, out_features: int, in_features: int, backend: str | None = None
+) -> tuple:
     """(x @ W[:o, :i].T + b[:o] for (W, b) in zip(weights, biases)): the three projections of
     self-attention from one input, as one autograd Function where the backend takes one (one Function's
     host work instead of three; the same numbers up to the order of dX's sum, see
     ``shared.sliced_qkv_function``). weights, biases: 3 each (a bias may be None)."""
     weights, biases = tuple(weights), tuple(biases)
     if len(weights) != 3 or len(biases) != 3:
-        raise ValueError(f"sliced_qkv: needs 3 weights and 3 biases (None allowed), got {len(weights)} and "
-                         f"{len(biases)}")
+        raise ValueError(
+            f"sliced_qkv: needs 3 weights and 3 biases (None allowed), got {len(weights)} and {len(biases)}"
+        )
     for w, b in zip(weights, biases):
         _check_linear(x, w, b, out_features, in_features)
     return backend_module(backend).sliced_qkv(x, weights, biases, out_features, in_features)
 
 
-def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, gamma: torch.Tensor,
-                            beta: torch.Tensor, out_features: int, in_features: int, eps: float = 1e-12,
-                            residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+def sliced_linear_layernorm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    out_features: int,
+    in_features: int,
+    eps: float = 1e-12,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """LayerNorm(x @ weight[:o, :i].T + bias[:o] + residual) over o features with gamma[:o], beta[:o]:
     a BERT layer's attention-output block (and an FFN output on the module path), as one autograd
     Function where the backend takes one (one Function's host work instead of two; the same numbers)."""
@@ -136,31 +160,50 @@ def sliced_linear_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.T
     _check_norm_params("sliced_linear_layernorm", gamma, beta, out_features)
     want = (*x.shape[:-1], out_features)
     if residual is not None and tuple(residual.shape) != want:
-        raise ValueError(f"sliced_linear_layernorm: residual shape {tuple(residual.shape)} != output shape {want}")
-    return backend_module(backend).sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features,
-                                                           eps, residual)
+        raise ValueError(
+            f"sliced_linear_layernorm: residual shape {tuple(residual.shape)} != output shape {want}"
+        )
+    return backend_module(backend).sliced_linear_layernorm(
+        x, weight, bias, gamma, beta, out_features, in_features, eps, residual
+    )
 
 
-def sliced_ffn_layernorm(x: torch.Tensor, w1: torch.Tensor, b1: torch.Tensor | None, w2: torch.Tensor,
-                         b2: torch.Tensor | None, gamma: torch.Tensor, beta: torch.Tensor, ffn: int, hidden: int,
-                         eps: float = 1e-12, backend: str | None = None) -> torch.Tensor:
+def sliced_ffn_layernorm(
+    x: torch.Tensor,
+    w1: torch.Tensor,
+    b1: torch.Tensor | None,
+    w2: torch.Tensor,
+    b2: torch.Tensor | None,
+    gamma: torch.Tensor,
+    beta: torch.Tensor,
+    ffn: int,
+    hidden: int,
+    eps: float = 1e-12,
+    backend: str | None = None,
+) -> torch.Tensor:
     """LayerNorm(GELU(x @ w1[:f, :h].T + b1[:f]) @ w2[:h, :f].T + b2[:h] + x) over h = `hidden`
     features with gamma[:h], beta[:h], f = `ffn`: a BERT layer's feed-forward block, as one
     autograd Function where the backend takes one (one Function's host work instead of three; the same
     numbers)."""
     _check_linear(x, w1, b1, ffn, hidden)
     if w2.dim() != 2 or not (0 < hidden <= w2.shape[0] and 0 < ffn <= w2.shape[1]):
-        raise ValueError(f"sliced_ffn_layernorm: w2 must be 2-D with a ({hidden}, {ffn}) slice, got shape "
-                         f"{tuple(w2.shape)}")
+        raise ValueError(
+            f"sliced_ffn_layernorm: w2 must be 2-D with a ({hidden}, {ffn}) slice, got shape "
+            f"{tuple(w2.shape)}"
+        )
     if w2.stride(1) != 1:
         raise ValueError("sliced_ffn_layernorm: w2 must be row-major (stride 1 on its last dim)")
     if b2 is not None and (b2.dim() != 1 or b2.shape[0] < hidden):
-        raise ValueError(f"sliced_ffn_layernorm: b2 must be 1-D with >= {hidden} entries, got shape {tuple(b2.shape)}")
+        raise ValueError(
+            f"sliced_ffn_layernorm: b2 must be 1-D with >= {hidden} entries, got shape {tuple(b2.shape)}"
+        )
     _check_norm_params("sliced_ffn_layernorm", gamma, beta, hidden)
     return backend_module(backend).sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
-def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None) -> torch.Tensor:
+def sliced_embedding(
+    ids: torch.Tensor, weight: torch.Tensor, width: int, backend: str | None = None
+) -> torch.Tensor:
     """weight[ids, :width]; ids: (...) int -> (..., width)."""
     if ids.dtype not in (torch.int32, torch.int64):
         raise ValueError(f"sliced_embedding: ids must be int32/int64, got {ids.dtype}")
@@ -171,28 +214,48 @@ def sliced_embedding(ids: torch.Tensor, weight: torch.Tensor, width: int, backen
     return fn(ids, weight, width)
 
 
-def sliced_layernorm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor, width: int, eps: float = 1e-12,
-                     residual: torch.Tensor | None = None, backend: str | None = None) -> torch.Tensor:
+def sliced_layernorm(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor,
+    width: int,
+    eps: float = 1e-12,
+    residual: torch.Tensor | None = None,
+    backend: str | None = None,
+) -> torch.Tensor:
     """LayerNorm(x + residual) over the first `width` features with weight[:width], bias[:width]."""
     if x.shape[-1] != width:
         raise ValueError(f"sliced_layernorm: x has last dim {x.shape[-1]}, expected width={width}")
     if not 0 < width <= weight.shape[0]:
         raise ValueError(f"sliced_layernorm: width {width} outside 1..{weight.shape[0]}")
     if residual is not None and residual.shape != x.shape:
-        raise ValueError(f"sliced_layernorm: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}")
+        raise ValueError(
+            f"sliced_layernorm: residual shape {tuple(residual.shape)} != x shape {tuple(x.shape)}"
+        )
     return backend_module(backend).sliced_layernorm(x, weight, bias, width, eps, residual)
 
 
-def sliced_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None = None,
-                     need_probs: bool = False, dropout_p: float = 0.0, backend: str | None = None):
+def sliced_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    key_mask: torch.Tensor | None = None,
+    need_probs: bool = False,
+    dropout_p: float = 0.0,
+    backend: str | None = None,
+):
     """Softmax attention for any head count. q, k, v: (B, A, T, d); key_mask: (B, T), 1 = attend.
     Returns (context (B, A, T, d), probs (B, A, T, T) if need_probs else None)."""
     if q.dim() != 4 or q.shape != k.shape or q.shape != v.shape:
-        raise ValueError(f"sliced_attention: q, k, v must share shape (B, A, T, d); got "
-                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+        raise ValueError(
+            f"sliced_attention: q, k, v must share shape (B, A, T, d); got "
+            f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}"
+        )
     if key_mask is not None and tuple(key_mask.shape) != (q.shape[0], q.shape[2]):
-        raise ValueError(f"sliced_attention: key_mask must be (B, T)={(q.shape[0], q.shape[2])}, "
-                         f"got {tuple(key_mask.shape)}")
+        raise ValueError(
+            f"sliced_attention: key_mask must be (B, T)={(q.shape[0], q.shape[2])}, "
+            f"got {tuple(key_mask.shape)}"
+        )
     mod = backend_module(backend)
     if dropout_p > 0 or (need_probs and needs_grad(q, k, v)):
         # attention dropout, or probabilities that carry gradient (attention-map distillation):

@@ -19,6 +19,7 @@ slice. Backward runs under the autocast state forward saw. A sliced LayerNorm co
 and returns ``promote_types(x.dtype, residual.dtype)`` (the residual stream stays fp32 in the
 model, as torch's autocast keeps layer_norm in fp32).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -33,7 +34,7 @@ _GRAD_MODE: contextvars.ContextVar[str] = contextvars.ContextVar("autodistil_gra
 
 
 def grad_mode() -> str:
-    """"inplace" (default: in place wherever the parameter allows it) or "autograd" (forced)."""
+    """ "inplace" (default: in place wherever the parameter allows it) or "autograd" (forced)."""
     return _GRAD_MODE.get()
 
 
@@ -83,8 +84,15 @@ def delivers_inplace(p: torch.Tensor | None) -> bool:
 
 
 def _grad_slot(p: torch.Tensor) -> torch.Tensor:
-    """The parameter's full-size .grad, created once (zeros) if absent."""
+    """The parameter's full-size .grad, created once (zeros) if absent. Never inside CUDA graph capture:
+    the graph would re-zero it at every replay (an eager run of the same code creates it first)."""
     if p.grad is None:
+        if p.is_cuda and torch.cuda.is_current_stream_capturing():
+            raise RuntimeError(
+                f"a gradient of shape {tuple(p.shape)} would be created inside CUDA graph "
+                f"capture; run the captured code once eagerly first (warm-up) so every "
+                f"gradient exists"
+            )
         p.grad = torch.zeros_like(p)
     return p.grad
 
@@ -151,7 +159,7 @@ def disable_lowp_shadow(params) -> None:
             delattr(p, _SHADOW_ATTR)
 
 
-_OPT_STEPS = 0          # torch.optim steps taken in this process (any optimizer)
+_OPT_STEPS = 0  # torch.optim steps taken in this process (any optimizer)
 _STEP_HOOK = None
 
 
@@ -167,24 +175,60 @@ def _opt_steps() -> int:
     global _STEP_HOOK
     if _STEP_HOOK is None:
         from torch.optim.optimizer import register_optimizer_step_post_hook
+
         _STEP_HOOK = register_optimizer_step_post_hook(_count_step)
     return _OPT_STEPS
 
 
+def _shadow_key(param: torch.Tensor) -> tuple:
+    """What a shadow was made from. A frozen parameter without a gradient (a teacher's) cannot be
+    stepped by an optimizer, so the optimizer-step counter does not invalidate its shadow."""
+    frozen = not param.requires_grad and param.grad is None
+    steps = None if frozen else _opt_steps()
+    return (param._version, steps, param.data_ptr(), tuple(param.shape), param.device)
+
+
+_REFRESHES = 0  # shadows built or refreshed in this process (a statistic; see shadow_refreshes)
+
+
+def shadow_refreshes() -> int:
+    """How many times a shadow was built or refreshed in this process. A CUDA-graph runner compares it
+    around a capture: a refresh there would be baked into that one graph (distill/graphs.py)."""
+    return _REFRESHES
+
+
+def _refreshable(shadow: torch.Tensor, param: torch.Tensor) -> bool:
+    """May `shadow` be rewritten in place with param's values? Same shape and device, and not an
+    inference tensor seen outside inference mode (torch refuses in-place writes to those)."""
+    return (
+        shadow.shape == param.shape
+        and shadow.device == param.device
+        and (not shadow.is_inference() or torch.is_inference_mode_enabled())
+    )
+
+
 def lowp_shadow(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     """A full-size copy of `param` in `dtype` (the caller slices it), cached on the parameter and
-    rebuilt when its version counter, storage or shape changes or any torch.optim optimizer took a
-    step: an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
+    refreshed when its version counter, storage or shape changes or any torch.optim optimizer took a
+    step (the last only for a parameter that requires grad or has one: a frozen teacher's shadow is
+    made once): an optimizer step (fused, foreach or for-loop AdamW), ``load_state_dict`` and ``.to()``
     all refresh it, so within one optimizer step every sandwich member and every backward dX share
-    one copy.
+    one copy. A refresh writes into the existing copy when the shape and device still match (its
+    address stays the same: CUDA graphs read it by address); otherwise a new copy is made.
     Returns `param` itself when it already has `dtype`; None where no cache can be trusted
     (ZeRO-3 partitions with ``ds_id``, DTensors, non-leaf tensors, parameters marked with
     ``disable_lowp_shadow``): callers then cast the slice they need per call."""
+    global _REFRESHES
     if param.dtype == dtype:
         return param
-    if not param.is_leaf or _is_dtensor(param) or hasattr(param, "ds_id") or getattr(param, _NO_SHADOW_ATTR, False):
+    if (
+        not param.is_leaf
+        or _is_dtensor(param)
+        or hasattr(param, "ds_id")
+        or getattr(param, _NO_SHADOW_ATTR, False)
+    ):
         return None
-    key = (param._version, _opt_steps(), param.data_ptr(), tuple(param.shape), param.device)
+    key = _shadow_key(param)
     cache = getattr(param, _SHADOW_ATTR, None)
     if cache is None:
         cache = {}
@@ -192,10 +236,41 @@ def lowp_shadow(param: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
     hit = cache.get(dtype)
     if hit is not None and hit[0] == key:
         return hit[1]
+    _REFRESHES += 1
     with torch.no_grad():
-        shadow = param.detach().to(dtype)
+        if hit is not None and _refreshable(hit[1], param):
+            shadow = hit[1].copy_(param.detach())  # in place: the same address
+        else:
+            shadow = param.detach().to(dtype)
     cache[dtype] = (key, shadow)
     return shadow
+
+
+def refresh_lowp_shadows(params) -> int:
+    """Bring every cached shadow of these parameters up to date in place (one foreach copy per
+    dtype), whatever its key says, and record the parameters' current keys: what a CUDA-graph
+    step runs before its replays, which read the shadows by address and run no Python. Returns
+    the number of shadows refreshed."""
+    global _REFRESHES
+    groups: dict = {}
+    for p in params:
+        for dt, (_, s) in getattr(p, _SHADOW_ATTR, {}).items():
+            if _refreshable(s, p):
+                groups.setdefault(dt, []).append((p, s))
+    n = 0
+    with torch.no_grad():
+        for pairs in groups.values():
+            torch._foreach_copy_([s for _, s in pairs], [p.detach() for p, _ in pairs])
+            for p, s in pairs:
+                getattr(p, _SHADOW_ATTR)[s.dtype] = (_shadow_key(p), s)
+            n += len(pairs)
+    _REFRESHES += n
+    return n
+
+
+def lowp_shadows(params) -> list:
+    """The cached shadow tensors of these parameters (any dtype), in parameter order."""
+    return [s for p in params for _, s in getattr(p, _SHADOW_ATTR, {}).values()]
 
 
 def lowp_shadow_bytes(params) -> int:
@@ -264,8 +339,20 @@ def _capture(k):
     return k.capture() if hasattr(k, "capture") else None
 
 
-def _linear_grads(k, dy2, x2, weight, bias, o: int, i: int, want_x: bool, want_w: bool, want_b: bool,
-                  inplace_w: bool, inplace_b: bool):
+def _linear_grads(
+    k,
+    dy2,
+    x2,
+    weight,
+    bias,
+    o: int,
+    i: int,
+    want_x: bool,
+    want_w: bool,
+    want_b: bool,
+    inplace_w: bool,
+    inplace_b: bool,
+):
     """(dx (N, i) or None, grad of weight, grad of bias) of y = x2 @ W[:o, :i]^T + b[:o] from dy2
     (N, o) in x2's dtype; weight/bias gradients delivered as ``deliver_grad`` says."""
     dx = k.dx(dy2, weight, o, i) if want_x else None
@@ -288,8 +375,9 @@ def _layernorm_forward(k, x, weight, bias, width: int, eps: float, residual):
     return y, s, mean, rstd
 
 
-def _layernorm_grads(k, dy, s, weight, bias, mean, rstd, h: int, want_w: bool, want_b: bool,
-                     inplace_w: bool, inplace_b: bool):
+def _layernorm_grads(
+    k, dy, s, weight, bias, mean, rstd, h: int, want_w: bool, want_b: bool, inplace_w: bool, inplace_b: bool
+):
     """(dx (N, h) in s's dtype: the gradient of the pre-norm sum, grad of gamma, grad of beta)."""
     dy2 = rows(dy, h, s.dtype)
     if getattr(k, "owns_outputs", False):
@@ -334,8 +422,9 @@ def sliced_linear_function(k, name: str):
                 dy2 = rows(dy, o, x2.dtype)  # (N, o)
                 if ctx.act:
                     dy2 = k.gelu_backward(dy2, pre)
-                dx, gw, gb = _linear_grads(k, dy2, x2, weight, bias, o, i, need[0], need[1], need[2],
-                                           ctx.inplace_w, ctx.inplace_b)
+                dx, gw, gb = _linear_grads(
+                    k, dy2, x2, weight, bias, o, i, need[0], need[1], need[2], ctx.inplace_w, ctx.inplace_b
+                )
             if dx is not None and dy.dim() != 2:
                 dx = dx.reshape(*dy.shape[:-1], i)
             return dx, gw, gb, None, None, None
@@ -352,7 +441,7 @@ def sliced_qkv_function(k, name: str):
     autograd adds them, but before, not after, any other gradient x receives (float addition is not
     associative: fp32 differences of an ulp or so). One Function, one cast of x and one backward call
     instead of three: host work is what a training step at the paper's batch sizes waits on
-    (bench/host_overhead.py times whole layers). Where some of the six parameters are delivered in
+    (docs/guides/kernels.md, "Host time"). Where some of the six parameters are delivered in
     place and others not (``shared.inplace_ok``), all go through this Function, each with its own
     delivery; three separate torch-backend calls would have run PyTorch's own F.linear for a linear
     whose two parameters both need autograd delivery (the same values, up to the rounding of dW under
@@ -387,8 +476,9 @@ def sliced_qkv_function(k, name: str):
                     if dys[j] is None:
                         continue
                     dy2 = rows(dys[j], o, x2.dtype)
-                    d, gws[j], gbs[j] = _linear_grads(k, dy2, x2, p[j], p[3 + j], o, i, need[0], need[1 + j],
-                                                      need[4 + j], *ctx.inplace[j])
+                    d, gws[j], gbs[j] = _linear_grads(
+                        k, dy2, x2, p[j], p[3 + j], o, i, need[0], need[1 + j], need[4 + j], *ctx.inplace[j]
+                    )
                     if d is None:
                         continue
                     # each term cast to x's dtype (fp32 under autocast), then summed, as autograd does
@@ -428,8 +518,20 @@ def sliced_layernorm_function(k, name: str):
             s, weight, bias, mean, rstd = ctx.saved_tensors
             need = ctx.needs_input_grad
             with amp_ctx(ctx.amp):
-                dx, gw, gb = _layernorm_grads(k, dy, s, weight, bias, mean, rstd, ctx.width, need[1], need[2],
-                                              ctx.inplace_w, ctx.inplace_b)
+                dx, gw, gb = _layernorm_grads(
+                    k,
+                    dy,
+                    s,
+                    weight,
+                    bias,
+                    mean,
+                    rstd,
+                    ctx.width,
+                    need[1],
+                    need[2],
+                    ctx.inplace_w,
+                    ctx.inplace_b,
+                )
             if len(ctx.shape) != 2:
                 dx = dx.reshape(ctx.shape)
             return dx, gw, gb, None, None, (dx if ctx.has_res else None)
@@ -453,15 +555,19 @@ def sliced_linear_layernorm_function(kl, kn, name: str):
             kl.check(x, weight, bias)
             amp = amp_state(x.device.type)
             x2 = rows(x, i, compute_dtype(x, amp))
-            y, _ = kl.forward(x2, weight, bias, o, i, 0)                              # (N, o)
+            y, _ = kl.forward(x2, weight, bias, o, i, 0)  # (N, o)
             kn.check(y, gamma, beta, residual)
             out, s, mean, rstd = _layernorm_forward(kn, y, gamma, beta, o, eps, residual)
             ctx.save_for_backward(x2, weight, bias, s, gamma, beta, mean, rstd)
             ctx.o, ctx.i, ctx.amp, ctx.shape = o, i, amp, x.shape
             ctx.has_res = residual is not None
             ctx.kstate = _capture(kl)
-            ctx.inplace = (delivers_inplace(weight), delivers_inplace(bias), delivers_inplace(gamma),
-                           delivers_inplace(beta))
+            ctx.inplace = (
+                delivers_inplace(weight),
+                delivers_inplace(bias),
+                delivers_inplace(gamma),
+                delivers_inplace(beta),
+            )
             return out if x.dim() == 2 else out.reshape(*x.shape[:-1], o)
 
         @staticmethod
@@ -471,7 +577,9 @@ def sliced_linear_layernorm_function(kl, kn, name: str):
             need = ctx.needs_input_grad
             iw, ib, ig, ie = ctx.inplace
             with amp_ctx(ctx.amp), _restore(kl, ctx.kstate):
-                dsum, gg, ge = _layernorm_grads(kn, dout, s, gamma, beta, mean, rstd, o, need[3], need[4], ig, ie)
+                dsum, gg, ge = _layernorm_grads(
+                    kn, dout, s, gamma, beta, mean, rstd, o, need[3], need[4], ig, ie
+                )
                 dy2 = rows(dsum, o, x2.dtype)
                 dx, gw, gb = _linear_grads(kl, dy2, x2, weight, bias, o, i, need[0], need[1], need[2], iw, ib)
             lead = ctx.shape[:-1]
@@ -482,8 +590,9 @@ def sliced_linear_layernorm_function(kl, kn, name: str):
                 dres = dsum if len(ctx.shape) == 2 else dsum.reshape(*lead, o)
             return dx, gw, gb, gg, ge, None, None, None, dres
 
-    SlicedLinearLayerNorm.__name__ = SlicedLinearLayerNorm.__qualname__ = \
+    SlicedLinearLayerNorm.__name__ = SlicedLinearLayerNorm.__qualname__ = (
         f"SlicedLinearLayerNorm{name.capitalize()}"
+    )
     return SlicedLinearLayerNorm
 
 
@@ -503,8 +612,8 @@ def sliced_ffn_layernorm_function(kl, kn, name: str):
             kl.check(x, w2, b2)
             amp = amp_state(x.device.type)
             x2 = rows(x, h, compute_dtype(x, amp))
-            z, pre = kl.forward(x2, w1, b1, f, h, 1)                                  # (N, f), GELU'd
-            y, _ = kl.forward(z, w2, b2, h, f, 0)                                     # (N, h)
+            z, pre = kl.forward(x2, w1, b1, f, h, 1)  # (N, f), GELU'd
+            y, _ = kl.forward(z, w2, b2, h, f, 0)  # (N, h)
             kn.check(y, gamma, beta, x)
             out, s, mean, rstd = _layernorm_forward(kn, y, gamma, beta, h, eps, x)
             ctx.save_for_backward(x2, w1, b1, pre, z, w2, b2, s, gamma, beta, mean, rstd)
@@ -520,10 +629,13 @@ def sliced_ffn_layernorm_function(kl, kn, name: str):
             need = ctx.needs_input_grad
             i1, ib1, i2, ib2, ig, ie = ctx.inplace
             with amp_ctx(ctx.amp), _restore(kl, ctx.kstate):
-                dsum, gg, ge = _layernorm_grads(kn, dout, s, gamma, beta, mean, rstd, h, need[5], need[6], ig, ie)
+                dsum, gg, ge = _layernorm_grads(
+                    kn, dout, s, gamma, beta, mean, rstd, h, need[5], need[6], ig, ie
+                )
                 dy2 = rows(dsum, h, z.dtype)
-                dz, gw2, gb2 = _linear_grads(kl, dy2, z, w2, b2, h, f, need[0] or need[1] or need[2], need[3],
-                                             need[4], i2, ib2)
+                dz, gw2, gb2 = _linear_grads(
+                    kl, dy2, z, w2, b2, h, f, need[0] or need[1] or need[2], need[3], need[4], i2, ib2
+                )
                 gw1 = gb1 = dx = None
                 if dz is not None:
                     dz = kl.gelu_backward(rows(dz, f, x2.dtype), pre)
@@ -552,7 +664,9 @@ def qkv_parts(linear, x, weights, biases, o: int, i: int) -> tuple:
     return tuple(linear(x, w, b, o, i) for w, b in zip(weights, biases))
 
 
-def linear_layernorm_parts(linear, layernorm, x, weight, bias, gamma, beta, o: int, i: int, eps: float, residual):
+def linear_layernorm_parts(
+    linear, layernorm, x, weight, bias, gamma, beta, o: int, i: int, eps: float, residual
+):
     """sliced_linear_layernorm as a backend's sliced_linear, then its sliced_layernorm."""
     return layernorm(linear(x, weight, bias, o, i), gamma, beta, o, eps, residual)
 
@@ -573,7 +687,7 @@ def reference_attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m, dropout_p=dropout_p), None
     scores = (q @ k.transpose(-1, -2)) * (1.0 / math.sqrt(d))  # (B, A, T, T)
     if key_mask is not None:
-        keep = key_mask[:, None, None, :].to(torch.bool)       # (B, 1, 1, T)
+        keep = key_mask[:, None, None, :].to(torch.bool)  # (B, 1, 1, T)
         scores = scores.masked_fill(~keep, torch.finfo(scores.dtype).min)  # finite: no NaN rows
     probs = torch.softmax(scores, dim=-1)
     if key_mask is not None:  # an all-padding sequence: zero rows (softmax alone gives uniform ones)

@@ -15,15 +15,22 @@ low-precision shadow of the whole parameter (``shared.lowp_shadow``: one copy pe
 step, shared by all sandwich members and by dX in backward); ZeRO-3 partitions (``ds_id``)
 cast just the slice per call. dW accumulates in fp32 into the fp32 grad slice.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from .shared import (_grad_slot, amp_ctx, delivers_inplace, ffn_layernorm_parts, linear_layernorm_parts, needs_grad,
-                     operand_slice, prefix, qkv_parts, reference_attention, sliced_ffn_layernorm_function,
-                     sliced_layernorm_function, sliced_linear_function, sliced_linear_layernorm_function,
-                     sliced_qkv_function)
+from .shared import (
+    _grad_slot,
+    amp_ctx,
+    delivers_inplace,
+    needs_grad,
+    operand_slice,
+    prefix,
+    reference_attention,
+)
+from .surface import op_surface
 
 
 def gelu(x: torch.Tensor) -> torch.Tensor:
@@ -66,7 +73,9 @@ class _TorchLinear:
             return
         # in-place addmm_ (beta=1) into the slice in its dtype; autocast leaves in-place ops alone
         dt = dst.dtype
-        prefix(dst, o, i).addmm_((dy2 if dy2.dtype == dt else dy2.to(dt)).t(), x2 if x2.dtype == dt else x2.to(dt))
+        prefix(dst, o, i).addmm_(
+            (dy2 if dy2.dtype == dt else dy2.to(dt)).t(), x2 if x2.dtype == dt else x2.to(dt)
+        )
 
 
 _MM_FP32_OUT: dict = {}
@@ -117,6 +126,7 @@ class _TorchLayerNorm:
     each way, statistics in aten's dtype; otherwise (e.g. CUDA autocast with fp32 master gamma and
     bf16 activations) fp32 math in plain ops with fp32 statistics. They allocate their own outputs
     (``owns_outputs``)."""
+
     owns_outputs = True
 
     @staticmethod
@@ -129,11 +139,13 @@ class _TorchLayerNorm:
             torch.add(x2, r2, out=s)
         if _fused_ln_ok(s, weight, bias):
             with amp_ctx((s.device.type, False, None)):  # as called: CUDA autocast would run it in fp32
-                out, mu, r = torch.native_layer_norm(s, [width], prefix(weight, width), prefix(bias, width), eps)
+                out, mu, r = torch.native_layer_norm(
+                    s, [width], prefix(weight, width), prefix(bias, width), eps
+                )
             # the statistics stay as aten returns them ((N, 1), in its own dtype: fp32, except fp16/bf16
             # on the CPU's same-dtype path): its backward takes them back as they came
             return out, mu, r
-        sf = s.float()                                                        # (N, h)
+        sf = s.float()  # (N, h)
         var, mu = torch.var_mean(sf, dim=-1, correction=0)
         r = torch.rsqrt(var + eps)
         # gamma/beta slices are read in their own dtype; type promotion, no copy of them
@@ -145,11 +157,12 @@ class _TorchLayerNorm:
         if _fused_ln_ok(s, weight, bias):  # the forward's own test: the statistics came from that path
             with amp_ctx((s.device.type, False, None)):
                 gx, dgamma, dbeta = torch.ops.aten.native_layer_norm_backward(
-                    dy2, s, [h], mean, rstd, prefix(weight, h), prefix(bias, h), [True, True, True])
+                    dy2, s, [h], mean, rstd, prefix(weight, h), prefix(bias, h), [True, True, True]
+                )
             if dgamma.dtype != torch.float32:
                 dgamma, dbeta = dgamma.float(), dbeta.float()
             return dgamma, dbeta, gx
-        xhat = (s.float() - mean[:, None]) * rstd[:, None]                    # (N, h)
+        xhat = (s.float() - mean[:, None]) * rstd[:, None]  # (N, h)
         g = dy2.float()
         dbeta = g.sum(0)
         dgamma = (g * xhat).sum(0)
@@ -167,13 +180,6 @@ def _fused_ln_ok(s, weight, bias) -> bool:
     return weight.dtype == s.dtype or (weight.dtype == torch.float32 and s.device.type == "cpu")
 
 
-SlicedLinearTorch = sliced_linear_function(_TorchLinear, "torch")
-SlicedLayerNormTorch = sliced_layernorm_function(_TorchLayerNorm, "torch")
-SlicedQKVTorch = sliced_qkv_function(_TorchLinear, "torch")
-SlicedLinearLayerNormTorch = sliced_linear_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
-SlicedFFNLayerNormTorch = sliced_ffn_layernorm_function(_TorchLinear, _TorchLayerNorm, "torch")
-
-
 class SlicedEmbeddingFn(torch.autograd.Function):
     """E[ids, :h]; the backward index-adds into E.grad[:, :h] (no vocab x H_max temporary)."""
 
@@ -186,7 +192,7 @@ class SlicedEmbeddingFn(torch.autograd.Function):
     @staticmethod
     def backward(ctx, dout):
         ids, weight = ctx.saved_tensors
-        g = _grad_slot(weight)[:, :ctx.h]
+        g = _grad_slot(weight)[:, : ctx.h]
         g.index_add_(0, ids.reshape(-1), dout.reshape(-1, ctx.h).to(g.dtype))
         return None, None, None
 
@@ -194,49 +200,39 @@ class SlicedEmbeddingFn(torch.autograd.Function):
 def _autograd_only(*params) -> bool:
     """Gradients are wanted and none of them may be written in place (forced "autograd" mode, or
     parameters such as ZeRO-3 partitions): then PyTorch's own ops on the slice views are exactly
-    that delivery (their slice backward hands autograd full-size gradients) - the "naive eager
-    slicing" of the benchmarks. Without gradients, or with any in-place parameter: our Functions."""
+    that delivery (their slice backward hands autograd full-size gradients): "naive eager
+    slicing". Without gradients, or with any in-place parameter: our Functions."""
     return needs_grad(*params) and not any(delivers_inplace(p) for p in params)
 
 
-def sliced_linear(x, weight, bias, out_features, in_features, activation=None):
-    if _autograd_only(weight, bias):
-        y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
-        return gelu(y) if activation == "gelu" else y
-    return SlicedLinearTorch.apply(x, weight, bias, out_features, in_features, activation)
+def _linear_views(x, weight, bias, out_features, in_features, activation=None):
+    y = F.linear(x, weight[:out_features, :in_features], None if bias is None else bias[:out_features])
+    return gelu(y) if activation == "gelu" else y
+
+
+def _layernorm_views(x, weight, bias, width, eps, residual=None):
+    if residual is not None:
+        x = x + residual
+    return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
+
+
+# PyTorch's own ops on the slice views when every gradient goes through autograd, else our Functions
+OPS = op_surface(
+    "torch",
+    _TorchLinear,
+    _TorchLayerNorm,
+    _linear_views,
+    _layernorm_views,
+    use_function=lambda x, params, others=(): not _autograd_only(*params),
+)
+sliced_linear, sliced_qkv, sliced_layernorm = OPS.sliced_linear, OPS.sliced_qkv, OPS.sliced_layernorm
+sliced_linear_layernorm, sliced_ffn_layernorm = OPS.sliced_linear_layernorm, OPS.sliced_ffn_layernorm
 
 
 def sliced_embedding(ids, weight, width):
     if torch.is_grad_enabled() and weight.requires_grad and delivers_inplace(weight):
         return SlicedEmbeddingFn.apply(ids, weight, width)
     return F.embedding(ids, weight[:, :width])
-
-
-def sliced_layernorm(x, weight, bias, width, eps, residual=None):
-    if _autograd_only(weight, bias):
-        if residual is not None:
-            x = x + residual
-        return F.layer_norm(x, (width,), weight[:width], bias[:width], eps)
-    return SlicedLayerNormTorch.apply(x, weight, bias, width, eps, residual)
-
-
-def sliced_qkv(x, weights, biases, out_features, in_features):
-    if _autograd_only(*weights, *biases):
-        return qkv_parts(sliced_linear, x, weights, biases, out_features, in_features)
-    return SlicedQKVTorch.apply(x, *weights, *biases, out_features, in_features)
-
-
-def sliced_linear_layernorm(x, weight, bias, gamma, beta, out_features, in_features, eps, residual=None):
-    if _autograd_only(weight, bias, gamma, beta):
-        return linear_layernorm_parts(sliced_linear, sliced_layernorm, x, weight, bias, gamma, beta, out_features,
-                                      in_features, eps, residual)
-    return SlicedLinearLayerNormTorch.apply(x, weight, bias, gamma, beta, out_features, in_features, eps, residual)
-
-
-def sliced_ffn_layernorm(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps):
-    if _autograd_only(w1, b1, w2, b2, gamma, beta):
-        return ffn_layernorm_parts(sliced_linear, sliced_layernorm, x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
-    return SlicedFFNLayerNormTorch.apply(x, w1, b1, w2, b2, gamma, beta, ffn, hidden, eps)
 
 
 def attention(q, k, v, key_mask, need_probs: bool, dropout_p: float = 0.0):

@@ -17,45 +17,53 @@ compute erf-GELU) and absolute learned positions. For each family this module gi
 
 Anything else is refused with one line naming what was found and what is supported.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
 
-from ..space import TeacherShape
+from .space import TeacherShape
 
 POSITIONS = ("absolute", "padded")
 GELU = "gelu"  # exact (erf) GELU in transformers' ACT2FN; "gelu_new" etc. are tanh approximations
 
 _BERT_SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size")
 # DistilBERT layer tensors (after "transformer.layer.<i>.") -> BertModel's (after "encoder.layer.<i>.")
-_DISTIL_LAYER = (("attention.q_lin.", "attention.self.query."), ("attention.k_lin.", "attention.self.key."),
-                 ("attention.v_lin.", "attention.self.value."),
-                 ("attention.out_lin.", "attention.output.dense."),
-                 ("sa_layer_norm.", "attention.output.LayerNorm."), ("ffn.lin1.", "intermediate.dense."),
-                 ("ffn.lin2.", "output.dense."), ("output_layer_norm.", "output.LayerNorm."))
+_DISTIL_LAYER = (
+    ("attention.q_lin.", "attention.self.query."),
+    ("attention.k_lin.", "attention.self.key."),
+    ("attention.v_lin.", "attention.self.value."),
+    ("attention.out_lin.", "attention.output.dense."),
+    ("sa_layer_norm.", "attention.output.LayerNorm."),
+    ("ffn.lin1.", "intermediate.dense."),
+    ("ffn.lin2.", "output.dense."),
+    ("output_layer_norm.", "output.LayerNorm."),
+)
 
 
 @dataclass(frozen=True)
 class Family:
     """How one Hugging Face encoder family is laid out."""
-    name: str                               # config.model_type
-    model_class: str                        # its plain transformers class
-    prefix: str                             # the body's attribute in its task models ("roberta." ...)
-    positions: str                          # "absolute" | "padded"
-    pooler: bool                            # the plain class has a pooler (tanh(dense(x[:, 0])))
-    token_types: bool                       # it has a token-type embedding
-    head_reads_pooler: bool = False         # its sequence classifier reads the pooler (BERT); RoBERTa's does
-                                            # not, and its pretraining checkpoints carry no pooler weights
-    shape_keys: tuple = _BERT_SHAPE_KEYS    # config keys of (layers, hidden, heads, ffn)
+
+    name: str  # config.model_type
+    model_class: str  # its plain transformers class
+    prefix: str  # the body's attribute in its task models ("roberta." ...)
+    positions: str  # "absolute" | "padded"
+    pooler: bool  # the plain class has a pooler (tanh(dense(x[:, 0])))
+    token_types: bool  # it has a token-type embedding
+    head_reads_pooler: bool = False  # its sequence classifier reads the pooler (BERT); RoBERTa's does
+    # not, and its pretraining checkpoints carry no pooler weights
+    shape_keys: tuple = _BERT_SHAPE_KEYS  # config keys of (layers, hidden, heads, ffn)
     act_key: str = "hidden_act"
     layer_prefix: str = "encoder.layer."
-    layer_renames: tuple = ()               # (family suffix, BertModel suffix) of layer tensors
-    top_renames: tuple = ()                 # (family prefix, BertModel prefix) of other tensors
+    layer_renames: tuple = ()  # (family suffix, BertModel suffix) of layer tensors
+    top_renames: tuple = ()  # (family prefix, BertModel prefix) of other tensors
 
     def model_cls(self):
         import transformers
+
         return getattr(transformers, self.model_class)
 
     @property
@@ -63,16 +71,37 @@ class Family:
         return self.shape_keys[0]
 
 
-FAMILIES = {f.name: f for f in (
-    Family("bert", "BertModel", "bert", "absolute", pooler=True, token_types=True, head_reads_pooler=True),
-    Family("roberta", "RobertaModel", "roberta", "padded", pooler=True, token_types=True),
-    Family("xlm-roberta", "XLMRobertaModel", "roberta", "padded", pooler=True, token_types=True),
-    Family("electra", "ElectraModel", "electra", "absolute", pooler=False, token_types=True,
-           top_renames=(("embeddings_project.", "embeddings.project."),)),
-    Family("distilbert", "DistilBertModel", "distilbert", "absolute", pooler=False, token_types=False,
-           shape_keys=("n_layers", "dim", "n_heads", "hidden_dim"), act_key="activation",
-           layer_prefix="transformer.layer.", layer_renames=_DISTIL_LAYER),
-)}
+FAMILIES = {
+    f.name: f
+    for f in (
+        Family(
+            "bert", "BertModel", "bert", "absolute", pooler=True, token_types=True, head_reads_pooler=True
+        ),
+        Family("roberta", "RobertaModel", "roberta", "padded", pooler=True, token_types=True),
+        Family("xlm-roberta", "XLMRobertaModel", "roberta", "padded", pooler=True, token_types=True),
+        Family(
+            "electra",
+            "ElectraModel",
+            "electra",
+            "absolute",
+            pooler=False,
+            token_types=True,
+            top_renames=(("embeddings_project.", "embeddings.project."),),
+        ),
+        Family(
+            "distilbert",
+            "DistilBertModel",
+            "distilbert",
+            "absolute",
+            pooler=False,
+            token_types=False,
+            shape_keys=("n_layers", "dim", "n_heads", "hidden_dim"),
+            act_key="activation",
+            layer_prefix="transformer.layer.",
+            layer_renames=_DISTIL_LAYER,
+        ),
+    )
+}
 
 
 def _as_dict(config) -> dict:
@@ -91,13 +120,16 @@ def family_of(config, what: str = "teacher") -> Family:
     d = _as_dict(config)
     mt = d.get("model_type")
     if mt not in FAMILIES:
-        raise ValueError(f"{what}: model_type '{mt}' is not supported; supported families: "
-                         f"{', '.join(FAMILIES)}")
+        raise ValueError(
+            f"{what}: model_type '{mt}' is not supported; supported families: {', '.join(FAMILIES)}"
+        )
     f = FAMILIES[mt]
     act = d.get(f.act_key, GELU)
     if act != GELU:
-        raise ValueError(f"{what}: {f.act_key} '{act}' is not supported: autodistil's kernels compute exact "
-                         f"(erf) GELU, {f.act_key} '{GELU}'")
+        raise ValueError(
+            f"{what}: {f.act_key} '{act}' is not supported: autodistil's kernels compute exact "
+            f"(erf) GELU, {f.act_key} '{GELU}'"
+        )
     pe = d.get("position_embedding_type") or "absolute"
     if pe != "absolute":
         raise ValueError(f"{what}: position_embedding_type '{pe}' is not supported: absolute positions only")
@@ -122,21 +154,28 @@ def supernet_conventions(config) -> dict:
     pad = d.get("pad_token_id")
     if pad is None:
         if f.positions == "padded":
-            raise ValueError(f"teacher: a {f.name} config needs pad_token_id (its positions count the "
-                             f"non-pad tokens)")
+            raise ValueError(
+                f"teacher: a {f.name} config needs pad_token_id (its positions count the non-pad tokens)"
+            )
         pad = 0
-    return dict(family=f.name, positions=f.positions, vocab_size=int(d["vocab_size"]),
-                max_position=int(d["max_position_embeddings"]),
-                type_vocab_size=int(d.get("type_vocab_size", 2)) if f.token_types else 0,
-                embedding_size=int(emb) if emb is not None and int(emb) != hidden else None,
-                pooler=f.pooler, layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)), pad_token_id=int(pad))
+    return dict(
+        family=f.name,
+        positions=f.positions,
+        vocab_size=int(d["vocab_size"]),
+        max_position=int(d["max_position_embeddings"]),
+        type_vocab_size=int(d.get("type_vocab_size", 2)) if f.token_types else 0,
+        embedding_size=int(emb) if emb is not None and int(emb) != hidden else None,
+        pooler=f.pooler,
+        layer_norm_eps=float(d.get("layer_norm_eps", 1e-12)),
+        pad_token_id=int(pad),
+    )
 
 
 def _rename(key: str, pairs, reverse: bool) -> str:
     for a, b in pairs:
         src, dst = (b, a) if reverse else (a, b)
         if key.startswith(src):
-            return dst + key[len(src):]
+            return dst + key[len(src) :]
     return key
 
 
@@ -151,10 +190,10 @@ def to_bert_names(state: dict, family: str) -> dict:
     out = {}
     for k, v in state.items():
         if k.startswith(f.prefix + "."):
-            k = k[len(f.prefix) + 1:]
+            k = k[len(f.prefix) + 1 :]
         k = _rename(k, f.top_renames, reverse=False)
         if k.startswith(f.layer_prefix) and f.layer_prefix != "encoder.layer.":
-            i, rest = k[len(f.layer_prefix):].split(".", 1)
+            i, rest = k[len(f.layer_prefix) :].split(".", 1)
             k = f"encoder.layer.{i}." + _rename(rest, f.layer_renames, reverse=False)
         if _is_body(k):
             out[k] = v
@@ -168,7 +207,7 @@ def from_bert_names(state: dict, family: str) -> dict:
     for k, v in state.items():
         k = _rename(k, f.top_renames, reverse=True)
         if k.startswith("encoder.layer.") and f.layer_prefix != "encoder.layer.":
-            i, rest = k[len("encoder.layer."):].split(".", 1)
+            i, rest = k[len("encoder.layer.") :].split(".", 1)
             k = f"{f.layer_prefix}{i}." + _rename(rest, f.layer_renames, reverse=True)
         out[k] = v
     return out
@@ -182,19 +221,39 @@ def plain_config(c, layers: int, hidden: int, heads: int, ffn: int):
     if heads * c.head_dim != hidden or (c.embedding_size is not None and c.embedding_size == hidden):
         return None
     import transformers
+
     if f.name == "distilbert":
         return transformers.DistilBertConfig(
-            vocab_size=c.vocab_size, dim=hidden, n_layers=layers, n_heads=heads, hidden_dim=ffn,
-            max_position_embeddings=c.max_position, pad_token_id=c.pad_token_id, activation=GELU,
-            sinusoidal_pos_embds=False)  # the (sliced) position table is stored as learned weights
-    common = dict(vocab_size=c.vocab_size, hidden_size=hidden, num_hidden_layers=layers,
-                  num_attention_heads=heads, intermediate_size=ffn, max_position_embeddings=c.max_position,
-                  type_vocab_size=c.type_vocab_size, layer_norm_eps=c.layer_norm_eps,
-                  pad_token_id=c.pad_token_id, hidden_act=GELU)
+            vocab_size=c.vocab_size,
+            dim=hidden,
+            n_layers=layers,
+            n_heads=heads,
+            hidden_dim=ffn,
+            max_position_embeddings=c.max_position,
+            pad_token_id=c.pad_token_id,
+            activation=GELU,
+            sinusoidal_pos_embds=False,
+        )  # the (sliced) position table is stored as learned weights
+    common = dict(
+        vocab_size=c.vocab_size,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=c.max_position,
+        type_vocab_size=c.type_vocab_size,
+        layer_norm_eps=c.layer_norm_eps,
+        pad_token_id=c.pad_token_id,
+        hidden_act=GELU,
+    )
     if f.name == "electra":
         common["embedding_size"] = c.embedding_size or hidden
-    cls = {"bert": "BertConfig", "roberta": "RobertaConfig", "xlm-roberta": "XLMRobertaConfig",
-           "electra": "ElectraConfig"}[f.name]
+    cls = {
+        "bert": "BertConfig",
+        "roberta": "RobertaConfig",
+        "xlm-roberta": "XLMRobertaConfig",
+        "electra": "ElectraConfig",
+    }[f.name]
     return getattr(transformers, cls)(**common)
 
 
@@ -202,9 +261,9 @@ def position_ids(ids: torch.Tensor, positions: str, pad_token_id: int) -> torch.
     """(T,) 0..T-1 ("absolute"), or (B, T) pad + cumsum(ids != pad), pads at pad ("padded": exactly
     HF's create_position_ids_from_input_ids, RoBERTa / XLM-R)."""
     if positions == "absolute":
-        return torch.arange(ids.shape[1], device=ids.device)                            # (T,)
-    mask = ids.ne(pad_token_id).int()                                                   # (B, T)
-    return (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + pad_token_id       # (B, T)
+        return torch.arange(ids.shape[1], device=ids.device)  # (T,)
+    mask = ids.ne(pad_token_id).int()  # (B, T)
+    return (torch.cumsum(mask, dim=1).type_as(mask) * mask).long() + pad_token_id  # (B, T)
 
 
 def max_seq_len(positions: str, max_position: int, pad_token_id: int) -> int:
@@ -212,5 +271,17 @@ def max_seq_len(positions: str, max_position: int, pad_token_id: int) -> int:
     return max_position - (pad_token_id + 1 if positions == "padded" else 0)
 
 
-__all__ = ["FAMILIES", "Family", "POSITIONS", "family_of", "from_bert_names", "get_family", "max_seq_len",
-           "plain_config", "position_ids", "supernet_conventions", "teacher_shape", "to_bert_names"]
+__all__ = [
+    "FAMILIES",
+    "Family",
+    "POSITIONS",
+    "family_of",
+    "from_bert_names",
+    "get_family",
+    "max_seq_len",
+    "plain_config",
+    "position_ids",
+    "supernet_conventions",
+    "teacher_shape",
+    "to_bert_names",
+]

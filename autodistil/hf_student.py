@@ -1,6 +1,6 @@
 """A standalone Hugging Face model for students their family's plain class cannot express: a Q/K/V
 width (heads x head_dim) other than the hidden size, or an ELECTRA embedding projection between
-equal widths. It carries the teacher family's conventions (nn/families.py): positions ("absolute"
+equal widths. It carries the teacher family's conventions (autodistil/families.py): positions ("absolute"
 or RoBERTa's "padded"), token types (type_vocab_size 0: none, DistilBERT), a fixed embedding width
 with a projection to the hidden size (ELECTRA), and a pooler or none; the defaults are BERT's, so
 folders written before these fields existed load unchanged. Registered with AutoConfig /
@@ -9,6 +9,7 @@ with ``AutoModel.from_pretrained(folder)`` and no ``trust_remote_code``.
 It holds no reference to the supernet: plain nn.Linear/LayerNorm/Embedding modules with
 BertModel's parameter names (ELECTRA's projection: "embeddings.project").
 """
+
 from __future__ import annotations
 
 import math
@@ -16,8 +17,13 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from transformers import (AutoConfig, AutoModel, AutoModelForSequenceClassification, PretrainedConfig,
-                          PreTrainedModel)
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    PretrainedConfig,
+    PreTrainedModel,
+)
 from transformers.modeling_outputs import BaseModelOutputWithPooling, SequenceClassifierOutput
 
 from .families import position_ids
@@ -26,19 +32,38 @@ from .families import position_ids
 class AutoDistilBertConfig(PretrainedConfig):
     model_type = "autodistil_bert"
 
-    def __init__(self, vocab_size=30522, hidden_size=768, num_hidden_layers=12, num_attention_heads=12,
-                 attention_head_size=64, intermediate_size=3072, max_position_embeddings=512,
-                 type_vocab_size=2, layer_norm_eps=1e-12, hidden_dropout_prob=0.1,
-                 attention_probs_dropout_prob=0.1, initializer_range=0.02, pad_token_id=0,
-                 classifier_dropout=None, family="bert", positions="absolute", embedding_size=None,
-                 pooler=True, **kw):
+    def __init__(
+        self,
+        vocab_size=30522,
+        hidden_size=768,
+        num_hidden_layers=12,
+        num_attention_heads=12,
+        attention_head_size=64,
+        intermediate_size=3072,
+        max_position_embeddings=512,
+        type_vocab_size=2,
+        layer_norm_eps=1e-12,
+        hidden_dropout_prob=0.1,
+        attention_probs_dropout_prob=0.1,
+        initializer_range=0.02,
+        pad_token_id=0,
+        classifier_dropout=None,
+        family="bert",
+        positions="absolute",
+        embedding_size=None,
+        pooler=True,
+        **kw,
+    ):
         super().__init__(pad_token_id=pad_token_id, **kw)
         self.vocab_size, self.hidden_size = vocab_size, hidden_size
         self.num_hidden_layers, self.num_attention_heads = num_hidden_layers, num_attention_heads
         self.attention_head_size, self.intermediate_size = attention_head_size, intermediate_size
         self.max_position_embeddings, self.type_vocab_size = max_position_embeddings, type_vocab_size
         self.layer_norm_eps, self.hidden_dropout_prob = layer_norm_eps, hidden_dropout_prob
-        self.attention_probs_dropout_prob, self.initializer_range = attention_probs_dropout_prob, initializer_range
+        self.attention_probs_dropout_prob, self.initializer_range = (
+            attention_probs_dropout_prob,
+            initializer_range,
+        )
         self.classifier_dropout = classifier_dropout
         self.family, self.positions = family, positions
         self.embedding_size, self.pooler = embedding_size, pooler
@@ -57,12 +82,12 @@ class _Embeddings(nn.Module):
         self.positions, self.pad = c.positions, c.pad_token_id
 
     def forward(self, ids, type_ids):
-        x = self.word_embeddings(ids)                                                # (B, T, E)
+        x = self.word_embeddings(ids)  # (B, T, E)
         if self.token_type_embeddings is not None:
             x = x + self.token_type_embeddings(type_ids)
         x = x + self.position_embeddings(position_ids(ids, self.positions, self.pad))
-        x = self.dropout(self.LayerNorm(x))                                          # (B, T, E)
-        return x if self.project is None else self.project(x)                       # (B, T, H)
+        x = self.dropout(self.LayerNorm(x))  # (B, T, E)
+        return x if self.project is None else self.project(x)  # (B, T, H)
 
 
 class _SelfAttention(nn.Module):
@@ -75,13 +100,13 @@ class _SelfAttention(nn.Module):
 
     def forward(self, x, add_mask, need_probs=False):
         B, T, _ = x.shape
-        split = lambda t: t.view(B, T, self.a, self.d).transpose(1, 2)       # (B, A, T, d)
+        split = lambda t: t.view(B, T, self.a, self.d).transpose(1, 2)  # (B, A, T, d)
         q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
         if not need_probs:  # fused SDPA (deployment path); eager below when maps are requested
             p = self.dropout.p if self.training else 0.0
             ctx = F.scaled_dot_product_attention(q, k, v, attn_mask=add_mask, dropout_p=p)
             return ctx.transpose(1, 2).reshape(B, T, self.a * self.d), None
-        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d)                 # (B, A, T, T)
+        scores = q @ k.transpose(-1, -2) / math.sqrt(self.d)  # (B, A, T, T)
         if add_mask is not None:
             scores = scores + add_mask
         probs = torch.softmax(scores, dim=-1)
@@ -164,24 +189,35 @@ class AutoDistilBertModel(AutoDistilBertPreTrainedModel):
     def get_input_embeddings(self):
         return self.embeddings.word_embeddings
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, output_hidden_states=None,
-                output_attentions=None, return_dict=None, **kw):
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+        **kw,
+    ):
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
-        x = self.embeddings(input_ids, token_type_ids)                               # (B, T, H)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, H)
         add_mask = None
         if attention_mask is not None:
             m = attention_mask[:, None, None, :].to(x.dtype)
-            add_mask = (1.0 - m) * torch.finfo(x.dtype).min                          # (B, 1, 1, T)
+            add_mask = (1.0 - m) * torch.finfo(x.dtype).min  # (B, 1, 1, T)
         hs, atts = [x], []
         for layer in self.encoder.layer:
             x, probs = layer(x, add_mask, bool(output_attentions))
             hs.append(x)
             atts.append(probs)
         pooled = None if self.pooler is None else torch.tanh(self.pooler.dense(x[:, 0]))  # (B, H)
-        return BaseModelOutputWithPooling(last_hidden_state=x, pooler_output=pooled,
-                                          hidden_states=tuple(hs) if output_hidden_states else None,
-                                          attentions=tuple(atts) if output_attentions else None)
+        return BaseModelOutputWithPooling(
+            last_hidden_state=x,
+            pooler_output=pooled,
+            hidden_states=tuple(hs) if output_hidden_states else None,
+            attentions=tuple(atts) if output_attentions else None,
+        )
 
 
 class AutoDistilBertForSequenceClassification(AutoDistilBertPreTrainedModel):
@@ -200,26 +236,46 @@ class AutoDistilBertForSequenceClassification(AutoDistilBertPreTrainedModel):
         self.classifier = nn.Linear(config.hidden_size, config.num_labels)
         self.post_init()
 
-    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, labels=None,
-                output_hidden_states=None, output_attentions=None, return_dict=None, **kw):
-        out = self.bert(input_ids, attention_mask, token_type_ids, output_hidden_states=output_hidden_states,
-                        output_attentions=output_attentions)
+    def forward(
+        self,
+        input_ids=None,
+        attention_mask=None,
+        token_type_ids=None,
+        labels=None,
+        output_hidden_states=None,
+        output_attentions=None,
+        return_dict=None,
+        **kw,
+    ):
+        out = self.bert(
+            input_ids,
+            attention_mask,
+            token_type_ids,
+            output_hidden_states=output_hidden_states,
+            output_attentions=output_attentions,
+        )
         pooled = out.pooler_output
         if self.pre_classifier is not None:
-            pooled = torch.tanh(self.pre_classifier(out.last_hidden_state[:, 0]))     # (B, H)
-        logits = self.classifier(self.dropout(pooled))                               # (B, C)
+            pooled = torch.tanh(self.pre_classifier(out.last_hidden_state[:, 0]))  # (B, H)
+        logits = self.classifier(self.dropout(pooled))  # (B, C)
         loss = None
         if labels is not None:
-            loss = (F.mse_loss(logits.squeeze(-1), labels.float()) if self.num_labels == 1
-                    else F.cross_entropy(logits, labels))
-        return SequenceClassifierOutput(loss=loss, logits=logits, hidden_states=out.hidden_states,
-                                        attentions=out.attentions)
+            loss = (
+                F.mse_loss(logits.squeeze(-1), labels.float())
+                if self.num_labels == 1
+                else F.cross_entropy(logits, labels)
+            )
+        return SequenceClassifierOutput(
+            loss=loss, logits=logits, hidden_states=out.hidden_states, attentions=out.attentions
+        )
 
 
 def register() -> None:
     try:
         AutoConfig.register(AutoDistilBertConfig.model_type, AutoDistilBertConfig)
         AutoModel.register(AutoDistilBertConfig, AutoDistilBertModel)
-        AutoModelForSequenceClassification.register(AutoDistilBertConfig, AutoDistilBertForSequenceClassification)
+        AutoModelForSequenceClassification.register(
+            AutoDistilBertConfig, AutoDistilBertForSequenceClassification
+        )
     except ValueError:  # already registered (re-import)
         pass
