@@ -16,6 +16,7 @@ Baseline (a), the teacher's first k layers, is timed in every session and chosen
 rule (the largest k whose measured latency plus margin meets the budget) in the session its budget's
 student was timed in: chosen in another session, on a machine running faster or slower then, it would
 be compared on other terms."""
+
 from __future__ import annotations
 
 import math
@@ -26,8 +27,15 @@ from .correct import Correction, fit_correction
 from .run import candidate_key, candidate_name
 
 
-def finalists(rows: list, budget_ms: float, top_k: int = 4, slack: float = 0.10, safe_k: int = 2,
-              safe_frac: float = 0.8, score: str = "loss") -> list:
+def finalists(
+    rows: list,
+    budget_ms: float,
+    top_k: int = 4,
+    slack: float = 0.10,
+    safe_k: int = 2,
+    safe_frac: float = 0.8,
+    score: str = "loss",
+) -> list:
     """Session 1's candidates for one budget: the best `top_k` (lowest `score`) with predicted latency <=
     budget x (1 + slack), plus the best `safe_k` with predicted latency <= budget x safe_frac (a fallback)."""
     ranked = sorted(rows, key=lambda r: (r[score], r["latency_ms"]))
@@ -58,23 +66,45 @@ def choose_first_layers(checked: list, budget_ms: float) -> dict:
     ok = [c for c in checked if c["measured_ms"] + c["margin_ms"] <= budget_ms]
     if ok:
         ch = max(ok, key=lambda c: c["layers"])
-        return {"chosen": ch, "message": f"{ch['name']}: measured {ch['measured_ms']:.2f} ms + margin "
-                                         f"{ch['margin_ms']:.2f} ms <= {budget_ms:g} ms"}
+        return {
+            "chosen": ch,
+            "message": f"{ch['name']}: measured {ch['measured_ms']:.2f} ms + margin "
+            f"{ch['margin_ms']:.2f} ms <= {budget_ms:g} ms",
+        }
     if not checked:
         return {"chosen": None, "message": "no first-k cut measured"}
     lo = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"])
-    return {"chosen": None, "message": f"none fits {budget_ms:g} ms: {lo['name']} measured {lo['measured_ms']:.2f} ms "
-                                       f"+ margin {lo['margin_ms']:.2f} ms"}
+    return {
+        "chosen": None,
+        "message": f"none fits {budget_ms:g} ms: {lo['name']} measured {lo['measured_ms']:.2f} ms "
+        f"+ margin {lo['margin_ms']:.2f} ms",
+    }
 
 
 # what a budget's history records of the choice after each session
-PICK_KEYS = ("name", "round", "predicted_ms", "corrected_ms", "measured_ms", "margin_ms", "budget_ms",
-             "sessions", "shares")
+PICK_KEYS = (
+    "name",
+    "round",
+    "predicted_ms",
+    "corrected_ms",
+    "measured_ms",
+    "margin_ms",
+    "budget_ms",
+    "sessions",
+    "shares",
+)
 
 
-def offers_under_correction(rows: list, budget_ms: float, corr: Correction, current: dict | None,
-                            measured: set, top_k: int = 4, score: str = "loss",
-                            noise_pct: float = float("nan")) -> list:
+def offers_under_correction(
+    rows: list,
+    budget_ms: float,
+    corr: Correction,
+    current: dict | None,
+    measured: set,
+    top_k: int = 4,
+    score: str = "loss",
+    noise_pct: float = float("nan"),
+) -> list:
     """The candidates a further session times for one budget under the corrected table: in order of `score`,
     those not yet measured whose corrected prediction is at most the budget x (1 + the correction's measured
     error) and that could beat the `current` choice; up to `top_k`, and the list ends at the first one
@@ -100,11 +130,348 @@ def offers_under_correction(rows: list, budget_ms: float, corr: Correction, curr
     return out
 
 
-def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, list], dict], top_k: int = 4,
-                   slack: float = 0.10, safe_k: int = 2, safe_frac: float = 0.8, score: str = "loss",
-                   first_layers: dict | None = None, with_teacher: bool = False,
-                   fractions: list | None = None, rounds: int = 4,
-                   research: Callable[[dict], list] | None = None) -> dict:
+def _union(offers: list) -> dict:
+    """The candidates of several budgets' offers, once each, by name (first offer first)."""
+    out = {}
+    for fs in offers:
+        for r in fs:
+            out.setdefault(candidate_name(r), r)
+    return out
+
+
+class _Verification:
+    """The state of one verification across its sessions, and the steps verify_budgets takes: time a
+    session (`run_session`), fit a correction on every timing so far (`fitted`), search again and offer
+    what could beat each budget's choice (`next_offers`), judge every timed candidate against every budget
+    (`judged`, `best_holding`, `choice`), and write each budget's record (`budget_entry`, `result`)."""
+
+    def __init__(
+        self,
+        rows,
+        budgets_ms,
+        measure_fn,
+        top_k,
+        slack,
+        safe_k,
+        safe_frac,
+        score,
+        first_layers,
+        with_teacher,
+        fractions,
+        research,
+    ):
+        self.rows, self.budgets_ms, self.measure_fn = list(rows), list(budgets_ms), measure_fn
+        self.top_k, self.slack, self.safe_k, self.safe_frac, self.score = (
+            top_k,
+            slack,
+            safe_k,
+            safe_frac,
+            score,
+        )
+        self.first_layers, self.with_teacher = first_layers, with_teacher
+        self.fractions, self.research = fractions, research
+        self.nb = len(budgets_ms)
+        self.extra = [*first_layers, *(["teacher"] if with_teacher else [])]
+        self.sessions, self.history = [], [[] for _ in budgets_ms]
+        self.timed = {}  # candidate name -> [(session index, {"ms", "noise_sd_ms"}), ...]
+        self.rowof, self.corrected_of = {}, {}
+
+    # --- judging ---------------------------------------------------------------------------------------
+    def cross_sd(self) -> float:
+        """The sd (a fraction) of a model's latency relative to its session's speed (the teacher, else the
+        anchor) from one session to the next, from the candidates timed in more than one session."""
+        ss = self.sessions
+        d = [
+            math.log((q["ms"] / ss[u]["speed"]) / (m["ms"] / ss[s]["speed"]))
+            for ts in self.timed.values()
+            for (s, m), (u, q) in zip(ts, ts[1:])
+        ]
+        return math.sqrt(sum(x * x for x in d) / (2 * len(d))) if d else float("nan")
+
+    def judged(self, n: str, i: int, x: float) -> list:
+        """Candidate n judged against budget i in every session it was timed in (margin: its noise, the
+        session's and the cross-session sd `x`)."""
+        out = []
+        for s, m in self.timed[n]:
+            sd = max((v for v in (self.sessions[s]["sd"], 100 * x) if math.isfinite(v)), default=float("nan"))
+            margin, b = _margin(m, sd), self.sessions[s]["budgets"][i]
+            out.append(
+                {
+                    **self.rowof[n],
+                    "name": n,
+                    "predicted_ms": self.rowof[n]["latency_ms"],
+                    "corrected_ms": self.corrected_of[n],
+                    "measured_ms": m["ms"],
+                    "margin_ms": margin,
+                    "budget_ms": b,
+                    "holds": m["ms"] + margin <= b,
+                    "round": s + 1,
+                }
+            )
+        return out
+
+    def best_holding(self, i: int, confirmed: bool = False):
+        """The best candidate (by `score`) that holds budget i over the sessions it was timed in (with
+        `confirmed`, among those timed in two sessions or more); its record is its latest session's, with
+        `share` the mean of measured / budget over its sessions."""
+        x, ok = self.cross_sd(), []
+        for n in self.timed:
+            cs = self.judged(n, i, x)
+            if len(cs) < 2 and confirmed:
+                continue
+            # over the sessions it was timed in: the mean of (measured + margin) / budget within 1
+            if sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in cs) <= len(cs):
+                shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
+                ok.append(
+                    {
+                        **cs[-1],
+                        "holds": True,
+                        "share": sum(shares) / len(shares),
+                        "shares": shares,
+                        "sessions": [c["round"] for c in cs],
+                    }
+                )
+        return min(ok, key=lambda c: (c[self.score], c["share"])) if ok else None
+
+    def choice(self, i: int):
+        """Budget i's choice: the best candidate confirmed in two sessions or more, if one holds."""
+        return self.best_holding(i, confirmed=True) or self.best_holding(i)
+
+    # --- sessions --------------------------------------------------------------------------------------
+    def _session_budgets(self, teacher_ms):
+        """This session's budgets: the fractions of the teacher timed in it, else the last session's."""
+        if self.fractions is not None and teacher_ms:
+            return [round(f * teacher_ms, 3) for f in self.fractions]
+        return list(self.sessions[-1]["budgets"]) if self.sessions else list(self.budgets_ms)
+
+    def run_session(self, cands: dict, corr, offered: list) -> None:
+        """Time `cands` ({name: row}) with the extra models in one session; record it and each budget's
+        choice after it."""
+        rnd = len(self.sessions) + 1
+        meas = self.measure_fn(list(cands.values()), list(self.extra))
+        sd = meas.get("noise", {}).get("sd_pct", float("nan"))
+        if self.sessions:  # margins no smaller than session 1's noise: a few models estimate it poorly
+            sd = max((x for x in (sd, self.sessions[0]["sd"]) if math.isfinite(x)), default=float("nan"))
+        t = meas["models"].get("teacher", {}).get("ms") if self.with_teacher else None
+        budgets = self._session_budgets(t)
+        drift = meas.get("drift", float("nan"))
+        ok = isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
+        cuts = [
+            {
+                "name": n,
+                "layers": k,
+                "measured_ms": meas["models"][n]["ms"],
+                "margin_ms": _margin(meas["models"][n], sd),
+                "round": rnd,
+            }
+            for n, k in sorted(self.first_layers.items(), key=lambda kv: kv[1])
+        ]
+        for n, r in cands.items():
+            self.rowof.setdefault(n, r)
+            self.corrected_of.setdefault(
+                n, corr.apply(r["space"], r["latency_ms"]) if corr is not None else None
+            )
+            self.timed.setdefault(n, []).append((len(self.sessions), meas["models"][n]))
+        offered_names = {candidate_name(r) for o in offered for r in o}
+        self.sessions.append(
+            {
+                "meas": meas,
+                "sd": sd,
+                "budgets": budgets,
+                "teacher_ms": t,
+                "speed": t or (drift if ok else 1.0),
+                "cuts": cuts,
+                "correction": corr,
+                "retimed": sorted(set(cands) - offered_names),
+                "offered": [[candidate_name(r) for r in o] for o in offered],
+            }
+        )
+        self._record_choices(rnd, budgets, corr)
+
+    def _record_choices(self, rnd: int, budgets: list, corr) -> None:
+        """Each budget's history gains this session: its budget, correction, offers and choice so far."""
+        for i in range(self.nb):
+            ch, best = self.choice(i), self.best_holding(i)
+            self.history[i].append(
+                {
+                    "round": rnd,
+                    "budget_ms": budgets[i],
+                    "correction": None if corr is None else corr.describe(),
+                    "offered": self.sessions[-1]["offered"][i],
+                    "pick": None if ch is None else {k: ch[k] for k in PICK_KEYS},
+                    "best_unconfirmed": None
+                    if best is None or (ch and best["name"] == ch["name"])
+                    else best["name"],
+                    "share": None if ch is None else ch["share"],
+                    "cross_session_sd_pct": 100 * self.cross_sd(),
+                }
+            )
+
+    def fitted(self) -> Correction:
+        """The table's correction fitted on every timing so far, each at the latest session's speed."""
+        last = self.sessions[-1]
+        pts = [
+            (
+                self.rowof[n]["space"],
+                self.rowof[n]["latency_ms"],
+                m["ms"] * last["speed"] / self.sessions[s]["speed"],
+            )
+            for n, ts in self.timed.items()
+            for s, m in ts
+        ]
+        return fit_correction(pts, last["sd"], default_err=self.slack)
+
+    def first_offers(self) -> list:
+        """Session 1's candidates per budget: its finalists under the table's predictions."""
+        return [
+            finalists(self.rows, b, self.top_k, self.slack, self.safe_k, self.safe_frac, self.score)
+            for b in self.budgets_ms
+        ]
+
+    def next_offers(self, corr: Correction, picks: list) -> list:
+        """Per budget, what a further session times under the corrected table: `research` (when given)
+        first adds candidates up to the corrected limits, then `offers_under_correction` against each
+        budget's best holding pick."""
+        budgets = self.sessions[-1]["budgets"]
+        if self.research is not None:
+            spaces = sorted({r["space"] for r in self.rows})
+            limits = {s: [corr.limit(s, b * (1 + corr.err)) for b in budgets] for s in spaces}
+            known = {candidate_name(r): r for r in self.rows}
+            for r in self.research(limits):
+                known.setdefault(candidate_name(r), r)
+            self.rows = list(known.values())
+        return [
+            offers_under_correction(
+                self.rows, b, corr, picks[i], set(self.timed), self.top_k, self.score, self.sessions[-1]["sd"]
+            )
+            for i, b in enumerate(budgets)
+        ]
+
+    def run(self, rounds: int) -> None:
+        """Session 1, then corrected sessions until nothing new is offered and every choice has been timed
+        twice, a session leaves every choice unchanged and timed twice, or `rounds` sessions."""
+        offer1 = self.first_offers()
+        union = _union(offer1)
+        if not (self.budgets_ms and (union or self.extra)):
+            return
+        self.run_session(union, None, offer1)
+        while len(self.sessions) < rounds:
+            corr = self.fitted()
+            picks = [self.best_holding(i) for i in range(self.nb)]
+            offered = self.next_offers(corr, picks)
+            union = _union(offered)
+            confirmed = all(p is None or len(self.timed[p["name"]]) >= 2 for p in picks)
+            if not union and confirmed:
+                break
+            # every budget's choice and the best candidate holding it so far are timed again: a choice is
+            # judged in more than one session
+            retime = {
+                c["name"]: self.rowof[c["name"]]
+                for i in range(self.nb)
+                for c in (self.choice(i), picks[i])
+                if c
+            }
+            before = [p and p["name"] for p in picks]
+            self.run_session({**union, **retime}, corr, offered)
+            after = [(self.best_holding(i) or {}).get("name") for i in range(self.nb)]
+            if after == before and all(n is None or len(self.timed[n]) >= 2 for n in after):
+                break
+
+    # --- results ---------------------------------------------------------------------------------------
+    def budget_entry(self, i: int, x: float) -> dict:
+        """Budget i's record: its choice (judged with cross-session sd `x`), every timing of every
+        candidate, its history per session, a message, and baseline (a) from its choice's session."""
+        ch = self.choice(i)
+        checked = [c for n in self.timed for c in self.judged(n, i, x)]
+        rnd = ch["round"] if ch is not None else 1
+        sess = self.sessions[rnd - 1] if self.sessions else None
+        b = sess["budgets"][i] if sess else self.budgets_ms[i]  # of the last session its choice was timed in
+        entry = {
+            "budget_ms": b,
+            "requested_ms": self.budgets_ms[i],
+            "fraction": None if self.fractions is None else self.fractions[i],
+            "round": rnd,
+            "met": ch is not None,
+            "finalists": checked,
+            "rounds": self.history[i],
+        }
+        if ch is not None:
+            entry["chosen"] = ch
+            entry["message"] = (
+                f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms"
+                + (f", corrected {ch['corrected_ms']:.2f} ms" if ch["corrected_ms"] else "")
+                + f", measured {ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms "
+                f"<= {b:g} ms (session {rnd}); {100 * ch['share']:.1f}% of the budget on "
+                f"average over sessions {ch['sessions']}"
+            )
+        elif checked:
+            best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
+            entry["message"] = (
+                f"no measured candidate meets {b:g} ms: the closest of {len(self.timed)} "
+                f"measured, {best['name']}, measured {best['measured_ms']:.2f} ms + margin "
+                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget "
+                f"{best['budget_ms']:g} ms)"
+            )
+        else:
+            entry["message"] = (
+                f"no candidate predicted within {b:g} ms x {1 + self.slack:g}: nothing to measure"
+            )
+        if self.first_layers and sess:  # from the session its student was timed in, against its budget
+            entry["first_layers"] = {
+                **choose_first_layers(sess["cuts"], b),
+                "checked": sess["cuts"],
+                "round": rnd,
+            }
+        return entry
+
+    def result(self) -> dict:
+        """What verify_budgets returns (see its docstring)."""
+        x_final = self.cross_sd()
+        ss = self.sessions
+        summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}  # noqa: E731
+        summaries = [
+            {
+                **summ(s["meas"]),
+                "round": j + 1,
+                "teacher_ms": s["teacher_ms"],
+                "budgets_ms": s["budgets"],
+                "budgets_moved": s["budgets"] != list(self.budgets_ms),
+                "noise_sd_pct_used": s["sd"],
+                "correction": None if s["correction"] is None else s["correction"].to_dict(),
+                "offered": s["offered"],
+                "retimed": s["retimed"],
+                "models_timed": len(s["meas"].get("models", {})),
+            }
+            for j, s in enumerate(ss)
+        ]
+        return {
+            "budgets": [self.budget_entry(i, x_final) for i in range(self.nb)],
+            "teacher_ms": ss[0]["teacher_ms"] if ss else None,
+            "measurement": summ(ss[0]["meas"]) if ss else {"noise": {"sd_pct": float("nan")}},
+            "sessions": summaries,
+            "second_round": summaries[1] if len(summaries) > 1 else None,
+            "cross_session_sd_pct": 100 * x_final,
+            "correction": self.fitted().to_dict() if self.timed else None,
+            "measured": ss[0]["meas"].get("models", {}) if ss else {},
+            "measured_by_session": [s["meas"].get("models", {}) for s in ss],
+        }
+
+
+def verify_budgets(
+    rows: list,
+    budgets_ms: list,
+    measure_fn: Callable[[list, list], dict],
+    top_k: int = 4,
+    slack: float = 0.10,
+    safe_k: int = 2,
+    safe_frac: float = 0.8,
+    score: str = "loss",
+    first_layers: dict | None = None,
+    with_teacher: bool = False,
+    fractions: list | None = None,
+    rounds: int = 4,
+    research: Callable[[dict], list] | None = None,
+) -> dict:
     """measure_fn(candidate rows, extra names) -> {"models": {name: {"ms", "noise_sd_ms"}},
     "noise": {"sd_pct"}, "drift", ...}: one interleaved session of the candidates given and the extra models
     named: "teacher" (`with_teacher`) and the teacher's first-k-layer cuts of `first_layers` {name: k}
@@ -138,181 +505,40 @@ def verify_budgets(rows: list, budgets_ms: list, measure_fn: Callable[[list, lis
     correction, offers and the choices timed again), "second_round" (sessions[1] or None),
     "cross_session_sd_pct", "correction" (fitted on every timing at the end), "measured" (session 1's
     per-model details) and "measured_by_session"}."""
-    first_layers = dict(first_layers or {})
     if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
-        raise ValueError(f"fractions {fractions} need with_teacher=True and one fraction per budget "
-                         f"({len(budgets_ms)} budgets)")
+        raise ValueError(
+            f"fractions {fractions} need with_teacher=True and one fraction per budget "
+            f"({len(budgets_ms)} budgets)"
+        )
     if rounds < 1:
         raise ValueError(f"rounds={rounds} must be >= 1 (verification sessions at most)")
-    rows = list(rows)
-    nb = len(budgets_ms)
-    extra = [*first_layers, *(["teacher"] if with_teacher else [])]
-    sessions, history = [], [[] for _ in budgets_ms]
-    timed = {}         # candidate name -> [(session index, {"ms", "noise_sd_ms"}), ...]
-    rowof, corrected_of = {}, {}
-
-    def cross_sd() -> float:
-        """The sd (a fraction) of a model's latency relative to its session's speed (the teacher, else the
-        anchor) from one session to the next, from the candidates timed in more than one session."""
-        d = [math.log((q["ms"] / sessions[u]["speed"]) / (m["ms"] / sessions[s]["speed"]))
-             for ts in timed.values() for (s, m), (u, q) in zip(ts, ts[1:])]
-        return math.sqrt(sum(x * x for x in d) / (2 * len(d))) if d else float("nan")
-
-    def judged(n: str, i: int, x: float) -> list:
-        """Candidate n judged against budget i in every session it was timed in (margin: its noise, the
-        session's and the cross-session sd `x`)."""
-        out = []
-        for s, m in timed[n]:
-            sd = max((v for v in (sessions[s]["sd"], 100 * x) if math.isfinite(v)), default=float("nan"))
-            margin, b = _margin(m, sd), sessions[s]["budgets"][i]
-            out.append({**rowof[n], "name": n, "predicted_ms": rowof[n]["latency_ms"],
-                        "corrected_ms": corrected_of[n], "measured_ms": m["ms"], "margin_ms": margin,
-                        "budget_ms": b, "holds": m["ms"] + margin <= b, "round": s + 1})
-        return out
-
-    def best_holding(i: int, confirmed: bool = False):
-        """The best candidate (by `score`) that holds budget i over the sessions it was timed in (with
-        `confirmed`, among those timed in two sessions or more); its record is its latest session's, with
-        `share` the mean of measured / budget over its sessions."""
-        x, ok = cross_sd(), []
-        for n in timed:
-            cs = judged(n, i, x)
-            if len(cs) < 2 and confirmed:
-                continue
-            # over the sessions it was timed in: the mean of (measured + margin) / budget within 1
-            if sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in cs) <= len(cs):
-                shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
-                ok.append({**cs[-1], "holds": True, "share": sum(shares) / len(shares), "shares": shares,
-                           "sessions": [c["round"] for c in cs]})
-        return min(ok, key=lambda c: (c[score], c["share"])) if ok else None
-
-    def choice(i: int):
-        """Budget i's choice: the best candidate confirmed in two sessions or more, if one holds."""
-        return best_holding(i, confirmed=True) or best_holding(i)
-
-    def run_session(cands: dict, corr, offered: list):
-        rnd = len(sessions) + 1
-        meas = measure_fn(list(cands.values()), list(extra))
-        sd = meas.get("noise", {}).get("sd_pct", float("nan"))
-        if sessions:  # margins no smaller than session 1's noise: a few models estimate it poorly
-            sd = max((x for x in (sd, sessions[0]["sd"]) if math.isfinite(x)), default=float("nan"))
-        t = meas["models"].get("teacher", {}).get("ms") if with_teacher else None
-        budgets = [round(f * t, 3) for f in fractions] if fractions is not None and t else (
-            list(sessions[-1]["budgets"]) if sessions else list(budgets_ms))
-        drift = meas.get("drift", float("nan"))
-        ok = isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
-        speed = t or (drift if ok else 1.0)
-        cuts = [{"name": n, "layers": k, "measured_ms": meas["models"][n]["ms"],
-                 "margin_ms": _margin(meas["models"][n], sd), "round": rnd}
-                for n, k in sorted(first_layers.items(), key=lambda kv: kv[1])]
-        for n, r in cands.items():
-            rowof.setdefault(n, r)
-            corrected_of.setdefault(n, corr.apply(r["space"], r["latency_ms"]) if corr is not None else None)
-            timed.setdefault(n, []).append((len(sessions), meas["models"][n]))
-        sessions.append({"meas": meas, "sd": sd, "budgets": budgets, "teacher_ms": t, "speed": speed,
-                         "cuts": cuts, "correction": corr, "retimed": sorted(set(cands) - {
-                             candidate_name(r) for o in offered for r in o}),
-                         "offered": [[candidate_name(r) for r in o] for o in offered]})
-        for i in range(nb):
-            ch, best = choice(i), best_holding(i)
-            history[i].append({"round": rnd, "budget_ms": budgets[i],
-                               "correction": None if corr is None else corr.describe(),
-                               "offered": sessions[-1]["offered"][i],
-                               "pick": None if ch is None else {k: ch[k] for k in PICK_KEYS},
-                               "best_unconfirmed": None if best is None or (ch and best["name"] == ch["name"])
-                               else best["name"],
-                               "share": None if ch is None else ch["share"],
-                               "cross_session_sd_pct": 100 * cross_sd()})
-
-    def fitted():
-        last = sessions[-1]
-        pts = [(rowof[n]["space"], rowof[n]["latency_ms"], m["ms"] * last["speed"] / sessions[s]["speed"])
-               for n, ts in timed.items() for s, m in ts]
-        return fit_correction(pts, last["sd"], default_err=slack)
-
-    offer1 = [finalists(rows, b, top_k, slack, safe_k, safe_frac, score) for b in budgets_ms]
-    union = {}
-    for fs in offer1:
-        for r in fs:
-            union.setdefault(candidate_name(r), r)
-    if budgets_ms and (union or extra):
-        run_session(union, None, offer1)
-        while len(sessions) < rounds:
-            corr = fitted()
-            budgets = sessions[-1]["budgets"]
-            if research is not None:
-                spaces = sorted({r["space"] for r in rows})
-                limits = {s: [corr.limit(s, b * (1 + corr.err)) for b in budgets] for s in spaces}
-                known = {candidate_name(r): r for r in rows}
-                for r in research(limits):
-                    known.setdefault(candidate_name(r), r)
-                rows = list(known.values())
-            picks = [best_holding(i) for i in range(nb)]
-            offered = [offers_under_correction(rows, b, corr, picks[i], set(timed), top_k, score,
-                                               sessions[-1]["sd"]) for i, b in enumerate(budgets)]
-            union = {}
-            for fs in offered:
-                for r in fs:
-                    union.setdefault(candidate_name(r), r)
-            confirmed = all(p is None or len(timed[p["name"]]) >= 2 for p in picks)
-            if not union and confirmed:
-                break
-            # every budget's choice and the best candidate holding it so far are timed again: a choice is
-            # judged in more than one session
-            retime = {c["name"]: rowof[c["name"]] for i in range(nb) for c in (choice(i), picks[i]) if c}
-            before = [p and p["name"] for p in picks]
-            run_session({**union, **retime}, corr, offered)
-            after = [(best_holding(i) or {}).get("name") for i in range(nb)]
-            if after == before and all(n is None or len(timed[n]) >= 2 for n in after):
-                break
-    x_final = cross_sd()
-    out = []
-    for i in range(nb):
-        ch = choice(i)
-        checked = [c for n in timed for c in judged(n, i, x_final)]
-        rnd = ch["round"] if ch is not None else 1
-        sess = sessions[rnd - 1] if sessions else None
-        b = sess["budgets"][i] if sess else budgets_ms[i]  # of the last session its choice was timed in
-        entry = {"budget_ms": b, "requested_ms": budgets_ms[i],
-                 "fraction": None if fractions is None else fractions[i], "round": rnd, "met": ch is not None,
-                 "finalists": checked, "rounds": history[i]}
-        if ch is not None:
-            entry["chosen"] = ch
-            entry["message"] = (f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms"
-                                + (f", corrected {ch['corrected_ms']:.2f} ms" if ch["corrected_ms"] else "")
-                                + f", measured {ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms "
-                                f"<= {b:g} ms (session {rnd}); {100 * ch['share']:.1f}% of the budget on "
-                                f"average over sessions {ch['sessions']}")
-        elif checked:
-            best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
-            entry["message"] = (f"no measured candidate meets {b:g} ms: the closest of {len(timed)} "
-                                f"measured, {best['name']}, measured {best['measured_ms']:.2f} ms + margin "
-                                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget "
-                                f"{best['budget_ms']:g} ms)")
-        else:
-            entry["message"] = f"no candidate predicted within {b:g} ms x {1 + slack:g}: nothing to measure"
-        if first_layers and sess:  # from the session its student was timed in, against that session's budget
-            entry["first_layers"] = {**choose_first_layers(sess["cuts"], b), "checked": sess["cuts"],
-                                     "round": rnd}
-        out.append(entry)
-    summ = lambda m: {k: v for k, v in m.items() if k not in ("models", "timings")}  # noqa: E731
-    summaries = [{**summ(s["meas"]), "round": j + 1, "teacher_ms": s["teacher_ms"],
-                  "budgets_ms": s["budgets"], "budgets_moved": s["budgets"] != list(budgets_ms),
-                  "noise_sd_pct_used": s["sd"],
-                  "correction": None if s["correction"] is None else s["correction"].to_dict(),
-                  "offered": s["offered"], "retimed": s["retimed"],
-                  "models_timed": len(s["meas"].get("models", {}))}
-                 for j, s in enumerate(sessions)]
-    return {"budgets": out, "teacher_ms": sessions[0]["teacher_ms"] if sessions else None,
-            "measurement": summ(sessions[0]["meas"]) if sessions else {"noise": {"sd_pct": float("nan")}},
-            "sessions": summaries, "second_round": summaries[1] if len(summaries) > 1 else None,
-            "cross_session_sd_pct": 100 * x_final, "correction": fitted().to_dict() if timed else None,
-            "measured": sessions[0]["meas"].get("models", {}) if sessions else {},
-            "measured_by_session": [s["meas"].get("models", {}) for s in sessions]}
+    v = _Verification(
+        rows,
+        budgets_ms,
+        measure_fn,
+        top_k,
+        slack,
+        safe_k,
+        safe_frac,
+        score,
+        dict(first_layers or {}),
+        with_teacher,
+        fractions,
+        research,
+    )
+    v.run(rounds)
+    return v.result()
 
 
-def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds: int | None = None,
-                       extra: dict | None = None, out_name: str = "verify_measure.json") -> dict:
+def measure_candidates(
+    rows: list,
+    nets_by_space: dict,
+    table_path,
+    work,
+    rounds: int | None = None,
+    extra: dict | None = None,
+    out_name: str = "verify_measure.json",
+) -> dict:
     """Export candidate rows from their supernets and time them end to end in a fresh process
     (`autodistil measure`, the table's protocol and anchor), in one session with `extra` models
     ({name: folder}, measured as they are, or a function writing the folder at a given path); the
@@ -322,6 +548,7 @@ def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds
     from ..export import export_subnet
     from ..latency.run_measure import measure_in_subprocess
     from ..space import SubnetConfig
+
     work = Path(work)
     work.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="verify-", dir=work))
@@ -329,7 +556,9 @@ def measure_candidates(rows: list, nets_by_space: dict, table_path, work, rounds
         folders = {}
         for r in rows:
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
-            folders[candidate_name(r)] = export_subnet(nets_by_space[r["space"]], cfg, tmp / candidate_name(r))
+            folders[candidate_name(r)] = export_subnet(
+                nets_by_space[r["space"]], cfg, tmp / candidate_name(r)
+            )
         for name, src in (extra or {}).items():
             if name in folders:
                 raise ValueError(f"extra model name {name!r} clashes with a candidate's")
@@ -344,9 +573,19 @@ def first_layer_name(k: int) -> str:
     return f"teacher-first{k}"
 
 
-def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir, top_k: int = 4,
-                  teacher=None, first_layers=(), rounds: int = 4, fractions: list | None = None,
-                  research: Callable[[dict], list] | None = None) -> dict:
+def verify_search(
+    candidates: list,
+    budgets_ms: list,
+    nets,
+    table_path,
+    out_dir,
+    top_k: int = 4,
+    teacher=None,
+    first_layers=(),
+    rounds: int = 4,
+    fractions: list | None = None,
+    research: Callable[[dict], list] | None = None,
+) -> dict:
     """The search-time check both `autodistil search --verify-top` and `autodistil run` use: measure the
     finalists of each budget end to end in fresh processes (work files in OUT/verify), correct the table
     from them and verify again for up to `rounds` sessions (verify_budgets), and write OUT/verified.json.
@@ -356,6 +595,7 @@ def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir,
     per budget by the students' rule (baseline (a)). `research`: see verify_budgets."""
     from ..export import export_first_layers
     from ..io import atomic_write_json
+
     out_dir = Path(out_dir)
     by_space = {spaces[0].name: model for model, spaces, _ in nets}
     if (first_layers or fractions is not None) and teacher is None:
@@ -368,10 +608,25 @@ def verify_search(candidates: list, budgets_ms: list, nets, table_path, out_dir,
 
     def measure(rows, names):
         calls.append(len(rows))
-        return measure_candidates(rows, by_space, table_path, out_dir / "verify",
-                                  extra={n: extra[n] for n in names},
-                                  out_name=f"verify_measure{len(calls)}.json")
-    ver = verify_budgets(candidates, budgets_ms, measure, top_k=top_k, first_layers=cuts, rounds=rounds,
-                         with_teacher=teacher is not None, fractions=fractions, research=research)
+        return measure_candidates(
+            rows,
+            by_space,
+            table_path,
+            out_dir / "verify",
+            extra={n: extra[n] for n in names},
+            out_name=f"verify_measure{len(calls)}.json",
+        )
+
+    ver = verify_budgets(
+        candidates,
+        budgets_ms,
+        measure,
+        top_k=top_k,
+        first_layers=cuts,
+        rounds=rounds,
+        with_teacher=teacher is not None,
+        fractions=fractions,
+        research=research,
+    )
     atomic_write_json(out_dir / "verified.json", ver)
     return ver
