@@ -34,6 +34,7 @@ latency, measured with the students' finalists at search time, plus its noise ma
 budget (the students' rule, in the same session; this machine only), and (b) the student the
 FLOPs-constrained search picks at the same fraction of the teacher's MACs.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,7 @@ from .io import atomic_write_json, read_json
 from .latency.profile import ProfileSettings
 from .teacher import DEFAULT_TEACHER
 
-MEASURE_S = 2.5   # seconds of timing per model in the report's measurement (when measure_rounds is None)
+MEASURE_S = 2.5  # seconds of timing per model in the report's measurement (when measure_rounds is None)
 
 STAGES = ("train", "profile", "search", "export", "measure", "finetune", "ship", "report")
 
@@ -61,38 +62,45 @@ STAGES = ("train", "profile", "search", "export", "measure", "finetune", "ship",
 @dataclass(frozen=True)
 class SearchConfig:
     """How students are chosen under the budgets."""
-    latency_ms: tuple[float, ...] = ()   # latency budgets in ms, one student each, on latency_stat of one
-                                         # call at the profile's batch, seq len and threads (default:
-                                         # budget_fractions x the teacher's latency)
+
+    latency_ms: tuple[float, ...] = ()  # latency budgets in ms, one student each, on latency_stat of one
+    # call at the profile's batch, seq len and threads (default:
+    # budget_fractions x the teacher's latency)
     budget_fractions: tuple[float, ...] = (0.15, 0.3)  # budgets as fractions of the teacher's latency (its
-                                                       # latency_stat per call), timed with the finalists (or
-                                                       # taken from a --table)
-    latency_stat: str = "median"         # what a budget bounds: median (of per-call latency) or a percentile
-                                         # such as p90 (a tail-latency budget); the table is profiled, and
-                                         # students verified and measured, for it
-    heldout_blocks: int = 8              # held-out text blocks the agnostic objective (distillation loss) is scored on
-    method: str = "auto"                 # auto | exhaustive | evolutionary
-    verify_top: int = 4                  # candidates per budget measured end to end at search time (this machine)
-    verify_rounds: int = 4               # verification sessions at most: after each, the table is corrected
-                                         # from what was measured and the search's new candidates are timed
-    baselines: bool = True               # also ship-test the teacher's first k layers and the FLOPs-search student
-    plain_only: bool = False             # only shapes that load without autodistil: heads x head dim == hidden
-                                         # (the family's plain Hugging Face class)
+    # latency_stat per call), timed with the finalists (or
+    # taken from a --table)
+    latency_stat: str = "median"  # what a budget bounds: median (of per-call latency) or a percentile
+    # such as p90 (a tail-latency budget); the table is profiled, and
+    # students verified and measured, for it
+    heldout_blocks: int = 8  # held-out text blocks the agnostic objective (distillation loss) is scored on
+    method: str = "auto"  # auto | exhaustive | evolutionary
+    verify_top: int = 4  # candidates per budget measured end to end at search time (this machine)
+    verify_rounds: int = 4  # verification sessions at most: after each, the table is corrected
+    # from what was measured and the search's new candidates are timed
+    baselines: bool = True  # also ship-test the teacher's first k layers and the FLOPs-search student
+    plain_only: bool = False  # only shapes that load without autodistil: heads x head dim == hidden
+    # (the family's plain Hugging Face class)
 
     def __post_init__(self):
         if any(not (0 < f <= 1.5) for f in self.budget_fractions):
             raise ValueError(f"budget_fractions {list(self.budget_fractions)} must each be in (0, 1.5]")
         if any(not (b > 0) for b in self.latency_ms):
-            raise ValueError(f"latency_ms {list(self.latency_ms)} must each be a positive number of milliseconds")
+            raise ValueError(
+                f"latency_ms {list(self.latency_ms)} must each be a positive number of milliseconds"
+            )
         if not self.latency_ms and not self.budget_fractions:
             raise ValueError("no budget: give --latency-ms or --budget-fractions")
         if self.verify_rounds < 1:
-            raise ValueError(f"verify_rounds={self.verify_rounds} must be >= 1 (verification sessions at "
-                             f"most)")
+            raise ValueError(
+                f"verify_rounds={self.verify_rounds} must be >= 1 (verification sessions at most)"
+            )
         from .latency.profile import check_stat
+
         check_stat(self.latency_stat)
         if self.verify_top < 1:
-            raise ValueError(f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)")
+            raise ValueError(
+                f"verify_top={self.verify_top} must be >= 1 (budgets are verified by measurement)"
+            )
         if self.heldout_blocks < 1:
             raise ValueError(f"heldout_blocks={self.heldout_blocks} must be >= 1")
         if self.method not in ("auto", "exhaustive", "evolutionary"):
@@ -102,10 +110,13 @@ class SearchConfig:
 @dataclass(frozen=True)
 class ProfileConfig(ProfileSettings):
     """How latency is measured on this machine (ignored with a --table from the target device)."""
-    grid: Optional[tuple[int, ...]] = None  # grid points per subspace in hidden, heads, FFN width (default: 3 2 2
-                                            # on CPU, 3 4 2 on CUDA)
-    calibrate: int = 12                     # random students measured end to end in the profile session (checks
-                                            # the block sums; a correction kept only if it helps out of sample)
+
+    grid: Optional[tuple[int, ...]] = (
+        None  # grid points per subspace in hidden, heads, FFN width (default: 3 2 2
+    )
+    # on CPU, 3 4 2 on CUDA)
+    calibrate: int = 12  # random students measured end to end in the profile session (checks
+    # the block sums; a correction kept only if it helps out of sample)
 
     def __post_init__(self):
         super().__post_init__()
@@ -121,9 +132,10 @@ class ProfileConfig(ProfileSettings):
 @dataclass(frozen=True)
 class RunFinetuneConfig(FinetuneConfig):
     """The fine-tuning recipe of the run: students and baselines; the teacher differs in lr and epochs."""
-    teacher_lr: float = 5e-5            # the teacher's learning rate (when it is not already fine-tuned)
-    teacher_epochs: float = 1.0         # the teacher's epochs; 0: no training (the teacher must already be a
-                                        # classifier for the task)
+
+    teacher_lr: float = 5e-5  # the teacher's learning rate (when it is not already fine-tuned)
+    teacher_epochs: float = 1.0  # the teacher's epochs; 0: no training (the teacher must already be a
+    # classifier for the task)
 
     def _needs_teacher(self) -> bool:
         return False  # the run gives the students the fine-tuned teacher to distil from
@@ -140,31 +152,45 @@ def _run_finetune_defaults() -> RunFinetuneConfig:
 @dataclass(frozen=True)
 class RunConfig:
     """The whole job. Defaults: the embedded CPU job (< 30 min on 2 cores)."""
-    out_dir: str = "runs/main"           # the run folder: every stage's output, the report and ship/
-    teacher: str = DEFAULT_TEACHER       # a Hugging Face folder or hub id (BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT;
-                                         # already fine-tuned on your task or not), or the embedded default
+
+    out_dir: str = "runs/main"  # the run folder: every stage's output, the report and ship/
+    teacher: str = (
+        DEFAULT_TEACHER  # a Hugging Face folder or hub id (BERT, RoBERTa/XLM-R, ELECTRA, DistilBERT;
+    )
+    # already fine-tuned on your task or not), or the embedded default
     data: DataConfig = field(default_factory=DataConfig, metadata={"flatten": True})
-    table: Optional[str] = None          # a latency table profiled on the target device (`autodistil profile`
-                                         # there); default: profile this machine
-    seed: int = 0                        # seed of supernet training, search and fine-tuning
-    train: TrainConfig = field(default_factory=_run_train_defaults,
-                               metadata={"owned": ("teacher", "out_dir", "resume", "seed")})
+    table: Optional[str] = None  # a latency table profiled on the target device (`autodistil profile`
+    # there); default: profile this machine
+    seed: int = 0  # seed of supernet training, search and fine-tuning
+    train: TrainConfig = field(
+        default_factory=_run_train_defaults, metadata={"owned": ("teacher", "out_dir", "resume", "seed")}
+    )
     profile: ProfileConfig = field(default_factory=ProfileConfig, metadata={"owned": ("stat",)})
     search: SearchConfig = field(default_factory=SearchConfig, metadata={"flatten": True})
-    measure_rounds: Optional[int] = None  # rounds of the report's measurement (default: 2.5 s of timing per model)
-    onnx: bool = False                   # also ship each fine-tuned student as ONNX, checked against torch
-    finetune: RunFinetuneConfig = field(default_factory=_run_finetune_defaults,
-                                        metadata={"owned": ("model", "data", "out_dir", "teacher", "seed")})
-    cache_dir: Optional[str] = None      # fine-tuned teacher cache (default: $AUTODISTIL_CACHE or ~/.cache/autodistil)
-    stop_after: Optional[str] = None     # stop after this stage (train, profile, search, export, measure, finetune,
-                                         # ship)
+    measure_rounds: Optional[int] = (
+        None  # rounds of the report's measurement (default: 2.5 s of timing per model)
+    )
+    onnx: bool = False  # also ship each fine-tuned student as ONNX, checked against torch
+    finetune: RunFinetuneConfig = field(
+        default_factory=_run_finetune_defaults,
+        metadata={"owned": ("model", "data", "out_dir", "teacher", "seed")},
+    )
+    cache_dir: Optional[str] = (
+        None  # fine-tuned teacher cache (default: $AUTODISTIL_CACHE or ~/.cache/autodistil)
+    )
+    stop_after: Optional[str] = (
+        None  # stop after this stage (train, profile, search, export, measure, finetune,
+    )
+    # ship)
 
     def __post_init__(self):
         if self.stop_after is not None and self.stop_after not in STAGES:
             raise ValueError(f"stop_after={self.stop_after!r} is not a stage: {list(STAGES)}")
         if self.measure_rounds is not None and self.measure_rounds < 2:
-            raise ValueError(f"measure_rounds={self.measure_rounds} must be >= 2 (the noise is measured by split "
-                             f"halves of the rounds) or None (2.5 s per model at the profile's round length)")
+            raise ValueError(
+                f"measure_rounds={self.measure_rounds} must be >= 2 (the noise is measured by split "
+                f"halves of the rounds) or None (2.5 s per model at the profile's round length)"
+            )
 
     def to_dict(self) -> dict:
         return to_plain(self)
@@ -196,9 +222,11 @@ def _matches(key: str, deps: tuple) -> bool:
 class Run:
     def __init__(self, cfg: RunConfig, log=print):
         self.cfg, self.log = cfg, log
-        self.out = Path(cfg.out_dir).expanduser().absolute()  # stage records hold paths: resumable from any cwd
+        self.out = (
+            Path(cfg.out_dir).expanduser().absolute()
+        )  # stage records hold paths: resumable from any cwd
         self.state = {}
-        self.inputs = None   # what check() found: teacher, task, table
+        self.inputs = None  # what check() found: teacher, task, table
 
     # --- stage bookkeeping -----------------------------------------------------------------
     def _hash(self, stage: str) -> str:
@@ -206,14 +234,16 @@ class Run:
         upto = STAGES[: STAGES.index(stage) + 1]
         vals = {k: v for k, v in flat.items() if any(_matches(k, _DEPS[s]) for s in upto)}
         if "profile.grid" in vals and vals["profile.grid"] is None:  # the grid it stands for: an explicit
-            from .latency.profile import default_grid                  # equal grid keeps the cached stages
+            from .latency.profile import default_grid  # equal grid keeps the cached stages
+
             vals["profile.grid"] = default_grid(self.cfg.profile.device)
-        if "teacher" in vals:                                          # the teacher's weights, not its name
+        if "teacher" in vals:  # the teacher's weights, not its name
             vals["teacher"] = self._teacher_identity()
-        if vals.get("table"):                                          # the table's contents, not its name
+        if vals.get("table"):  # the table's contents, not its name
             vals["table_sha256"] = _file_sha(self.cfg.table)
         if "data.train_file" in vals and self.cfg.data.files:
             from .data.tasks import data_identity
+
             vals["data_identity"] = data_identity(self.cfg.data)
         vals.update({f"version:{s}": _VERSIONS[s] for s in upto if s in _VERSIONS})
         return hashlib.sha256(json.dumps(vals, sort_keys=True, default=str).encode()).hexdigest()[:16]
@@ -223,6 +253,7 @@ class Run:
         itself where it does not resolve (the up-front check reports that)."""
         if not hasattr(self, "_tid"):
             from .teacher import resolve_teacher_path, teacher_hash
+
             try:
                 self._tid = teacher_hash(resolve_teacher_path(self.cfg.teacher))
             except (FileNotFoundError, ConnectionError, ValueError):
@@ -256,8 +287,10 @@ class Run:
                 t = time.time()
                 out = getattr(self, f"stage_{stage}")()
                 self.state[stage] = out
-                atomic_write_json(self._marker(stage), {"stage": stage, "hash": self._hash(stage),
-                                                        "seconds": time.time() - t, "output": out})
+                atomic_write_json(
+                    self._marker(stage),
+                    {"stage": stage, "hash": self._hash(stage), "seconds": time.time() - t, "output": out},
+                )
                 self.log(f"[{stage}] done in {time.time() - t:.0f} s")
             if stage == self.cfg.stop_after:
                 break
@@ -269,6 +302,7 @@ class Run:
         """Every input checked before the first stage (seconds, no weights loaded beyond the task's
         data): raises ValueError / FileNotFoundError / ConnectionError with one line on a bad one."""
         from .preflight import check_run
+
         if self.inputs is None:
             self.inputs = check_run(self.cfg, self.log)
         return self.inputs
@@ -278,6 +312,7 @@ class Run:
         if not hasattr(self, "_t"):
             from .nn import TeacherNet
             from .teacher import load_teacher
+
             hf, tok, info = load_teacher(self.cfg.teacher)
             self._t = (hf, tok, info, TeacherNet(hf, info.shape))
         return self._t
@@ -289,6 +324,7 @@ class Run:
 
     def _supernets(self):
         from .nn import load_supernet
+
         return [load_supernet(p) for p in self.state["train"]["supernets"]]
 
     # --- stages ----------------------------------------------------------------------------
@@ -298,43 +334,74 @@ class Run:
 
     def stage_train(self) -> dict:
         from .distill.train import train_supernets
-        tc = replace(self.cfg.train, teacher=self.cfg.teacher, out_dir=str(self.out / "supernets"), resume=True,
-                     seed=self.cfg.seed)
+
+        tc = replace(
+            self.cfg.train,
+            teacher=self.cfg.teacher,
+            out_dir=str(self.out / "supernets"),
+            resume=True,
+            seed=self.cfg.seed,
+        )
         summ = train_supernets(tc)
         return {"supernets": [str(self.out / "supernets" / n) for n in summ], "summary": summ}
 
     def stage_profile(self) -> dict:
         from .latency.predict import LatencyTable
+
         if self.foreign_table:
             return self._use_table()
         from .latency.run_measure import profile_in_subprocess
+
         c = self.cfg
         _, _, info, _ = self._teacher()
-        path = profile_in_subprocess(self.state["train"]["supernets"], self.out / "latency_table.json",
-                                     self.profile_settings(), c.profile.grid, c.profile.calibrate,
-                                     log=self.log, teacher=info.path)
+        path = profile_in_subprocess(
+            self.state["train"]["supernets"],
+            self.out / "latency_table.json",
+            self.profile_settings(),
+            c.profile.grid,
+            c.profile.calibrate,
+            log=self.log,
+            teacher=info.path,
+        )
         table = LatencyTable.load(path)
         t = table.meta["teacher"]
-        return {"table": str(path), "teacher_ms": t["ms"], "teacher_noise_sd_ms": t["noise_sd_ms"],
-                "foreign": False, "profile_seconds": table.meta["profile_seconds"], "noise": table.meta["noise"],
-                "calibration": _calibration_summary(table)}
+        return {
+            "table": str(path),
+            "teacher_ms": t["ms"],
+            "teacher_noise_sd_ms": t["noise_sd_ms"],
+            "foreign": False,
+            "profile_seconds": table.meta["profile_seconds"],
+            "noise": table.meta["noise"],
+            "calibration": _calibration_summary(table),
+        }
 
     def _use_table(self) -> dict:
         """The target device's table, copied into the run folder (the run's record of what it searched on)."""
         from .latency.predict import LatencyTable
+
         dst = self.out / "latency_table.json"
         shutil.copyfile(self.cfg.table, dst)
         table = LatencyTable.load(dst)
         t = table.meta.get("teacher") or {}
-        self.log(f"[profile] using the table profiled on {table.describe_key()} ({self.cfg.table}); nothing is "
-                 f"timed on this machine")
-        return {"table": str(dst), "teacher_ms": t.get("ms"), "teacher_noise_sd_ms": t.get("noise_sd_ms"),
-                "foreign": True, "source": str(self.cfg.table), "device": table.describe_key(),
-                "profile_seconds": table.meta.get("profile_seconds"), "noise": table.meta.get("noise"),
-                "calibration": _calibration_summary(table)}
+        self.log(
+            f"[profile] using the table profiled on {table.describe_key()} ({self.cfg.table}); nothing is "
+            f"timed on this machine"
+        )
+        return {
+            "table": str(dst),
+            "teacher_ms": t.get("ms"),
+            "teacher_noise_sd_ms": t.get("noise_sd_ms"),
+            "foreign": True,
+            "source": str(self.cfg.table),
+            "device": table.describe_key(),
+            "profile_seconds": table.meta.get("profile_seconds"),
+            "noise": table.meta.get("noise"),
+            "calibration": _calibration_summary(table),
+        }
 
     def stage_search(self) -> dict:
         from .search.stage import run_search_stage
+
         return run_search_stage(self)
 
     def _export_rows(self, rows: dict, kind: str, nets: dict, tok) -> dict:
@@ -342,28 +409,47 @@ class Run:
         from .export import export_subnet
         from .search.run import candidate_name
         from .space import SubnetConfig
+
         out = {}
         for label, r in rows.items():
             cfg = SubnetConfig(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"])
             name = candidate_name(r)
             if name not in out:
                 folder = self.out / "students" / name
-                export_subnet(nets[r["space"]], cfg, folder, tok, self.cfg.profile.seq_len,
-                              extra={"budget": label, "space": r["space"], "kind": kind})
-                out[name] = {"folder": str(folder), "subnet": cfg.as_dict(), "space": r["space"], "kind": kind,
-                             "budgets": [], "predicted_ms": r["latency_ms"], "heldout_loss": r["loss"],
-                             "verified_ms": r.get("measured_ms")}
+                export_subnet(
+                    nets[r["space"]],
+                    cfg,
+                    folder,
+                    tok,
+                    self.cfg.profile.seq_len,
+                    extra={"budget": label, "space": r["space"], "kind": kind},
+                )
+                out[name] = {
+                    "folder": str(folder),
+                    "subnet": cfg.as_dict(),
+                    "space": r["space"],
+                    "kind": kind,
+                    "budgets": [],
+                    "predicted_ms": r["latency_ms"],
+                    "heldout_loss": r["loss"],
+                    "verified_ms": r.get("measured_ms"),
+                }
             out[name]["budgets"].append(label)
         return out
 
     def stage_export(self) -> dict:
         from .export import export_first_layers
+
         nets = {s[1][0].name: s[0] for s in self._supernets()}
         _, tok, info, _ = self._teacher()
         srch = self.state["search"]
         students = self._export_rows(srch["best"], "searched", nets, tok)
-        flops = self._export_rows({k: v for k, v in srch.get("flops_best", {}).items() if k in srch["best"]},
-                                  "flops-search", nets, tok)  # only for budgets a searched student meets
+        flops = self._export_rows(
+            {k: v for k, v in srch.get("flops_best", {}).items() if k in srch["best"]},
+            "flops-search",
+            nets,
+            tok,
+        )  # only for budgets a searched student meets
         first = {}  # baseline (a), as the search's verification chose it per budget
         for label, f in srch["first_layers_for"].items():
             ch = f["chosen"]
@@ -372,8 +458,12 @@ class Run:
             if ch["name"] not in first:
                 folder = self.out / "baselines" / ch["name"]
                 export_first_layers(info.path, ch["layers"], folder)
-                first[ch["name"]] = {"folder": str(folder), "layers": ch["layers"], "budgets": [],
-                                     "verified_ms": ch["measured_ms"]}
+                first[ch["name"]] = {
+                    "folder": str(folder),
+                    "layers": ch["layers"],
+                    "budgets": [],
+                    "verified_ms": ch["measured_ms"],
+                }
             first[ch["name"]]["budgets"].append(label)
         return {"students": students, "flops_students": flops, "first_layers": first}
 
@@ -392,18 +482,36 @@ class Run:
         here: the latency column is the table's prediction, and the report gives the command that
         measures the shipped students on the target."""
         if self.foreign_table:
-            self.log("[measure] skipped: the table comes from another device; this machine's latency says "
-                     "nothing about it (the report gives the `autodistil measure` command for the target)")
+            self.log(
+                "[measure] skipped: the table comes from another device; this machine's latency says "
+                "nothing about it (the report gives the `autodistil measure` command for the target)"
+            )
             return {"_session": None, "skipped": "foreign table"}
         from .latency.profile import rounds_for
         from .latency.run_measure import measure_in_subprocess
+
         rounds = self.cfg.measure_rounds or rounds_for(MEASURE_S, self.cfg.profile.round_s)
-        res = measure_in_subprocess(self.state["profile"]["table"], self._model_folders(),
-                                    self.out / "latency" / "measure.json", rounds=rounds)
-        out = {k: {"ms": v["ms"], "spread_ms": v["noise_sd_ms"], "low_ms": v["low_ms"],
-                   "round_medians_ms": v["round_medians_ms"]} for k, v in res["models"].items()}
-        out["_session"] = {"drift": res["drift"], "noise": res["noise"], "threads": res["threads"],
-                           "when": res["when"]}
+        res = measure_in_subprocess(
+            self.state["profile"]["table"],
+            self._model_folders(),
+            self.out / "latency" / "measure.json",
+            rounds=rounds,
+        )
+        out = {
+            k: {
+                "ms": v["ms"],
+                "spread_ms": v["noise_sd_ms"],
+                "low_ms": v["low_ms"],
+                "round_medians_ms": v["round_medians_ms"],
+            }
+            for k, v in res["models"].items()
+        }
+        out["_session"] = {
+            "drift": res["drift"],
+            "noise": res["noise"],
+            "threads": res["threads"],
+            "when": res["when"],
+        }
         return out
 
     def _finetune_jobs(self) -> dict:
@@ -423,6 +531,7 @@ class Run:
             return int(ft.max_seq_len), None
         from .data.tasks import load_data
         from .finetune.train import _subset, resolve_seq_len
+
         _, tok, _, _ = self._teacher()
         spec, ds = load_data(self.cfg.data)
         return resolve_seq_len("auto", spec, _subset(ds["train"], ft.max_train_examples, self.cfg.seed), tok)
@@ -432,33 +541,59 @@ class Run:
         baseline with one recipe: lr, epochs and logits distillation from the fine-tuned teacher."""
         from .finetune.teacher import finetuned_teacher
         from .finetune.train import finetune
+
         c, ft = self.cfg, self.cfg.finetune
         log = log or self.log
         out_root = Path(out_root or self.out / "finetuned")
         _, _, info, _ = self._teacher()
         seq, auto = self.seq_len()
         if auto:
-            log(f"[finetune] max_seq_len auto: {seq} tokens hold {100 * auto['coverage']:.2f}% of the "
-                f"{auto['examples']} train examples whole (longest {auto['longest']})")
-        t_dir, t_res = finetuned_teacher(info.path, c.data, lr=ft.teacher_lr, epochs=ft.teacher_epochs,
-                                         batch_size=ft.batch_size, max_seq_len=seq, seed=c.seed,
-                                         max_train_examples=ft.max_train_examples, max_steps=ft.max_steps,
-                                         max_eval_examples=ft.max_eval_examples, cache_root=c.cache_dir, log=log)
+            log(
+                f"[finetune] max_seq_len auto: {seq} tokens hold {100 * auto['coverage']:.2f}% of the "
+                f"{auto['examples']} train examples whole (longest {auto['longest']})"
+            )
+        t_dir, t_res = finetuned_teacher(
+            info.path,
+            c.data,
+            lr=ft.teacher_lr,
+            epochs=ft.teacher_epochs,
+            batch_size=ft.batch_size,
+            max_seq_len=seq,
+            seed=c.seed,
+            max_train_examples=ft.max_train_examples,
+            max_steps=ft.max_steps,
+            max_eval_examples=ft.max_eval_examples,
+            cache_root=c.cache_dir,
+            log=log,
+        )
         out = {"teacher": {**t_res, "folder": str(t_dir)}, "_seq_len": {"max_seq_len": seq, "auto": auto}}
         for name, folder in self._finetune_jobs().items():
-            r = _finetune_cached(self.student_finetune_config(folder, out_root / name, seed, t_dir, seq), finetune)
-            log(f"[finetune] {name}: {r['headline']} {r['score']:.4f} ({r['steps']} steps, {r['train_seconds']} s)")
+            r = _finetune_cached(
+                self.student_finetune_config(folder, out_root / name, seed, t_dir, seq), finetune
+            )
+            log(
+                f"[finetune] {name}: {r['headline']} {r['score']:.4f} "
+                f"({r['steps']} steps, {r['train_seconds']} s)"
+            )
             out[name] = r
         return out
 
-    def student_finetune_config(self, folder, out_dir, seed: int, teacher_dir, max_seq_len: int,
-                                **overrides) -> FinetuneConfig:
+    def student_finetune_config(
+        self, folder, out_dir, seed: int, teacher_dir, max_seq_len: int, **overrides
+    ) -> FinetuneConfig:
         """The run's fine-tuning recipe for one student or baseline, distilling from `teacher_dir`;
         `overrides` replace recipe fields (lr, epochs, kd_alpha, ...)."""
         ft = self.cfg.finetune
         base = {f.name: getattr(ft, f.name) for f in dataclasses.fields(FinetuneConfig)}
-        base.update(model=str(folder), out_dir=str(out_dir), data=self.cfg.data, seed=seed,
-                    max_seq_len=max_seq_len, teacher=str(teacher_dir), **overrides)
+        base.update(
+            model=str(folder),
+            out_dir=str(out_dir),
+            data=self.cfg.data,
+            seed=seed,
+            max_seq_len=max_seq_len,
+            teacher=str(teacher_dir),
+            **overrides,
+        )
         if base["kd_alpha"] == 0 and base["hidden_weight"] == 0:
             base["teacher"] = None
         return FinetuneConfig(**base)
@@ -468,15 +603,19 @@ class Run:
 
     def stage_ship(self) -> dict:
         from .ship import ship_students
+
         return ship_students(self)
 
     def stage_report(self) -> dict:
         from .report import write_report
+
         return write_report(self)
 
 
 def _calibration_summary(table) -> dict:
-    return {k: v for k, v in table.meta.get("calibration", {}).items() if k not in ("students", "measured_ms")}
+    return {
+        k: v for k, v in table.meta.get("calibration", {}).items() if k not in ("students", "measured_ms")
+    }
 
 
 def _file_sha(path) -> str:
@@ -490,8 +629,11 @@ def _finetune_cached(fc, fn) -> dict:
     it distilled from (file sizes and times: a teacher fine-tuned again in place changes it) are the
     same."""
     from .finetune.train import reusable_result, weights_identity
-    ident = {"model_identity": weights_identity(fc.model),
-             "teacher_identity": weights_identity(fc.teacher) if fc.teacher else None}
+
+    ident = {
+        "model_identity": weights_identity(fc.model),
+        "teacher_identity": weights_identity(fc.teacher) if fc.teacher else None,
+    }
     ident = json.loads(json.dumps(ident))  # as finetune_results.json holds it
     r = reusable_result(fc.out_dir, fc, **ident)
     if r is None:

@@ -28,6 +28,7 @@ from the same raw runs: with each model's median over all its runs alike ("runs"
 short model holding more runs than a slow one) and with every round alike ("rounds"); the table is
 refitted from the profile session's runs for each (`build_table(replay=...)`).
 Raw: OUT/table.json, OUT/*_session.json.gz, OUT/<condition>.json, OUT/summary.json, OUT/summary.csv."""
+
 from __future__ import annotations
 
 import argparse
@@ -54,9 +55,10 @@ def pick_students(table, spaces, n: int) -> list:
     """The n//2 smallest of the validation's 36 students by predicted latency, and n - n//2 spread over
     the rest."""
     from autodistil.latency.validate import random_students
+
     studs = sorted(random_students(spaces, 36, seed=1), key=lambda sc: table.predict(sc[1]))
     small = studs[: n // 2]
-    rest = studs[n // 2:]
+    rest = studs[n // 2 :]
     k = n - n // 2
     idx = sorted({round(i * (len(rest) - 1) / max(1, k - 1)) for i in range(k)})
     return small + [rest[i] for i in idx]
@@ -66,11 +68,15 @@ def block_specs(table, cfg):
     """{name: ModelSpec} of the table's blocks at cfg's exact (hidden, heads, FFN width) and class, at each
     profiled depth (depth 0: the table's base model for that hidden and class)."""
     from autodistil.latency.profile import ModelSpec
+
     cls = "bert" if cfg.heads * table.head_dim == cfg.hidden else "autodistil"
     out = {}
     for d in table.settings["depths"]:
-        spec = (ModelSpec(0, cfg.hidden, cfg.heads if cls == "bert" else 1, cfg.hidden, cls) if d == 0
-                else ModelSpec(d, cfg.hidden, cfg.heads, cfg.ffn, cls))
+        spec = (
+            ModelSpec(0, cfg.hidden, cfg.heads if cls == "bert" else 1, cfg.hidden, cls)
+            if d == 0
+            else ModelSpec(d, cfg.hidden, cfg.heads, cfg.ffn, cls)
+        )
         out[f"d{d}:H{cfg.hidden}-A{cfg.heads}-F{cfg.ffn}-{cls}"] = spec
     return out
 
@@ -79,6 +85,7 @@ def big_neighbours(table) -> dict:
     """The largest grid models of the table's profile session (the deepest depth at each space's largest
     hidden and FFN width, both heads values)."""
     from autodistil.latency.profile import ModelSpec
+
     out = {}
     dmax = max(table.settings["depths"])
     for g in table.grids:
@@ -91,10 +98,16 @@ def big_neighbours(table) -> dict:
 def save_session(path: Path, sess, names: dict | None = None) -> None:
     """The raw runs of a session (gzip JSON): per model its runs per round and their times, and the anchor."""
     import gzip
+
     t0 = sess.series[0][0]
-    doc = {"raw": sess.raw, "stamps": {k: [t - t0 for t in v] for k, v in sess.stamps.items()},
-           "series": [[t - t0, m] for t, m in sess.series], "threads": sess.threads, "seconds": sess.seconds,
-           "names": names or {}}
+    doc = {
+        "raw": sess.raw,
+        "stamps": {k: [t - t0 for t in v] for k, v in sess.stamps.items()},
+        "series": [[t - t0, m] for t, m in sess.series],
+        "threads": sess.threads,
+        "seconds": sess.seconds,
+        "names": names or {},
+    }
     tmp = path.with_suffix(".tmp")
     with gzip.open(tmp, "wt") as fh:
         json.dump(doc, fh)
@@ -104,30 +117,34 @@ def save_session(path: Path, sess, names: dict | None = None) -> None:
 def median3(series: list) -> list:
     """Each anchor point replaced by the median of itself and its neighbours (the ends kept)."""
     ms = [m for _, m in series]
-    return [(t, statistics.median(ms[max(0, i - 1):i + 2]) if 0 < i < len(ms) - 1 else m)
-            for i, (t, m) in enumerate(series)]
+    return [
+        (t, statistics.median(ms[max(0, i - 1) : i + 2]) if 0 < i < len(ms) - 1 else m)
+        for i, (t, m) in enumerate(series)
+    ]
 
 
 def load_session(path: Path, stat: str = "median", low_pct: float = 10.0, variant: str = "runs"):
     import gzip
     from autodistil.latency.profile import Session, normalise
+
     with gzip.open(path, "rt") as fh:
         d = json.load(fh)
     series = [tuple(x) for x in d["series"]]
     weighting, smooth = WEIGHTINGS[variant]
-    timings = normalise(d["raw"], d["stamps"], median3(series) if smooth else series, stat, low_pct,
-                        weighting)
+    timings = normalise(
+        d["raw"], d["stamps"], median3(series) if smooth else series, stat, low_pct, weighting
+    )
     a = [m for _, m in series]
     a_med = statistics.median(a)
     anchor = {"ms": a_med, "series": d["series"], "spread_pct": 100 * (max(a) - min(a)) / a_med}
-    return Session(timings, anchor,
-                   d["threads"], d["seconds"], False, d["raw"], d["stamps"], series)
+    return Session(timings, anchor, d["threads"], d["seconds"], False, d["raw"], d["stamps"], series)
 
 
 def profile_spaces():
     """The spaces and teacher `autodistil profile` takes by default."""
     from autodistil.cli.common import spaces_for
     from autodistil.teacher import DEFAULT_TEACHER
+
     spaces = list(spaces_for(argparse.Namespace(teacher=DEFAULT_TEACHER, paper=False, space=None)).values())
     return spaces, DEFAULT_TEACHER
 
@@ -136,6 +153,7 @@ def run_profile(threads: int, out: Path) -> None:
     """Profile as `autodistil profile --threads T` does, in this process, keeping the session's raw runs."""
     import autodistil.latency.profile as prof
     from autodistil.cli.latency import _teacher_model
+
     spaces, teacher = profile_spaces()
     captured = []
     real = prof.measure
@@ -144,10 +162,12 @@ def run_profile(threads: int, out: Path) -> None:
         sess = real(*a, **kw)
         captured.append(sess)
         return sess
+
     prof.measure = capture
     try:
-        table = prof.build_table(spaces, prof.ProfileSettings(threads=threads),
-                                 teacher=(teacher, _teacher_model(teacher)))
+        table = prof.build_table(
+            spaces, prof.ProfileSettings(threads=threads), teacher=(teacher, _teacher_model(teacher))
+        )
     finally:
         prof.measure = real
     table.save(out / "table.json")
@@ -158,13 +178,20 @@ def refit_table(out: Path, weighting: str):
     """The table refitted from the profile session's raw runs with `weighting`."""
     import autodistil.latency.profile as prof
     from autodistil.latency.predict import LatencyTable
+
     base = LatencyTable.load(out / "table.json")
     st = prof.ProfileSettings.from_dict(base.settings)
     sess = load_session(out / "profile_session.json.gz", st.stat, st.low_pct, weighting)
     spaces, teacher = profile_spaces()
-    t = prof.build_table(spaces, st, vocab=base.vocab, grid=tuple(base.meta["grid_points"]),
-                         teacher=(teacher, None),
-                         replay=sess, device=prof.TorchDevice(st, base.head_dim, base.vocab))
+    t = prof.build_table(
+        spaces,
+        st,
+        vocab=base.vocab,
+        grid=tuple(base.meta["grid_points"]),
+        teacher=(teacher, None),
+        replay=sess,
+        device=prof.TorchDevice(st, base.head_dim, base.vocab),
+    )
     t.key = base.key
     return t
 
@@ -176,10 +203,17 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
     import autodistil  # noqa: F401 - registers AutoDistilBertModel
     from autodistil.io import atomic_write_json
     from autodistil.latency.predict import LatencyTable
-    from autodistil.latency.profile import (ModelSpec, ProfileSettings, TorchDevice, _loadavg, make_student,
-                                            measure)
+    from autodistil.latency.profile import (
+        ModelSpec,
+        ProfileSettings,
+        TorchDevice,
+        _loadavg,
+        make_student,
+        measure,
+    )
     from autodistil.latency.validate import export_students
     from autodistil.space import SearchSpace
+
     table = LatencyTable.load(table_path)
     spaces = [SearchSpace.from_dict(d) for d in table.spaces]
     st = dataclasses.replace(ProfileSettings.from_dict(table.settings), **CONDITIONS[name])
@@ -196,18 +230,26 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
             specs[f"same:{key}"] = same
             blocks = block_specs(table, c)
             specs.update(blocks)
-            meta[key] = {"space": sname, **c.as_dict(), "ffn": c.ffn, "cls": same.cls, "blocks": list(blocks),
-                         "predicted_ms": table.predict(c), "predicted_raw_ms": table.raw(c)[0]}
+            meta[key] = {
+                "space": sname,
+                **c.as_dict(),
+                "ffn": c.ffn,
+                "cls": same.cls,
+                "blocks": list(blocks),
+                "predicted_ms": table.predict(c),
+                "predicted_raw_ms": table.raw(c)[0],
+            }
         if name == "short+big":
             specs.update(big_neighbours(table))
         from autodistil.teacher import resolve_teacher_path
+
         _, teacher = profile_spaces()
         models["teacher"] = AutoModel.from_pretrained(resolve_teacher_path(teacher)).eval()
         runners = {k: dev.runner(m) for k, m in models.items()}
         for k, s in specs.items():
-            runners[k] = dev.runner(make_student(s.layers, s.hidden, s.heads, s.ffn, table.head_dim,
-                                                 table.vocab,
-                                                 s.cls))
+            runners[k] = dev.runner(
+                make_student(s.layers, s.hidden, s.heads, s.ffn, table.head_dim, table.vocab, s.cls)
+            )
         anchor = ModelSpec(**table.meta["anchor"]["spec"])
         load = _loadavg()
         t0 = time.strftime("%Y-%m-%dT%H:%M:%S")
@@ -215,12 +257,22 @@ def run_condition(table_path: Path, name: str, n: int, out: Path) -> dict:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     save_session(out / f"{name}_session.json.gz", sess)
-    rec = {"condition": name, "settings": st.to_dict(), "start": t0,
-           "end": time.strftime("%Y-%m-%dT%H:%M:%S"), "loadavg_before": load, "loadavg_after": _loadavg(),
-           "threads": sess.threads, "seconds": sess.seconds,
-           "anchor": sess.anchor, "table_anchor_ms": table.anchor_ms, "noise": sess.noise(), "students": meta,
-           "depths": table.settings["depths"],
-           "models": {k: t.summary() for k, t in sess.timings.items()}}
+    rec = {
+        "condition": name,
+        "settings": st.to_dict(),
+        "start": t0,
+        "end": time.strftime("%Y-%m-%dT%H:%M:%S"),
+        "loadavg_before": load,
+        "loadavg_after": _loadavg(),
+        "threads": sess.threads,
+        "seconds": sess.seconds,
+        "anchor": sess.anchor,
+        "table_anchor_ms": table.anchor_ms,
+        "noise": sess.noise(),
+        "students": meta,
+        "depths": table.settings["depths"],
+        "models": {k: t.summary() for k, t in sess.timings.items()},
+    }
     atomic_write_json(out / f"{name}.json", rec)
     return rec
 
@@ -237,8 +289,10 @@ def summarise(out: Path, conditions: list) -> dict:
     protocol; per weighting: the error's trend with size (small half against large half of the students)."""
     from autodistil.io import atomic_write_json, write_rows_csv
     from autodistil.space import SubnetConfig
-    recs = {c: json.loads((out / f"{c}.json").read_text()) for c in conditions
-            if (out / f"{c}.json").is_file()}
+
+    recs = {
+        c: json.loads((out / f"{c}.json").read_text()) for c in conditions if (out / f"{c}.json").is_file()
+    }
     rows, per_cond, protocol = [], {}, []
     for w in WEIGHTINGS:
         table = refit_table(out, w)
@@ -256,38 +310,67 @@ def summarise(out: Path, conditions: list) -> dict:
                 exact = ols_at(rec["depths"], [ms[b] for b in s["blocks"]], s["layers"])
                 pred = table.predict(cfg) * drift
                 t_here, t_table = ms.get("teacher"), (table.meta.get("teacher") or {}).get("ms")
-                frac = (100 * ((table.predict(cfg) / t_table) / (e2e / t_here) - 1) if t_here and t_table
-                        else None)
-                row = {"weighting": w, "condition": c, "student": key, "space": s["space"],
-                       "layers": s["layers"], "hidden": s["hidden"], "heads": s["heads"], "ffn": s["ffn"],
-                       "cls": s["cls"], "e2e_ms": e2e,
-                       "same_ms": same, "exact_regression_ms": exact, "table_ms": pred, "drift": drift,
-                       "err_as_is_pct": 100 * (table.predict(cfg) / e2e - 1),
-                       "err_total_pct": 100 * (pred / e2e - 1),
-                       "err_interpolation_pct": 100 * (pred / exact - 1),
-                       "err_depth_regression_pct": 100 * (exact / same - 1),
-                       "err_build_vs_export_pct": 100 * (same / e2e - 1),
-                       "d0_share_of_e2e": ms[s["blocks"][0]] / e2e,
-                       "err_fraction_of_teacher_pct": frac,
-                       "teacher_vs_anchor_here": t_here / sess.anchor["ms"] if t_here else None,
-                       "teacher_vs_anchor_table": t_table / table.anchor_ms if t_table else None}
+                frac = (
+                    100 * ((table.predict(cfg) / t_table) / (e2e / t_here) - 1)
+                    if t_here and t_table
+                    else None
+                )
+                row = {
+                    "weighting": w,
+                    "condition": c,
+                    "student": key,
+                    "space": s["space"],
+                    "layers": s["layers"],
+                    "hidden": s["hidden"],
+                    "heads": s["heads"],
+                    "ffn": s["ffn"],
+                    "cls": s["cls"],
+                    "e2e_ms": e2e,
+                    "same_ms": same,
+                    "exact_regression_ms": exact,
+                    "table_ms": pred,
+                    "drift": drift,
+                    "err_as_is_pct": 100 * (table.predict(cfg) / e2e - 1),
+                    "err_total_pct": 100 * (pred / e2e - 1),
+                    "err_interpolation_pct": 100 * (pred / exact - 1),
+                    "err_depth_regression_pct": 100 * (exact / same - 1),
+                    "err_build_vs_export_pct": 100 * (same / e2e - 1),
+                    "d0_share_of_e2e": ms[s["blocks"][0]] / e2e,
+                    "err_fraction_of_teacher_pct": frac,
+                    "teacher_vs_anchor_here": t_here / sess.anchor["ms"] if t_here else None,
+                    "teacher_vs_anchor_table": t_table / table.anchor_ms if t_table else None,
+                }
                 rows.append(row)
                 errs.append(row)
-            keys = ("err_as_is_pct", "err_total_pct", "err_interpolation_pct", "err_depth_regression_pct",
-                    "err_build_vs_export_pct")
+            keys = (
+                "err_as_is_pct",
+                "err_total_pct",
+                "err_interpolation_pct",
+                "err_depth_regression_pct",
+                "err_build_vs_export_pct",
+            )
             if errs[0]["err_fraction_of_teacher_pct"] is not None:
                 keys += ("err_fraction_of_teacher_pct",)
             order = sorted(errs, key=lambda r: r["e2e_ms"])
-            small, large = order[: len(order) // 2], order[len(order) // 2:]
+            small, large = order[: len(order) // 2], order[len(order) // 2 :]
             mean = lambda rs, k: statistics.mean(r[k] for r in rs)  # noqa: E731
             per_cond[f"{w}/{c}"] = {
-                "weighting": w, "condition": c, "drift": drift, "noise_sd_pct": sess.noise()["sd_pct"],
-                "loadavg_before": rec["loadavg_before"], "start": rec["start"], "seconds": rec["seconds"],
+                "weighting": w,
+                "condition": c,
+                "drift": drift,
+                "noise_sd_pct": sess.noise()["sd_pct"],
+                "loadavg_before": rec["loadavg_before"],
+                "start": rec["start"],
+                "seconds": rec["seconds"],
                 "anchor_spread_pct": rec["anchor"]["spread_pct"],
                 "mape_pct": statistics.mean(abs(r["err_total_pct"]) for r in errs),
                 "within_10_pct": 100 * sum(abs(r["err_total_pct"]) <= 10 for r in errs) / len(errs),
-                **{f"{grp}_{k}": mean(rs, k)
-                   for grp, rs in (("small", small), ("large", large), ("all", errs)) for k in keys}}
+                **{
+                    f"{grp}_{k}": mean(rs, k)
+                    for grp, rs in (("small", small), ("large", large), ("all", errs))
+                    for k in keys
+                },
+            }
         if "short" in ms_of:
             base, a_base = ms_of["short"]
             for c, (ms, a) in ms_of.items():
@@ -295,8 +378,15 @@ def summarise(out: Path, conditions: list) -> dict:
                     continue
                 rel = {k: (v / a) / (base[k] / a_base) - 1 for k, v in ms.items() if k in base}
                 for k, v in sorted(rel.items()):
-                    protocol.append({"weighting": w, "condition": c, "model": k, "short_ms": base[k],
-                                     "vs_short_pct": 100 * v})
+                    protocol.append(
+                        {
+                            "weighting": w,
+                            "condition": c,
+                            "model": k,
+                            "short_ms": base[k],
+                            "vs_short_pct": 100 * v,
+                        }
+                    )
                 order = sorted((k for k in rel if k.startswith("e2e:")), key=lambda k: base[k])
                 h = len(order) // 2
                 pc = per_cond[f"{w}/{c}"]
@@ -307,17 +397,23 @@ def summarise(out: Path, conditions: list) -> dict:
     write_rows_csv(out / "summary.csv", rows)
     for key, p in per_cond.items():
         pair = lambda k: f"{p['small_' + k]:+.1f} / {p['large_' + k]:+.1f}"  # noqa: E731
-        line = (f"{key}: drift {p['drift']:.3f}, noise {p['noise_sd_pct']:.2f}%, load {p['loadavg_before']}; "
-                f"MAPE {p['mape_pct']:.1f}% ({p['within_10_pct']:.0f}% within 10%); error small / large "
-                f"{pair('err_total_pct')}% (as is {pair('err_as_is_pct')}) | interpolation "
-                f"{pair('err_interpolation_pct')}, depth regression {pair('err_depth_regression_pct')}, "
-                f"build vs export {pair('err_build_vs_export_pct')}")
+        line = (
+            f"{key}: drift {p['drift']:.3f}, noise {p['noise_sd_pct']:.2f}%, load {p['loadavg_before']}; "
+            f"MAPE {p['mape_pct']:.1f}% ({p['within_10_pct']:.0f}% within 10%); error small / large "
+            f"{pair('err_total_pct')}% (as is {pair('err_as_is_pct')}) | interpolation "
+            f"{pair('err_interpolation_pct')}, depth regression {pair('err_depth_regression_pct')}, "
+            f"build vs export {pair('err_build_vs_export_pct')}"
+        )
         if "e2e_vs_short_small_pct" in p:
-            line += (f"; e2e vs short protocol: small {p['e2e_vs_short_small_pct']:+.1f}%, large "
-                     f"{p['e2e_vs_short_large_pct']:+.1f}%")
+            line += (
+                f"; e2e vs short protocol: small {p['e2e_vs_short_small_pct']:+.1f}%, large "
+                f"{p['e2e_vs_short_large_pct']:+.1f}%"
+            )
         if "small_err_fraction_of_teacher_pct" in p:
-            line += (f"; as a fraction of the teacher (table / table's teacher vs e2e / teacher here): "
-                     f"small / large {pair('err_fraction_of_teacher_pct')}%")
+            line += (
+                f"; as a fraction of the teacher (table / table's teacher vs e2e / teacher here): "
+                f"small / large {pair('err_fraction_of_teacher_pct')}%"
+            )
         print(line)
     return summary
 
@@ -325,8 +421,9 @@ def summarise(out: Path, conditions: list) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", required=True)
-    ap.add_argument("--threads", type=int, default=0,
-                    help="profile threads (0: all cores, the run's default)")
+    ap.add_argument(
+        "--threads", type=int, default=0, help="profile threads (0: all cores, the run's default)"
+    )
     ap.add_argument("--n", type=int, default=12, help="held-out students (half of them the smallest)")
     ap.add_argument("--conditions", nargs="+", default=list(CONDITIONS), choices=list(CONDITIONS))
     ap.add_argument("--condition", default=None, help=argparse.SUPPRESS)  # internal: one step, this process
@@ -346,19 +443,48 @@ def main(argv=None) -> int:
         return 0
     env = {**os.environ, "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     steps = []
-    cmds = [(c, [sys.executable, __file__, "--out", str(out), "--n", str(a.n), "--threads", str(a.threads),
-                 "--condition", c]) for c in [*([] if a.skip_profile else ["profile"]), *a.conditions]]
+    cmds = [
+        (
+            c,
+            [
+                sys.executable,
+                __file__,
+                "--out",
+                str(out),
+                "--n",
+                str(a.n),
+                "--threads",
+                str(a.threads),
+                "--condition",
+                c,
+            ],
+        )
+        for c in [*([] if a.skip_profile else ["profile"]), *a.conditions]
+    ]
     for what, cmd in cmds:
-        rec = {"step": what, "cmd": cmd, "start": time.strftime("%Y-%m-%dT%H:%M:%S"),
-               "loadavg_before": list(os.getloadavg())}
+        rec = {
+            "step": what,
+            "cmd": cmd,
+            "start": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "loadavg_before": list(os.getloadavg()),
+        }
         t = time.time()
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        rec.update({"seconds": round(time.time() - t, 1), "loadavg_after": list(os.getloadavg()),
-                    "rc": r.returncode,
-                    "stdout": r.stdout[-4000:], "stderr_tail": r.stderr[-3000:]})
+        rec.update(
+            {
+                "seconds": round(time.time() - t, 1),
+                "loadavg_after": list(os.getloadavg()),
+                "rc": r.returncode,
+                "stdout": r.stdout[-4000:],
+                "stderr_tail": r.stderr[-3000:],
+            }
+        )
         steps.append(rec)
-        print(f"[{what}] rc {r.returncode}, {rec['seconds']} s, load {rec['loadavg_before']} -> "
-              f"{rec['loadavg_after']}", flush=True)
+        print(
+            f"[{what}] rc {r.returncode}, {rec['seconds']} s, load {rec['loadavg_before']} -> "
+            f"{rec['loadavg_after']}",
+            flush=True,
+        )
         (out / "run.json").write_text(json.dumps({"steps": steps, "cpu_count": os.cpu_count()}, indent=2))
         if r.returncode:
             print(r.stderr[-3000:], file=sys.stderr)

@@ -7,10 +7,26 @@ import statistics
 import pytest
 
 from autodistil.latency.predict import LatencyTable
-from autodistil.latency.profile import (ModelSpec, ProfileSettings, Timing, build_table, machine_key, measure,
-                                        percentile, split_half_noise)
-from autodistil.latency.validate import (error_stats, kendall_tau, kendall_tau_pairs, measure_models, random_students,
-                                         separable_pairs, validate_table, validation_report)
+from autodistil.latency.profile import (
+    ModelSpec,
+    ProfileSettings,
+    Timing,
+    build_table,
+    machine_key,
+    measure,
+    percentile,
+    split_half_noise,
+)
+from autodistil.latency.validate import (
+    error_stats,
+    kendall_tau,
+    kendall_tau_pairs,
+    measure_models,
+    random_students,
+    separable_pairs,
+    validate_table,
+    validation_report,
+)
 from autodistil.space import Range, SearchSpace, SubnetConfig
 
 HEAD_DIM = 32
@@ -38,8 +54,16 @@ class SyntheticDevice:
         self.clock = lambda: self.t
 
     def key(self):
-        return {"device_type": "cpu", "device_name": "synthetic", "torch": "x", "runtime": "torch", "dtype": "fp32",
-                "batch": 1, "seq_len": 128, "threads": 1}
+        return {
+            "device_type": "cpu",
+            "device_name": "synthetic",
+            "torch": "x",
+            "runtime": "torch",
+            "dtype": "fp32",
+            "batch": 1,
+            "seq_len": 128,
+            "threads": 1,
+        }
 
     def prepare(self):
         return {"threads": 1, "affinity": [0], "loadavg": None}
@@ -52,6 +76,7 @@ class SyntheticDevice:
             if self.rng.random() < self.stall_p:
                 x *= 3
             self.t += x / 1e3
+
         return run
 
     def time_one(self, run):
@@ -63,7 +88,9 @@ class SyntheticDevice:
 @pytest.fixture(scope="module")
 def synth_space():
     # heads x 32 == hidden at (64, 2), (96, 3), (128, 4): BertModel-shaped students inside the space
-    return SearchSpace("synth", Range(1, 6, 1), Range(64, 128, 16), Range(2.0, 4.0, 0.5), Range(2, 5, 1), HEAD_DIM)
+    return SearchSpace(
+        "synth", Range(1, 6, 1), Range(64, 128, 16), Range(2.0, 4.0, 0.5), Range(2, 5, 1), HEAD_DIM
+    )
 
 
 SYN = ProfileSettings(rounds=4, round_s=0.3, warmup_s=0.02)
@@ -76,38 +103,58 @@ def _students(space, n=30, seed=5):
 def test_synthetic_device_is_recovered_within_2_percent(synth_space):
     table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=1))
     assert table.correction is None and any(r["kind"] == "bert" for r in table.rows)
-    errs = [abs(table.predict(c) - true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))) /
-            true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) for c in _students(synth_space)]
+    errs = [
+        abs(table.predict(c) - true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)))
+        / true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))
+        for c in _students(synth_space)
+    ]
     assert max(errs) < 0.02, max(errs)
     # the BertModel-shaped students need their own entries: the AutoDistil grid alone is off by more
     bert = [c for c in synth_space if c.heads * HEAD_DIM == c.hidden and c.layers == 6]
-    assert bert and all(abs(table.predict(c) / true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) - 1) < 0.02
-                        for c in bert)
+    assert bert and all(
+        abs(table.predict(c) / true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) - 1) < 0.02
+        for c in bert
+    )
 
 
 def test_anchor_normalisation_cancels_machine_drift(synth_space):
     """The machine slows down by up to 40% and recovers during profiling: every entry is divided by
     the anchor's speed at its time, so the relative latencies stay exact (2%)."""
     drift = lambda t: 1.0 + 0.2 * (1 - math.cos(2 * math.pi * t / 40.0))
-    table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=2, drift=drift))
-    ratios = [table.predict(c) / true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) for c in _students(synth_space)]
+    table = build_table(
+        [synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=2, drift=drift)
+    )
+    ratios = [
+        table.predict(c) / true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))
+        for c in _students(synth_space)
+    ]
     mid = sorted(ratios)[len(ratios) // 2]
     assert max(abs(r / mid - 1) for r in ratios) < 0.02, (min(ratios), max(ratios))
     assert table.meta["anchor"]["spread_pct"] > 20  # the drift was there, and seen
 
 
 def test_noise_is_measured_by_split_halves():
-    t = Timing(rounds=[[10.0] * 5, [12.0] * 5, [10.0] * 5, [12.0] * 5], raw_rounds=[[1.0]] * 4, stat="median",
-               low_pct=10)
+    t = Timing(
+        rounds=[[10.0] * 5, [12.0] * 5, [10.0] * 5, [12.0] * 5],
+        raw_rounds=[[1.0]] * 4,
+        stat="median",
+        low_pct=10,
+    )
     assert t.halves() == (10.0, 12.0) and t.noise_sd == pytest.approx(1.0)
     n = split_half_noise({"a": t})
-    assert n["halves_mape_pct"] == pytest.approx(100 * 2 / 11) and n["sd_pct"] == pytest.approx(100 * (2 / 11) / 2)
+    assert n["halves_mape_pct"] == pytest.approx(100 * 2 / 11) and n["sd_pct"] == pytest.approx(
+        100 * (2 / 11) / 2
+    )
     assert percentile([1, 2, 3, 4, 5], 10) == pytest.approx(1.4)
     dev = SyntheticDevice(seed=3, noise=0.0, stall_p=0.0)
-    sess = measure({"m": dev.runner(ModelSpec(2, 64, 2, 128))}, SYN, dev, dev.runner(ModelSpec(1, 64, 2, 128)))
+    sess = measure(
+        {"m": dev.runner(ModelSpec(2, 64, 2, 128))}, SYN, dev, dev.runner(ModelSpec(1, 64, 2, 128))
+    )
     runs = [len(r) for r in sess.timings["m"].rounds]
     one = true_ms(ModelSpec(2, 64, 2, 128)) / 1e3
-    assert len(runs) == SYN.rounds and all(SYN.round_s <= n * one < SYN.round_s + 2 * one for n in runs)  # time-based
+    assert len(runs) == SYN.rounds and all(
+        SYN.round_s <= n * one < SYN.round_s + 2 * one for n in runs
+    )  # time-based
     assert sess.noise()["sd_pct"] == pytest.approx(0.0, abs=1e-9)
 
 
@@ -132,20 +179,36 @@ def test_default_protocol_beats_few_long_rounds_on_a_machine_with_speed_states()
     old = ProfileSettings(rounds=3, round_s=0.5, warmup_s=0.1, anchor_every=8)
     new = ProfileSettings()
     assert new.rounds * new.round_s == pytest.approx(old.rounds * old.round_s)
-    specs = [ModelSpec(L, h, a, f) for L, h, a, f in [(1, 64, 2, 128), (2, 64, 2, 192), (2, 96, 3, 288),
-                                                      (3, 96, 3, 384), (4, 112, 4, 336), (5, 128, 4, 512),
-                                                      (6, 128, 5, 448), (3, 80, 2, 240)]]
+    specs = [
+        ModelSpec(L, h, a, f)
+        for L, h, a, f in [
+            (1, 64, 2, 128),
+            (2, 64, 2, 192),
+            (2, 96, 3, 288),
+            (3, 96, 3, 384),
+            (4, 112, 4, 336),
+            (5, 128, 4, 512),
+            (6, 128, 5, 448),
+            (3, 80, 2, 240),
+        ]
+    ]
 
     def cv_across_sessions(st, sessions=8):
         ratios = {i: [] for i in range(len(specs))}
         for s in range(sessions):
             dev = SyntheticDevice(seed=100 + s, noise=0.03, stall_p=0.0, drift=_speed_states(200 + s))
-            sess = measure({i: dev.runner(sp) for i, sp in enumerate(specs)}, st, dev,
-                           dev.runner(ModelSpec(2, 96, 3, 288, "autodistil")), seed=s)
+            sess = measure(
+                {i: dev.runner(sp) for i, sp in enumerate(specs)},
+                st,
+                dev,
+                dev.runner(ModelSpec(2, 96, 3, 288, "autodistil")),
+                seed=s,
+            )
             for i, t in sess.timings.items():
                 ratios[i].append(t.ms / sess.anchor["ms"])
         cv = lambda xs: statistics.pstdev(xs) / statistics.mean(xs)
         return sum(cv(v) for v in ratios.values()) / len(ratios)
+
     cv_old, cv_new = cv_across_sessions(old), cv_across_sessions(new)
     assert cv_new < 0.6 * cv_old, (cv_new, cv_old)
 
@@ -154,8 +217,12 @@ def test_validation_statistics_and_pairs_beyond_noise(synth_space):
     dev = SyntheticDevice(seed=4)
     table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=6, device=dev)
     students = random_students([synth_space], 12, seed=9)
-    res = measure_models({f"{s}-{c.short()}": ModelSpec(c.layers, c.hidden, c.heads, c.ffn) for s, c in students},
-                         table, SYN, device=SyntheticDevice(seed=5))
+    res = measure_models(
+        {f"{s}-{c.short()}": ModelSpec(c.layers, c.hidden, c.heads, c.ffn) for s, c in students},
+        table,
+        SYN,
+        device=SyntheticDevice(seed=5),
+    )
     rep = validation_report(table, [synth_space], students, res, dev.key())
     o = rep["overall"]
     assert o["mape_pct"] < 2.5 and o["within_5_pct"] == 100 and o["kendall_tau_beyond_noise"] > 0.95
@@ -184,14 +251,23 @@ def test_correction_is_kept_only_when_it_helps(synth_space):
     cfgs = _students(synth_space, 12)
     truth = [1.3 * table.raw(c)[0] + 0.7 for c in cfgs]  # a systematic, learnable bias
     rep = table.fit_correction(cfgs, truth)
-    assert rep["used"] and table.correction["a"] == pytest.approx(1.3) and table.predict(cfgs[0]) == pytest.approx(truth[0])
+    assert (
+        rep["used"]
+        and table.correction["a"] == pytest.approx(1.3)
+        and table.predict(cfgs[0]) == pytest.approx(truth[0])
+    )
     exact = [table.raw(c)[0] for c in cfgs]  # nothing to correct: the correction must not be kept
     assert not table.fit_correction(cfgs, exact)["used"] and table.correction is None
 
 
 def test_table_round_trip_and_refusals(synth_space, tmp_path):
-    table = build_table([synth_space], dataclasses.replace(SYN, rounds=2), grid=(2, 2, 2), calibrate=0,
-                        device=SyntheticDevice(seed=7))
+    table = build_table(
+        [synth_space],
+        dataclasses.replace(SYN, rounds=2),
+        grid=(2, 2, 2),
+        calibrate=0,
+        device=SyntheticDevice(seed=7),
+    )
     table.save(tmp_path / "t.json")
     t2 = LatencyTable.load(tmp_path / "t.json")
     c = SubnetConfig(3, 80, 2.5, 3)
@@ -206,7 +282,9 @@ def test_table_round_trip_and_refusals(synth_space, tmp_path):
 
 @pytest.fixture(scope="module")
 def spread_space():
-    return SearchSpace("spread", Range(1, 4, 3), Range(32, 256, 224), Range(2.0, 4.0, 2.0), Range(1, 8, 7), 32)
+    return SearchSpace(
+        "spread", Range(1, 4, 3), Range(32, 256, 224), Range(2.0, 4.0, 2.0), Range(1, 8, 7), 32
+    )
 
 
 def test_profile_and_validate_on_this_cpu_smoke(spread_space, tmp_path):
@@ -214,7 +292,10 @@ def test_profile_and_validate_on_this_cpu_smoke(spread_space, tmp_path):
     records threads, affinity and noise; accuracy is a benchmark (bench/latency_validate.py), not a test."""
     st = ProfileSettings(seq_len=32, rounds=2, round_s=0.03, warmup_s=0.01, threads=1)
     table = build_table([spread_space], st, vocab=2000, grid=(2, 2, 2), calibrate=4)
-    assert sum(r["kind"] == "grid" for r in table.rows) == 8 and table.key["device_name"] == machine_key(st)["device_name"]
+    assert (
+        sum(r["kind"] == "grid" for r in table.rows) == 8
+        and table.key["device_name"] == machine_key(st)["device_name"]
+    )
     assert table.meta["threads"]["threads"] == 1 and len(table.meta["threads"]["affinity"]) == 1
     rep = validate_table(table, [spread_space], st, n=4, seed=3, out_dir=tmp_path)
     assert rep["overall"]["kendall_tau"] > 0 and math.isfinite(rep["noise"]["sd_pct"])
@@ -244,13 +325,25 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     from autodistil.cli.latency import cmd_profile
     from autodistil.config import build_dataclass
     from autodistil.latency import run_measure
-    st = ProfileSettings(rounds=5, round_s=0.01, warmup_s=0.0, min_runs=7, max_runs=90, anchor_every=3,
-                         low_pct=20.0, stat="low", depths=(0, 3), threads=1)
+
+    st = ProfileSettings(
+        rounds=5,
+        round_s=0.01,
+        warmup_s=0.0,
+        min_runs=7,
+        max_runs=90,
+        anchor_every=3,
+        low_pct=20.0,
+        stat="low",
+        depths=(0, 3),
+        threads=1,
+    )
     seen = {}
 
     def fake_run(cmd, what, timeout_s):
         seen["cmd"] = cmd
         return argparse.Namespace(stdout="", stderr="", returncode=0)
+
     monkeypatch.setattr(run_measure, "_run_cli", fake_run)
     run_measure.profile_in_subprocess([], tmp_path / "t.json", st, log=lambda *_: None)
     cmd = seen["cmd"]
@@ -262,30 +355,59 @@ def test_profile_in_subprocess_passes_every_setting(monkeypatch, tmp_path):
     def fake_build(spaces, s, **kw):
         got["st"], got["grid"] = s, kw.get("grid")
         raise RuntimeError("stop after settings")
+
     monkeypatch.setattr("autodistil.latency.profile.build_table", fake_build)
     ap = cli.build_parser()
     with pytest.raises(RuntimeError, match="stop after settings"):
-        cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+        cmd_profile(ap.parse_args(cmd[cmd.index("profile") :]))
     assert got["st"] == st
-    assert "--grid" not in cmd and got["grid"] is None  # no grid asked: build_table takes the device's default
+    assert (
+        "--grid" not in cmd and got["grid"] is None
+    )  # no grid asked: build_table takes the device's default
     run_measure.profile_in_subprocess([], tmp_path / "t.json", st, grid=(2, 4, 2), log=lambda *_: None)
     cmd = seen["cmd"]
     with pytest.raises(RuntimeError, match="stop after settings"):
-        cmd_profile(ap.parse_args(cmd[cmd.index("profile"):]))
+        cmd_profile(ap.parse_args(cmd[cmd.index("profile") :]))
     assert list(got["grid"]) == [2, 4, 2]
-    for bad, msg in (('{"bogus": 1}', "unknown"), ("[1]", "JSON object"), ("{", "not JSON"),
-                     ('{"cuda_graphs": "false"}', "expected bool"), ('{"batch": "1"}', "expected int"),
-                     ('{"depths": [0, 2.5]}', "expected list")):
+    for bad, msg in (
+        ('{"bogus": 1}', "unknown"),
+        ("[1]", "JSON object"),
+        ("{", "not JSON"),
+        ('{"cuda_graphs": "false"}', "expected bool"),
+        ('{"batch": "1"}', "expected int"),
+        ('{"depths": [0, 2.5]}', "expected list"),
+    ):
         with pytest.raises(ValueError, match=msg):
             cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--settings", bad]))
     with pytest.raises(ValueError, match="--rounds given beside --settings"):
-        cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), "--rounds", "3",
-                                       "--settings", json.dumps(st.to_dict())]))
+        cmd_profile(
+            ap.parse_args(
+                [
+                    "profile",
+                    "--out",
+                    str(tmp_path / "x.json"),
+                    "--rounds",
+                    "3",
+                    "--settings",
+                    json.dumps(st.to_dict()),
+                ]
+            )
+        )
     # a flag typed at its default value would be ignored just the same: refused too
     for flag in (["--threads", "0"], ["--rounds", "12"], ["--cuda-graphs"], ["--depths", "0", "2", "4"]):
         with pytest.raises(ValueError, match=f"{flag[0]} given beside --settings"):
-            cmd_profile(ap.parse_args(["profile", "--out", str(tmp_path / "x.json"), *flag,
-                                           "--settings", json.dumps(st.to_dict())]))
+            cmd_profile(
+                ap.parse_args(
+                    [
+                        "profile",
+                        "--out",
+                        str(tmp_path / "x.json"),
+                        *flag,
+                        "--settings",
+                        json.dumps(st.to_dict()),
+                    ]
+                )
+            )
     a = ap.parse_args(["profile", "--out", "x", "--batch", "4", "--cuda-graphs", "--device", "cuda"])
     s = build_dataclass(ProfileSettings, {}, a)
     assert (s.batch, s.cuda_graphs, s.rounds, s.depths) == (4, True, 12, (0, 2, 4))
@@ -300,6 +422,7 @@ class StepInHeadsDevice(SyntheticDevice):
 
         def run():
             self.t += ms * math.exp(self.rng.gauss(0, self.noise)) / 1e3
+
         return run
 
 
@@ -308,12 +431,19 @@ def test_default_grid_covers_every_heads_value_on_cuda(synth_space):
     space (4 here), so a cost that is not linear in heads is still predicted within 2 %; the CPU
     default (2 heads points: the ends) is off by more at the jump."""
     from autodistil.latency.profile import default_grid
+
     assert default_grid("cpu") == (3, 2, 2) and default_grid("cuda:1") == (3, 4, 2)
     studs = [c for c in _students(synth_space, n=60) if c.heads in (3, 4)]
-    truth = lambda c: true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) + (0.4 * c.layers if c.heads >= 4 else 0)
+    truth = lambda c: (
+        true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn)) + (0.4 * c.layers if c.heads >= 4 else 0)
+    )
     err = lambda t: max(abs(t.predict(c) / truth(c) - 1) for c in studs)
-    gpu = build_table([synth_space], dataclasses.replace(SYN, device="cuda"), calibrate=0,
-                      device=StepInHeadsDevice(seed=11, stall_p=0.0))
+    gpu = build_table(
+        [synth_space],
+        dataclasses.replace(SYN, device="cuda"),
+        calibrate=0,
+        device=StepInHeadsDevice(seed=11, stall_p=0.0),
+    )
     cpu = build_table([synth_space], SYN, calibrate=0, device=StepInHeadsDevice(seed=11, stall_p=0.0))
     assert gpu.meta["grid_points"] == [3, 4, 2] and cpu.meta["grid_points"] == [3, 2, 2]
     assert gpu.grids[0]["heads"] == [2, 3, 4, 5] and cpu.grids[0]["heads"] == [2, 5]
@@ -326,6 +456,7 @@ def test_reanchor_at_use_recovers_a_machine_that_slowed_down(synth_space):
     come out ~11 % low; the anchor timed at use (speed_now) gives the factor, and the rescaled
     table predicts within 2 %. The factor is a use-time setting: the table itself is unchanged."""
     from autodistil.latency.validate import speed_now
+
     table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=21))
     slow = SyntheticDevice(seed=22, drift=lambda t: 1.12)
     sp = speed_now(table, SYN, device=slow)
@@ -338,7 +469,9 @@ def test_reanchor_at_use_recovers_a_machine_that_slowed_down(synth_space):
     assert max(abs(now.predict(c) / truth(c) - 1) for c in studs) < 0.02
     c = studs[0]
     assert now.predict_low(c) == pytest.approx(sp["factor"] * table.predict_low(c))
-    assert now.predict_with_uncertainty(c)[1] == pytest.approx(sp["factor"] * table.predict_with_uncertainty(c)[1])
+    assert now.predict_with_uncertainty(c)[1] == pytest.approx(
+        sp["factor"] * table.predict_with_uncertainty(c)[1]
+    )
     assert table.speed == 1.0
     # with a learned correction the speed scales the corrected prediction: s x (a x raw + b)
     table.correction = {"a": 0.9, "b": 0.5, "rel_sd": 0.01}
@@ -359,24 +492,51 @@ def test_predict_command(synth_space, tmp_path, capsys):
     import json
     from autodistil import cli
     from autodistil.space import SubnetConfig
+
     table = build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=23))
     path = table.save(tmp_path / "t.json")
     c = SubnetConfig(4, 96, 3.0, 3)  # 3 heads x 32 == 96: exports as BertModel
-    assert SubnetConfig.parse(c.short()) == c and SubnetConfig.parse("L2-H64-R2.5-A2") == SubnetConfig(2, 64, 2.5, 2)
+    assert SubnetConfig.parse(c.short()) == c and SubnetConfig.parse("L2-H64-R2.5-A2") == SubnetConfig(
+        2, 64, 2.5, 2
+    )
     for bad in ("L2-H64-A2", "2-64-2-2", "", "L2-H64-R2-A2-x"):
         with pytest.raises(ValueError, match="is not of the form L<layers>"):
             SubnetConfig.parse(bad)
     out = tmp_path / "p.json"
-    assert cli.main(["predict", "--table", str(path), "--layers", "4", "--hidden", "96", "--ffn-ratio", "3",
-                     "--heads", "3", "--subnet", "L2-H64-R2-A5", "--out", str(out)]) == 0
+    assert (
+        cli.main(
+            [
+                "predict",
+                "--table",
+                str(path),
+                "--layers",
+                "4",
+                "--hidden",
+                "96",
+                "--ffn-ratio",
+                "3",
+                "--heads",
+                "3",
+                "--subnet",
+                "L2-H64-R2-A5",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     got = json.loads(out.read_text())
     assert [p["subnet"] for p in got["predictions"]] == [c.short(), "L2-H64-R2-A5"] and got["speed"] is None
     assert got["predictions"][0]["ms"] == pytest.approx(table.predict(c))
-    assert got["predictions"][0]["class"] == "plain" and got["predictions"][1]["class"] == "AutoDistilBertModel"
+    assert (
+        got["predictions"][0]["class"] == "plain" and got["predictions"][1]["class"] == "AutoDistilBertModel"
+    )
     assert f"{c.short()}: {table.predict(c):.3f} ms" in capsys.readouterr().out
     assert cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2"]) == 2
     assert "in none of the table's spaces" in capsys.readouterr().err
-    assert cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2", "--allow-outside-space"]) == 0
+    assert (
+        cli.main(["predict", "--table", str(path), "--subnet", "L9-H64-R2-A2", "--allow-outside-space"]) == 0
+    )
     assert "outside the table's spaces" in capsys.readouterr().out
     assert cli.main(["predict", "--table", str(path), "--subnet", "L2-H64-A2"]) == 2
     assert "is not of the form" in capsys.readouterr().err
@@ -397,6 +557,7 @@ def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypat
     import argparse
     from autodistil.cli.search import reanchor_speed
     from autodistil.latency import validate
+
     table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=31))
     path = table.save(tmp_path / "t.json")
     seen = {}
@@ -404,6 +565,7 @@ def test_search_reanchor_helper_rescales_the_loaded_table(synth_space, monkeypat
     def fake(t, st):
         seen["settings"], seen["anchor"] = st, t.anchor_ms
         return {"factor": 1.2, "anchor_ms": 1.2 * t.anchor_ms, "table_anchor_ms": t.anchor_ms}
+
     monkeypatch.setattr(validate, "speed_now", fake)
     ns = lambda on: argparse.Namespace(reanchor=on, table=str(path), verify_top=0)  # noqa: E731
     assert reanchor_speed(ns(False)) is None and not seen
@@ -418,14 +580,22 @@ def test_cpu_id_tells_apart_hosts_behind_one_cpu_name(synth_space):
     implementer/part (ARM), compared only where both keys have it (older tables stay usable)."""
     from autodistil.latency.predict import LatencyTable
     from autodistil.latency.profile import cpu_id
-    zen1 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n" \
-           "stepping\t: 2\ncache size\t: 512 KB\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 99\n"
+
+    zen1 = (
+        "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 23\nmodel\t\t: 1\nmodel name\t: AMD EPYC\n"
+        "stepping\t: 2\ncache size\t: 512 KB\n\nprocessor\t: 1\nvendor_id\t: AuthenticAMD\ncpu family\t: 99\n"
+    )
     assert cpu_id(zen1) == "AuthenticAMD family 23 model 1 stepping 2 cache 512 KB"  # the first processor's
-    assert cpu_id("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n") == "arm implementer 0x41 part 0xd0c"
+    assert (
+        cpu_id("processor\t: 0\nCPU implementer\t: 0x41\nCPU part\t: 0xd0c\n")
+        == "arm implementer 0x41 part 0xd0c"
+    )
     assert cpu_id("") is None and cpu_id("model name\t: X\n") is None
     # fields missing from the first block are left out, not taken from another processor or written as None
-    assert cpu_id("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n\nstepping\t: 7\n") == \
-        "GenuineIntel family 6 model 85"
+    assert (
+        cpu_id("vendor_id\t: GenuineIntel\ncpu family\t: 6\nmodel\t\t: 85\n\nstepping\t: 7\n")
+        == "GenuineIntel family 6 model 85"
+    )
     key = {"device_type": "cpu", "device_name": "AMD EPYC", "threads": 1, "cpu_id": cpu_id(zen1)}
     t = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=41))
     assert isinstance(t, LatencyTable)
@@ -440,15 +610,21 @@ def test_a_percentile_budget_is_profiled_and_measured_as_that_percentile(synth_s
     settings reports it. On a device whose calls spread (lognormal, sd 15 %: p90 = 1.21 x the median) the
     p90 table predicts the measured p90 within 3 %; a median table is ~17 % under it."""
     from autodistil.latency.profile import stat_label
+
     dev = lambda seed: SyntheticDevice(seed=seed, noise=0.15, stall_p=0.0)  # noqa: E731
     p90 = dataclasses.replace(SYN, stat="p90", rounds=6)
     t90 = build_table([synth_space], p90, grid=(3, 2, 2), calibrate=0, device=dev(51))
-    t50 = build_table([synth_space], dataclasses.replace(p90, stat="median"), grid=(3, 2, 2), calibrate=0,
-                      device=dev(51))
+    t50 = build_table(
+        [synth_space], dataclasses.replace(p90, stat="median"), grid=(3, 2, 2), calibrate=0, device=dev(51)
+    )
     assert t90.settings["stat"] == "p90" and stat_label("p90") == "the 90th percentile"
     studs = _students(synth_space, 10)
-    res = measure_models({c.short(): ModelSpec(c.layers, c.hidden, c.heads, c.ffn) for c in studs}, t90,
-                         ProfileSettings.from_dict(t90.settings), device=dev(52))
+    res = measure_models(
+        {c.short(): ModelSpec(c.layers, c.hidden, c.heads, c.ffn) for c in studs},
+        t90,
+        ProfileSettings.from_dict(t90.settings),
+        device=dev(52),
+    )
     for c in studs:
         m = res["models"][c.short()]
         truth = true_ms(ModelSpec(c.layers, c.hidden, c.heads, c.ffn))
@@ -464,18 +640,21 @@ def test_a_profile_session_replays_into_the_same_table(synth_space):
     """A profile session keeps its raw runs: the table fitted again from them (`replay`) is the table, and
     the runs can be weighed by round instead of by run (a fast round of a short model holds more runs)."""
     import autodistil.latency.profile as prof
+
     captured, real = [], prof.measure
 
     def capture(*a, **kw):
         captured.append(real(*a, **kw))
         return captured[-1]
+
     prof.measure = capture
     try:
         table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=4, device=SyntheticDevice(seed=61))
     finally:
         prof.measure = real
-    again = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=4, device=SyntheticDevice(seed=99),
-                        replay=captured[0])
+    again = build_table(
+        [synth_space], SYN, grid=(2, 2, 2), calibrate=4, device=SyntheticDevice(seed=99), replay=captured[0]
+    )
     c = SubnetConfig(3, 80, 2.5, 3)
     assert again.predict(c) == table.predict(c) and again.rows == table.rows
     by_round = captured[0].renormalised("median", 10.0, "rounds")

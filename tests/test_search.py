@@ -22,8 +22,15 @@ def _metrics(c):
     return {"latency_ms": ec.macs / 1e8 + 0.3 * c.layers, "macs": ec.macs, "params": ec.params}
 
 
-@pytest.mark.parametrize("budget", [Budget(latency_ms=20.0), Budget(latency_ms=35.0), Budget(macs=1.0e9),
-                                    Budget(params=8e6, latency_ms=30.0)])
+@pytest.mark.parametrize(
+    "budget",
+    [
+        Budget(latency_ms=20.0),
+        Budget(latency_ms=35.0),
+        Budget(macs=1.0e9),
+        Budget(params=8e6, latency_ms=30.0),
+    ],
+)
 def test_evolutionary_finds_exhaustive_optimum_with_a_quarter_of_evaluations(budget):
     space = PAPER_SPACES["tiny"]
     ex = CountingObjective(_loss)
@@ -41,8 +48,13 @@ def test_pareto_front_is_non_dominated():
     front = pareto_front(rows)
     assert 1 < len(front) < len(rows)
     for f in front:
-        assert not any(o["loss"] <= f["loss"] and o["latency_ms"] <= f["latency_ms"] and o != f and
-                       (o["loss"] < f["loss"] or o["latency_ms"] < f["latency_ms"]) for o in rows)
+        assert not any(
+            o["loss"] <= f["loss"]
+            and o["latency_ms"] <= f["latency_ms"]
+            and o != f
+            and (o["loss"] < f["loss"] or o["latency_ms"] < f["latency_ms"])
+            for o in rows
+        )
     for r in rows:  # everything off the front is dominated by something on it
         if r not in front:
             assert any(f["loss"] <= r["loss"] and f["latency_ms"] <= r["latency_ms"] for f in front)
@@ -50,19 +62,33 @@ def test_pareto_front_is_non_dominated():
 
 def test_search_outputs_and_errors(tmp_path):
     from autodistil.space import Range, SearchSpace
+
     sp = SearchSpace("s", Range(1, 3, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
-    table = build_table([sp], ProfileSettings(rounds=2, round_s=0.1), grid=(3, 2, 2), calibrate=0,
-                        device=SyntheticDevice(seed=0, noise=0.0, stall_p=0.0))
+    table = build_table(
+        [sp],
+        ProfileSettings(rounds=2, round_s=0.1),
+        grid=(3, 2, 2),
+        calibrate=0,
+        device=SyntheticDevice(seed=0, noise=0.0, stall_p=0.0),
+    )
     spec = SearchSpec(budgets=[Budget(latency_ms=3.0), Budget(latency_ms=6.0)], method="exhaustive")
     res = search([(sp, _loss)], table, spec, head_dim=32, out_dir=tmp_path)
     assert set(res["best"]) == {"latency<=3ms", "latency<=6ms"}
     assert res["best"]["latency<=6ms"]["loss"] <= res["best"]["latency<=3ms"]["loss"]
     assert all(r["latency_ms"] <= 3.0 for r in [res["best"]["latency<=3ms"]])
-    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "pareto_front.csv").is_file()
-    ev = search([(sp, _loss)], table, SearchSpec(budgets=[Budget(latency_ms=6.0)], method="evolutionary",
-                                                 max_evals=12), head_dim=32)
+    assert (tmp_path / "pareto.png").read_bytes()[:4] == b"\x89PNG" and (
+        tmp_path / "pareto_front.csv"
+    ).is_file()
+    ev = search(
+        [(sp, _loss)],
+        table,
+        SearchSpec(budgets=[Budget(latency_ms=6.0)], method="evolutionary", max_evals=12),
+        head_dim=32,
+    )
     assert ev["best"]["latency<=6ms"]["loss"] == res["best"]["latency<=6ms"]["loss"]
-    with pytest.raises(ValueError, match=r"no subnet meets the budget latency_ms <= 0.5ms \(smallest achievable: "):
+    with pytest.raises(
+        ValueError, match=r"no subnet meets the budget latency_ms <= 0.5ms \(smallest achievable: "
+    ):
         search([(sp, _loss)], table, SearchSpec(budgets=[Budget(latency_ms=0.5)]), head_dim=32)
     with pytest.raises(ValueError, match="a latency budget needs a latency table"):
         search([(sp, _loss)], None, SearchSpec(budgets=[Budget(latency_ms=1.0)]), head_dim=32)
@@ -78,8 +104,13 @@ def _random_table_loss(seed=0):
 
 def _bowl_loss(c: SubnetConfig) -> float:
     """Best at a mid-size subnet, well inside the budgets below (not on their boundary)."""
-    return ((c.layers - 4) ** 2 + ((c.hidden - 160) / 32) ** 2 + (c.ffn_ratio - 3) ** 2 + (c.heads - 4) ** 2
-            + 0.01 * math.sin(c.layers * 7 + c.hidden + c.heads * 3))
+    return (
+        (c.layers - 4) ** 2
+        + ((c.hidden - 160) / 32) ** 2
+        + (c.ffn_ratio - 3) ** 2
+        + (c.heads - 4) ** 2
+        + 0.01 * math.sin(c.layers * 7 + c.hidden + c.heads * 3)
+    )
 
 
 @pytest.mark.parametrize("budget", [Budget(latency_ms=35.0), Budget(macs=1.2e9)])
@@ -90,7 +121,9 @@ def test_evolutionary_finds_an_optimum_off_the_budget_boundary(budget):
     bigger = [c for c in space if c > best and budget.ok(_metrics(c))]
     assert bigger, "the optimum must lie inside the feasible region"
     for seed in range(3):
-        got = evolutionary(space, CountingObjective(_bowl_loss), _metrics, budget, max_evals=len(space) // 4, seed=seed)
+        got = evolutionary(
+            space, CountingObjective(_bowl_loss), _metrics, budget, max_evals=len(space) // 4, seed=seed
+        )
         assert got == best, (budget, seed)
     # a fixed random loss table: no structure to exploit, so with enough evaluations for every feasible
     # subnet the search must not stop early around its elites and must return the exhaustive optimum
@@ -106,18 +139,38 @@ def test_evolutionary_finds_an_optimum_off_the_budget_boundary(budget):
 def test_objective_uses_the_trained_loss_weights():
     from autodistil.distill.losses import LossWeights
     from autodistil.search.run import HeldoutLoss, trained_loss_weights
+
     warned = []
-    meta = {"extra": {"train": {"loss": {"relation": 2.0, "attention": 0.5, "hidden": 1.0, "logits": 0.0,
-                                         "relation_heads": 8, "teacher_layer": -2, "student_layer": -1,
-                                         "temperature": 1.0}}}}
+    meta = {
+        "extra": {
+            "train": {
+                "loss": {
+                    "relation": 2.0,
+                    "attention": 0.5,
+                    "hidden": 1.0,
+                    "logits": 0.0,
+                    "relation_heads": 8,
+                    "teacher_layer": -2,
+                    "student_layer": -1,
+                    "temperature": 1.0,
+                }
+            }
+        }
+    }
     w, note = trained_loss_weights(meta, warn=warned.append)
     assert (w.relation, w.attention, w.hidden, w.relation_heads, w.teacher_layer) == (2.0, 0.5, 0.0, 8, -2)
     assert note["dropped"] == {"hidden": 1.0} and "hidden-state projection is not exported" in warned[0]
     warned.clear()
     w, note = trained_loss_weights({"extra": {}}, warn=warned.append)  # e.g. an old consolidated supernet
-    assert w == LossWeights() and note["source"].startswith("default") and "records no training loss" in warned[0]
+    assert (
+        w == LossWeights()
+        and note["source"].startswith("default")
+        and "records no training loss" in warned[0]
+    )
     warned.clear()
-    w, note = trained_loss_weights({"extra": {"train": {"loss": {"relation": 0.0, "hidden": 1.0}}}}, warn=warned.append)
+    w, note = trained_loss_weights(
+        {"extra": {"train": {"loss": {"relation": 0.0, "hidden": 1.0}}}}, warn=warned.append
+    )
     assert w == LossWeights() and "falling back" in warned[-1]
     with pytest.raises(ValueError, match="hidden=1.0, logits=0.0 cannot be evaluated"):
         HeldoutLoss(None, None, [], LossWeights(hidden=1.0))
@@ -125,12 +178,21 @@ def test_objective_uses_the_trained_loss_weights():
 
 def _rows():
     """Candidates: lower loss is better; predicted latency of each."""
-    mk = lambda l, h, loss, pred: {"space": "s", "layers": l, "hidden": h, "ffn_ratio": 2.0, "heads": 2,
-                                   "loss": loss, "latency_ms": pred}
-    return [mk(4, 128, 0.10, 9.8),   # best by loss, predicted just under 10 ms, truly 11 ms: over budget
-            mk(3, 128, 0.20, 9.0),   # truly 9.0 ms: within budget
-            mk(2, 128, 0.30, 6.0),   # safe fallback, truly 6 ms
-            mk(6, 128, 0.05, 14.0)]  # predicted far over budget: never measured
+    mk = lambda l, h, loss, pred: {
+        "space": "s",
+        "layers": l,
+        "hidden": h,
+        "ffn_ratio": 2.0,
+        "heads": 2,
+        "loss": loss,
+        "latency_ms": pred,
+    }
+    return [
+        mk(4, 128, 0.10, 9.8),  # best by loss, predicted just under 10 ms, truly 11 ms: over budget
+        mk(3, 128, 0.20, 9.0),  # truly 9.0 ms: within budget
+        mk(2, 128, 0.30, 6.0),  # safe fallback, truly 6 ms
+        mk(6, 128, 0.05, 14.0),
+    ]  # predicted far over budget: never measured
 
 
 def _measure_fn(truth, noise_pct=1.0, calls=None):
@@ -142,11 +204,13 @@ def _measure_fn(truth, noise_pct=1.0, calls=None):
         models = {candidate_name(r): {"ms": truth[r["layers"]], "noise_sd_ms": 0.0} for r in rows}
         models.update({n: {"ms": truth[n], "noise_sd_ms": 0.0} for n in extra})
         return {"models": models, "noise": {"sd_pct": noise_pct}}
+
     return fn
 
 
 def test_budget_verification_rejects_a_candidate_measured_over_budget():
     from autodistil.search.verify import verify_budgets
+
     truth = {4: 11.0, 3: 9.0, 2: 6.0, 6: 15.0}
     calls = []
     ver = verify_budgets(_rows(), [10.0], _measure_fn(truth, calls=calls), top_k=2)
@@ -169,10 +233,17 @@ def test_first_layers_are_chosen_in_the_verification_session():
     in this session the machine is slow, so the 2-layer cut that fit another session's timing (9.2 ms)
     does not fit here, and the 1-layer cut is chosen; a budget no cut meets says which came closest."""
     from autodistil.search.verify import verify_budgets
+
     truth = {4: 11.0, 3: 9.0, 2: 6.0, 6: 15.0, "teacher-first1": 5.5, "teacher-first2": 9.95}
     calls = []
-    ver = verify_budgets(_rows(), [10.0, 5.0], _measure_fn(truth, calls=calls), top_k=2, slack=0.3,
-                         first_layers={"teacher-first1": 1, "teacher-first2": 2})
+    ver = verify_budgets(
+        _rows(),
+        [10.0, 5.0],
+        _measure_fn(truth, calls=calls),
+        top_k=2,
+        slack=0.3,
+        first_layers={"teacher-first1": 1, "teacher-first2": 2},
+    )
     assert {"teacher-first1", "teacher-first2", "s-L3-H128-R2-A2"} <= set(calls[0])
     assert calls[1] == ["s-L3-H128-R2-A2", "teacher-first1", "teacher-first2"]  # the choice timed again
     b10, b5 = ver["budgets"]
@@ -195,8 +266,18 @@ def test_second_session_follows_the_measured_correction():
     fallback stays."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    rows = _rows() + [{"space": "s", "layers": 3, "hidden": 96, "ffn_ratio": 2.0, "heads": 2, "loss": 0.25,
-                       "latency_ms": 8.2}]
+
+    rows = _rows() + [
+        {
+            "space": "s",
+            "layers": 3,
+            "hidden": 96,
+            "ffn_ratio": 2.0,
+            "heads": 2,
+            "loss": 0.25,
+            "latency_ms": 8.2,
+        }
+    ]
     calls = []
 
     def fn(cands, extra=(), ratio=1.2):
@@ -204,6 +285,7 @@ def test_second_session_follows_the_measured_correction():
         models = {candidate_name(r): {"ms": ratio * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands}
         models.update({n: {"ms": 9.5 if len(calls) == 1 else 10.5, "noise_sd_ms": 0.0} for n in extra})
         return {"models": models, "noise": {"sd_pct": 1.0 if len(calls) == 1 else 0.0}, "drift": ratio}
+
     ver = verify_budgets(rows, [10.0], fn, top_k=2, first_layers={"teacher-first1": 1})
     b = ver["budgets"][0]
     # session 2: the new candidate and the fallback chosen in session 1, timed again; session 3: both again
@@ -239,8 +321,16 @@ def test_fractional_budgets_come_from_the_teacher_timed_with_the_finalists():
     chosen, and the cuts are judged against the final budgets too."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    mk = lambda l, loss, pred: {"space": "s", "layers": l, "hidden": 128, "ffn_ratio": 2.0, "heads": 2,
-                                "loss": loss, "latency_ms": pred}
+
+    mk = lambda l, loss, pred: {
+        "space": "s",
+        "layers": l,
+        "hidden": 128,
+        "ffn_ratio": 2.0,
+        "heads": 2,
+        "loss": loss,
+        "latency_ms": pred,
+    }
     rows = [mk(1, 0.1, 23.0), mk(2, 0.2, 11.0), mk(3, 0.3, 8.5), mk(4, 0.4, 6.0), mk(5, 0.5, 4.0)]
     calls = []
 
@@ -248,11 +338,27 @@ def test_fractional_budgets_come_from_the_teacher_timed_with_the_finalists():
         calls.append(sorted(candidate_name(r) for r in cands) + sorted(extra))
         m = {candidate_name(r): {"ms": r["latency_ms"], "noise_sd_ms": 0.0} for r in cands}
         t = 30.0 if len(calls) == 1 else 32.0  # the machine a little slower in the second session
-        m.update({n: {"ms": {"teacher": t, "teacher-first1": 8.0, "teacher-first2": 13.0}[n], "noise_sd_ms": 0.0}
-                  for n in extra})
+        m.update(
+            {
+                n: {
+                    "ms": {"teacher": t, "teacher-first1": 8.0, "teacher-first2": 13.0}[n],
+                    "noise_sd_ms": 0.0,
+                }
+                for n in extra
+            }
+        )
         return {"models": m, "noise": {"sd_pct": 1.0}, "drift": 1.0}
-    ver = verify_budgets(rows, [12.0, 24.0], fn, top_k=1, safe_k=0, with_teacher=True, fractions=[0.3, 0.6],
-                         first_layers={"teacher-first1": 1, "teacher-first2": 2})
+
+    ver = verify_budgets(
+        rows,
+        [12.0, 24.0],
+        fn,
+        top_k=1,
+        safe_k=0,
+        with_teacher=True,
+        fractions=[0.3, 0.6],
+        first_layers={"teacher-first1": 1, "teacher-first2": 2},
+    )
     b9, b18 = ver["budgets"]
     # the 18 ms choice of session 1 is timed again in sessions 2 and 3 (teacher 32 ms: budget 19.2 ms)
     assert ver["teacher_ms"] == 30.0 and b18["budget_ms"] == 19.2 and b18["chosen"]["sessions"] == [1, 2, 3]
@@ -275,15 +381,27 @@ def test_second_round_judges_another_budgets_finalists_on_their_measurement():
     without a second session."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    mk = lambda name, loss, pred: {"space": "s", "layers": name, "hidden": 128, "ffn_ratio": 2.0, "heads": 2,
-                                   "loss": loss, "latency_ms": pred}
+
+    mk = lambda name, loss, pred: {
+        "space": "s",
+        "layers": name,
+        "hidden": 128,
+        "ffn_ratio": 2.0,
+        "heads": 2,
+        "loss": loss,
+        "latency_ms": pred,
+    }
     rows = [mk(1, 0.1, 12.5), mk(2, 0.2, 11.5), mk(3, 0.3, 10.5), mk(4, 0.4, 9.5), mk(5, 0.5, 7.0)]
     calls = []
 
     def fn(cands, extra=()):
         calls.append(len(cands))
-        return {"models": {candidate_name(r): {"ms": 0.85 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands},
-                "noise": {"sd_pct": 1.0}, "drift": 0.85}
+        return {
+            "models": {candidate_name(r): {"ms": 0.85 * r["latency_ms"], "noise_sd_ms": 0.0} for r in cands},
+            "noise": {"sd_pct": 1.0},
+            "drift": 0.85,
+        }
+
     ver = verify_budgets(rows, [10.0, 12.0], fn, top_k=2)
     b10, b12 = ver["budgets"]
     assert calls == [5, 2]  # no new candidate: the second session only times the two choices again
@@ -304,6 +422,7 @@ def test_budget_verification_on_the_synthetic_device():
     from autodistil.search.verify import verify_budgets
     from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
+
     sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
     st = ProfileSettings(rounds=2, round_s=0.1)
     table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
@@ -314,14 +433,25 @@ def test_budget_verification_on_the_synthetic_device():
 
     def fn(cands, extra=()):
         assert not extra
-        return measure_models({candidate_name(r): ModelSpec(r["layers"], r["hidden"], r["heads"],
-                                                            int(r["hidden"] * r["ffn_ratio"])) for r in cands},
-                              table, st, device=slow)
+        return measure_models(
+            {
+                candidate_name(r): ModelSpec(
+                    r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])
+                )
+                for r in cands
+            },
+            table,
+            st,
+            device=slow,
+        )
+
     ver = verify_budgets(rows, [budget], fn, top_k=4)
     b = ver["budgets"][0]
     predicted_best = min((r for r in rows if r["latency_ms"] <= budget), key=lambda r: r["loss"])
     assert b["met"]
-    truth = lambda r: 1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])))
+    truth = lambda r: (
+        1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])))
+    )
     assert truth(predicted_best) > budget  # the search alone would break the budget
     assert truth(b["chosen"]) <= budget and b["chosen"]["measured_ms"] + b["chosen"]["margin_ms"] <= budget
 
@@ -336,17 +466,29 @@ def test_search_under_a_reanchored_table(tmp_path):
     from autodistil.latency.validate import speed_now
     from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
+
     sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
     st = ProfileSettings(rounds=2, round_s=0.1)
     table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
     slow = SyntheticDevice(seed=3, drift=lambda t: 1.15)
     factor = speed_now(table, st, device=slow)["factor"]
     assert factor == pytest.approx(1.15, rel=0.03)
-    truth = lambda r: 1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"],  # noqa: E731
-                                               int(r["hidden"] * r["ffn_ratio"])))
+    truth = lambda r: (
+        1.15
+        * true_ms(
+            ModelSpec(
+                r["layers"],
+                r["hidden"],
+                r["heads"],  # noqa: E731
+                int(r["hidden"] * r["ffn_ratio"]),
+            )
+        )
+    )
     spec = SearchSpec(budgets=[Budget(latency_ms=8.0)], method="exhaustive")
     as_is = search([(sp, _loss)], table, spec, head_dim=32)["best"]["latency<=8ms"]
-    now = search([(sp, _loss)], table.rescaled(factor), spec, head_dim=32, out_dir=tmp_path)["best"]["latency<=8ms"]
+    now = search([(sp, _loss)], table.rescaled(factor), spec, head_dim=32, out_dir=tmp_path)["best"][
+        "latency<=8ms"
+    ]
     assert truth(as_is) > 8.0 * 1.05
     assert truth(now) <= 8.0 * 1.03
     assert json.loads((tmp_path / "search.json").read_text())["table_speed"] == pytest.approx(factor)
@@ -357,6 +499,7 @@ def test_correction_is_chosen_by_leave_one_out():
     scale plus a fixed cost when small students are off by more than large ones, one factor when all are off
     alike, none when the table is right; every kind is increasing, and `limit` inverts `apply`."""
     from autodistil.search.correct import fit_correction
+
     preds = [3.0, 4.5, 6.0, 8.0, 10.0, 12.0]
     per_space = [("a", p, 0.8 * p) for p in preds] + [("b", p, 1.1 * p) for p in preds]
     c = fit_correction(per_space)
@@ -384,16 +527,30 @@ def test_offers_reach_above_the_budget_under_the_corrected_table():
     ends at the first one sure to fit, and nothing that cannot beat the current choice is offered."""
     from autodistil.search.correct import Correction
     from autodistil.search.verify import offers_under_correction
-    mk = lambda layers, loss, pred: {"space": "s", "layers": layers, "hidden": 128, "ffn_ratio": 2.0,  # noqa
-                                     "heads": 2, "loss": loss, "latency_ms": pred}
-    rows = [mk(1, 0.1, 13.0), mk(2, 0.2, 11.8), mk(3, 0.3, 11.6), mk(4, 0.4, 10.5), mk(5, 0.5, 9.0),
-            mk(6, 0.6, 8.0)]
+
+    mk = lambda layers, loss, pred: {
+        "space": "s",
+        "layers": layers,
+        "hidden": 128,
+        "ffn_ratio": 2.0,  # noqa
+        "heads": 2,
+        "loss": loss,
+        "latency_ms": pred,
+    }
+    rows = [
+        mk(1, 0.1, 13.0),
+        mk(2, 0.2, 11.8),
+        mk(3, 0.3, 11.6),
+        mk(4, 0.4, 10.5),
+        mk(5, 0.5, 9.0),
+        mk(6, 0.6, 8.0),
+    ]
     corr = Correction("global", {"k": 0.85}, err=0.03)
     got = offers_under_correction(rows, 10.0, corr, None, set(), top_k=4)
     # 13 x 0.85 = 11.05 > 10.3: beyond the error; 10.5 x 0.85 = 8.9: sure to fit, the list ends there
     assert [r["layers"] for r in got] == [2, 3, 4]
     got = offers_under_correction(rows, 10.0, corr, None, {"s-L2-H128-R2-A2"}, top_k=1)
-    assert [r["layers"] for r in got] == [3, 4]      # top_k reached without a sure fit: the best sure one too
+    assert [r["layers"] for r in got] == [3, 4]  # top_k reached without a sure fit: the best sure one too
     assert offers_under_correction(rows, 10.0, corr, rows[2], set(), top_k=4) == [rows[1]]
 
 
@@ -411,11 +568,13 @@ class _OverPredicted:
 
     def runner(self, spec):
         from test_latency import true_ms
+
         ms = true_ms(spec) * (1.0 if spec == self.anchor else self.share)
         dev = self.dev
 
         def run():
             dev.t += ms * math.exp(dev.rng.gauss(0, dev.noise)) / 1e3
+
         return run
 
 
@@ -431,20 +590,30 @@ def test_self_correcting_search_uses_the_budget_a_conservative_table_hid():
     from autodistil.search.verify import verify_budgets
     from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
+
     sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
     st = ProfileSettings(rounds=2, round_s=0.1)
     table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
     m = metrics_fn(table, 32, 128, 30522)
     rows = [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
-    spec = lambda r: ModelSpec(r["layers"], r["hidden"], r["heads"],  # noqa: E731
-                               int(r["hidden"] * r["ffn_ratio"]))
+    spec = lambda r: ModelSpec(
+        r["layers"],
+        r["hidden"],
+        r["heads"],  # noqa: E731
+        int(r["hidden"] * r["ffn_ratio"]),
+    )
     truth = lambda r: true_ms(spec(r)) / 1.18  # noqa: E731
     budget, calls = 5.0, []
 
     def fn(cands, extra=()):
         calls.append(len(cands))
-        return measure_models({candidate_name(r): spec(r) for r in cands}, table, st,
-                              device=_OverPredicted(anchor_spec([sp]), 1 / 1.18, seed=len(calls)))
+        return measure_models(
+            {candidate_name(r): spec(r) for r in cands},
+            table,
+            st,
+            device=_OverPredicted(anchor_spec([sp]), 1 / 1.18, seed=len(calls)),
+        )
+
     old = verify_budgets(rows, [budget], fn, top_k=4, rounds=1)["budgets"][0]
     assert old["met"] and truth(old["chosen"]) / budget < 0.85
     ver = verify_budgets(rows, [budget], fn, top_k=4, rounds=3)
@@ -452,8 +621,10 @@ def test_self_correcting_search_uses_the_budget_a_conservative_table_hid():
     assert b["met"] and b["round"] >= 2 and b["chosen"]["predicted_ms"] > budget
     assert 0.90 <= truth(b["chosen"]) / budget <= 1.0
     assert b["chosen"]["measured_ms"] + b["chosen"]["margin_ms"] <= budget
-    assert ver["correction"]["params"].get("k", 0.85) == pytest.approx(1 / 1.18, rel=0.05) or \
-        ver["correction"]["kind"] == "size"
+    assert (
+        ver["correction"]["params"].get("k", 0.85) == pytest.approx(1 / 1.18, rel=0.05)
+        or ver["correction"]["kind"] == "size"
+    )
     assert b["rounds"][-1]["share"] >= 0.9 and b["rounds"][0]["share"] < 0.85
     # an evolutionary search evaluated only candidates predicted under the budget's window: research finds
     # the others
@@ -463,6 +634,7 @@ def test_self_correcting_search_uses_the_budget_a_conservative_table_hid():
     def research(limits):
         asked.append(limits)
         return [r for r in rows if r["latency_ms"] <= max(limits["s"])]
+
     ev = verify_budgets(seen, [budget], fn, top_k=4, rounds=3, research=research)["budgets"][0]
     assert asked and max(asked[0]["s"]) > budget * 1.1
     assert ev["chosen"]["name"] == b["chosen"]["name"]
@@ -480,10 +652,12 @@ class _Overhead(SyntheticDevice):
 
     def runner(self, spec):
         from test_latency import true_ms
+
         ms = true_ms(spec) + self.c
 
         def run():
             self.t += ms * math.exp(self.rng.gauss(0, self.noise)) / 1e3
+
         return run
 
 
@@ -499,19 +673,26 @@ def test_a_fixed_cost_per_call_at_profiling_is_corrected_per_size():
     from autodistil.search.verify import verify_budgets
     from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
+
     sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
     st = ProfileSettings(rounds=2, round_s=0.1)
     table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=_Overhead(0, 1.0))
     m = metrics_fn(table, 32, 128, 30522)
     rows = [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
-    spec = lambda r: ModelSpec(r["layers"], r["hidden"], r["heads"],  # noqa: E731
-                               int(r["hidden"] * r["ffn_ratio"]))
+    spec = lambda r: ModelSpec(
+        r["layers"],
+        r["hidden"],
+        r["heads"],  # noqa: E731
+        int(r["hidden"] * r["ffn_ratio"]),
+    )
     over = [r["latency_ms"] / true_ms(spec(r)) - 1 for r in rows]
     assert max(over) > 0.4 and min(over) < 0.15  # small students over-predicted by a larger share
 
     def fn(cands, extra=()):
-        return measure_models({candidate_name(r): spec(r) for r in cands}, table, st,
-                              device=SyntheticDevice(seed=len(cands)))
+        return measure_models(
+            {candidate_name(r): spec(r) for r in cands}, table, st, device=SyntheticDevice(seed=len(cands))
+        )
+
     budget = 4.0
     one = verify_budgets(rows, [budget], fn, top_k=4, rounds=1)["budgets"][0]
     assert true_ms(spec(one["chosen"])) / budget < 0.75
@@ -529,20 +710,31 @@ def test_a_choice_must_hold_in_every_session_it_is_timed_in():
     which held in two sessions. The margin grows with the measured cross-session spread."""
     from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    mk = lambda layers, loss, pred: {"space": "s", "layers": layers, "hidden": 128, "ffn_ratio": 2.0,  # noqa
-                                     "heads": 2, "loss": loss, "latency_ms": pred}
+
+    mk = lambda layers, loss, pred: {
+        "space": "s",
+        "layers": layers,
+        "hidden": 128,
+        "ffn_ratio": 2.0,  # noqa
+        "heads": 2,
+        "loss": loss,
+        "latency_ms": pred,
+    }
     rows = [mk(1, 0.3, 4.0), mk(3, 0.2, 4.7)]
-    times = {1: [3.8, 3.8, 3.8, 3.8], 3: [4.3, 4.8, 4.8, 4.8]}   # per layers: ms in each session it is timed
+    times = {1: [3.8, 3.8, 3.8, 3.8], 3: [4.3, 4.8, 4.8, 4.8]}  # per layers: ms in each session it is timed
     calls = []
 
     def fn(cands, extra=()):
         calls.append(sorted(candidate_name(r) for r in cands))
         seen = {r["layers"]: sum(c.count(candidate_name(r)) for c in calls) - 1 for r in cands}
-        models = {candidate_name(r): {"ms": times[r["layers"]][seen[r["layers"]]], "noise_sd_ms": 0.0}
-                  for r in cands}
+        models = {
+            candidate_name(r): {"ms": times[r["layers"]][seen[r["layers"]]], "noise_sd_ms": 0.0}
+            for r in cands
+        }
         return {"models": models, "noise": {"sd_pct": 1.0}, "drift": 1.0}
+
     one = verify_budgets(rows, [4.5], fn, top_k=2, safe_k=0, rounds=1)["budgets"][0]
-    assert one["chosen"]["layers"] == 3   # one session: D
+    assert one["chosen"]["layers"] == 3  # one session: D
     calls.clear()
     ver = verify_budgets(rows, [4.5], fn, top_k=2, safe_k=0)
     b = ver["budgets"][0]

@@ -7,6 +7,7 @@ points and for any cost multilinear in h, a, f). Students that export as BertMod
 interpolated linearly in FFN width; unmeasured ones use the grid plus the mean BertModel offset.
 A linear correction fitted on calibration students (measured end to end in the profiling
 session) is kept only when its leave-one-out error beats the uncorrected predictor."""
+
 from __future__ import annotations
 
 import bisect
@@ -18,8 +19,20 @@ from ..io import atomic_write_json, read_json
 from ..space import SubnetConfig
 
 TABLE_FORMAT, TABLE_VERSION = "autodistil-latency-table", 2
-COMPARE_KEYS = ("device_type", "device_name", "driver", "torch", "runtime", "dtype", "batch", "seq_len", "threads",
-                "onnxruntime", "cuda_graphs", "cpu_id")
+COMPARE_KEYS = (
+    "device_type",
+    "device_name",
+    "driver",
+    "torch",
+    "runtime",
+    "dtype",
+    "batch",
+    "seq_len",
+    "threads",
+    "onnxruntime",
+    "cuda_graphs",
+    "cpu_id",
+)
 # compared only when both keys record them (tables profiled before a field was added stay usable)
 OPTIONAL_KEYS = ("cpu_id",)
 
@@ -31,8 +44,8 @@ class LatencyTable:
     head_dim: int
     vocab: int
     spaces: list
-    grids: list           # [{space, hidden: [...], heads: [...], ffn: [...]}]
-    rows: list            # [{kind: grid|bert, space, hidden, heads, ffn, cls, slope_ms, intercept_ms, ...}]
+    grids: list  # [{space, hidden: [...], heads: [...], ffn: [...]}]
+    rows: list  # [{kind: grid|bert, space, hidden, heads, ffn, cls, slope_ms, intercept_ms, ...}]
     meta: dict = field(default_factory=dict)
     correction: dict | None = None  # {"a": slope, "b": intercept_ms, "rel_sd": residual sd}
     # the machine's speed at use over its speed at profiling (the anchor now / then; 1: as profiled):
@@ -41,7 +54,9 @@ class LatencyTable:
 
     def __post_init__(self):
         if not (isinstance(self.speed, (int, float)) and math.isfinite(self.speed) and self.speed > 0):
-            raise ValueError(f"latency table speed factor must be a positive finite number, got {self.speed!r}")
+            raise ValueError(
+                f"latency table speed factor must be a positive finite number, got {self.speed!r}"
+            )
         if not self.rows:
             raise ValueError("latency table has no entries")
         self._grid = {}
@@ -71,10 +86,22 @@ class LatencyTable:
 
     # --- files ---------------------------------------------------------------------------
     def save(self, path) -> Path:
-        return atomic_write_json(path, {"format": TABLE_FORMAT, "version": TABLE_VERSION, "key": self.key,
-                                        "settings": self.settings, "head_dim": self.head_dim, "vocab": self.vocab,
-                                        "spaces": self.spaces, "grids": self.grids, "rows": self.rows,
-                                        "meta": self.meta, "correction": self.correction})
+        return atomic_write_json(
+            path,
+            {
+                "format": TABLE_FORMAT,
+                "version": TABLE_VERSION,
+                "key": self.key,
+                "settings": self.settings,
+                "head_dim": self.head_dim,
+                "vocab": self.vocab,
+                "spaces": self.spaces,
+                "grids": self.grids,
+                "rows": self.rows,
+                "meta": self.meta,
+                "correction": self.correction,
+            },
+        )
 
     @classmethod
     def load(cls, path) -> "LatencyTable":
@@ -82,24 +109,42 @@ class LatencyTable:
         if d.get("format") != TABLE_FORMAT:
             raise ValueError(f"{path} is not an autodistil latency table (format={d.get('format')!r})")
         if d.get("version") != TABLE_VERSION:
-            raise ValueError(f"{path}: table version {d.get('version')}, this autodistil reads version "
-                             f"{TABLE_VERSION}; profile again with `autodistil profile`")
+            raise ValueError(
+                f"{path}: table version {d.get('version')}, this autodistil reads version "
+                f"{TABLE_VERSION}; profile again with `autodistil profile`"
+            )
         try:
-            return cls(d["key"], d["settings"], d["head_dim"], d["vocab"], d["spaces"], d["grids"], d["rows"],
-                       d.get("meta", {}), d.get("correction"))
+            return cls(
+                d["key"],
+                d["settings"],
+                d["head_dim"],
+                d["vocab"],
+                d["spaces"],
+                d["grids"],
+                d["rows"],
+                d.get("meta", {}),
+                d.get("correction"),
+            )
         except KeyError as e:
             raise ValueError(f"latency table {path} lacks {e}") from None
 
     def describe_key(self) -> str:
         k = self.key
-        return (f"{k.get('device_name')} ({k.get('device_type')}, {k.get('runtime')}, {k.get('dtype')}, "
-                f"batch {k.get('batch')}, seq {k.get('seq_len')}, threads {k.get('threads', '-')}, torch {k.get('torch')})")
+        return (
+            f"{k.get('device_name')} ({k.get('device_type')}, {k.get('runtime')}, {k.get('dtype')}, "
+            f"batch {k.get('batch')}, seq {k.get('seq_len')}, threads {k.get('threads', '-')}, "
+            f"torch {k.get('torch')})"
+        )
 
     def same_device(self, other_key: dict) -> list[str]:
         """Fields in which another measurement key differs (empty: same device and settings); an
         OPTIONAL_KEYS field counts only where both keys record it."""
-        return [k for k in COMPARE_KEYS if self.key.get(k) != other_key.get(k)
-                and not (k in OPTIONAL_KEYS and (self.key.get(k) is None or other_key.get(k) is None))]
+        return [
+            k
+            for k in COMPARE_KEYS
+            if self.key.get(k) != other_key.get(k)
+            and not (k in OPTIONAL_KEYS and (self.key.get(k) is None or other_key.get(k) is None))
+        ]
 
     @property
     def anchor_ms(self) -> float | None:
@@ -120,6 +165,7 @@ class LatencyTable:
                 span = max(hi - lo, 1)
                 d += (max(lo - v, 0, v - hi) / span) ** 2
             return d
+
         return min(self.grids, key=dist)
 
     def _grid_interp(self, h, a, f, low: bool = False) -> tuple:
@@ -161,7 +207,7 @@ class LatencyTable:
     def raw(self, cfg: SubnetConfig, low: bool = False) -> tuple[float, float]:
         """(ms, sd) from the blocks alone: intercept + L * slope."""
         s, i, ssd, isd = self._parts(cfg, low)
-        return i + cfg.layers * s, math.sqrt(isd ** 2 + (cfg.layers * ssd) ** 2)
+        return i + cfg.layers * s, math.sqrt(isd**2 + (cfg.layers * ssd) ** 2)
 
     def predict(self, cfg: SubnetConfig) -> float:
         return self.predict_with_uncertainty(cfg)[0]
@@ -174,29 +220,45 @@ class LatencyTable:
         ms, sd = self.raw(cfg)
         if self.correction:
             ms = self.correction["a"] * ms + self.correction["b"]
-            sd = math.sqrt(sd ** 2 + (self.correction.get("rel_sd", 0.0) * ms) ** 2)
+            sd = math.sqrt(sd**2 + (self.correction.get("rel_sd", 0.0) * ms) ** 2)
         return ms * self.speed, sd * self.speed
 
     def rescaled(self, speed: float) -> "LatencyTable":
         """This table predicting at another machine speed (the anchor timed at use over the anchor at
         profiling: ``latency.validate.speed_now``); the table itself is left as it is."""
-        return LatencyTable(self.key, self.settings, self.head_dim, self.vocab, self.spaces, self.grids, self.rows,
-                            self.meta, self.correction, speed)
+        return LatencyTable(
+            self.key,
+            self.settings,
+            self.head_dim,
+            self.vocab,
+            self.spaces,
+            self.grids,
+            self.rows,
+            self.meta,
+            self.correction,
+            speed,
+        )
 
     def fit_correction(self, cfgs: list, measured_ms: list) -> dict:
         """Fit ms_true ~ a * ms_raw + b on calibration students; keep it only if leave-one-out
         error beats the uncorrected predictor. Returns a report (block-sum MAPE included)."""
         if self.speed != 1.0:
-            raise ValueError(f"fit_correction on a table rescaled by {self.speed:g}: fit it on the table as profiled "
-                             f"(its calibration students are measured in the profiling session)")
+            raise ValueError(
+                f"fit_correction on a table rescaled by {self.speed:g}: fit it on the table as profiled "
+                f"(its calibration students are measured in the profiling session)"
+            )
         raw = [self.raw(c)[0] for c in cfgs]
         n = len(raw)
         base_err = sum(abs(r - m) / m for r, m in zip(raw, measured_ms)) / n
         bias = sum((r - m) / m for r, m in zip(raw, measured_ms)) / n
         if n < 4:
             self.correction = None
-            return {"used": False, "reason": f"{n} calibration students (need >= 4)", "raw_mape": base_err,
-                    "raw_bias": bias}
+            return {
+                "used": False,
+                "reason": f"{n} calibration students (need >= 4)",
+                "raw_mape": base_err,
+                "raw_bias": bias,
+            }
         loo = []
         for i in range(n):
             xs = [r for j, r in enumerate(raw) if j != i]

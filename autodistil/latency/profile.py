@@ -23,6 +23,7 @@ On CUDA each run is timed with CUDA events after a synchronisation; CUDA graphs 
 The device is a small object (clock, runner factory, one timed run), so tests can drive the same
 code with a synthetic device on a virtual clock.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,8 @@ import torch
 from ..machine import cpu_id, cpu_model, loadavg as _loadavg  # noqa: F401  (cpu_id, cpu_model re-exported)
 
 RUNTIMES = ("torch", "torch-compile", "onnxruntime")
-WEIGHTING = "runs"   # how a model's runs of all rounds make its statistic: every run alike ("runs") or every
-                     # round alike ("rounds", see round_weighted_percentile)
+WEIGHTING = "runs"  # how a model's runs of all rounds make its statistic: every run alike ("runs") or every
+# round alike ("rounds", see round_weighted_percentile)
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 STATS = ("median", "low", "pNN")  # pNN: any percentile 1-99 of per-call latency (p90, p95, p99: tail budgets)
 VOCAB = 30522
@@ -51,24 +52,25 @@ VOCAB = 30522
 @dataclass(frozen=True)
 class ProfileSettings:
     """How latency is measured: where, with what, and the timing protocol."""
-    device: str = "cpu"               # cpu | cuda[:N]
-    runtime: str = "torch"            # torch | torch-compile | onnxruntime (CPU)
-    dtype: str = "fp32"               # fp32 | fp16 | bf16 (the students' weights and activations)
-    batch: int = 1                    # sequences per forward: the budget is the latency of one such call
-    seq_len: int = 128                # tokens per sequence of the timed forward
-    threads: int = 0                  # 0: all cores of this process's affinity; 1: one pinned core
-    rounds: int = 12                  # interleaved rounds (>= 2 to measure the noise by split halves)
-    round_s: float = 0.125            # timed seconds per model per round
-    warmup_s: float = 0.03            # warm-up seconds per model before each of its rounds
-    min_runs: int = 3                 # timed runs per model per round at least
-    max_runs: int = 100000            # timed runs per model per round at most
-    anchor_every: int = 4             # models between two anchor measurements within a round
-    low_pct: float = 10.0             # the low percentile reported beside the median
-    stat: str = "median"              # the statistic of per-call latency the table predicts and every
-                                      # measurement reports: median | low (the low_pct percentile) | pNN, a
-                                      # percentile such as p90 (budgets on tail latency)
-    depths: tuple = (0, 2, 4)         # student depths of the per-layer regression
-    cuda_graphs: bool = False         # CUDA: time each forward as a replayed CUDA graph (less launch overhead)
+
+    device: str = "cpu"  # cpu | cuda[:N]
+    runtime: str = "torch"  # torch | torch-compile | onnxruntime (CPU)
+    dtype: str = "fp32"  # fp32 | fp16 | bf16 (the students' weights and activations)
+    batch: int = 1  # sequences per forward: the budget is the latency of one such call
+    seq_len: int = 128  # tokens per sequence of the timed forward
+    threads: int = 0  # 0: all cores of this process's affinity; 1: one pinned core
+    rounds: int = 12  # interleaved rounds (>= 2 to measure the noise by split halves)
+    round_s: float = 0.125  # timed seconds per model per round
+    warmup_s: float = 0.03  # warm-up seconds per model before each of its rounds
+    min_runs: int = 3  # timed runs per model per round at least
+    max_runs: int = 100000  # timed runs per model per round at most
+    anchor_every: int = 4  # models between two anchor measurements within a round
+    low_pct: float = 10.0  # the low percentile reported beside the median
+    stat: str = "median"  # the statistic of per-call latency the table predicts and every
+    # measurement reports: median | low (the low_pct percentile) | pNN, a
+    # percentile such as p90 (budgets on tail latency)
+    depths: tuple = (0, 2, 4)  # student depths of the per-layer regression
+    cuda_graphs: bool = False  # CUDA: time each forward as a replayed CUDA graph (less launch overhead)
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
@@ -109,8 +111,10 @@ class ProfileSettings:
         known = {f for f in cls.__dataclass_fields__}
         unknown = sorted(set(d) - known)
         if unknown:
-            raise ValueError(f"profile settings {unknown} are unknown to this autodistil (table from another "
-                             f"version?); known: {sorted(known)}")
+            raise ValueError(
+                f"profile settings {unknown} are unknown to this autodistil (table from another "
+                f"version?); known: {sorted(known)}"
+            )
         return cls(**{k: (tuple(v) if k == "depths" else v) for k, v in d.items()})
 
 
@@ -144,14 +148,25 @@ def set_threads(s: ProfileSettings) -> dict:
         now = sorted(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         now = use
-    return {"threads": torch.get_num_threads(), "interop_threads": torch.get_num_interop_threads(),
-            "affinity": now, "cores_available": len(cpus), "loadavg": _loadavg()}
+    return {
+        "threads": torch.get_num_threads(),
+        "interop_threads": torch.get_num_interop_threads(),
+        "affinity": now,
+        "cores_available": len(cpus),
+        "loadavg": _loadavg(),
+    }
 
 
 def machine_key(s: ProfileSettings) -> dict:
     """Everything that changes latency: where and how a table was measured."""
-    key = {"device_type": "cuda" if s.device.startswith("cuda") else "cpu", "torch": torch.__version__,
-           "runtime": s.runtime, "dtype": s.dtype, "batch": s.batch, "seq_len": s.seq_len}
+    key = {
+        "device_type": "cuda" if s.device.startswith("cuda") else "cpu",
+        "torch": torch.__version__,
+        "runtime": s.runtime,
+        "dtype": s.dtype,
+        "batch": s.batch,
+        "seq_len": s.seq_len,
+    }
     if key["device_type"] == "cuda":
         if not torch.cuda.is_available():
             raise ValueError(f"device {s.device!r} requested but CUDA is not available here")
@@ -168,6 +183,7 @@ def machine_key(s: ProfileSettings) -> dict:
         key["cores"] = len(_available_cpus())
     if s.runtime == "onnxruntime":
         import onnxruntime
+
         key["onnxruntime"] = onnxruntime.__version__
     return key
 
@@ -177,27 +193,48 @@ def machine_key(s: ProfileSettings) -> dict:
 class ModelSpec:
     """A randomly initialised student of the exact class export produces ('bert' when
     heads x head_dim == hidden) or forced to the AutoDistilBertModel class ('autodistil')."""
+
     layers: int
     hidden: int
     heads: int
     ffn: int
-    cls: str = "auto"        # auto | bert | autodistil
+    cls: str = "auto"  # auto | bert | autodistil
 
     def resolved(self, head_dim: int) -> "ModelSpec":
         if self.cls != "auto":
             return self
-        return ModelSpec(self.layers, self.hidden, self.heads, self.ffn,
-                         "bert" if self.heads * head_dim == self.hidden else "autodistil")
+        return ModelSpec(
+            self.layers,
+            self.hidden,
+            self.heads,
+            self.ffn,
+            "bert" if self.heads * head_dim == self.hidden else "autodistil",
+        )
 
 
-def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int, vocab: int = VOCAB,
-                   max_position: int = 512, cls: str = "auto"):
+def student_config(
+    layers: int,
+    hidden: int,
+    heads: int,
+    ffn: int,
+    head_dim: int,
+    vocab: int = VOCAB,
+    max_position: int = 512,
+    cls: str = "auto",
+):
     from transformers import BertConfig
     from ..hf_student import AutoDistilBertConfig
+
     if cls == "bert" and heads * head_dim != hidden:
         raise ValueError(f"a BertModel needs heads x head_dim == hidden ({heads} x {head_dim} != {hidden})")
-    common = dict(vocab_size=vocab, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                  intermediate_size=ffn, max_position_embeddings=max_position)
+    common = dict(
+        vocab_size=vocab,
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        intermediate_size=ffn,
+        max_position_embeddings=max_position,
+    )
     if cls == "bert" or (cls == "auto" and heads * head_dim == hidden):
         return BertConfig(hidden_act="gelu", **common)
     return AutoDistilBertConfig(attention_head_size=head_dim, **common)
@@ -205,6 +242,7 @@ def student_config(layers: int, hidden: int, heads: int, ffn: int, head_dim: int
 
 def make_student(layers, hidden, heads, ffn, head_dim, vocab=VOCAB, cls: str = "auto"):
     from transformers import AutoModel
+
     torch.manual_seed(0)
     return AutoModel.from_config(student_config(layers, hidden, heads, ffn, head_dim, vocab, cls=cls)).eval()
 
@@ -215,12 +253,15 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
     dev = torch.device(s.device)
     g = torch.Generator().manual_seed(0)
     vocab = getattr(getattr(model, "config", None), "vocab_size", None) or 2000
-    ids = torch.randint(min(1000, vocab // 2), min(2000, vocab), (s.batch, s.seq_len), generator=g)  # in its vocab
+    ids = torch.randint(
+        min(1000, vocab // 2), min(2000, vocab), (s.batch, s.seq_len), generator=g
+    )  # in its vocab
     mask = torch.ones_like(ids)
     if s.runtime == "onnxruntime":
         import onnxruntime as ort
         import tempfile
         from ..export import onnx_export_model
+
         d = Path(tmpdir or tempfile.mkdtemp())
         path = d / f"m{id(model)}.onnx"
         onnx_export_model(model, path, s.seq_len)
@@ -238,6 +279,7 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
     def eager():
         with torch.inference_mode():
             fwd(input_ids=ids, attention_mask=mask)
+
     if dev.type == "cuda" and s.cuda_graphs:
         graph_run = _cuda_graph_runner(fwd, ids, mask)
         if graph_run is not None:
@@ -245,7 +287,7 @@ def make_runner(model, s: ProfileSettings, tmpdir: Optional[Path] = None) -> Cal
     return eager
 
 
-CUDA_GRAPH_FAILURES: list = []   # one message per model whose capture failed (timed eager instead)
+CUDA_GRAPH_FAILURES: list = []  # one message per model whose capture failed (timed eager instead)
 
 
 def _cuda_graph_runner(fwd, ids, mask):
@@ -265,6 +307,7 @@ def _cuda_graph_runner(fwd, ids, mask):
         return lambda: keep[0].replay()
     except Exception as e:  # noqa: BLE001 - any capture failure: eager instead, said and counted
         import warnings
+
         msg = f"CUDA graph capture failed ({type(e).__name__}: {str(e)[:200]}); timing eager instead"
         CUDA_GRAPH_FAILURES.append(msg)
         warnings.warn(msg)
@@ -290,18 +333,24 @@ class TorchDevice:
             self._saved = (torch.get_num_threads(), os.sched_getaffinity(0))
         except (AttributeError, OSError):
             self._saved = (torch.get_num_threads(), None)
-        rec = set_threads(self.s) if not self.cuda else {"threads": torch.get_num_threads(), "loadavg": _loadavg()}
+        rec = (
+            set_threads(self.s)
+            if not self.cuda
+            else {"threads": torch.get_num_threads(), "loadavg": _loadavg()}
+        )
         if self.cuda:
             torch.cuda.synchronize()
         return rec
 
     def runner(self, spec) -> Callable[[], None]:
-        if callable(spec):            # a ready model (e.g. an exported folder loaded with AutoModel)
+        if callable(spec):  # a ready model (e.g. an exported folder loaded with AutoModel)
             return make_runner(spec, self.s, self._tmpdir())
         sp = spec.resolved(self.head_dim)
         if self.cuda:  # initialise on the GPU: much faster than on the host for BERT-size models
             with torch.device(self.s.device):
-                model = make_student(sp.layers, sp.hidden, sp.heads, sp.ffn, self.head_dim, self.vocab, sp.cls)
+                model = make_student(
+                    sp.layers, sp.hidden, sp.heads, sp.ffn, self.head_dim, self.vocab, sp.cls
+                )
         else:
             model = make_student(sp.layers, sp.hidden, sp.heads, sp.ffn, self.head_dim, self.vocab, sp.cls)
         return make_runner(model, self.s, self._tmpdir())
@@ -309,6 +358,7 @@ class TorchDevice:
     def _tmpdir(self):
         if self.s.runtime == "onnxruntime" and self._tmp is None:
             import tempfile
+
             self._tmp = Path(tempfile.mkdtemp(prefix="autodistil-prof-"))
         return self._tmp
 
@@ -340,6 +390,7 @@ class TorchDevice:
     def close(self):
         if self._tmp is not None:
             import shutil
+
             shutil.rmtree(self._tmp, ignore_errors=True)
 
 
@@ -361,8 +412,10 @@ def check_stat(stat: str) -> str:
         return stat
     if isinstance(stat, str) and stat[:1] == "p" and stat[1:].isdigit() and 1 <= int(stat[1:]) <= 99:
         return stat
-    raise ValueError(f"stat {stat!r} is not allowed: choose median, low (the low_pct percentile) or a "
-                     f"percentile p1-p99 such as p90")
+    raise ValueError(
+        f"stat {stat!r} is not allowed: choose median, low (the low_pct percentile) or a "
+        f"percentile p1-p99 such as p90"
+    )
 
 
 def stat_label(stat: str, low_pct: float = 10.0) -> str:
@@ -412,8 +465,9 @@ def round_weighted_percentile(rounds: list, p: float) -> float:
 class Timing:
     """One model's timings: normalised runs per round (ms at the session's median anchor speed). Its
     statistics weigh every run alike (`weighting` "runs") or every round alike ("rounds")."""
-    rounds: list            # [[ms, ...], ...] normalised
-    raw_rounds: list        # [[ms, ...], ...] as measured
+
+    rounds: list  # [[ms, ...], ...] normalised
+    raw_rounds: list  # [[ms, ...], ...] as measured
     stat: str
     low_pct: float
     weighting: str = "runs"
@@ -425,8 +479,9 @@ class Timing:
     def _stat(self, stat: str, idx=None, raw=False) -> float:
         if self.weighting == "rounds":
             rs = self.raw_rounds if raw else self.rounds
-            return round_weighted_percentile([r for i, r in enumerate(rs) if idx is None or i in idx],
-                                             stat_pct(stat, self.low_pct))
+            return round_weighted_percentile(
+                [r for i, r in enumerate(rs) if idx is None or i in idx], stat_pct(stat, self.low_pct)
+            )
         return statistic(self._pool(idx, raw), stat, self.low_pct)
 
     @property
@@ -451,8 +506,10 @@ class Timing:
         if len(self.rounds) < 2:
             return None
         st = stat or self.stat
-        return (self._stat(st, set(range(0, len(self.rounds), 2))),
-                self._stat(st, set(range(1, len(self.rounds), 2))))
+        return (
+            self._stat(st, set(range(0, len(self.rounds), 2))),
+            self._stat(st, set(range(1, len(self.rounds), 2))),
+        )
 
     @property
     def noise_sd(self) -> float:
@@ -462,10 +519,16 @@ class Timing:
 
     def summary(self) -> dict:
         h = self.halves()
-        return {"ms": self.ms, "median_ms": self.median, "low_ms": self.low, "raw_median_ms": self.raw_median,
-                "noise_sd_ms": self.noise_sd, "halves_ms": list(h) if h else None,
-                "round_medians_ms": [statistics.median(r) for r in self.rounds],
-                "runs": sum(len(r) for r in self.rounds)}
+        return {
+            "ms": self.ms,
+            "median_ms": self.median,
+            "low_ms": self.low,
+            "raw_median_ms": self.raw_median,
+            "noise_sd_ms": self.noise_sd,
+            "halves_ms": list(h) if h else None,
+            "round_medians_ms": [statistics.median(r) for r in self.rounds],
+            "runs": sum(len(r) for r in self.rounds),
+        }
 
 
 def split_half_noise(timings: dict, stat: Optional[str] = None) -> dict:
@@ -478,10 +541,18 @@ def split_half_noise(timings: dict, stat: Optional[str] = None) -> dict:
         if h and (h[0] + h[1]) > 0:
             rel.append((h[0] - h[1]) / ((h[0] + h[1]) / 2))
     if not rel:
-        return {"n": 0, "sd_pct": float("nan"), "halves_mape_pct": float("nan"), "halves_p90_pct": float("nan")}
-    return {"n": len(rel), "sd_pct": 100 * math.sqrt(sum(x * x for x in rel) / len(rel)) / 2,
-            "halves_mape_pct": 100 * sum(abs(x) for x in rel) / len(rel),
-            "halves_p90_pct": 100 * percentile([abs(x) for x in rel], 90)}
+        return {
+            "n": 0,
+            "sd_pct": float("nan"),
+            "halves_mape_pct": float("nan"),
+            "halves_p90_pct": float("nan"),
+        }
+    return {
+        "n": len(rel),
+        "sd_pct": 100 * math.sqrt(sum(x * x for x in rel) / len(rel)) / 2,
+        "halves_mape_pct": 100 * sum(abs(x) for x in rel) / len(rel),
+        "halves_p90_pct": 100 * percentile([abs(x) for x in rel], 90),
+    }
 
 
 # --- the measurement protocol ------------------------------------------------------------------
@@ -502,35 +573,50 @@ def _warm(dev, run, seconds: float):
 
 @dataclass
 class Session:
-    timings: dict           # {name: Timing}
-    anchor: dict            # {"ms": median anchor ms (raw), "series": [(t, ms)], "spread_pct"}
+    timings: dict  # {name: Timing}
+    anchor: dict  # {"ms": median anchor ms (raw), "series": [(t, ms)], "spread_pct"}
     threads: dict
     seconds: float
     stopped_early: bool = False
-    raw: dict = field(default_factory=dict)       # {name: [[ms, ...] per round]} as measured
-    stamps: dict = field(default_factory=dict)    # {name: [the middle of each round's window, dev.clock()]}
-    series: list = field(default_factory=list)    # [(dev.clock(), anchor ms)] of every anchor point
+    raw: dict = field(default_factory=dict)  # {name: [[ms, ...] per round]} as measured
+    stamps: dict = field(default_factory=dict)  # {name: [the middle of each round's window, dev.clock()]}
+    series: list = field(default_factory=list)  # [(dev.clock(), anchor ms)] of every anchor point
 
     def noise(self, stat: Optional[str] = None) -> dict:
         return split_half_noise(self.timings, stat)
 
     def renormalised(self, stat: str, low_pct: float, weighting: str) -> "Session":
         """The same runs with another statistic or weighting (timings recomputed from the raw runs)."""
-        return dataclasses.replace(self, timings=normalise(self.raw, self.stamps, self.series, stat, low_pct,
-                                                           weighting))
+        return dataclasses.replace(
+            self, timings=normalise(self.raw, self.stamps, self.series, stat, low_pct, weighting)
+        )
 
 
 def normalise(raw: dict, stamps: dict, series: list, stat: str, low_pct: float, weighting: str) -> dict:
     """{name: Timing}: every run divided by the anchor's speed at its time (interpolated between anchor
     points) relative to the anchor's median over the session."""
     a_med = statistics.median(m for _, m in series)
-    return {k: Timing([[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])],
-                      raw[k],
-                      stat, low_pct, weighting) for k in raw}
+    return {
+        k: Timing(
+            [[x * a_med / _interp(series, t) for x in xs] for xs, t in zip(raw[k], stamps[k])],
+            raw[k],
+            stat,
+            low_pct,
+            weighting,
+        )
+        for k in raw
+    }
 
 
-def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0,
-            deadline: Optional[float] = None, progress: Optional[Callable[[str], None]] = None) -> Session:
+def measure(
+    runners: dict,
+    s: ProfileSettings,
+    dev,
+    anchor_runner,
+    seed: int = 0,
+    deadline: Optional[float] = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Session:
     """Time every runner with the protocol above. `anchor_runner` is timed at the start of each
     round and after every `anchor_every` models. `deadline` (dev.clock() value) stops after the
     current round (at least one round always completes; a second is needed for the noise)."""
@@ -546,11 +632,13 @@ def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0
     gc.disable()
     stopped = False
     try:
+
         def anchor_point():
             _warm(dev, anchor_runner, s.warmup_s)
             t0 = dev.clock()
             xs = _timed_window(dev, anchor_runner, max(s.round_s / 2, 0.0), s.min_runs, s.max_runs)
             series.append(((t0 + dev.clock()) / 2, statistics.median(xs)))
+
         for rnd in range(s.rounds):
             if deadline is not None and rnd >= 1 and dev.clock() > deadline:
                 stopped = True
@@ -578,8 +666,11 @@ def measure(runners: dict, s: ProfileSettings, dev, anchor_runner, seed: int = 0
     a_med = statistics.median(m for _, m in series)
     timings = normalise(raw, stamps, series, s.stat, s.low_pct, WEIGHTING)
     a_vals = [m for _, m in series]
-    anchor = {"ms": a_med, "series": [[round(t - t_start, 3), m] for t, m in series],
-              "spread_pct": 100 * (max(a_vals) - min(a_vals)) / a_med}
+    anchor = {
+        "ms": a_med,
+        "series": [[round(t - t_start, 3), m] for t, m in series],
+        "spread_pct": 100 * (max(a_vals) - min(a_vals)) / a_med,
+    }
     return Session(timings, anchor, threads, dev.clock() - t_start, stopped, raw, stamps, series)
 
 
@@ -644,8 +735,14 @@ def space_grid(space, grid: tuple = (3, 2, 2)) -> dict:
 
 def bert_pairs(space) -> list[tuple]:
     """(hidden, heads) of the space whose students export as BertModel (heads x head_dim == hidden)."""
-    return sorted({(int(h), int(a)) for h in space.hidden.values for a in space.heads.values
-                   if int(a) * space.head_dim == int(h)})
+    return sorted(
+        {
+            (int(h), int(a))
+            for h in space.hidden.values
+            for a in space.heads.values
+            if int(a) * space.head_dim == int(h)
+        }
+    )
 
 
 def anchor_spec(spaces) -> ModelSpec:
@@ -668,13 +765,23 @@ def ols(xs: list, ys: list) -> tuple[float, float]:
     return slope, my - slope * mx
 
 
-TEACHER_RUN = "teacher:end-to-end"   # the teacher's runner name inside a profile session
+TEACHER_RUN = "teacher:end-to-end"  # the teacher's runner name inside a profile session
 
 
-def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Optional[tuple] = None,
-                seed: int = 0, calibrate: int = 12, max_bert_pairs: int = 8, device=None,
-                budget_s: Optional[float] = None, progress: Optional[Callable[[str], None]] = None,
-                teacher=None, replay: Optional[Session] = None):
+def build_table(
+    spaces,
+    settings: ProfileSettings,
+    vocab: int = VOCAB,
+    grid: Optional[tuple] = None,
+    seed: int = 0,
+    calibrate: int = 12,
+    max_bert_pairs: int = 8,
+    device=None,
+    budget_s: Optional[float] = None,
+    progress: Optional[Callable[[str], None]] = None,
+    teacher=None,
+    replay: Optional[Session] = None,
+):
     """Profile the grid of every space (depth regression per grid point), the BertModel-shaped
     (hidden, heads) pairs, and `calibrate` random full students measured end to end in the same
     session (block sums validated against them; a linear correction kept only if leave-one-out
@@ -686,6 +793,7 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     `replay`: the Session an earlier call with the same arguments measured (``meta["session"]`` is not
     kept; experiments capture it): the table is fitted from its runs and nothing is timed."""
     from .predict import LatencyTable
+
     grid = tuple(grid) if grid is not None else default_grid(settings.device)
     head_dims = {s.head_dim for s in spaces}
     if len(head_dims) != 1:
@@ -701,7 +809,8 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
         name = f"L{spec.layers}-H{spec.hidden}-A{spec.heads}-F{spec.ffn}-{spec.cls}"
         specs[name] = spec
         return name
-    cells = []                       # (kind, space, h, a, f, cls) -> names per depth
+
+    cells = []  # (kind, space, h, a, f, cls) -> names per depth
     for g in grids:
         for h in g["hidden"]:
             for a in g["heads"]:
@@ -718,8 +827,16 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     cell_names = []
     for kind, sname, h, a, f, cls in cells:
         # depth 0 does not depend on heads / FFN: one base model per (hidden, class)
-        cell_names.append([add(ModelSpec(0, h, a if cls == "bert" else 1, h, cls) if L == 0
-                               else ModelSpec(L, h, a, f, cls)) for L in depths])
+        cell_names.append(
+            [
+                add(
+                    ModelSpec(0, h, a if cls == "bert" else 1, h, cls)
+                    if L == 0
+                    else ModelSpec(L, h, a, f, cls)
+                )
+                for L in depths
+            ]
+        )
     calib = []
     if calibrate:
         rng = random.Random(seed + 99991)  # distinct from validation's students
@@ -736,8 +853,9 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
     if replay is not None:
         missing = sorted(set(specs) - set(replay.timings))
         if missing:
-            raise ValueError(f"replayed session lacks {len(missing)} of the table's models, "
-                             f"e.g. {missing[:3]}")
+            raise ValueError(
+                f"replayed session lacks {len(missing)} of the table's models, e.g. {missing[:3]}"
+            )
         sess = replay
     else:
         if progress:
@@ -763,27 +881,61 @@ def build_table(spaces, settings: ProfileSettings, vocab: int = VOCAB, grid: Opt
             ssd, isd = abs(sa - sb) / 2, abs(ia - ib) / 2
         else:
             ssd = isd = float("nan")
-        rows.append({"kind": kind, "space": sname, "hidden": h, "heads": a, "ffn": f, "cls": cls,
-                     "slope_ms": slope, "intercept_ms": icpt, "slope_sd_ms": ssd, "intercept_sd_ms": isd,
-                     "low_slope_ms": lslope, "low_intercept_ms": licpt,
-                     "depths": depths, "depth_ms": ys})
+        rows.append(
+            {
+                "kind": kind,
+                "space": sname,
+                "hidden": h,
+                "heads": a,
+                "ffn": f,
+                "cls": cls,
+                "slope_ms": slope,
+                "intercept_ms": icpt,
+                "slope_sd_ms": ssd,
+                "intercept_sd_ms": isd,
+                "low_slope_ms": lslope,
+                "low_intercept_ms": licpt,
+                "depths": depths,
+                "depth_ms": ys,
+            }
+        )
     models = {k: {"spec": asdict(specs[k]), **res[k].summary()} for k in specs}
     noise = sess.noise()
-    table = LatencyTable(key=dev.key(), settings=settings.to_dict(), head_dim=d, vocab=vocab,
-                         spaces=[s.to_dict() for s in spaces], grids=grids, rows=rows,
-                         meta={"grid_points": list(grid), "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                               "threads": sess.threads, "noise": noise, "stopped_early": sess.stopped_early,
-                               "rounds_done": min(len(t.rounds) for t in res.values()),
-                               "anchor": {"spec": asdict(anchor), **sess.anchor}, "models": models})
+    table = LatencyTable(
+        key=dev.key(),
+        settings=settings.to_dict(),
+        head_dim=d,
+        vocab=vocab,
+        spaces=[s.to_dict() for s in spaces],
+        grids=grids,
+        rows=rows,
+        meta={
+            "grid_points": list(grid),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "threads": sess.threads,
+            "noise": noise,
+            "stopped_early": sess.stopped_early,
+            "rounds_done": min(len(t.rounds) for t in res.values()),
+            "anchor": {"spec": asdict(anchor), **sess.anchor},
+            "models": models,
+        },
+    )
     if t_timing is not None and teacher is not None:
         sm = t_timing.summary()
-        table.meta["teacher"] = {"name": teacher[0], "ms": sm["ms"], "noise_sd_ms": sm["noise_sd_ms"],
-                                 "low_ms": sm["low_ms"]}
+        table.meta["teacher"] = {
+            "name": teacher[0],
+            "ms": sm["ms"],
+            "noise_sd_ms": sm["noise_sd_ms"],
+            "low_ms": sm["low_ms"],
+        }
     if calib:
         meas = [res[n].ms for n in calib_names]
         cfgs = [c for _, c in calib]
-        table.meta["calibration"] = {"students": [{"space": sn, **c.as_dict()} for sn, c in calib],
-                                     "measured_ms": meas, **table.fit_correction(cfgs, meas)}
+        table.meta["calibration"] = {
+            "students": [{"space": sn, **c.as_dict()} for sn, c in calib],
+            "measured_ms": meas,
+            **table.fit_correction(cfgs, meas),
+        }
     table.meta["profile_seconds"] = round(dev.clock() - t0, 1)
     if hasattr(dev, "close"):
         dev.close()

@@ -4,6 +4,7 @@ and compare with predictions. Reports MAPE, bias, share within 5% / 10%, Kendall
 subspace over all pairs and over the pairs whose measured latencies differ by more than the
 measured noise (with the FLOPs proxy's tau on the same pairs), the machine's speed drift since
 profiling (the anchor), and the measured noise of the statistic (split halves of the rounds)."""
+
 from __future__ import annotations
 
 import math
@@ -36,13 +37,20 @@ def separable_pairs(meas: list, noise_sd_pct: float, k: float = 2.0) -> list[tup
     return out
 
 
-def error_stats(pred: list, meas: list, noise_sd_pct: float = float("nan"), flops: list | None = None) -> dict:
+def error_stats(
+    pred: list, meas: list, noise_sd_pct: float = float("nan"), flops: list | None = None
+) -> dict:
     rel = [abs(p - m) / m for p, m in zip(pred, meas)]
     n = len(rel)
-    st = {"n": n, "mape_pct": 100 * sum(rel) / n, "bias_pct": 100 * sum((p - m) / m for p, m in zip(pred, meas)) / n,
-          "within_5_pct": 100 * sum(r <= 0.05 for r in rel) / n,
-          "within_10_pct": 100 * sum(r <= 0.10 for r in rel) / n, "max_err_pct": 100 * max(rel),
-          "kendall_tau": kendall_tau(pred, meas)}
+    st = {
+        "n": n,
+        "mape_pct": 100 * sum(rel) / n,
+        "bias_pct": 100 * sum((p - m) / m for p, m in zip(pred, meas)) / n,
+        "within_5_pct": 100 * sum(r <= 0.05 for r in rel) / n,
+        "within_10_pct": 100 * sum(r <= 0.10 for r in rel) / n,
+        "max_err_pct": 100 * max(rel),
+        "kendall_tau": kendall_tau(pred, meas),
+    }
     pairs = separable_pairs(meas, noise_sd_pct)
     st["pairs_beyond_noise"] = len(pairs)
     st["pairs_total"] = n * (n - 1) // 2
@@ -68,8 +76,9 @@ def random_students(spaces: list[SearchSpace], n: int, seed: int = 1) -> list[tu
     return out
 
 
-def measure_models(models: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None,
-                   progress=None) -> dict:
+def measure_models(
+    models: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0, device=None, progress=None
+) -> dict:
     """Time ready models ({name: nn.Module}) with the table's protocol and anchor, in this process.
     Returns {"models": {name: Timing.summary()}, "timings": {name: Timing}, "anchor_ms", "drift"
     (anchor now / at profiling), "noise" (split halves), "threads", "loadavg", "seconds"}."""
@@ -81,10 +90,17 @@ def measure_models(models: dict, table: LatencyTable, settings: ProfileSettings,
     drift = sess.anchor["ms"] / table.anchor_ms if table.anchor_ms else float("nan")
     if hasattr(dev, "close"):
         dev.close()
-    return {"models": {k: t.summary() for k, t in sess.timings.items()}, "timings": sess.timings,
-            "anchor_ms": sess.anchor["ms"], "anchor_spread_pct": sess.anchor["spread_pct"], "drift": drift,
-            "noise": sess.noise(), "threads": sess.threads, "seconds": sess.seconds,
-            "when": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    return {
+        "models": {k: t.summary() for k, t in sess.timings.items()},
+        "timings": sess.timings,
+        "anchor_ms": sess.anchor["ms"],
+        "anchor_spread_pct": sess.anchor["spread_pct"],
+        "drift": drift,
+        "noise": sess.noise(),
+        "threads": sess.threads,
+        "seconds": sess.seconds,
+        "when": time.strftime("%Y-%m-%dT%H:%M:%S"),
+    }
 
 
 def check_same_device(table: LatencyTable, settings: ProfileSettings, what: str, hint: str = "") -> dict:
@@ -94,8 +110,10 @@ def check_same_device(table: LatencyTable, settings: ProfileSettings, what: str,
     diff = table.same_device(key)
     if diff:
         detail = ", ".join(f"{k}: table {table.key.get(k)!r}, here {key.get(k)!r}" for k in diff)
-        raise ValueError(f"{what}: the table was measured on {table.describe_key()}, this machine is "
-                         f"{key.get('device_name')} (differs in {detail})" + (f"; {hint}" if hint else ""))
+        raise ValueError(
+            f"{what}: the table was measured on {table.describe_key()}, this machine is "
+            f"{key.get('device_name')} (differs in {detail})" + (f"; {hint}" if hint else "")
+        )
     return key
 
 
@@ -106,19 +124,28 @@ def speed_now(table: LatencyTable, settings: ProfileSettings, seed: int = 0, dev
     device or settings (the anchor there says nothing about the table's) and a table without an
     anchor."""
     if not table.anchor_ms:
-        raise ValueError("the latency table records no anchor timing: profile again with `autodistil profile`")
+        raise ValueError(
+            "the latency table records no anchor timing: profile again with `autodistil profile`"
+        )
     if device is None:
         check_same_device(table, settings, "cannot time the anchor for this table here")
     res = measure_models({}, table, settings, seed, device=device)
-    return {"factor": res["drift"], "anchor_ms": res["anchor_ms"], "table_anchor_ms": table.anchor_ms,
-            "anchor_spread_pct": res["anchor_spread_pct"], "seconds": res["seconds"], "when": res["when"],
-            "threads": res["threads"]}
+    return {
+        "factor": res["drift"],
+        "anchor_ms": res["anchor_ms"],
+        "table_anchor_ms": table.anchor_ms,
+        "anchor_spread_pct": res["anchor_spread_pct"],
+        "seconds": res["seconds"],
+        "when": res["when"],
+        "threads": res["threads"],
+    }
 
 
 def measure_folders(folders: dict, table: LatencyTable, settings: ProfileSettings, seed: int = 0) -> dict:
     """Load exported folders with AutoModel.from_pretrained and time them (measure_models)."""
     from transformers import AutoModel
     import autodistil  # noqa: F401 - registers AutoDistilBertModel with AutoModel
+
     models = {k: AutoModel.from_pretrained(str(p)).eval() for k, p in folders.items()}
     out = measure_models(models, table, settings, seed)
     out.pop("timings")
@@ -130,35 +157,55 @@ def export_students(students, vocab: int, head_dim: int, out: Path, supernet=Non
     does not depend on weight values) to a HF folder under `out`. {(space, cfg): folder}."""
     from ..export import export_subnet
     from ..nn import SuperBert, SuperBertConfig
+
     by_space, folders = {}, {}
     for sname, cfg in students:
         by_space.setdefault(sname, []).append(cfg)
     for sname, cfgs in by_space.items():
         net = supernet
         if net is None:
-            mcfg = SuperBertConfig(layers=max(c.layers for c in cfgs), hidden=max(c.hidden for c in cfgs),
-                                   heads=max(c.heads for c in cfgs), ffn=max(c.ffn for c in cfgs), head_dim=head_dim,
-                                   vocab_size=vocab)
+            mcfg = SuperBertConfig(
+                layers=max(c.layers for c in cfgs),
+                hidden=max(c.hidden for c in cfgs),
+                heads=max(c.heads for c in cfgs),
+                ffn=max(c.ffn for c in cfgs),
+                head_dim=head_dim,
+                vocab_size=vocab,
+            )
             net = SuperBert(mcfg)
         for cfg in cfgs:
             folders[(sname, cfg)] = export_subnet(net, cfg, out / f"{sname}-{cfg.short()}")
     return folders
 
 
-def validate_table(table: LatencyTable, spaces: list[SearchSpace], settings: ProfileSettings, n: int = 24,
-                   seed: int = 1, out_dir: Optional[Path] = None, supernet=None) -> dict:
+def validate_table(
+    table: LatencyTable,
+    spaces: list[SearchSpace],
+    settings: ProfileSettings,
+    n: int = 24,
+    seed: int = 1,
+    out_dir: Optional[Path] = None,
+    supernet=None,
+) -> dict:
     """Export n random students, load them back with AutoModel, time them end to end with the
     table's protocol, compare with the predictions."""
     from transformers import AutoModel
+
     if table.speed != 1.0:
-        raise ValueError(f"validate the table as profiled, not rescaled by {table.speed:g} (the report scales by the "
-                         f"anchor it times itself)")
-    key = check_same_device(table, settings, "refusing to validate", "validate on the device the table was built on")
+        raise ValueError(
+            f"validate the table as profiled, not rescaled by {table.speed:g} (the report scales by the "
+            f"anchor it times itself)"
+        )
+    key = check_same_device(
+        table, settings, "refusing to validate", "validate on the device the table was built on"
+    )
     students = random_students(spaces, n, seed)
     tmp = Path(tempfile.mkdtemp(prefix="autodistil-validate-"))
     try:
         folders = export_students(students, table.vocab, table.head_dim, tmp, supernet)
-        models = {f"{sn}-{c.short()}": AutoModel.from_pretrained(str(folders[(sn, c)])).eval() for sn, c in students}
+        models = {
+            f"{sn}-{c.short()}": AutoModel.from_pretrained(str(folders[(sn, c)])).eval() for sn, c in students
+        }
         res = measure_models(models, table, settings, seed)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -173,14 +220,25 @@ def validation_report(table, spaces, students, res, key, out_dir=None) -> dict:
         m = res["models"][f"{sname}-{cfg.short()}"]
         p, sd = table.predict_with_uncertainty(cfg)
         lo = table.predict_low(cfg)
-        rows.append({"space": sname, **cfg.as_dict(), "measured_ms": m["ms"], "measured_noise_sd_ms": m["noise_sd_ms"],
-                     "measured_median_ms": m["median_ms"], "measured_low_ms": m["low_ms"],
-                     "measured_raw_median_ms": m["raw_median_ms"],
-                     "predicted_ms": p, "predicted_sd_ms": sd, "err_pct": 100 * (p - m["ms"]) / m["ms"],
-                     "predicted_low_ms": lo, "err_low_pct": 100 * (lo - m["low_ms"]) / m["low_ms"],
-                     "predicted_drift_adjusted_ms": p * drift,
-                     "err_drift_adjusted_pct": 100 * (p * drift - m["ms"]) / m["ms"],
-                     "macs": exact_cost(cfg, table.head_dim, table.key["seq_len"], table.vocab).macs})
+        rows.append(
+            {
+                "space": sname,
+                **cfg.as_dict(),
+                "measured_ms": m["ms"],
+                "measured_noise_sd_ms": m["noise_sd_ms"],
+                "measured_median_ms": m["median_ms"],
+                "measured_low_ms": m["low_ms"],
+                "measured_raw_median_ms": m["raw_median_ms"],
+                "predicted_ms": p,
+                "predicted_sd_ms": sd,
+                "err_pct": 100 * (p - m["ms"]) / m["ms"],
+                "predicted_low_ms": lo,
+                "err_low_pct": 100 * (lo - m["low_ms"]) / m["low_ms"],
+                "predicted_drift_adjusted_ms": p * drift,
+                "err_drift_adjusted_pct": 100 * (p * drift - m["ms"]) / m["ms"],
+                "macs": exact_cost(cfg, table.head_dim, table.key["seq_len"], table.vocab).macs,
+            }
+        )
 
     def stats(rs):
         meas = [r["measured_ms"] for r in rs]
@@ -190,12 +248,25 @@ def validation_report(table, spaces, students, res, key, out_dir=None) -> dict:
         st.update({f"{k}_drift_adjusted": adj[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
         st.update({f"{k}_low": low[k] for k in ("mape_pct", "within_5_pct", "within_10_pct")})
         return st
-    report = {"key": key, "n": len(rows), "when": res["when"], "loadavg_after": loadavg(),
-              "threads": res["threads"], "machine_drift": drift, "anchor_ms": res["anchor_ms"],
-              "anchor_spread_pct": res["anchor_spread_pct"], "table_anchor_ms": table.anchor_ms,
-              "stat": table.settings.get("stat", "median"), "seconds": res["seconds"],
-              "noise": noise, "table_noise": table.meta.get("noise"),
-              "correction": table.correction, "overall": stats(rows), "per_space": {}}
+
+    report = {
+        "key": key,
+        "n": len(rows),
+        "when": res["when"],
+        "loadavg_after": loadavg(),
+        "threads": res["threads"],
+        "machine_drift": drift,
+        "anchor_ms": res["anchor_ms"],
+        "anchor_spread_pct": res["anchor_spread_pct"],
+        "table_anchor_ms": table.anchor_ms,
+        "stat": table.settings.get("stat", "median"),
+        "seconds": res["seconds"],
+        "noise": noise,
+        "table_noise": table.meta.get("noise"),
+        "correction": table.correction,
+        "overall": stats(rows),
+        "per_space": {},
+    }
     for s in spaces:
         rs = [r for r in rows if r["space"] == s.name]
         if len(rs) >= 2:
@@ -212,9 +283,11 @@ def validation_report(table, spaces, students, res, key, out_dir=None) -> dict:
 
 def plot_validation(rows, path, report) -> Path:
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from ..io import atomic_save
+
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5))
     spaces = sorted({r["space"] for r in rows})
     for s in spaces:
@@ -225,15 +298,24 @@ def plot_validation(rows, path, report) -> Path:
     hi = max(max(r["measured_ms"], r["predicted_ms"]) for r in rows)
     axes[0].plot([lo, hi], [lo, hi], "k--", lw=1)
     o = report["overall"]
-    axes[0].set(xlabel="measured latency (ms)", ylabel="predicted latency (ms)",
-                title=f"table predictor: MAPE {o['mape_pct']:.1f}%, tau {o['kendall_tau']:.3f}")
-    axes[1].set(xlabel="exact MMACs per sequence", ylabel="measured latency (ms)",
-                title=f"FLOPs proxy: tau {o['flops_kendall_tau']:.3f}")
+    axes[0].set(
+        xlabel="measured latency (ms)",
+        ylabel="predicted latency (ms)",
+        title=f"table predictor: MAPE {o['mape_pct']:.1f}%, tau {o['kendall_tau']:.3f}",
+    )
+    axes[1].set(
+        xlabel="exact MMACs per sequence",
+        ylabel="measured latency (ms)",
+        title=f"FLOPs proxy: tau {o['flops_kendall_tau']:.3f}",
+    )
     for ax in axes:
         ax.legend()
         ax.grid(alpha=0.3)
-    fig.suptitle(f"{report['key'].get('device_name')} | {report['key'].get('runtime')} | "
-                 f"batch {report['key'].get('batch')} seq {report['key'].get('seq_len')}", fontsize=9)
+    fig.suptitle(
+        f"{report['key'].get('device_name')} | {report['key'].get('runtime')} | "
+        f"batch {report['key'].get('batch')} seq {report['key'].get('seq_len')}",
+        fontsize=9,
+    )
     fig.tight_layout()
     atomic_save(Path(path), lambda p: fig.savefig(p, format="png", dpi=110))
     plt.close(fig)

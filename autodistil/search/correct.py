@@ -16,23 +16,25 @@ Its measured error (the RMS of its leave-one-out relative errors, at least the s
 above a budget a corrected prediction may lie and still be offered to verification. Every correction is
 increasing in the prediction, so a limit on corrected latency is a limit on predicted latency (``limit``):
 a search under that limit is a search under the corrected table."""
+
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
 
 KINDS = ("none", "global", "space", "size")
-MAX_ERR = 0.5   # the offered window never reaches past 1.5x a budget, however poor the fit
+MAX_ERR = 0.5  # the offered window never reaches past 1.5x a budget, however poor the fit
 
 
 @dataclass(frozen=True)
 class Correction:
     """measured ~ f(space, predicted), and how well that held out of sample."""
-    kind: str = "none"                            # none | global | space | size
-    params: dict = field(default_factory=dict)    # global: k; space: k, by_space; size: a, b
-    err: float = 0.10                             # relative error of a corrected prediction (measured)
-    n: int = 0                                    # measured students it was fitted on
-    loo: dict = field(default_factory=dict)       # {kind: {"mape", "rms"}} of every kind that could be fitted
+
+    kind: str = "none"  # none | global | space | size
+    params: dict = field(default_factory=dict)  # global: k; space: k, by_space; size: a, b
+    err: float = 0.10  # relative error of a corrected prediction (measured)
+    n: int = 0  # measured students it was fitted on
+    loo: dict = field(default_factory=dict)  # {kind: {"mape", "rms"}} of every kind that could be fitted
 
     def __post_init__(self):
         if self.kind not in KINDS:
@@ -55,16 +57,24 @@ class Correction:
 
     def describe(self) -> str:
         p = self.params
-        what = {"none": "none",
-                "global": f"global x{p.get('k', 1):.3f}",
-                "space": "per space " + ", ".join(f"{s} x{k:.3f}"
-                                                  for s, k in sorted(p.get("by_space", {}).items())),
-                "size": f"per size {p.get('a', 1):.3f} x predicted {p.get('b', 0):+.2f} ms"}[self.kind]
+        what = {
+            "none": "none",
+            "global": f"global x{p.get('k', 1):.3f}",
+            "space": "per space "
+            + ", ".join(f"{s} x{k:.3f}" for s, k in sorted(p.get("by_space", {}).items())),
+            "size": f"per size {p.get('a', 1):.3f} x predicted {p.get('b', 0):+.2f} ms",
+        }[self.kind]
         return f"{what} (error {100 * self.err:.1f}%, {self.n} measured)"
 
     def to_dict(self) -> dict:
-        return {"kind": self.kind, "params": self.params, "err": self.err, "n": self.n, "loo": self.loo,
-                "text": self.describe()}
+        return {
+            "kind": self.kind,
+            "params": self.params,
+            "err": self.err,
+            "n": self.n,
+            "loo": self.loo,
+            "text": self.describe(),
+        }
 
 
 def _apply(kind: str, p: dict, space: str, ms: float) -> float:
@@ -119,16 +129,18 @@ def _fit(kind: str, pts: list) -> dict | None:
     return {"a": a, "b": b}
 
 
-def fit_correction(points: list, noise_pct: float = float("nan"), default_err: float = 0.10,
-                   kinds: tuple = KINDS) -> Correction:
+def fit_correction(
+    points: list, noise_pct: float = float("nan"), default_err: float = 0.10, kinds: tuple = KINDS
+) -> Correction:
     """The correction of lowest leave-one-out MAPE among `kinds` (ties: the simpler, in KINDS order) fitted
     on `points`, [(space, predicted ms, measured ms)]. With fewer than 2 points nothing can be held out:
     one point gives the global factor, none no correction, and the error is `default_err`. The error is
     never below the session's noise (`noise_pct`, sd in %) nor above MAX_ERR."""
     bad = [x for x in points if not (x[1] > 0 and x[2] > 0 and math.isfinite(x[1]) and math.isfinite(x[2]))]
     if bad:
-        raise ValueError(f"correction points need positive finite predicted and measured latency, "
-                         f"got {bad[:3]}")
+        raise ValueError(
+            f"correction points need positive finite predicted and measured latency, got {bad[:3]}"
+        )
     for k in kinds:
         if k not in KINDS:
             raise ValueError(f"correction kind {k!r} is not allowed: choose {list(KINDS)}")
@@ -141,14 +153,16 @@ def fit_correction(points: list, noise_pct: float = float("nan"), default_err: f
     for kind in kinds:
         rel = []
         for i, (s, p, m) in enumerate(points):
-            params = _fit(kind, points[:i] + points[i + 1:])
+            params = _fit(kind, points[:i] + points[i + 1 :])
             if params is None:
                 break
             rel.append((_apply(kind, params, s, p) - m) / m)
         else:
             if _fit(kind, points) is not None:
-                loo[kind] = {"mape": sum(abs(x) for x in rel) / n,
-                             "rms": math.sqrt(sum(x * x for x in rel) / n)}
+                loo[kind] = {
+                    "mape": sum(abs(x) for x in rel) / n,
+                    "rms": math.sqrt(sum(x * x for x in rel) / n),
+                }
     if not loo:
         return Correction("none", {}, min(MAX_ERR, max(default_err, floor)), n, {})
     best = min(loo, key=lambda k: (round(loo[k]["mape"], 12), KINDS.index(k)))

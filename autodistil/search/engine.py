@@ -2,6 +2,7 @@
 crossover, seeded) for larger ones, under budgets on FLOPs, params and predicted latency;
 Pareto fronts. The objective (lower is better) is any callable subnet -> float; cheap
 metrics (latency, MACs, params) decide feasibility before the objective is evaluated."""
+
 from __future__ import annotations
 
 import random
@@ -14,9 +15,9 @@ from ..space import SearchSpace, SubnetConfig
 @dataclass(frozen=True)
 class Budget:
     latency_ms: Optional[float] = None
-    macs: Optional[float] = None       # "FLOPs" as the paper counts them: MACs per sequence
+    macs: Optional[float] = None  # "FLOPs" as the paper counts them: MACs per sequence
     params: Optional[float] = None
-    plain: bool = False                # only shapes that export to the family's plain Hugging Face class
+    plain: bool = False  # only shapes that export to the family's plain Hugging Face class
 
     def __post_init__(self):
         for f in ("latency_ms", "macs", "params"):
@@ -25,10 +26,12 @@ class Budget:
                 raise ValueError(f"budget {f}={v} must be positive")
 
     def ok(self, m: dict) -> bool:
-        return ((self.latency_ms is None or m["latency_ms"] <= self.latency_ms)
-                and (self.macs is None or m["macs"] <= self.macs)
-                and (self.params is None or m["params"] <= self.params)
-                and (not self.plain or m.get("plain", False)))
+        return (
+            (self.latency_ms is None or m["latency_ms"] <= self.latency_ms)
+            and (self.macs is None or m["macs"] <= self.macs)
+            and (self.params is None or m["params"] <= self.params)
+            and (not self.plain or m.get("plain", False))
+        )
 
     def label(self) -> str:
         parts = []
@@ -64,20 +67,26 @@ def unmet_budget_message(budget: Budget, candidates: Iterable[SubnetConfig], met
     if not cands:
         return "the search space is empty"
     parts = []
-    for key, limit, unit, scale in (("latency_ms", budget.latency_ms, "ms", 1), ("macs", budget.macs, "G MACs", 1e9),
-                                    ("params", budget.params, "M params", 1e6)):
+    for key, limit, unit, scale in (
+        ("latency_ms", budget.latency_ms, "ms", 1),
+        ("macs", budget.macs, "G MACs", 1e9),
+        ("params", budget.params, "M params", 1e6),
+    ):
         if limit is None:
             continue
         best = min(cands, key=lambda c: metrics(c)[key])
-        parts.append(f"{key} <= {limit / scale:g}{unit} (smallest achievable: {metrics(best)[key] / scale:.4g}{unit}, "
-                     f"{best.short()})")
+        parts.append(
+            f"{key} <= {limit / scale:g}{unit} (smallest achievable: {metrics(best)[key] / scale:.4g}{unit}, "
+            f"{best.short()})"
+        )
     if budget.plain and not any(metrics(c).get("plain") for c in cands):
         parts.append("plain shapes only, and no subnet of the spaces has heads x head dim == hidden")
     return "no subnet meets the budget " + "; ".join(parts)
 
 
-def exhaustive(candidates: Iterable[SubnetConfig], objective: CountingObjective, metrics: Callable,
-               budget: Budget) -> Optional[SubnetConfig]:
+def exhaustive(
+    candidates: Iterable[SubnetConfig], objective: CountingObjective, metrics: Callable, budget: Budget
+) -> Optional[SubnetConfig]:
     feas = [c for c in candidates if budget.ok(metrics(c))]
     if not feas:
         return None
@@ -90,9 +99,18 @@ def _neighbour(vals: tuple, v, rng: random.Random):
     return vals[j]
 
 
-def evolutionary(space: SearchSpace, objective: CountingObjective, metrics: Callable, budget: Budget,
-                 max_evals: int = 64, population: int = 16, elites: int = 4, p_mutate: float = 0.35,
-                 seed: int = 0, max_tries: int = 2000) -> Optional[SubnetConfig]:
+def evolutionary(
+    space: SearchSpace,
+    objective: CountingObjective,
+    metrics: Callable,
+    budget: Budget,
+    max_evals: int = 64,
+    population: int = 16,
+    elites: int = 4,
+    p_mutate: float = 0.35,
+    seed: int = 0,
+    max_tries: int = 2000,
+) -> Optional[SubnetConfig]:
     """Seeded evolutionary search. Only feasible candidates are evaluated (feasibility is cheap),
     so `max_evals` counts objective evaluations, not proposals."""
     rng = random.Random(seed)
@@ -136,7 +154,7 @@ def evolutionary(space: SearchSpace, objective: CountingObjective, metrics: Call
         objective(c)
     while objective.evaluations < max_evals:
         ranked = sorted((c for c in objective.cache if feasible(c)), key=objective)
-        parents = ranked[:max(elites, 2)]
+        parents = ranked[: max(elites, 2)]
         child, tries = None, 0
         while tries < max_tries:
             tries += 1

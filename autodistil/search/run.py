@@ -1,6 +1,7 @@
 """The agnostic search (the paper's, whose code was never released): rank subnets extracted
 from the trained K supernets by their held-out self-attention distillation loss, under
 FLOPs / params / *predicted latency* budgets; Pareto fronts, best student per budget."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -55,12 +56,15 @@ def trained_loss_weights(meta: dict, warn=None) -> tuple[LossWeights, dict]:
     hidden-state and logits weights to 0 (the note says so). Where the weights are not recorded,
     or no kept term has a positive weight, it warns and falls back to LossWeights() (relation only)."""
     import warnings
+
     warn = warn or (lambda m: warnings.warn(m, stacklevel=3))
     note = {"source": "trained", "dropped": {}}
     rec = (meta.get("extra") or {}).get("train", {}).get("loss") if isinstance(meta, dict) else None
     if not isinstance(rec, dict):
-        warn("supernet.json records no training loss weights (extra['train']['loss']); the search objective "
-             "falls back to the default weights (relation loss only)")
+        warn(
+            "supernet.json records no training loss weights (extra['train']['loss']); the search objective "
+            "falls back to the default weights (relation loss only)"
+        )
         return LossWeights(), {"source": "default (not recorded)", "dropped": {}}
     known = {f for f in LossWeights.__dataclass_fields__}
     kw = {k: v for k, v in rec.items() if k in known}
@@ -69,11 +73,16 @@ def trained_loss_weights(meta: dict, warn=None) -> tuple[LossWeights, dict]:
             note["dropped"][k] = kw[k]
             kw[k] = 0.0
     if note["dropped"]:
-        warn(f"search objective: trained weights {note['dropped']} dropped (the hidden-state projection is not "
-             f"exported with the supernet; it has no logits head); relation/attention terms kept at their weights")
+        warn(
+            f"search objective: trained weights {note['dropped']} dropped (the hidden-state projection is "
+            "not exported with the supernet; it has no logits head); "
+            "relation/attention terms kept at their weights"
+        )
     if not (kw.get("relation", 0) or kw.get("attention", 0)):
-        warn("search objective: no relation or attention weight left from the trained loss; falling back to the "
-             "default weights (relation loss only)")
+        warn(
+            "search objective: no relation or attention weight left from the trained loss; falling back to "
+            "the default weights (relation loss only)"
+        )
         return LossWeights(), {**note, "source": "default (no usable trained term)"}
     try:
         return LossWeights(**kw), note
@@ -91,19 +100,30 @@ class HeldoutLoss:
     of the objective: its projection was dropped on export, so `trained_loss_weights` sets it to 0
     and records that in its note; a hidden weight given here directly is refused."""
 
-    def __init__(self, supernet, teacher, heldout, weights: LossWeights = LossWeights(), batch: int = 16,
-                 device: str = "cpu"):
+    def __init__(
+        self,
+        supernet,
+        teacher,
+        heldout,
+        weights: LossWeights = LossWeights(),
+        batch: int = 16,
+        device: str = "cpu",
+    ):
         if weights.hidden or weights.logits:
-            raise ValueError(f"HeldoutLoss: hidden={weights.hidden}, logits={weights.logits} cannot be evaluated on "
-                             f"an exported supernet (no hidden-state projection, no logits head); use "
-                             f"trained_loss_weights(meta), which drops them and says so")
+            raise ValueError(
+                f"HeldoutLoss: hidden={weights.hidden}, logits={weights.logits} cannot be evaluated on "
+                f"an exported supernet (no hidden-state projection, no logits head); use "
+                f"trained_loss_weights(meta), which drops them and says so"
+            )
         self.net, self.w, self.device = supernet.to(device).eval(), weights, device
         self.batches = []
         n = len(heldout)
         with torch.no_grad():
             for s in range(0, n, batch):
                 ids, mask = (t.to(device) for t in heldout.batch(torch.arange(s, min(n, s + batch))))
-                t_out = teacher(ids, mask, output_qkv=bool(weights.relation), output_attentions=bool(weights.attention))
+                t_out = teacher(
+                    ids, mask, output_qkv=bool(weights.relation), output_attentions=bool(weights.attention)
+                )
                 self.batches.append((ids, mask, t_out))
         if not self.batches:
             raise ValueError("held-out data is empty")
@@ -119,16 +139,21 @@ class HeldoutLoss:
     def __call__(self, cfg: SubnetConfig) -> float:
         tot = 0.0
         for ids, mask, t_out in self.batches:
-            s_out = self.net(ids, mask, subnet=cfg, output_qkv=bool(self.w.relation),
-                             output_attentions=bool(self.w.attention))
+            s_out = self.net(
+                ids,
+                mask,
+                subnet=cfg,
+                output_qkv=bool(self.w.relation),
+                output_attentions=bool(self.w.attention),
+            )
             tot += float(combined_loss(self.w, t_out, s_out, mask)[0])
         return tot / len(self.batches)
 
 
 @dataclass
 class SearchSpec:
-    budgets: list = field(default_factory=list)     # [Budget]
-    method: str = "auto"                            # auto | exhaustive | evolutionary
+    budgets: list = field(default_factory=list)  # [Budget]
+    method: str = "auto"  # auto | exhaustive | evolutionary
     exhaustive_limit: int = 4096
     max_evals: int = 64
     seed: int = 0
@@ -142,14 +167,27 @@ def metrics_fn(table, head_dim: int, seq_len: int, vocab: int):
         if cfg not in cache:
             ec = exact_cost(cfg, head_dim, seq_len, vocab)
             lat, lat_sd = table.predict_with_uncertainty(cfg) if table is not None else (float("nan"), 0.0)
-            cache[cfg] = {"latency_ms": lat, "latency_sd_ms": lat_sd, "macs": ec.macs, "params": ec.params,
-                          "paper_macs": paper_cost(cfg, seq_len).macs, "plain": cfg.heads * head_dim == cfg.hidden}
+            cache[cfg] = {
+                "latency_ms": lat,
+                "latency_sd_ms": lat_sd,
+                "macs": ec.macs,
+                "params": ec.params,
+                "paper_macs": paper_cost(cfg, seq_len).macs,
+                "plain": cfg.heads * head_dim == cfg.hidden,
+            }
         return cache[cfg]
+
     return m
 
 
-def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, vocab: int = 30522,
-           out_dir: Optional[Path] = None) -> dict:
+def search(
+    spaces_objectives: list,
+    table,
+    spec: SearchSpec,
+    head_dim: int,
+    vocab: int = 30522,
+    out_dir: Optional[Path] = None,
+) -> dict:
     """spaces_objectives: [(SearchSpace, objective callable)], one per supernet (K-shot).
     Returns {"candidates": rows, "front": rows, "best": {budget label: row}}."""
     if spec.method not in ("auto", "exhaustive", "evolutionary"):
@@ -166,8 +204,10 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
             raise ValueError(f"search space '{space.name}' is empty")
         objectives.append((space, CountingObjective(fn)))
     budgets = spec.budgets or [Budget()]
-    exhaust = {s.name: spec.method == "exhaustive" or (spec.method == "auto" and len(s) <= spec.exhaustive_limit)
-               for s, _ in objectives}
+    exhaust = {
+        s.name: spec.method == "exhaustive" or (spec.method == "auto" and len(s) <= spec.exhaustive_limit)
+        for s, _ in objectives
+    }
     # exhaustive spaces: evaluate every subnet once (it serves every budget and the front)
     for space, obj in objectives:
         if exhaust[space.name]:
@@ -194,10 +234,14 @@ def search(spaces_objectives: list, table, spec: SearchSpec, head_dim: int, voca
     front_ids = {candidate_key(r) for r in front}
     for r in rows:
         r["pareto"] = candidate_key(r) in front_ids
-    result = {"candidates": rows, "front": front, "best": best,
-              "evaluations": {s.name: o.evaluations for s, o in objectives},
-              "table": table.key if table is not None else None,
-              "table_speed": table.speed if table is not None else None}  # predictions x this (1: as profiled)
+    result = {
+        "candidates": rows,
+        "front": front,
+        "best": best,
+        "evaluations": {s.name: o.evaluations for s, o in objectives},
+        "table": table.key if table is not None else None,
+        "table_speed": table.speed if table is not None else None,
+    }  # predictions x this (1: as profiled)
     if out_dir is not None:
         write_search_outputs(result, Path(out_dir), has_latency=table is not None)
     return result
@@ -207,17 +251,20 @@ def research_fn(pairs, table, method: str, seed: int, seq_len: int, head_dim: in
     """verify_budgets' `research`: {space: [predicted-ms limit per budget]} -> the candidate rows of a search
     of each space under those limits (the corrected budgets expressed in the table's predictions), objective
     values cached. A limit below every subnet of a space finds nothing there."""
+
     def research(limits: dict) -> list:
         rows = []
         for space, obj in pairs:
             for lim in sorted({x for x in limits.get(space.name, []) if x > 0}):
-                spec = SearchSpec(budgets=[Budget(latency_ms=lim, plain=plain)], method=method, seed=seed,
-                                  seq_len=seq_len)
+                spec = SearchSpec(
+                    budgets=[Budget(latency_ms=lim, plain=plain)], method=method, seed=seed, seq_len=seq_len
+                )
                 try:
                     rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
                 except ValueError:  # no subnet of this space predicted under the limit
                     continue
         return [r for r in rows if r["plain"]] if plain else rows
+
     return research
 
 
@@ -229,11 +276,15 @@ def write_search_outputs(result: dict, out: Path, has_latency: bool) -> None:
     plot_search(result, out / "pareto.png", has_latency)
 
 
-def plot_search(result: dict, path: Path, has_latency: bool, score_key: str = "loss", score_label: str = None):
+def plot_search(
+    result: dict, path: Path, has_latency: bool, score_key: str = "loss", score_label: str = None
+):
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from ..io import atomic_save
+
     rows, front, best = result["candidates"], result["front"], result["best"]
     xs = [("latency_ms", "predicted latency (ms)")] if has_latency else []
     xs.append(("macs", "MACs per sequence (G)"))
@@ -248,8 +299,13 @@ def plot_search(result: dict, path: Path, has_latency: bool, score_key: str = "l
         ax.plot([r[k] / scale for r in fr], [r[score_key] for r in fr], "k-", lw=1, label="Pareto front")
         for b, r in best.items():
             ax.scatter([r[k] / scale], [r[score_key]], marker="*", s=160, edgecolors="k", zorder=5)
-            ax.annotate(f"{candidate_name(r)}\n{b}",
-                        (r[k] / scale, r[score_key]), fontsize=7, xytext=(5, 5), textcoords="offset points")
+            ax.annotate(
+                f"{candidate_name(r)}\n{b}",
+                (r[k] / scale, r[score_key]),
+                fontsize=7,
+                xytext=(5, 5),
+                textcoords="offset points",
+            )
         ax.set(xlabel=xl, ylabel=label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
@@ -262,12 +318,14 @@ def load_search_inputs(supernets, table_path, corpus, heldout_blocks, seq_len):
     from ..data.text import corpus_blocks
     from ..nn import TeacherNet, load_supernet
     from ..teacher import load_teacher
+
     nets = [load_supernet(p) for p in supernets]
     tnames = {m["teacher"].get("sha256") for _, _, m in nets}
     if len(tnames) > 1:
         raise ValueError(f"supernets were distilled from different teachers: {sorted(map(str, tnames))}")
     teacher_ref = nets[0][2]["teacher"]
     from ..latency.predict import LatencyTable
+
     table = LatencyTable.load(table_path) if table_path else None
     head_dim = nets[0][0].config.head_dim
     if table is not None and table.head_dim != head_dim:
