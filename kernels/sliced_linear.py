@@ -1,6 +1,6 @@
 """Sliced linear in Triton: y = act(x @ W[:o, :i].T + b[:o]), W read through its row stride.
 
-One strided matmul kernel serves the three products (DESIGN.md section 3):
+One strided matmul kernel serves the three products (docs/guides/kernels.md, "The kernel contract"):
   forward  y[N, o]            = x[N, i] @ W[:o, :i]^T   (+ bias, + exact-erf GELU epilogue)
   dX       dX[N, i]           = dY'[N, o] @ W[:o, :i]
   dW       W.grad[:o, :i]    += dY'^T @ x              (ACCUMULATE: beta = 1, straight into the slice)

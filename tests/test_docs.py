@@ -1,6 +1,7 @@
-"""docs/guides and experiments/README.md stay true to the code: every command of `autodistil` has its
-paragraph in cli.md and every flag named there exists; relative links resolve (links into
-docs/reports/ must follow its naming, and exist once the reports are there); guides carry no dates."""
+"""docs/guides, experiments/README.md and the README stay true to the code: every command of
+`autodistil` has its paragraph in cli.md and every flag named there exists; relative links resolve
+(links into docs/reports/ must follow its naming, and exist once the reports are there); guides
+carry no dates."""
 
 import re
 from pathlib import Path
@@ -9,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 GUIDES = ROOT / "docs" / "guides"
-DOCS = sorted(GUIDES.glob("*.md")) + [ROOT / "experiments" / "README.md"]
+DOCS = sorted(GUIDES.glob("*.md")) + [ROOT / "experiments" / "README.md", ROOT / "README.md"]
 REPORT_NAME = re.compile(r"^\d{4}-\d{2}-\d{2}-[a-z0-9][a-z0-9-]*\.md$|^README\.md$")
 
 

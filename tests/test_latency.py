@@ -160,7 +160,7 @@ def test_noise_is_measured_by_split_halves():
 
 def _speed_states(seed: int, hold_s: float = 0.25, sd: float = 0.15, horizon_s: float = 600.0):
     """A shared machine's speed as seen by one core: a factor that holds for a random time (mean
-    `hold_s`) and then jumps to a new lognormal level, as on this 2-core VM (runs autocorrelated
+    `hold_s`) and then jumps to a new lognormal level, as on a shared 2-core VM (runs autocorrelated
     over ~0.2 s, round medians moving +-10 %)."""
     rng = random.Random(seed)
     edges, levels, t = [], [], 0.0

@@ -1,7 +1,7 @@
 """The one dispatch point for sliced ops: backend "torch" | "triton" | "cuda".
 
 Every op takes the *full* parameter and the active sizes; a backend reads the leading
-slice through the parameter's strides and never copies it (DESIGN.md section 3).
+slice through the parameter's strides and never copies it (docs/guides/kernels.md, "The kernel contract").
 The backend is the model's (``SuperBert(backend=...)``, passed as ``backend=``) or, when that
 is None, the one of the enclosing ``use_backend(name)`` context (a ContextVar that always
 restores; default "torch"). There is no process-wide switch.
