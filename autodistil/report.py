@@ -180,6 +180,7 @@ def _budget_rows(run, lat, t_ms, holds, frac) -> list:
                     "corrected_ms": b.get("corrected_ms"),
                     "verified_ms": s.get("verified_ms"),
                     "verify_margin_ms": b.get("margin_ms"),
+                    "verified_use": b.get("use"),  # mean over its sessions of (measured + margin) / budget
                     "verified_share": b.get("share")
                     or (s["verified_ms"] / b["budget_ms"] if s.get("verified_ms") else None),
                     "measured_ms": m,
@@ -502,11 +503,14 @@ def _rounds_section(v: dict) -> list:
         f"search ran again under it and the next session timed its new candidates whose corrected "
         f"prediction lay within the correction's measured error above the budget, until the choice no "
         f"longer changed (at most {v.get('verify_rounds', len(sessions))} sessions); each session also "
-        f"timed every budget's current choice again; a choice holds when its measured latency plus a "
-        f"margin, averaged over the sessions it was timed in (two or more where any holds), is within the "
-        f"budget of each, the margin no smaller than the cross-session sd of a model's latency relative to "
-        f"the teacher ({(v.get('cross_session_sd_pct') or float('nan')):.1f}% here). Share: measured / "
-        f"the budget of its session, the mean over the sessions the choice was timed in.\n",
+        f"timed every budget's current choice and the candidates waiting to be confirmed again (the last "
+        f"allowed session offers nothing new); a choice holds when the mean over the sessions it was timed "
+        f"in (two or more where any holds) of (measured latency + margin) / that session's budget is "
+        f"within 1, so one session alone may be over; the margin is no smaller than the cross-session sd "
+        f"of a model's latency relative to the teacher "
+        f"({(v.get('cross_session_sd_pct') or float('nan')):.1f}% here). Measured: the choice's latest "
+        f"session; share: measured / the budget of its session, the mean over the sessions the choice was "
+        f"timed in.\n",
         "| session | models timed | teacher (ms) | budgets (ms) | correction the search ran under |",
         "|---|---|---|---|---|",
     ]
@@ -527,7 +531,7 @@ def _rounds_section(v: dict) -> list:
         )
     L += [
         "| budget | session | offered | choice after the session | predicted (ms) | corrected (ms) | "
-        "measured (ms) | share of its budget |",
+        "measured, latest session (ms) | mean share of its budget |",
         "|---" * 8 + "|",
     ]
     for label, hist in rounds.items():

@@ -92,11 +92,8 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
         )
         assert f"| {m['score']:.4f} |" in line2
     # every budget: predicted, verified at search time, measured in a fresh process; a chosen student's
-    # verified latency + margin meets its budget
-    assert res["budgets"] and all(
-        b["student"] is None or b["verified_ms"] + b["verify_margin_ms"] <= b["budget_ms"]
-        for b in res["budgets"]
-    )
+    # verified latency + margin meets its budget on the mean over the sessions it was timed in
+    assert res["budgets"] and all(b["student"] is None or b["verified_use"] <= 1 for b in res["budgets"])
     assert (
         "| budget (ms) | student | predicted (ms) | corrected (ms) | verified at search (ms) | "
         "measured here (ms) | share of budget | holds |"
@@ -140,11 +137,12 @@ def test_run_end_to_end_artefacts_and_resume(tiny_teacher_dir, tmp_path):
         roles = {r["role"]: r for r in cmp["rows"]}
         assert set(roles) == {"searched", "first-layers", "flops-search"}
         vb = next(b for b in ver["budgets"] if b["budget_ms"] == cmp["budget_ms"])
-        cut = next(c for c in vb["first_layers"]["checked"] if c["name"] == "teacher-first1")
-        fits = cut["measured_ms"] + cut["margin_ms"] <= cmp["budget_ms"]
+        cuts = [c for c in vb["first_layers"]["checked"] if c["name"] == "teacher-first1"]
+        # the students' rule over every session the cut was timed in
+        fits = sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in cuts) <= len(cuts)
         assert roles["first-layers"]["name"] == ("teacher-first1" if fits else None)
         if not fits:
-            assert "none fits" in roles["first-layers"]["why"] and "teacher-first1 measured" in report
+            assert "none fits" in roles["first-layers"]["why"] and "teacher-first1: measured" in report
         for r in cmp["rows"]:
             if r["name"]:
                 assert r["measured_ms"] == pytest.approx(meas[r["name"]]["ms"])
@@ -199,9 +197,8 @@ def test_first_layers_baseline_is_the_largest_k_that_fits():
     got = {b: choose_first_layers(cuts, b)["chosen"] for b in (5.0, 11.0, 11.2, 17.0, 100.0)}
     # 11.0 measured + 0.2 margin does not meet 11.0 (the students' rule), meets 11.2
     assert [None if c is None else c["layers"] for c in got.values()] == [None, 1, 2, 3, 4]
-    assert (
-        choose_first_layers(cuts, 5.0)["message"]
-        == "none fits 5 ms: teacher-first1 measured 6.00 ms + margin 0.20 ms"
+    assert choose_first_layers(cuts, 5.0)["message"].startswith(
+        "none fits: the closest, teacher-first1: measured 6.00 ms + margin 0.20 ms against 5 ms"
     )
 
 

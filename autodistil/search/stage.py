@@ -34,6 +34,7 @@ CHOSEN_KEYS = (
     "measured_ms",
     "margin_ms",
     "share",
+    "use",
     "sessions",
 )
 
@@ -248,7 +249,10 @@ def run_search_stage(run) -> dict:
             first_for[label] = {
                 "chosen": None
                 if fl["chosen"] is None
-                else {k: fl["chosen"][k] for k in ("name", "layers", "measured_ms", "margin_ms")},
+                else {
+                    k: fl["chosen"].get(k)
+                    for k in ("name", "layers", "measured_ms", "margin_ms", "use", "sessions")
+                },
                 "message": fl["message"],
             }
             run.log(f"[search] baseline teacher's first k layers for {label}: {fl['message']}")

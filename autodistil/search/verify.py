@@ -7,15 +7,16 @@ near each budget (by objective, predicted latency up to `slack` above the budget
 (predicted well under it) are measured end to end with the table's protocol, the teacher in the same
 rounds. A correction of the table is fitted on what they measured (search/correct.py), the search runs
 again under the corrected table, and the candidates it offers (up to the correction's measured error
-above each budget) are measured in another session, until the choice no longer changes or after a
-bounded number of sessions. The chosen student is the best one whose *measured* latency plus a margin
-equal to its measured noise meets the budget of its session. Predicted, corrected, measured and margin
-are recorded per session; a budget no measured candidate meets says so.
+above each budget) are measured in another session, with every budget's choice and the candidates
+waiting to be confirmed timed again, until the choice no longer changes or after a bounded number of
+sessions. A candidate holds a budget when the mean over the sessions it was timed in of (measured
+latency + margin) / that session's budget is within 1, the margin the largest of its own noise, the
+session's and the cross-session sd; the choice is the best candidate holding over two sessions or more
+(one, where none does). Its latest session alone may be over: the record says both. Predicted,
+corrected, measured and margin are recorded per session; a budget no measured candidate meets says so.
 
 Baseline (a), the teacher's first k layers, is timed in every session and chosen per budget by the same
-rule (the largest k whose measured latency plus margin meets the budget) in the session its budget's
-student was timed in: chosen in another session, on a machine running faster or slower then, it would
-be compared on other terms."""
+rule over all of them: the largest k that holds."""
 
 from __future__ import annotations
 
@@ -58,27 +59,52 @@ def _margin(m: dict, session_sd_pct: float) -> float:
     return max(x for x in (own, sess, 0.0) if math.isfinite(x))
 
 
-def choose_first_layers(checked: list, budget_ms: float) -> dict:
-    """Baseline (a) for one budget: among the teacher's first-k-layer cuts measured in the same session as
-    the students' finalists ({name, layers, measured_ms, margin_ms}), the largest k whose measured latency
-    plus its margin meets the budget (the rule the students are chosen by). Returns {chosen: row or None,
-    message}."""
-    ok = [c for c in checked if c["measured_ms"] + c["margin_ms"] <= budget_ms]
+def _use(rows: list) -> float:
+    """The mean over sessions of (measured + margin) / that session's budget: within 1, a model holds."""
+    return sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in rows) / len(rows)
+
+
+def choose_first_layers(checked: list, budget_ms: float | None = None) -> dict:
+    """Baseline (a) for one budget by the students' rule: among the teacher's first-k-layer cuts
+    ({name, layers, measured_ms, margin_ms, budget_ms (of the session it was timed in; else `budget_ms`),
+    round}; one row per cut and session), the largest k whose mean over its sessions of (measured latency
+    + margin) / budget is within 1. Returns {chosen: its latest row with `use`, `share` and `sessions`, or
+    None; message}."""
+    by = {}
+    for c in checked:
+        by.setdefault(c["name"], []).append(
+            {"budget_ms": budget_ms, **c} if c.get("budget_ms") is None else c
+        )
+    if not by:
+        return {"chosen": None, "message": "no first-k cut measured"}
+    summ = {}
+    for n, cs in by.items():
+        shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
+        summ[n] = {
+            **cs[-1],
+            "use": _use(cs),
+            "share": sum(shares) / len(shares),
+            "sessions": [c.get("round", 1) for c in cs],
+            "round": cs[-1].get("round", 1),
+        }
+    ok = [c for c in summ.values() if c["use"] <= 1]
     if ok:
         ch = max(ok, key=lambda c: c["layers"])
-        return {
-            "chosen": ch,
-            "message": f"{ch['name']}: measured {ch['measured_ms']:.2f} ms + margin "
-            f"{ch['margin_ms']:.2f} ms <= {budget_ms:g} ms",
-        }
-    if not checked:
-        return {"chosen": None, "message": "no first-k cut measured"}
-    lo = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"])
-    return {
-        "chosen": None,
-        "message": f"none fits {budget_ms:g} ms: {lo['name']} measured {lo['measured_ms']:.2f} ms "
-        f"+ margin {lo['margin_ms']:.2f} ms",
-    }
+        return {"chosen": ch, "message": _holds_text(ch)}
+    lo = min(summ.values(), key=lambda c: c["use"])
+    return {"chosen": None, "message": f"none fits: the closest, {_holds_text(lo)}"}
+
+
+def _holds_text(c: dict) -> str:
+    """One line on a model judged over its sessions: its latest timing, and its mean use of the budget."""
+    one = len(c["sessions"]) == 1
+    return (
+        f"{c['name']}: measured {c['measured_ms']:.2f} ms + margin {c['margin_ms']:.2f} ms against "
+        f"{c['budget_ms']:g} ms in session {c['round']}"
+        + ("" if one else f"; over sessions {c['sessions']}")
+        + f": {100 * c['use']:.1f}% of the budget with the margin, {100 * c['share']:.1f}% without"
+        + ("" if one else " (means)")
+    )
 
 
 # what a budget's history records of the choice after each session
@@ -92,6 +118,7 @@ PICK_KEYS = (
     "budget_ms",
     "sessions",
     "shares",
+    "use",
 )
 
 
@@ -175,6 +202,7 @@ class _Verification:
         self.sessions, self.history = [], [[] for _ in budgets_ms]
         self.timed = {}  # candidate name -> [(session index, {"ms", "noise_sd_ms"}), ...]
         self.rowof, self.corrected_of = {}, {}
+        self.cut_timed = {}  # first-k cut name -> [(session index, {"ms", "noise_sd_ms"}), ...]
 
     # --- judging ---------------------------------------------------------------------------------------
     def cross_sd(self) -> float:
@@ -210,22 +238,45 @@ class _Verification:
             )
         return out
 
+    def judged_cuts(self, i: int, x: float) -> list:
+        """The teacher's first-k cuts judged against budget i in every session (as `judged`)."""
+        out = []
+        for n, k in sorted(self.first_layers.items(), key=lambda kv: kv[1]):
+            for s, m in self.cut_timed.get(n, []):
+                sd = max(
+                    (v for v in (self.sessions[s]["sd"], 100 * x) if math.isfinite(v)), default=float("nan")
+                )
+                out.append(
+                    {
+                        "name": n,
+                        "layers": k,
+                        "measured_ms": m["ms"],
+                        "margin_ms": _margin(m, sd),
+                        "budget_ms": self.sessions[s]["budgets"][i],
+                        "round": s + 1,
+                    }
+                )
+        return out
+
     def best_holding(self, i: int, confirmed: bool = False):
         """The best candidate (by `score`) that holds budget i over the sessions it was timed in (with
         `confirmed`, among those timed in two sessions or more); its record is its latest session's, with
-        `share` the mean of measured / budget over its sessions."""
+        `use` the mean of (measured + margin) / budget over its sessions (<= 1) and `share` the mean of
+        measured / budget."""
         x, ok = self.cross_sd(), []
         for n in self.timed:
             cs = self.judged(n, i, x)
             if len(cs) < 2 and confirmed:
                 continue
-            # over the sessions it was timed in: the mean of (measured + margin) / budget within 1
-            if sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in cs) <= len(cs):
+            # over the sessions it was timed in: the mean of (measured + margin) / budget within 1 (its
+            # latest session alone may be over: `holds` stays that session's verdict)
+            use = _use(cs)
+            if use <= 1:
                 shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
                 ok.append(
                     {
                         **cs[-1],
-                        "holds": True,
+                        "use": use,
                         "share": sum(shares) / len(shares),
                         "shares": shares,
                         "sessions": [c["round"] for c in cs],
@@ -253,19 +304,14 @@ class _Verification:
         if self.sessions:  # margins no smaller than session 1's noise: a few models estimate it poorly
             sd = max((x for x in (sd, self.sessions[0]["sd"]) if math.isfinite(x)), default=float("nan"))
         t = meas["models"].get("teacher", {}).get("ms") if self.with_teacher else None
+        if self.with_teacher and not (isinstance(t, (int, float)) and t > 0):
+            # the teacher is every session's speed: an anchor drift (about 1) in its place would mix units
+            raise ValueError(f"verification session {rnd} returned no teacher timing (got {t!r})")
         budgets = self._session_budgets(t)
         drift = meas.get("drift", float("nan"))
         ok = isinstance(drift, (int, float)) and math.isfinite(drift) and drift > 0
-        cuts = [
-            {
-                "name": n,
-                "layers": k,
-                "measured_ms": meas["models"][n]["ms"],
-                "margin_ms": _margin(meas["models"][n], sd),
-                "round": rnd,
-            }
-            for n, k in sorted(self.first_layers.items(), key=lambda kv: kv[1])
-        ]
+        for n in self.first_layers:
+            self.cut_timed.setdefault(n, []).append((len(self.sessions), meas["models"][n]))
         for n, r in cands.items():
             self.rowof.setdefault(n, r)
             self.corrected_of.setdefault(
@@ -280,7 +326,6 @@ class _Verification:
                 "budgets": budgets,
                 "teacher_ms": t,
                 "speed": t or (drift if ok else 1.0),
-                "cuts": cuts,
                 "correction": corr,
                 "retimed": sorted(set(cands) - offered_names),
                 "offered": [[candidate_name(r) for r in o] for o in offered],
@@ -308,17 +353,14 @@ class _Verification:
             )
 
     def fitted(self) -> Correction:
-        """The table's correction fitted on every timing so far, each at the latest session's speed."""
+        """The table's correction fitted on every candidate timed so far: one point per candidate, the
+        geometric mean of its timings each brought to the latest session's speed (a candidate timed in
+        several sessions counts once, so leave-one-out leaves out a candidate, not one of its timings)."""
         last = self.sessions[-1]
-        pts = [
-            (
-                self.rowof[n]["space"],
-                self.rowof[n]["latency_ms"],
-                m["ms"] * last["speed"] / self.sessions[s]["speed"],
-            )
-            for n, ts in self.timed.items()
-            for s, m in ts
-        ]
+        pts = []
+        for n, ts in self.timed.items():
+            logs = [math.log(m["ms"] * last["speed"] / self.sessions[s]["speed"]) for s, m in ts]
+            pts.append((self.rowof[n]["space"], self.rowof[n]["latency_ms"], math.exp(sum(logs) / len(logs))))
         return fit_correction(pts, last["sd"], default_err=self.slack)
 
     def first_offers(self) -> list:
@@ -328,7 +370,7 @@ class _Verification:
             for b in self.budgets_ms
         ]
 
-    def next_offers(self, corr: Correction, picks: list) -> list:
+    def next_offers(self, corr: Correction) -> list:
         """Per budget, what a further session times under the corrected table: `research` (when given)
         first adds candidates up to the corrected limits, then `offers_under_correction` against each
         budget's best holding pick."""
@@ -340,6 +382,7 @@ class _Verification:
             for r in self.research(limits):
                 known.setdefault(candidate_name(r), r)
             self.rows = list(known.values())
+        picks = [self.best_holding(i) for i in range(self.nb)]  # confirmed or not: what a new one must beat
         return [
             offers_under_correction(
                 self.rows, b, corr, picks[i], set(self.timed), self.top_k, self.score, self.sessions[-1]["sd"]
@@ -347,9 +390,22 @@ class _Verification:
             for i, b in enumerate(budgets)
         ]
 
+    def pending(self, i: int, ch) -> list:
+        """Budget i's candidates timed in one session only that hold it and beat its choice `ch` (by
+        score): the best `top_k` of them are timed again, so that one can be confirmed and chosen."""
+        x, out = self.cross_sd(), []
+        for n, ts in self.timed.items():
+            if len(ts) == 1 and (ch is None or self.rowof[n][self.score] < ch[self.score]):
+                if _use(self.judged(n, i, x)) <= 1:
+                    out.append((self.rowof[n][self.score], n))
+        return [n for _, n in sorted(out)[: self.top_k]]
+
     def run(self, rounds: int) -> None:
-        """Session 1, then corrected sessions until nothing new is offered and every choice has been timed
-        twice, a session leaves every choice unchanged and timed twice, or `rounds` sessions."""
+        """Session 1, then corrected sessions, each timing the new offers (none in the last allowed
+        session: a candidate timed there once could not be confirmed), every budget's choice again and the
+        candidates waiting to be confirmed (`pending`). Stops when there is nothing new, pending or
+        unconfirmed, when a session leaves every choice unchanged with nothing pending, or after `rounds`
+        sessions."""
         offer1 = self.first_offers()
         union = _union(offer1)
         if not (self.budgets_ms and (union or self.extra)):
@@ -357,30 +413,29 @@ class _Verification:
         self.run_session(union, None, offer1)
         while len(self.sessions) < rounds:
             corr = self.fitted()
-            picks = [self.best_holding(i) for i in range(self.nb)]
-            offered = self.next_offers(corr, picks)
+            choices = [self.choice(i) for i in range(self.nb)]
+            last = len(self.sessions) + 1 == rounds
+            offered = [[] for _ in range(self.nb)] if last else self.next_offers(corr)
             union = _union(offered)
-            confirmed = all(p is None or len(self.timed[p["name"]]) >= 2 for p in picks)
-            if not union and confirmed:
+            pend = [n for i in range(self.nb) for n in self.pending(i, choices[i])]
+            confirmed = all(c is None or len(self.timed[c["name"]]) >= 2 for c in choices)
+            if not union and not pend and confirmed:
                 break
-            # every budget's choice and the best candidate holding it so far are timed again: a choice is
-            # judged in more than one session
-            retime = {
-                c["name"]: self.rowof[c["name"]]
-                for i in range(self.nb)
-                for c in (self.choice(i), picks[i])
-                if c
-            }
-            before = [p and p["name"] for p in picks]
+            # every budget's choice is timed again (judged over more than one session), and so is every
+            # candidate waiting to be confirmed
+            retime = {n: self.rowof[n] for n in [*(c["name"] for c in choices if c), *pend]}
             self.run_session({**union, **retime}, corr, offered)
-            after = [(self.best_holding(i) or {}).get("name") for i in range(self.nb)]
-            if after == before and all(n is None or len(self.timed[n]) >= 2 for n in after):
+            after = [self.choice(i) for i in range(self.nb)]
+            if [c and c["name"] for c in after] == [c and c["name"] for c in choices] and not any(
+                self.pending(i, after[i]) for i in range(self.nb)
+            ):
                 break
 
     # --- results ---------------------------------------------------------------------------------------
     def budget_entry(self, i: int, x: float) -> dict:
         """Budget i's record: its choice (judged with cross-session sd `x`), every timing of every
-        candidate, its history per session, a message, and baseline (a) from its choice's session."""
+        candidate, its history per session, a message, and baseline (a) chosen by the same rule over the
+        sessions its cuts were timed in (all of them)."""
         ch = self.choice(i)
         checked = [c for n in self.timed for c in self.judged(n, i, x)]
         rnd = ch["round"] if ch is not None else 1
@@ -398,11 +453,10 @@ class _Verification:
         if ch is not None:
             entry["chosen"] = ch
             entry["message"] = (
-                f"{ch['name']}: predicted {ch['predicted_ms']:.2f} ms"
+                f"predicted {ch['predicted_ms']:.2f} ms"
                 + (f", corrected {ch['corrected_ms']:.2f} ms" if ch["corrected_ms"] else "")
-                + f", measured {ch['measured_ms']:.2f} ms + margin {ch['margin_ms']:.2f} ms "
-                f"<= {b:g} ms (session {rnd}); {100 * ch['share']:.1f}% of the budget on "
-                f"average over sessions {ch['sessions']}"
+                + "; "
+                + _holds_text(ch)
             )
         elif checked:
             best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
@@ -416,11 +470,12 @@ class _Verification:
             entry["message"] = (
                 f"no candidate predicted within {b:g} ms x {1 + self.slack:g}: nothing to measure"
             )
-        if self.first_layers and sess:  # from the session its student was timed in, against its budget
+        if self.first_layers and self.sessions:
+            cuts = self.judged_cuts(i, x)
             entry["first_layers"] = {
-                **choose_first_layers(sess["cuts"], b),
-                "checked": sess["cuts"],
-                "round": rnd,
+                **choose_first_layers(cuts),
+                "checked": cuts,
+                "round": len(self.sessions),
             }
         return entry
 
