@@ -58,7 +58,10 @@ def picks(run) -> list:
         if not b["met"] or not b.get("rounds"):
             continue
         first = (b["rounds"][0].get("pick") or {}).get("name")
-        row1 = next((f for f in b["finalists"] if f["name"] == first), None)
+        row1 = next((f for f in b["finalists"] if f["name"] == first and f["round"] == 1), None)
+        if row1 is None:  # nothing held after session 1: no "pick as it was" to compare with
+            print(f"budget {b['budget_ms']:g} ms: no choice held after session 1; left out", flush=True)
+            continue
         out.append(
             {
                 "budget_ms": b["budget_ms"],
@@ -147,7 +150,8 @@ def main(argv=None) -> int:
                 "name": name,
                 "predicted_ms": b[role]["predicted_ms"],
                 "verified_ms": b[role]["measured_ms"],
-                "verified_share": b[role]["measured_ms"] / b[role]["budget_ms"],
+                # the final choice's share is its mean over its sessions (what the search reports)
+                "verified_share": b[role].get("share") or b[role]["measured_ms"] / b[role]["budget_ms"],
                 "measured_ms": m,
                 "share_here": m / here,
                 "holds_here": m <= here,
