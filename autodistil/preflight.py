@@ -90,14 +90,14 @@ def check_table(cfg, spaces, head_dim: int) -> dict:
                 f"latency table {path} has {got} for subspace '{s.name}', the run searches "
                 f"{s.describe()}: profile with the run's teacher and spaces"
             )
-    stat = table.settings.get("stat", "median")
-    if stat != cfg.search.latency_stat:
-        from .latency.profile import stat_label
+    from .latency.profile import same_stat, stat_label
 
-        want = cfg.search.latency_stat
+    stat, low_pct = table.settings.get("stat", "median"), table.settings.get("low_pct", 10.0)
+    want = cfg.search.latency_stat  # low: the table's low percentile (the profile section is not used)
+    if not same_stat(stat, want, low_pct, low_pct):
         raise ValueError(
-            f"latency table {path} predicts {stat_label(stat)} per call ({stat}), the run's "
-            f"budgets bound {stat_label(want)} (--latency-stat {want}): profile the target with "
+            f"latency table {path} predicts {stat_label(stat, low_pct)} per call ({stat}), the run's "
+            f"budgets bound {stat_label(want, low_pct)} (--latency-stat {want}): profile the target with "
             f"`autodistil profile --stat {want}`, or give --latency-stat {stat}"
         )
     t = table.meta.get("teacher") or {}

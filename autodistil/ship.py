@@ -145,11 +145,16 @@ def ship_students(run) -> dict:
                 "folder": f"ship/{name}",
             }
         )
+    from .latency.predict import LatencyTable
+
+    sett = LatencyTable.load(st["profile"]["table"]).settings  # the statistic the run's budgets bound
     manifest = {
         "task": ft["teacher"].get("task"),
         "budgets": sorted(budgets, key=lambda b: b["budget_ms"]),
         "students": entries,
         "latency_table": st["profile"]["table"],
+        "latency_stat": sett.get("stat", cfg.search.latency_stat),
+        "latency_low_pct": sett.get("low_pct", 10.0),
         "measured_here": not run.foreign_table,
     }
     atomic_write_json(ship / "manifest.json", manifest)
@@ -171,11 +176,33 @@ def shipped_folders(ship_dir) -> tuple[dict, dict]:
     return manifest, folders
 
 
+def check_manifest_stat(manifest: dict, table) -> str:
+    """The short name of the statistic the shipped budgets bound (the manifest's latency_stat; median for
+    a manifest from before it was recorded); ValueError when `table` predicts another one (its
+    measurements would judge the budgets on a statistic they do not bound)."""
+    from .latency.profile import same_stat, stat_label, stat_tag
+
+    want, want_low = manifest.get("latency_stat", "median"), manifest.get("latency_low_pct", 10.0)
+    sett = getattr(table, "settings", None) or {}
+    have, have_low = sett.get("stat", "median"), sett.get("low_pct", 10.0)
+    if not same_stat(want, have, want_low, have_low):
+        raise ValueError(
+            f"the shipped budgets bound {stat_label(want, want_low)} per call (manifest latency_stat "
+            f"{want}), the table predicts {stat_label(have, have_low)} ({have}): measure with a table "
+            f"profiled with `autodistil profile --stat {want}`"
+        )
+    return stat_tag(have, have_low)
+
+
 def judge_budgets(manifest: dict, res: dict, table) -> list:
     """Each shipped budget judged on this measurement, against the teacher timed in the same rounds:
     a fraction budget on the student's latency over the teacher's; a budget in ms on the student's
     latency at the table's speed (its latency over the teacher's, times the teacher's latency in the
     table), so a machine that runs faster or slower now than when it was profiled moves both alike."""
+    from .latency.profile import stat_tag
+
+    sett = getattr(table, "settings", None) or {}
+    tag = stat_tag(sett.get("stat", "median"), sett.get("low_pct", 10.0))
     t_now = res["models"]["teacher"]["ms"]
     t_table = (table.meta.get("teacher") or {}).get("ms")
     out = []
@@ -205,7 +232,7 @@ def judge_budgets(manifest: dict, res: dict, table) -> list:
                 "ms_at_table_speed": at_table,
                 "holds": holds,
                 "verdict": f"{'holds' if holds else 'DOES NOT hold'}: {judged} "
-                f"(measured {m['ms']:.3f} ms now)",
+                f"(measured {tag} {m['ms']:.3f} ms now)",
             }
         )
     return out

@@ -665,3 +665,79 @@ def test_a_profile_session_replays_into_the_same_table(synth_space):
     assert prof.round_weighted_percentile([[1.0, 2.0, 3.0, 4.0]], 50) == 2.5
     with pytest.raises(ValueError, match="replayed session lacks"):
         build_table([synth_space], SYN, grid=(3, 2, 2), calibrate=0, replay=captured[0])
+
+
+def test_names_of_one_statistic_are_one_statistic(synth_space, tmp_path):
+    """p05 and p5 are one statistic, and so are low and p10 where the low percentile is the 10th: a table
+    profiled under one name serves a search or run that asks for the other (they used to be compared as
+    strings and refused). A low table profiled at low_pct 5 is labelled the 5th percentile, and a bad
+    name is refused naming the flag or field and what is allowed."""
+    import argparse
+    import json
+    from autodistil.cli.search import check_latency_stat
+    from autodistil.latency.profile import check_stat, same_stat, stat_label
+    from autodistil.pipeline import RunConfig, SearchConfig
+    from autodistil.preflight import check_table
+
+    assert [check_stat(s) for s in ("median", "low", "p5", "p05", "p90", "p090")] == [
+        "median",
+        "low",
+        "p5",
+        "p5",
+        "p90",
+        "p90",
+    ]
+    assert ProfileSettings(stat="p05").stat == "p5" and SearchConfig(latency_stat="p05").latency_stat == "p5"
+    assert same_stat("low", "p10") and same_stat("p50", "median") and same_stat("p05", "p5")
+    assert not same_stat("low", "p10", 5.0, 5.0) and same_stat("low", "p5", 5.0, 5.0)
+    assert stat_label("low", 5.0) == "the 5th percentile" and stat_label("p05") == "the 5th percentile"
+    with pytest.raises(
+        ValueError, match=r"--latency-stat 'p100' is not allowed: choose median, low .*p1-p99"
+    ):
+        check_stat("p100", "--latency-stat")
+    with pytest.raises(ValueError, match=r"^latency_stat 'p100' is not allowed: choose median, low"):
+        SearchConfig(latency_stat="p100")
+
+    table = build_table([synth_space], SYN, grid=(2, 2, 2), calibrate=0, device=SyntheticDevice(seed=61))
+    table.meta["teacher"] = {"name": "t", "ms": 40.0}
+    path = table.save(tmp_path / "t.json")
+
+    def with_stat(stat, low_pct=10.0):
+        d = json.loads(path.read_text())
+        d["settings"].update(stat=stat, low_pct=low_pct)
+        path.write_text(json.dumps(d))
+
+    def search_args(stat):
+        return argparse.Namespace(latency_stat=stat, table=str(path))
+
+    def run_cfg(stat):
+        return RunConfig(table=str(path), search=SearchConfig(latency_stat=stat))
+
+    for have, want in (("p05", "p5"), ("p5", "p05"), ("low", "p10"), ("p10", "low"), ("p50", "median")):
+        with_stat(have)
+        check_latency_stat(search_args(want))
+        assert check_table(run_cfg(want), [synth_space], HEAD_DIM)["path"] == str(path)
+    with_stat("low", 5.0)  # the 5th percentile, not the 10th
+    with pytest.raises(ValueError, match=r"predicts the 5th percentile per call \(low\); profile"):
+        check_latency_stat(search_args("p10"))
+    with pytest.raises(ValueError, match=r"predicts the 5th percentile per call \(low\), the run's budgets"):
+        check_table(run_cfg("p10"), [synth_space], HEAD_DIM)
+    check_latency_stat(search_args("p5"))
+    check_latency_stat(search_args("low"))  # low: the table's low percentile
+    with pytest.raises(ValueError, match=r"^--latency-stat 'p100' is not allowed: choose median"):
+        check_latency_stat(search_args("p100"))
+
+
+def test_latency_stat_help_says_the_percentile_is_over_anchor_normalised_runs():
+    import argparse
+    from autodistil.cli import build_parser
+    from autodistil.config import add_dataclass_args
+    from autodistil.pipeline import RunConfig
+
+    run = argparse.ArgumentParser()
+    add_dataclass_args(run, RunConfig)
+    se = build_parser()._subparsers._group_actions[0].choices["search"]
+    for p in (run, se):
+        h = " ".join(next(a.help for a in p._actions if "--latency-stat" in a.option_strings).split())
+        assert "anchor-normalised runs" in h and "anchor model's speed at its time" in h, h
+        assert "whole-machine slowdowns that also slow the anchor are taken out" in h, h

@@ -100,3 +100,97 @@ def test_shipped_folders_must_be_complete(tmp_path):
     (tmp_path / "s").mkdir()
     (tmp_path / "s" / "config.json").write_text("{}")
     assert shipped_folders(tmp_path)[1] == {"s": str(tmp_path / "s")}
+
+
+def _ship_table(tmp_path, stat: str, teacher_ms: float = 10.0):
+    """A latency table (synthetic device) profiled for `stat`, with the teacher's latency."""
+    from autodistil.latency.profile import ProfileSettings, build_table
+    from autodistil.space import Range, SearchSpace
+    from test_latency import SyntheticDevice
+
+    sp = SearchSpace("s", Range(1, 3, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
+    table = build_table(
+        [sp],
+        ProfileSettings(rounds=2, round_s=0.05, stat=stat),
+        grid=(2, 2, 2),
+        calibrate=0,
+        device=SyntheticDevice(seed=3),
+    )
+    table.meta["teacher"] = {"name": "t", "ms": teacher_ms}
+    return table.save(tmp_path / f"table-{stat}.json")
+
+
+def test_ship_manifest_records_the_statistic_the_budgets_bound(tmp_path):
+    """ship/manifest.json names the latency statistic (and the low percentile) of the run's table."""
+    from types import SimpleNamespace
+
+    from autodistil.ship import ship_students
+
+    path = _ship_table(tmp_path, "p90")
+    run = SimpleNamespace(
+        out=tmp_path / "run",
+        foreign_table=False,
+        cfg=SimpleNamespace(
+            onnx=False, profile=SimpleNamespace(seq_len=8), search=SimpleNamespace(latency_stat="p90")
+        ),
+        state={
+            "profile": {"table": str(path)},
+            "export": {"students": {}},
+            "finetune": {"teacher": {"task": "sst2"}},
+            "search": {"best": {}},
+        },
+    )
+    manifest = ship_students(run)
+    assert manifest["latency_stat"] == "p90" and manifest["latency_low_pct"] == 10.0
+    assert json.loads((tmp_path / "run" / "ship" / "manifest.json").read_text())["latency_stat"] == "p90"
+
+
+def test_measure_ship_refuses_a_table_for_another_statistic(tmp_path, monkeypatch, capsys):
+    """`measure --ship` judges budgets on the statistic they bound: a table profiled for another one is
+    refused before anything is timed (a manifest without latency_stat, from an older run: the median);
+    names of one statistic agree (p90 and p090); every printed figure says which statistic it is."""
+    from autodistil import cli
+    from autodistil.latency import validate
+
+    ship, teacher = tmp_path / "ship", tmp_path / "teacher"
+    for d in (ship / "s", teacher):
+        d.mkdir(parents=True)
+        (d / "config.json").write_text("{}")
+    budgets = [{"budget": "latency<=5ms", "budget_ms": 5.0, "fraction": None, "student": "s"}]
+
+    def manifest(**kw):
+        (ship / "manifest.json").write_text(json.dumps({"students": {"s": {}}, "budgets": budgets, **kw}))
+
+    timed = []
+
+    def fake_measure(folders, table, settings, seed=0):
+        timed.append(sorted(folders))
+        m = lambda ms: {"ms": ms, "noise_sd_ms": 0.05, "low_ms": 0.9 * ms}  # noqa: E731
+        return {"models": {"s": m(6.6), "teacher": m(15.0)}, "drift": 1.0, "threads": {"loadavg": None}}
+
+    monkeypatch.setattr(validate, "measure_folders", fake_measure)
+    t90, t50 = _ship_table(tmp_path, "p90"), _ship_table(tmp_path, "median")
+    out = tmp_path / "m.json"
+
+    def measure(table):
+        argv = ["measure", "--table", str(table), "--ship", str(ship), "--teacher", str(teacher)]
+        return cli.main([*argv, "--out", str(out)])
+
+    manifest()  # an older run's manifest: median budgets
+    assert measure(t90) == 2 and not timed
+    err = capsys.readouterr().err
+    assert (
+        "the shipped budgets bound the median per call (manifest latency_stat median), the table "
+        "predicts the 90th percentile (p90)" in err
+    ), err
+    assert measure(t50) == 0 and timed == [["s", "teacher"]]
+    o = capsys.readouterr().out
+    assert "s: median 6.600 ms (noise sd 0.050 ms, low p10 5.940 ms)" in o and "teacher: median 15.000" in o
+    assert "(measured median 6.600 ms now)" in o and json.loads(out.read_text())["stat"] == "median"
+    manifest(latency_stat="p090")
+    assert measure(t50) == 2 and len(timed) == 1
+    assert "bound the 90th percentile per call (manifest latency_stat p090)" in capsys.readouterr().err
+    assert measure(t90) == 0 and len(timed) == 2
+    o = capsys.readouterr().out
+    assert "s: p90 6.600 ms" in o and "teacher: p90 15.000 ms" in o and "(measured p90 6.600 ms now)" in o
+    assert "holds: 4.400 ms at the table's speed" in o

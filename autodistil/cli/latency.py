@@ -248,13 +248,14 @@ def cmd_measure(a):
         folders[name] = folder
     manifest = None
     if a.ship:
-        from ..ship import shipped_folders
+        from ..ship import check_manifest_stat, shipped_folders
 
         if not a.teacher:
             raise ValueError(
                 "--ship needs --teacher: budgets are judged against the teacher timed in the same rounds"
             )
         manifest, shipped = shipped_folders(a.ship)
+        check_manifest_stat(manifest, table)  # before anything is timed
         folders.update(shipped)
     if a.teacher:
         from ..teacher import resolve_teacher_path
@@ -265,13 +266,21 @@ def cmd_measure(a):
             "nothing to measure: give --model NAME=FOLDER and/or --ship RUN/ship --teacher TEACHER"
         )
     res = measure_folders(folders, table, table_settings(table, a.rounds))
+    res["stat"] = table.settings.get("stat", "median")  # what every "ms" figure is
     if manifest is not None:
         from ..ship import judge_budgets
 
         res["budgets"] = judge_budgets(manifest, res, table)
     atomic_write_json(a.out, res)
+    from ..latency.profile import stat_tag
+
+    low_pct = table.settings.get("low_pct", 10.0)
+    tag = stat_tag(table.settings.get("stat", "median"), low_pct)
     for k, v in res["models"].items():
-        print(f"{k}: {v['ms']:.3f} ms (noise sd {v['noise_sd_ms']:.3f} ms, low {v['low_ms']:.3f} ms)")
+        print(
+            f"{k}: {tag} {v['ms']:.3f} ms (noise sd {v['noise_sd_ms']:.3f} ms, low p{low_pct:g} "
+            f"{v['low_ms']:.3f} ms)"
+        )
     for b in res.get("budgets", []):
         print(f"{b['budget']}: {b['student']} {b['verdict']}")
     print(f"anchor drift since profiling {res['drift']:.3f}; load average {res['threads'].get('loadavg')}")

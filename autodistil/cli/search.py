@@ -45,21 +45,24 @@ def reanchor_speed(a):
 
 
 def check_latency_stat(a) -> None:
-    """--latency-stat must be what the table predicts: budgets bound it, verification measures it."""
-    if a.latency_stat is None or a.table is None:
-        if a.latency_stat is not None:
-            raise ValueError("--latency-stat needs --table (the table is profiled for the statistic)")
+    """--latency-stat must be what the table predicts: budgets bound it, verification measures it. Names of
+    one statistic are one (p05 and p5; low and p10 for a table whose low percentile is the 10th)."""
+    if a.latency_stat is None:
         return
-    from ..latency.predict import LatencyTable
-    from ..latency.profile import check_stat, stat_label
+    from ..latency.profile import check_stat, same_stat, stat_label
 
-    check_stat(a.latency_stat)
-    have = LatencyTable.load(a.table).settings.get("stat", "median")
-    if have != a.latency_stat:
+    want = check_stat(a.latency_stat, "--latency-stat")
+    if a.table is None:
+        raise ValueError("--latency-stat needs --table (the table is profiled for the statistic)")
+    from ..latency.predict import LatencyTable
+
+    sett = LatencyTable.load(a.table).settings
+    have, low_pct = sett.get("stat", "median"), sett.get("low_pct", 10.0)
+    if not same_stat(have, want, low_pct, low_pct):  # low: the table's low percentile
         raise ValueError(
-            f"--latency-stat {a.latency_stat}: the table {a.table} predicts {stat_label(have)} "
-            f"per call ({have}); profile with `autodistil profile --stat {a.latency_stat}` for "
-            f"budgets on {stat_label(a.latency_stat)}"
+            f"--latency-stat {a.latency_stat}: the table {a.table} predicts {stat_label(have, low_pct)} "
+            f"per call ({have}); profile with `autodistil profile --stat {want}` for "
+            f"budgets on {stat_label(want, low_pct)}"
         )
 
 
@@ -112,7 +115,9 @@ def cmd_search(a):
         from ..search.verify import verify_search
 
         cands = [r for r in res["candidates"] if r["plain"]] if a.plain_only else res["candidates"]
-        research = research_fn(pairs, table, a.method, a.seed, a.seq_len, head_dim, vocab, a.plain_only)
+        research = research_fn(
+            pairs, table, a.method, a.seed, a.seq_len, head_dim, vocab, a.plain_only, a.max_evals
+        )
         ver = verify_search(
             cands,
             [b.latency_ms for b in budgets if b.latency_ms],
@@ -184,8 +189,10 @@ def register(sub):
         default=None,
         metavar="median|p90|...",
         help="the statistic of per-call latency the budgets bound: median, or a percentile such "
-        "as p90 for a tail-latency budget; the table must be profiled for it (`autodistil "
-        "profile --stat p90`), and verification measures it (default: the table's)",
+        "as p90 for a tail-latency budget, taken over anchor-normalised runs (each run divided by "
+        "the anchor model's speed at its time, so whole-machine slowdowns that also slow the anchor "
+        "are taken out); the table must be profiled for it (`autodistil profile --stat p90`), and "
+        "verification measures it (default: the table's)",
     )
     se.add_argument("--flops", type=float, default=None, help="MACs budget in G (the paper's 'FLOPs')")
     se.add_argument("--params", type=float, default=None, help="parameter budget in M")

@@ -68,7 +68,8 @@ class ProfileSettings:
     low_pct: float = 10.0  # the low percentile reported beside the median
     stat: str = "median"  # the statistic of per-call latency the table predicts and every
     # measurement reports: median | low (the low_pct percentile) | pNN, a
-    # percentile such as p90 (budgets on tail latency)
+    # percentile such as p90 (budgets on tail latency), taken over
+    # anchor-normalised runs (each divided by the anchor's speed at its time)
     depths: tuple = (0, 2, 4)  # student depths of the per-layer regression
     cuda_graphs: bool = False  # CUDA: time each forward as a replayed CUDA graph (less launch overhead)
 
@@ -81,7 +82,7 @@ class ProfileSettings:
             raise ValueError(f"device {self.device!r} is not allowed: 'cpu' or 'cuda[:N]'")
         if self.runtime == "onnxruntime" and self.device != "cpu":
             raise ValueError("runtime 'onnxruntime' is profiled on the CPU execution provider only")
-        check_stat(self.stat)
+        object.__setattr__(self, "stat", check_stat(self.stat))  # p05 is p5
         for f in ("batch", "seq_len", "rounds", "min_runs", "anchor_every"):
             if getattr(self, f) <= 0:
                 raise ValueError(f"{f}={getattr(self, f)} must be positive")
@@ -406,20 +407,34 @@ def percentile(xs: list, p: float) -> float:
     return xs[lo] + (xs[hi] - xs[lo]) * (k - lo)
 
 
-def check_stat(stat: str) -> str:
-    """`stat` if it names a statistic of per-call latency (median, low, p1-p99); ValueError otherwise."""
+STATS_ALLOWED = "median, low (the low_pct percentile, 10 by default) or a percentile p1-p99 such as p90"
+
+
+def check_stat(stat: str, what: str = "stat") -> str:
+    """The canonical name of a statistic of per-call latency: median, low, or pNN written without leading
+    zeros (p05 -> p5); ValueError naming `what` (the flag or field that gave it) and what is allowed
+    otherwise. Two names of one statistic (p5 and p05, low at low_pct 10 and p10, p50 and median) are
+    compared with `same_stat`."""
     if stat in ("median", "low"):
         return stat
     if isinstance(stat, str) and stat[:1] == "p" and stat[1:].isdigit() and 1 <= int(stat[1:]) <= 99:
-        return stat
-    raise ValueError(
-        f"stat {stat!r} is not allowed: choose median, low (the low_pct percentile) or a "
-        f"percentile p1-p99 such as p90"
-    )
+        return f"p{int(stat[1:])}"
+    raise ValueError(f"{what} {stat!r} is not allowed: choose {STATS_ALLOWED}")
+
+
+canonical_stat = check_stat
+
+
+def same_stat(a: str, b: str, low_pct_a: float = 10.0, low_pct_b: float = 10.0) -> bool:
+    """Whether statistics `a` (low meaning its low_pct_a percentile) and `b` (low: low_pct_b) are one:
+    the same percentile of per-call latency."""
+    return stat_pct(check_stat(a), low_pct_a) == stat_pct(check_stat(b), low_pct_b)
 
 
 def stat_label(stat: str, low_pct: float = 10.0) -> str:
-    """'the median', 'the 90th percentile', ... of per-call latency, as reports and help texts say it."""
+    """'the median', 'the 90th percentile', ... of per-call latency, as reports and help texts say it
+    (low: its low_pct percentile, so pass the table's low_pct where it is known)."""
+    stat = check_stat(stat)
     if stat == "median":
         return "the median"
     q = low_pct if stat == "low" else int(stat[1:])
@@ -427,6 +442,12 @@ def stat_label(stat: str, low_pct: float = 10.0) -> str:
     teen = not isinstance(q, int) or 10 <= q % 100 <= 20 or q % 10 > 3
     suffix = "th" if teen else ("th", "st", "nd", "rd")[q % 10]
     return f"the {q}{suffix} percentile"
+
+
+def stat_tag(stat: str, low_pct: float = 10.0) -> str:
+    """The short name printed beside a figure: median, p90, ...; low as the percentile it stands for."""
+    stat = check_stat(stat)
+    return f"p{low_pct:g}" if stat == "low" else stat
 
 
 def statistic(xs: list, stat: str, low_pct: float) -> float:

@@ -4,6 +4,7 @@ FLOPs / params / *predicted latency* budgets; Pareto fronts, best student per bu
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -247,22 +248,39 @@ def search(
     return result
 
 
-def research_fn(pairs, table, method: str, seed: int, seq_len: int, head_dim: int, vocab: int, plain: bool):
+def research_fn(
+    pairs,
+    table,
+    method: str,
+    seed: int,
+    seq_len: int,
+    head_dim: int,
+    vocab: int,
+    plain: bool,
+    max_evals: Optional[int] = None,
+):
     """verify_budgets' `research`: {space: [predicted-ms limit per budget]} -> the candidate rows of a search
     of each space under those limits (the corrected budgets expressed in the table's predictions), objective
-    values cached. A limit below every subnet of a space finds nothing there."""
+    values cached. A limit below every subnet of a space (every plain one with `plain`) finds nothing there
+    and is skipped; any other error of the search is raised. `max_evals`: objective evaluations per budget
+    of an evolutionary search (None: SearchSpec's default)."""
+    metrics = metrics_fn(table, head_dim, seq_len, vocab)
+    evals = {} if max_evals is None else {"max_evals": max_evals}
+
+    def predicted_under(space, budget: Budget) -> bool:
+        # the smallest subnet first (it decides almost always), then every subnet: a prediction need not
+        # grow in every dimension, and a plain-only budget needs a plain shape under the limit
+        return any(budget.ok(metrics(c)) for c in itertools.chain([space.smallest()], space))
 
     def research(limits: dict) -> list:
         rows = []
         for space, obj in pairs:
             for lim in sorted({x for x in limits.get(space.name, []) if x > 0}):
-                spec = SearchSpec(
-                    budgets=[Budget(latency_ms=lim, plain=plain)], method=method, seed=seed, seq_len=seq_len
-                )
-                try:
-                    rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
-                except ValueError:  # no subnet of this space predicted under the limit
+                budget = Budget(latency_ms=lim, plain=plain)
+                if not predicted_under(space, budget):  # no subnet of this space predicted under the limit
                     continue
+                spec = SearchSpec(budgets=[budget], method=method, seed=seed, seq_len=seq_len, **evals)
+                rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
         return [r for r in rows if r["plain"]] if plain else rows
 
     return research
