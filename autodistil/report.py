@@ -558,11 +558,11 @@ def _comparison_section(res) -> list:
     L = [
         "## Students vs baselines at equal latency\n",
         "Per budget: (c) the student of the latency-constrained agnostic search, (a) the teacher's first k "
-        "layers with k the largest whose latency, measured with the students' finalists at search time, plus "
-        "its noise margin meets the budget (the students' rule, same session), (b) the student of the "
-        "FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one recipe "
-        f"(lr {ft['lr']:g}, {ft['epochs']:g} epoch{'' if ft['epochs'] == 1 else 's'}, logits distillation "
-        f"weight {ft['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}). One seed."
+        "layers with k the largest that holds the budget by the students' rule (timed with the finalists in "
+        "every verification session; the mean of latency + margin over budget within 1), (b) the student of "
+        "the FLOPs-constrained search at the same fraction of the teacher's MACs. All fine-tuned with one "
+        f"recipe (lr {ft['lr']:g}, {ft['epochs']:g} epoch{'' if ft['epochs'] == 1 else 's'}, logits "
+        f"distillation weight {ft['kd_alpha']:g} from the fine-tuned teacher, seed {c['seed']}). One seed."
         + (
             " Fits: for a budget given as a fraction, x teacher <= that fraction; otherwise ms <= budget ms."
             if any(cmp.get("fraction_judged") for cmp in res["comparison"])
