@@ -65,3 +65,20 @@ def test_research_passes_max_evals_to_the_evolutionary_search(case):
     obj, research = _research(case, method="evolutionary")  # SearchSpec's default: 64
     research({"r": [limit]})
     assert 20 < obj.evaluations <= 64
+
+
+def test_research_offers_a_feasible_subnet_an_evolutionary_search_missed(case, monkeypatch):
+    """An evolutionary search samples a bounded number of subnets and can miss a small feasible region that
+    exists: `search` then raises UnmetBudget, and research offers the subnet it found under the limit
+    instead of aborting the verification."""
+    import autodistil.search.run as run_mod
+
+    sp, table = case
+    low = table.predict(sp.smallest())
+    monkeypatch.setattr(run_mod, "evolutionary", lambda *a, **k: None)  # a search that finds nothing
+    obj, research = _research(case, method="evolutionary")
+    rows = research({"r": [low * 1.001]})
+    assert [(r["layers"], r["hidden"], r["ffn_ratio"], r["heads"]) for r in rows] == [
+        (sp.smallest().layers, sp.smallest().hidden, sp.smallest().ffn_ratio, sp.smallest().heads)
+    ]
+    assert rows[0]["latency_ms"] <= low * 1.001 and rows[0]["loss"] == _loss(sp.smallest())

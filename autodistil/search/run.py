@@ -224,7 +224,7 @@ def search(
             if w is not None:
                 winners.append((obj(w), space.name, w))
         if not winners:
-            raise ValueError(unmet_budget_message(b, [c for s, _ in objectives for c in s], metrics))
+            raise UnmetBudget(unmet_budget_message(b, [c for s, _ in objectives for c in s], metrics))
         loss, sname, w = min(winners, key=lambda t: (t[0], metrics(t[2])["latency_ms"]))
         best[b.label()] = {"budget": b.label(), "space": sname, **w.as_dict(), "loss": loss, **metrics(w)}
     for space, obj in objectives:
@@ -248,6 +248,11 @@ def search(
     return result
 
 
+class UnmetBudget(ValueError):
+    """No subnet the search evaluated meets a budget (an evolutionary search may miss a small feasible
+    region that exists)."""
+
+
 def research_fn(
     pairs,
     table,
@@ -262,25 +267,38 @@ def research_fn(
     """verify_budgets' `research`: {space: [predicted-ms limit per budget]} -> the candidate rows of a search
     of each space under those limits (the corrected budgets expressed in the table's predictions), objective
     values cached. A limit below every subnet of a space (every plain one with `plain`) finds nothing there
-    and is skipped; any other error of the search is raised. `max_evals`: objective evaluations per budget
-    of an evolutionary search (None: SearchSpec's default)."""
+    and is skipped; where a subnet is predicted under the limit but an evolutionary search found none, that
+    subnet is the row; any other error of the search is raised. `max_evals`: objective evaluations per
+    budget of an evolutionary search (None: SearchSpec's default)."""
     metrics = metrics_fn(table, head_dim, seq_len, vocab)
     evals = {} if max_evals is None else {"max_evals": max_evals}
 
-    def predicted_under(space, budget: Budget) -> bool:
-        # the smallest subnet first (it decides almost always), then every subnet: a prediction need not
-        # grow in every dimension, and a plain-only budget needs a plain shape under the limit
-        return any(budget.ok(metrics(c)) for c in itertools.chain([space.smallest()], space))
+    def predicted_under(space, budget: Budget):
+        """A subnet of `space` predicted under the budget, or None. The smallest first (it decides almost
+        always), then every subnet: a prediction need not grow in every dimension, and a plain-only budget
+        needs a plain shape."""
+        return next((c for c in itertools.chain([space.smallest()], space) if budget.ok(metrics(c))), None)
 
     def research(limits: dict) -> list:
         rows = []
         for space, obj in pairs:
             for lim in sorted({x for x in limits.get(space.name, []) if x > 0}):
                 budget = Budget(latency_ms=lim, plain=plain)
-                if not predicted_under(space, budget):  # no subnet of this space predicted under the limit
+                feasible = predicted_under(space, budget)
+                if feasible is None:  # no subnet of this space predicted under the limit
                     continue
                 spec = SearchSpec(budgets=[budget], method=method, seed=seed, seq_len=seq_len, **evals)
-                rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
+                try:
+                    rows += search([(space, obj)], table, spec, head_dim, vocab)["candidates"]
+                except UnmetBudget:  # the evolutionary search missed the feasible region: offer what is known
+                    rows.append(
+                        {
+                            "space": space.name,
+                            **feasible.as_dict(),
+                            "loss": obj(feasible),
+                            **metrics(feasible),
+                        }
+                    )
         return [r for r in rows if r["plain"]] if plain else rows
 
     return research
