@@ -78,7 +78,8 @@ class SearchConfig:
     method: str = "auto"  # auto | exhaustive | evolutionary
     verify_top: int = 4  # candidates per budget measured end to end at search time (this machine)
     verify_rounds: int = 4  # verification sessions at most: after each, the table is corrected
-    # from what was measured and the search's new candidates are timed
+    # from what was measured and the search's new candidates are timed with the choices; the last
+    # allowed session offers nothing new, so a corrected search needs 3 or more
     baselines: bool = True  # also ship-test the teacher's first k layers and the FLOPs-search student
     plain_only: bool = False  # only shapes that load without autodistil: heads x head dim == hidden
     # (the family's plain Hugging Face class)
@@ -219,6 +220,22 @@ _VERSIONS = {"profile": 2, "search": 9, "finetune": 2, "ship": 1, "report": 6}
 
 def _matches(key: str, deps: tuple) -> bool:
     return any(key == d or (d.endswith(".") and key.startswith(d)) for d in deps)
+
+
+MIN_STEPS = 100  # fewer optimizer steps than this, from epochs: too few to learn a task (warned)
+
+
+def few_steps_warning(name: str, steps: int, batch_size: int, epochs: float, max_steps) -> Optional[str]:
+    """A warning when `name` trained fewer than MIN_STEPS optimizer steps because its data set is small
+    for the recipe's epochs (not when the user capped the steps with max_steps, nor for a teacher used as
+    it is, 0 steps); None otherwise."""
+    if max_steps is not None or not 0 < steps < MIN_STEPS:
+        return None
+    return (
+        f"[finetune] warning: {name} trained {steps} optimizer steps ({epochs:g} epoch(s) at batch "
+        f"{batch_size}): too few to learn a task; a small data set needs more epochs "
+        f"(--finetune-teacher-epochs, --finetune-epochs) or a smaller --finetune-batch-size"
+    )
 
 
 class Run:
@@ -568,6 +585,11 @@ class Run:
             cache_root=c.cache_dir,
             log=log,
         )
+        w = few_steps_warning(
+            "the teacher", t_res.get("steps", 0), ft.batch_size, ft.teacher_epochs, ft.max_steps
+        )
+        if w:
+            log(w)
         out = {"teacher": {**t_res, "folder": str(t_dir)}, "_seq_len": {"max_seq_len": seq, "auto": auto}}
         for name, folder in self._finetune_jobs().items():
             r = _finetune_cached(
@@ -577,6 +599,9 @@ class Run:
                 f"[finetune] {name}: {r['headline']} {r['score']:.4f} "
                 f"({r['steps']} steps, {r['train_seconds']} s)"
             )
+            w = few_steps_warning(name, r["steps"], ft.batch_size, ft.epochs, ft.max_steps)
+            if w:
+                log(w)
             out[name] = r
         return out
 

@@ -203,6 +203,7 @@ def _budget_rows(run, lat, t_ms, holds, frac) -> list:
                 "corrected_ms": None,
                 "verified_ms": None,
                 "verify_margin_ms": None,
+                "verified_use": None,
                 "verified_share": None,
                 "measured_ms": None,
                 "measured_noise_sd_ms": None,
@@ -469,8 +470,9 @@ def _budgets_section(res) -> list:
     L.append(
         f"\nPredicted: the latency table; corrected: the table corrected from the candidates measured "
         f"at search time, for the session that offered the student (see below; - where session 1 "
-        f"offered it); verified: measured end to end at search time, the best candidate whose measured "
-        f"latency plus its noise margin meets the budget chosen; measured here: a separate measurement "
+        f"offered it); verified: measured end to end at search time in the choice's latest session, the "
+        f"best candidate whose (measured latency + margin) / budget averaged over its sessions is within 1 "
+        f"(that session alone may be over); measured here: a separate measurement "
         f"in a fresh process for this report (noise sd of that statistic {sd:.2f}%, machine speed vs "
         f"profiling {ms.get('drift', float('nan')):.3f}x)."
     )

@@ -360,3 +360,16 @@ def test_latency_stat_reaches_the_profile_and_is_checked_against_a_given_table(t
         )
     )
     assert isinstance(LatencyTable.load(path), LatencyTable)
+
+
+def test_few_fine_tuning_steps_are_warned_about():
+    """956 examples, one epoch at batch 32: 30 optimizer steps, and every model predicted one class (the
+    own-data run of docs/reports/2026-12-07-own-data-run.md). The run says so, naming the flags; not when
+    the user capped the steps, nor for a teacher used as it is, nor at the embedded task's 322 steps."""
+    from autodistil.pipeline import few_steps_warning
+
+    w = few_steps_warning("the teacher", 30, 32, 1.0, None)
+    assert w and "30 optimizer steps" in w and "--finetune-teacher-epochs" in w and "--finetune-epochs" in w
+    assert few_steps_warning("s", 30, 32, 1.0, 3) is None  # max_steps given: the user's choice
+    assert few_steps_warning("the teacher", 0, 32, 0.0, None) is None  # used as it is
+    assert few_steps_warning("s", 322, 32, 1.0, None) is None

@@ -220,7 +220,8 @@ def test_zero2_zero3_ddp_match_single_process(tiny_teacher_dir, tmp_path):
 
 @pytest.mark.figures
 def test_few_hundred_steps_lower_heldout_relation_loss(tmp_path):
-    """README figures: real teacher, Penn Treebank, the teacher-derived 'tiny' space, random init."""
+    """The figures of docs/reports/2026-11-25-supernet-training-300-steps.md: real teacher, Penn
+    Treebank, the teacher-derived 'tiny' space, random init."""
     cfg = TrainConfig(
         out_dir=str(tmp_path / "run"),
         spaces=("tiny",),

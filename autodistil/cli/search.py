@@ -239,9 +239,11 @@ def register(sub):
         type=int,
         default=4,
         help="with --verify-top: verification sessions at most; after each, the table is "
-        "corrected from the measured finalists (per space or per size, by leave-one-out "
-        "error), the search runs again under it and its new candidates are timed, until the "
-        "choice no longer changes (1: one session; default: 4)",
+        "corrected from the measured candidates (per space or per size, by leave-one-out "
+        "error), the search runs again under it and the next session times its new candidates "
+        "with the choices and the candidates waiting to be confirmed, until the choice no longer "
+        "changes; the last allowed session offers nothing new, so a corrected search needs 3 or "
+        "more (1: one session; default: 4)",
     )
     se.add_argument(
         "--out", required=True, help="the folder for candidates.csv, the Pareto front and its plot"

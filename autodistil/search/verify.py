@@ -168,8 +168,9 @@ def _union(offers: list) -> dict:
 
 class _Verification:
     """The state of one verification across its sessions, and the steps verify_budgets takes: time a
-    session (`run_session`), fit a correction on every timing so far (`fitted`), search again and offer
-    what could beat each budget's choice (`next_offers`), judge every timed candidate against every budget
+    session (`run_session`), fit a correction on every candidate timed so far, one point each (`fitted`),
+    search again and offer what could beat each budget's best holding candidate (`next_offers`), find the
+    candidates waiting to be confirmed (`pending`), judge every timed candidate against every budget
     (`judged`, `best_holding`, `choice`), and write each budget's record (`budget_entry`, `result`)."""
 
     def __init__(
@@ -459,12 +460,25 @@ class _Verification:
                 + _holds_text(ch)
             )
         elif checked:
-            best = min(checked, key=lambda c: c["measured_ms"] + c["margin_ms"] - c["budget_ms"])
+            # the closest by the rule a choice is judged by: the mean over its sessions
+            per = {}
+            for c in checked:
+                per.setdefault(c["name"], []).append(c)
+            best = min(
+                (
+                    {
+                        **cs[-1],
+                        "use": _use(cs),
+                        "share": sum(c["measured_ms"] / c["budget_ms"] for c in cs) / len(cs),
+                        "sessions": [c["round"] for c in cs],
+                    }
+                    for cs in per.values()
+                ),
+                key=lambda c: c["use"],
+            )
             entry["message"] = (
-                f"no measured candidate meets {b:g} ms: the closest of {len(self.timed)} "
-                f"measured, {best['name']}, measured {best['measured_ms']:.2f} ms + margin "
-                f"{best['margin_ms']:.2f} ms (session {best['round']}, budget "
-                f"{best['budget_ms']:g} ms)"
+                f"no measured candidate holds {b:g} ms: the closest of {len(self.timed)} measured, "
+                + _holds_text(best)
             )
         else:
             entry["message"] = (
@@ -534,19 +548,22 @@ def verify_budgets(
     session.
 
     Session 1 times each budget's `finalists` under the table's predictions. After each session a correction
-    (search/correct.py) is fitted on every timing so far (each brought to the latest session's speed: the
-    teacher timed there, else the anchor), and the next session times what `offers_under_correction` gives
-    per budget (the search again under the corrected table; `research`, when given, evaluates candidates up
-    to the corrected limits first: {space: [predicted-ms limit per budget]} -> more rows) together with every
-    budget's current choice, timed again. A candidate holds a budget when, averaged over the sessions it was
-    timed in, its measured latency plus its margin is within that session's budget; the margin is the
+    (search/correct.py) is fitted on every candidate timed so far, one point each (the geometric mean of its
+    timings, each brought to the latest session's speed: the teacher timed there, else the anchor), and the
+    next session times what `offers_under_correction` gives per budget (the search again under the corrected
+    table; `research`, when given, evaluates candidates up to the corrected limits first: {space:
+    [predicted-ms limit per budget]} -> more rows; nothing new in the last allowed session) together with
+    every budget's current choice and the best `top_k` candidates per budget that held once and beat it
+    (`pending`), timed again. A candidate holds a budget when the mean over the sessions it was timed in of
+    (measured latency + margin) / that session's budget is within 1 (its latest session alone may be over:
+    `holds` is that session's verdict, `use` the mean); the margin is the
     largest of its own noise, the session's (never below session 1's) and the cross-session sd: how much a
     model's latency relative to its session's speed moves from one session to the next, measured on the
     candidates timed twice or more (a later session, such as the report's, is one draw from that spread).
     The choice is the best candidate holding over two sessions or more (the best holding in one only where
     none does); its share of the budget is the mean over its sessions. Sessions stop when nothing new is
-    offered and every choice has been timed in two sessions, when a session leaves every choice unchanged
-    and timed twice, or after `rounds` sessions.
+    offered, nothing waits to be confirmed and every choice has been timed in two sessions, when a session
+    leaves every choice unchanged with nothing waiting, or after `rounds` sessions.
 
     `fractions` (one per budget, with `with_teacher`): the budgets are those fractions of the teacher's
     latency measured in each session; `budgets_ms` only picks session 1's finalists.
@@ -558,8 +575,8 @@ def verify_budgets(
     first_layers (when asked: chosen, message, checked, round)], "teacher_ms" (session 1), "measurement"
     (session 1 less its per-model details), "sessions" (each session's summary, its budgets, teacher,
     correction, offers and the choices timed again), "second_round" (sessions[1] or None),
-    "cross_session_sd_pct", "correction" (fitted on every timing at the end), "measured" (session 1's
-    per-model details) and "measured_by_session"}."""
+    "cross_session_sd_pct", "correction" (fitted on every candidate timed, at the end), "measured"
+    (session 1's per-model details) and "measured_by_session"}."""
     if fractions is not None and (not with_teacher or len(fractions) != len(budgets_ms)):
         raise ValueError(
             f"fractions {fractions} need with_teacher=True and one fraction per budget "
