@@ -6,11 +6,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import math
-import os
-import platform
-import shutil
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -18,15 +14,11 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
-def cpu_model() -> str:  # no autodistil import: the device-facts part runs before it is installed
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown-cpu"
+# the machine facts come from the package (autodistil/machine.py reads them without a GPU or any
+# compiled part); gpu_check.sh asks for them before autodistil is installed, so the repository
+# itself stands behind an installed copy on the path
+sys.path.append(str(Path(__file__).resolve().parent.parent))
+from autodistil.machine import cpu_model, device_facts, device_info  # noqa: E402, F401
 
 
 def write_rows_csv(path, rows):
@@ -36,76 +28,6 @@ def write_rows_csv(path, rows):
 
 
 RESULTS = Path(__file__).parent / "results"
-
-
-def _nvidia_smi(query: str) -> str:
-    """One nvidia-smi field of GPU 0 ("n/a" without nvidia-smi)."""
-    if shutil.which("nvidia-smi") is None:
-        return "n/a"
-    try:
-        out = subprocess.run(
-            ["nvidia-smi", f"--query-gpu={query}", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=20,
-        )
-        return (
-            out.stdout.strip().splitlines()[0].strip()
-            if out.returncode == 0 and out.stdout.strip()
-            else "n/a"
-        )
-    except (OSError, subprocess.SubprocessError):
-        return "n/a"
-
-
-def device_info(device: str = "cpu") -> dict:
-    """Facts every CSV row carries: device name, NVIDIA driver, CUDA runtime, torch, triton."""
-    info = {
-        "device": device,
-        "torch": torch.__version__,
-        "cuda": torch.version.cuda or "n/a",
-        "threads": torch.get_num_threads(),
-        "python": platform.python_version(),
-    }
-    try:
-        import triton
-
-        info["triton"] = triton.__version__
-    except ImportError:
-        info["triton"] = "none"
-    if device.startswith("cuda") and torch.cuda.is_available():
-        info["device_name"] = torch.cuda.get_device_name()
-        info["driver"] = _nvidia_smi("driver_version")
-    else:
-        info["device_name"] = cpu_model()
-        info["driver"] = "n/a"
-    return info
-
-
-def device_facts() -> dict:
-    """Everything the GPU summary names about the machine (no GPU needed to call it)."""
-    f = device_info("cuda" if torch.cuda.is_available() else "cpu")
-    f.update(cuda_available=torch.cuda.is_available(), cpu_count=os.cpu_count(), cpu=cpu_model())
-    if torch.cuda.is_available():
-        p = torch.cuda.get_device_properties(0)
-        f.update(
-            capability=f"{p.major}.{p.minor}",
-            sm_count=p.multi_processor_count,
-            memory_gib=round(p.total_memory / 2**30, 1),
-            bf16=torch.cuda.is_bf16_supported(),
-            max_sm_clock_mhz=_nvidia_smi("clocks.max.sm"),
-        )
-    nvcc = shutil.which("nvcc") or (
-        "/usr/local/cuda/bin/nvcc" if os.path.exists("/usr/local/cuda/bin/nvcc") else None
-    )
-    f["nvcc"] = "none"
-    if nvcc:
-        try:
-            out = subprocess.run([nvcc, "--version"], capture_output=True, text=True, timeout=20).stdout
-            f["nvcc"] = next((l.strip() for l in out.splitlines() if "release" in l), out.strip()[-80:])
-        except (OSError, subprocess.SubprocessError):
-            pass
-    return f
 
 
 def write_csv(name, rows: list[dict]) -> Path:
