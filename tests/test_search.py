@@ -195,6 +195,26 @@ def _rows():
     ]  # predicted far over budget: never measured
 
 
+def _spec(r):
+    """The student a candidate row stands for, as the latency code times it."""
+    from autodistil.latency.profile import ModelSpec
+
+    return ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"]))
+
+
+def _synthetic_case(device):
+    """A 5-dimension space, a table of it profiled on `device`, and its candidate rows (loss, predicted
+    latency): the set-up of the self-correcting search's synthetic-device tests."""
+    from autodistil.search.run import metrics_fn
+    from autodistil.space import Range, SearchSpace
+
+    sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
+    st = ProfileSettings(rounds=2, round_s=0.1)
+    table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=device)
+    m = metrics_fn(table, 32, 128, 30522)
+    return sp, st, table, [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
+
+
 def _measure_fn(truth, noise_pct=1.0, calls=None):
     from autodistil.search.run import candidate_name
 
@@ -421,7 +441,6 @@ def test_budget_verification_on_the_synthetic_device():
     """End to end: predictions from a table profiled on the synthetic device, finalists measured
     on it with the same protocol; the device is 15% slower at verification than at profiling, so the
     best predicted candidate breaks the budget and must be replaced by one that holds."""
-    from autodistil.latency.profile import ModelSpec
     from autodistil.latency.validate import measure_models
     from autodistil.search.run import candidate_name, metrics_fn
     from autodistil.search.verify import verify_budgets
@@ -439,12 +458,7 @@ def test_budget_verification_on_the_synthetic_device():
     def fn(cands, extra=()):
         assert not extra
         return measure_models(
-            {
-                candidate_name(r): ModelSpec(
-                    r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])
-                )
-                for r in cands
-            },
+            {candidate_name(r): _spec(r) for r in cands},
             table,
             st,
             device=slow,
@@ -454,9 +468,7 @@ def test_budget_verification_on_the_synthetic_device():
     b = ver["budgets"][0]
     predicted_best = min((r for r in rows if r["latency_ms"] <= budget), key=lambda r: r["loss"])
     assert b["met"]
-    truth = lambda r: (
-        1.15 * true_ms(ModelSpec(r["layers"], r["hidden"], r["heads"], int(r["hidden"] * r["ffn_ratio"])))
-    )
+    truth = lambda r: 1.15 * true_ms(_spec(r))
     assert truth(predicted_best) > budget  # the search alone would break the budget
     assert truth(b["chosen"]) <= budget and b["chosen"]["measured_ms"] + b["chosen"]["margin_ms"] <= budget
 
@@ -467,7 +479,6 @@ def test_search_under_a_reanchored_table(tmp_path):
     rescaled by it, the pick is within the predictor's error of the budget, and search.json records
     the factor the predictions were scaled by."""
     import json
-    from autodistil.latency.profile import ModelSpec
     from autodistil.latency.validate import speed_now
     from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
@@ -478,17 +489,7 @@ def test_search_under_a_reanchored_table(tmp_path):
     slow = SyntheticDevice(seed=3, drift=lambda t: 1.15)
     factor = speed_now(table, st, device=slow)["factor"]
     assert factor == pytest.approx(1.15, rel=0.03)
-    truth = lambda r: (
-        1.15
-        * true_ms(
-            ModelSpec(
-                r["layers"],
-                r["hidden"],
-                r["heads"],  # noqa: E731
-                int(r["hidden"] * r["ffn_ratio"]),
-            )
-        )
-    )
+    truth = lambda r: 1.15 * true_ms(_spec(r))  # noqa: E731
     spec = SearchSpec(budgets=[Budget(latency_ms=8.0)], method="exhaustive")
     as_is = search([(sp, _loss)], table, spec, head_dim=32)["best"]["latency<=8ms"]
     now = search([(sp, _loss)], table.rescaled(factor), spec, head_dim=32, out_dir=tmp_path)["best"][
@@ -589,31 +590,20 @@ def test_self_correcting_search_uses_the_budget_a_conservative_table_hid():
     would fit were predicted above the finalists' window. The correction fitted on that session's finalists
     offers them; the chosen student, predicted over the budget, uses >= 90 % of it and holds. Under an
     evolutionary search that never evaluated those candidates, `research` evaluates them."""
-    from autodistil.latency.profile import ModelSpec, anchor_spec
+    from autodistil.latency.profile import anchor_spec
     from autodistil.latency.validate import measure_models
-    from autodistil.search.run import candidate_name, metrics_fn
+    from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
 
-    sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
-    st = ProfileSettings(rounds=2, round_s=0.1)
-    table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=SyntheticDevice(seed=0))
-    m = metrics_fn(table, 32, 128, 30522)
-    rows = [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
-    spec = lambda r: ModelSpec(
-        r["layers"],
-        r["hidden"],
-        r["heads"],  # noqa: E731
-        int(r["hidden"] * r["ffn_ratio"]),
-    )
-    truth = lambda r: true_ms(spec(r)) / 1.18  # noqa: E731
+    sp, st, table, rows = _synthetic_case(SyntheticDevice(seed=0))
+    truth = lambda r: true_ms(_spec(r)) / 1.18  # noqa: E731
     budget, calls = 5.0, []
 
     def fn(cands, extra=()):
         calls.append(len(cands))
         return measure_models(
-            {candidate_name(r): spec(r) for r in cands},
+            {candidate_name(r): _spec(r) for r in cands},
             table,
             st,
             device=_OverPredicted(anchor_spec([sp]), 1 / 1.18, seed=len(calls)),
@@ -672,41 +662,29 @@ def test_a_fixed_cost_per_call_at_profiling_is_corrected_per_size():
     correction fitted on the finalists is a scale plus a fixed cost (-1 ms); under it the next session
     offers larger students, and the chosen one uses >= 90 % of a 4 ms budget and holds, where one session
     leaves 30 % unused."""
-    from autodistil.latency.profile import ModelSpec
     from autodistil.latency.validate import measure_models
-    from autodistil.search.run import candidate_name, metrics_fn
+    from autodistil.search.run import candidate_name
     from autodistil.search.verify import verify_budgets
-    from autodistil.space import Range, SearchSpace
     from test_latency import true_ms
 
-    sp = SearchSpace("s", Range(1, 6, 1), Range(64, 128, 32), Range(2.0, 3.0, 1.0), Range(2, 4, 1), 32)
-    st = ProfileSettings(rounds=2, round_s=0.1)
-    table = build_table([sp], st, grid=(3, 2, 2), calibrate=0, device=_Overhead(0, 1.0))
-    m = metrics_fn(table, 32, 128, 30522)
-    rows = [{"space": "s", **c.as_dict(), "loss": _loss(c), **m(c)} for c in sp]
-    spec = lambda r: ModelSpec(
-        r["layers"],
-        r["hidden"],
-        r["heads"],  # noqa: E731
-        int(r["hidden"] * r["ffn_ratio"]),
-    )
-    over = [r["latency_ms"] / true_ms(spec(r)) - 1 for r in rows]
+    sp, st, table, rows = _synthetic_case(_Overhead(0, 1.0))
+    over = [r["latency_ms"] / true_ms(_spec(r)) - 1 for r in rows]
     assert max(over) > 0.4 and min(over) < 0.15  # small students over-predicted by a larger share
 
     def fn(cands, extra=()):
         return measure_models(
-            {candidate_name(r): spec(r) for r in cands}, table, st, device=SyntheticDevice(seed=len(cands))
+            {candidate_name(r): _spec(r) for r in cands}, table, st, device=SyntheticDevice(seed=len(cands))
         )
 
     budget = 4.0
     one = verify_budgets(rows, [budget], fn, top_k=4, rounds=1)["budgets"][0]
-    assert true_ms(spec(one["chosen"])) / budget < 0.75
+    assert true_ms(_spec(one["chosen"])) / budget < 0.75
     ver = verify_budgets(rows, [budget], fn, top_k=4, rounds=3)
     b = ver["budgets"][0]
     corr = ver["sessions"][1]["correction"]
     assert corr["kind"] == "size" and corr["params"]["b"] == pytest.approx(-1.0, abs=0.15)
     assert corr["loo"]["size"]["mape"] < corr["loo"]["global"]["mape"]
-    assert 0.90 <= true_ms(spec(b["chosen"])) / budget <= 1.0 and b["chosen"]["sessions"][0] == 2
+    assert 0.90 <= true_ms(_spec(b["chosen"])) / budget <= 1.0 and b["chosen"]["sessions"][0] == 2
 
 
 def test_a_choice_is_judged_on_every_session_it_is_timed_in():
