@@ -64,6 +64,21 @@ def _use(rows: list) -> float:
     return sum((c["measured_ms"] + c["margin_ms"]) / c["budget_ms"] for c in rows) / len(rows)
 
 
+def _over_sessions(cs: list) -> dict:
+    """One model judged in each session it was timed in (rows with measured_ms, margin_ms, budget_ms and
+    round, oldest first) as one record: its latest row with `use` (the mean of (measured + margin) /
+    budget, within 1 where it holds), `share` (the mean of measured / budget), `shares` and `sessions`."""
+    shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
+    return {
+        **cs[-1],
+        "use": _use(cs),
+        "share": sum(shares) / len(shares),
+        "shares": shares,
+        "sessions": [c.get("round", 1) for c in cs],
+        "round": cs[-1].get("round", 1),
+    }
+
+
 def choose_first_layers(checked: list, budget_ms: float | None = None) -> dict:
     """Baseline (a) for one budget by the students' rule: among the teacher's first-k-layer cuts
     ({name, layers, measured_ms, margin_ms, budget_ms (of the session it was timed in; else `budget_ms`),
@@ -77,16 +92,7 @@ def choose_first_layers(checked: list, budget_ms: float | None = None) -> dict:
         )
     if not by:
         return {"chosen": None, "message": "no first-k cut measured"}
-    summ = {}
-    for n, cs in by.items():
-        shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
-        summ[n] = {
-            **cs[-1],
-            "use": _use(cs),
-            "share": sum(shares) / len(shares),
-            "sessions": [c.get("round", 1) for c in cs],
-            "round": cs[-1].get("round", 1),
-        }
+    summ = {n: _over_sessions(cs) for n, cs in by.items()}
     ok = [c for c in summ.values() if c["use"] <= 1]
     if ok:
         ch = max(ok, key=lambda c: c["layers"])
@@ -271,18 +277,9 @@ class _Verification:
                 continue
             # over the sessions it was timed in: the mean of (measured + margin) / budget within 1 (its
             # latest session alone may be over: `holds` stays that session's verdict)
-            use = _use(cs)
-            if use <= 1:
-                shares = [c["measured_ms"] / c["budget_ms"] for c in cs]
-                ok.append(
-                    {
-                        **cs[-1],
-                        "use": use,
-                        "share": sum(shares) / len(shares),
-                        "shares": shares,
-                        "sessions": [c["round"] for c in cs],
-                    }
-                )
+            r = _over_sessions(cs)
+            if r["use"] <= 1:
+                ok.append(r)
         return min(ok, key=lambda c: (c[self.score], c["share"])) if ok else None
 
     def choice(self, i: int):
@@ -461,21 +458,7 @@ class _Verification:
             )
         elif checked:
             # the closest by the rule a choice is judged by: the mean over its sessions
-            per = {}
-            for c in checked:
-                per.setdefault(c["name"], []).append(c)
-            best = min(
-                (
-                    {
-                        **cs[-1],
-                        "use": _use(cs),
-                        "share": sum(c["measured_ms"] / c["budget_ms"] for c in cs) / len(cs),
-                        "sessions": [c["round"] for c in cs],
-                    }
-                    for cs in per.values()
-                ),
-                key=lambda c: c["use"],
-            )
+            best = min((_over_sessions(self.judged(n, i, x)) for n in self.timed), key=lambda c: c["use"])
             entry["message"] = (
                 f"no measured candidate holds {b:g} ms: the closest of {len(self.timed)} measured, "
                 + _holds_text(best)
