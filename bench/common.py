@@ -14,11 +14,23 @@ from pathlib import Path
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-# the machine facts come from the package (autodistil/machine.py reads them without a GPU or any
-# compiled part); gpu_check.sh asks for them before autodistil is installed, so the repository
-# itself stands behind an installed copy on the path
-sys.path.append(str(Path(__file__).resolve().parent.parent))
-from autodistil.machine import cpu_model, device_facts, device_info  # noqa: E402, F401
+
+def _machine():
+    """autodistil/machine.py loaded from this repository by its path: it needs only the standard library
+    (torch inside its functions), so gpu_check.sh's facts step works before autodistil is installed,
+    and importing it never mixes this tree with an installed copy of the package."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "autodistil" / "machine.py"
+    spec = importlib.util.spec_from_file_location("_autodistil_machine", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+cpu_model, device_info, device_facts = (
+    getattr(_machine(), n) for n in ("cpu_model", "device_info", "device_facts")
+)
 
 
 def write_rows_csv(path, rows):
